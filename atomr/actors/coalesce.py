@@ -1,0 +1,49 @@
+"""Coalescing of runner chunks into fewer, larger stream messages (by token count and time).
+
+The first chunk of a stream leaves at once (time to first token matters); later ones are held
+until `max_tokens` tokens are pending or the oldest pending one is `max_delay` seconds old; the
+final chunk flushes everything.
+"""
+
+from __future__ import annotations
+
+from atomr.core.types import Chunk
+
+
+class ChunkCoalescer:
+    def __init__(self, max_tokens: int, max_delay: float) -> None:
+        self.max_tokens = max_tokens
+        self.max_delay = max_delay
+        self._pending: list[Chunk] = []
+        self._pending_tokens = 0
+        self._oldest = 0.0
+        self._sent_any = False
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def add(self, chunk: Chunk, now: float) -> Chunk | None:
+        """Take a chunk; return a merged chunk when it is time to send one."""
+        if not self._pending:
+            self._oldest = now
+        self._pending.append(chunk)
+        self._pending_tokens += chunk.token_count
+        if (
+            not self._sent_any
+            or chunk.finish_reason is not None
+            or self._pending_tokens >= self.max_tokens
+            or now - self._oldest >= self.max_delay
+        ):
+            return self.take()
+        return None
+
+    def take(self) -> Chunk | None:
+        """Everything pending as one chunk (None when nothing is pending)."""
+        if not self._pending:
+            return None
+        merged = Chunk.merge(self._pending)
+        self._pending = []
+        self._pending_tokens = 0
+        self._sent_any = True
+        return merged

@@ -1,0 +1,266 @@
+"""Every message exchanged between atomr actors and clients, as small picklable dataclasses.
+
+Busy hops carry lists (several requests or events per message): Thespian moves a few thousand
+messages per second per actor pair, so batching is what makes the request path fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from atomr.core.deployment import Deployment
+from atomr.core.errors import ErrorInfo
+from atomr.core.types import InferenceRequest, StreamEvent
+
+# Thespian ActorAddress objects are typed Any here: they are opaque handles.
+Address = Any
+
+# Global actor names (one per actor system / convention).
+MANAGER_NAME = "atomr-deployment-manager"
+REGISTRY_NAME = "atomr-registry"
+GATEWAY_NAME = "atomr-gateway"
+
+
+def node_agent_name(node_id: str) -> str:
+    return f"atomr-node-agent-{node_id}"
+
+
+# ---- request path --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WorkItem:
+    request: InferenceRequest
+    reply_to: Address
+
+
+@dataclass(slots=True)
+class Submit:
+    """Requests entering a gateway or a coordinator."""
+
+    items: list[WorkItem]
+
+
+@dataclass(slots=True)
+class Dispatch:
+    """Requests a coordinator hands to one replica."""
+
+    items: list[WorkItem]
+
+
+@dataclass(slots=True)
+class Events:
+    """Stream events for one requester (chunks and final answers of many requests)."""
+
+    events: list[StreamEvent]
+
+
+@dataclass(slots=True)
+class ReplicaProgress:
+    """Which requests a replica started streaming or finished since its last report."""
+
+    replica_id: str
+    started: list[str]
+    finished: list[str]
+
+
+@dataclass(slots=True)
+class Cancel:
+    request_ids: list[str]
+    model: str = ""
+
+
+@dataclass(slots=True)
+class Hello:
+    """Asked by a client endpoint to learn its own address as actors see it."""
+
+
+@dataclass(slots=True)
+class HelloReply:
+    address: Address
+
+
+# ---- replica lifecycle ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NodeInit:
+    node_id: str
+    role: str
+    gpu_ids: list[str]
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class NodeInfo:
+    node_id: str
+    role: str
+    gpu_ids: list[str]
+    host: str
+    port: int
+    address: Address = None
+    pid: int = 0
+
+
+@dataclass(slots=True)
+class RegisterNode:
+    info: NodeInfo
+
+
+@dataclass(slots=True)
+class SpawnReplica:
+    deployment: Deployment
+    replica_id: str
+    coordinator: Address
+    gpu_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class LoadRunner:
+    deployment: Deployment
+    replica_id: str
+    coordinator: Address
+    gpu_ids: list[str]
+    node_id: str
+
+
+@dataclass(slots=True)
+class ReplicaReady:
+    replica_id: str
+    address: Address
+    node_id: str
+    pid: int
+    gpu_ids: list[str]
+
+
+@dataclass(slots=True)
+class ReplicaFailed:
+    replica_id: str
+    error: ErrorInfo
+
+
+@dataclass(slots=True)
+class ReplicaExited:
+    replica_id: str
+
+
+@dataclass(slots=True)
+class StopReplica:
+    replica_id: str
+
+
+# ---- deployment lifecycle ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReplicaInfo:
+    replica_id: str
+    node_id: str
+    state: str  # starting | ready | failed | exited
+    pid: int = 0
+    gpu_ids: list[str] = field(default_factory=list)
+    inflight: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class DeploymentInfo:
+    name: str
+    model: str
+    runtime: str
+    version: str
+    state: str  # deploying | ready | failed | draining
+    replicas: list[ReplicaInfo] = field(default_factory=list)
+    queued: int = 0
+    aliases: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Deploy:
+    deployment: Deployment
+    wait: bool = True
+
+
+@dataclass(slots=True)
+class Undeploy:
+    name: str
+    wait: bool = True
+
+
+@dataclass(slots=True)
+class ListDeployments:
+    pass
+
+
+@dataclass(slots=True)
+class GetStatus:
+    pass
+
+
+@dataclass(slots=True)
+class Reply:
+    """Answer to an admin request: ok with a value, or an error."""
+
+    ok: bool
+    value: Any = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(slots=True)
+class StartCoordinator:
+    deployment: Deployment
+    manager: Address
+    placements: list[tuple[str, Address, list[str]]]  # (replica_id, node agent, gpu ids)
+
+
+@dataclass(slots=True)
+class DeploymentState:
+    info: DeploymentInfo
+
+
+@dataclass(slots=True)
+class Drain:
+    pass
+
+
+@dataclass(slots=True)
+class Drained:
+    name: str
+
+
+# ---- routing -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Route:
+    deployment: str
+    version: str
+    runtime: str
+    coordinator: Address
+
+
+@dataclass(slots=True)
+class SetRoutes:
+    """Registry update: these names now route to `route` (None removes them)."""
+
+    names: list[str]
+    route: Route | None
+
+
+@dataclass(slots=True)
+class Subscribe:
+    pass
+
+
+@dataclass(slots=True)
+class RouteTable:
+    routes: dict[str, Route]
+    full: bool = True  # False for the answer to a Lookup (only the names asked for)
+
+
+@dataclass(slots=True)
+class Lookup:
+    names: list[str]

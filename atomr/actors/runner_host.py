@@ -1,0 +1,197 @@
+"""Runner host actor: one replica. Owns one ModelRunner on its sidecar loop.
+
+Requests arrive in `Dispatch` batches from the coordinator; each becomes a session task on the
+loop. Chunks are coalesced per session and sent straight to the requester; which requests
+started streaming or finished is reported to the coordinator once per wake-up, in one message.
+GPU pinning happens here, before the runner class (and so its engine) is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import structlog
+
+from atomr.actors.coalesce import ChunkCoalescer
+from atomr.actors.messages import (
+    Address,
+    Cancel,
+    Dispatch,
+    LoadRunner,
+    ReplicaFailed,
+    ReplicaProgress,
+    ReplicaReady,
+    WorkItem,
+)
+from atomr.actors.sidecar import SidecarActor
+from atomr.core.errors import CancelledRequestError, InferenceTimeoutError, as_error_info
+from atomr.core.runner import ModelRunner, runner_class
+from atomr.core.types import Chunk, StreamEvent
+
+log = structlog.get_logger("atomr.runner_host")
+
+
+class RunnerHost(SidecarActor):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runner: ModelRunner | None = None
+        self.load_msg: LoadRunner | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.started: list[str] = []
+        self.finished: list[str] = []
+
+    # ---- lifecycle ----
+
+    def receiveMsg_LoadRunner(self, msg: LoadRunner, sender: Address) -> None:
+        if self.load_msg is not None:
+            return
+        self.load_msg = msg
+        if msg.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(msg.gpu_ids)
+        self.sidecar.spawn(self._load(msg))
+
+    async def _load(self, msg: LoadRunner) -> None:
+        try:
+            runner = runner_class(msg.deployment.runtime)(msg.deployment)
+            await runner.load()
+        except BaseException as exc:  # noqa: BLE001 - any load failure is reported, never raised
+            info = as_error_info(exc)
+            log.warning("replica load failed", replica=msg.replica_id, error=info.message)
+            self.sidecar.post(lambda: self.send(msg.coordinator, ReplicaFailed(msg.replica_id, info)))
+            return
+        self.runner = runner
+        ready = ReplicaReady(msg.replica_id, self.myAddress, msg.node_id, os.getpid(), list(msg.gpu_ids))
+        self.sidecar.post(lambda: self.send(msg.coordinator, ready))
+
+    def on_exit(self) -> None:
+        runner = self.runner
+        if runner is not None and self._sidecar is not None:
+            self.runner = None
+            try:
+                self.sidecar.spawn(self._shutdown(runner)).result(timeout=10)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("unload failed", error=str(exc))
+        super().on_exit()
+
+    async def _shutdown(self, runner: ModelRunner) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await runner.unload()
+
+    # ---- requests ----
+
+    def receiveMsg_Dispatch(self, msg: Dispatch, sender: Address) -> None:
+        self.sidecar.call_soon(self._start_sessions, msg.items)
+
+    def receiveMsg_Cancel(self, msg: Cancel, sender: Address) -> None:
+        self.sidecar.call_soon(self._cancel, msg.request_ids)
+
+    def _start_sessions(self, items: list[WorkItem]) -> None:
+        for item in items:
+            rid = item.request.request_id
+            self.tasks[rid] = asyncio.get_running_loop().create_task(self._session(item))
+
+    def _cancel(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            task = self.tasks.get(rid)
+            if task is not None:
+                task.cancel()
+
+    async def _session(self, item: WorkItem) -> None:
+        assert self.load_msg is not None
+        req = item.request
+        dep = self.load_msg.deployment
+        ev = _EventMaker(req.request_id, self.load_msg.replica_id, dep.name, dep.version)
+        loop = asyncio.get_running_loop()
+        co = ChunkCoalescer(dep.limits.chunk_max_tokens, dep.limits.chunk_max_delay_ms / 1000.0)
+        timer: asyncio.TimerHandle | None = None
+        first = True
+
+        def send_chunk(chunk: Chunk) -> None:
+            nonlocal first
+            self._post_event(item.reply_to, ev.chunk(chunk), started=req.request_id if first else None)
+            first = False
+
+        def on_timer() -> None:
+            nonlocal timer
+            timer = None
+            merged = co.take()
+            if merged is not None:
+                send_chunk(merged)
+
+        try:
+            if self.runner is None:
+                raise RuntimeError("runner not loaded")
+            agen = self.runner.generate(req)
+            try:
+                async for chunk in agen:
+                    if req.deadline is not None and time.time() > req.deadline:
+                        raise InferenceTimeoutError("deadline passed while generating", field="deadline")
+                    out = co.add(chunk, loop.time())
+                    if out is not None:
+                        if timer is not None:
+                            timer.cancel()
+                            timer = None
+                        send_chunk(out)
+                    elif timer is None:
+                        timer = loop.call_later(co.max_delay, on_timer)
+            finally:
+                await agen.aclose()  # type: ignore[attr-defined]
+            rest = co.take()
+            if rest is not None:
+                send_chunk(rest)
+            self._post_event(item.reply_to, ev.final(), finished=req.request_id)
+        except asyncio.CancelledError:
+            self._post_event(item.reply_to, ev.cancelled(), finished=req.request_id)
+        except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
+            self._post_event(item.reply_to, ev.error(exc), finished=req.request_id)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.tasks.pop(req.request_id, None)
+
+    def _post_event(
+        self, reply_to: Address, event: StreamEvent, started: str | None = None, finished: str | None = None
+    ) -> None:
+        def deliver() -> None:
+            self.emit(reply_to, event)
+            if started is not None:
+                self.started.append(started)
+            if finished is not None:
+                self.finished.append(finished)
+
+        self.sidecar.post(deliver)
+
+    def after_drain(self) -> None:
+        super().after_drain()
+        if (self.started or self.finished) and self.load_msg is not None:
+            progress = ReplicaProgress(self.load_msg.replica_id, self.started, self.finished)
+            self.started, self.finished = [], []
+            self.send(self.load_msg.coordinator, progress)
+
+
+class _EventMaker:
+    """Builds the stream events of one request, stamped with where it ran."""
+
+    def __init__(self, request_id: str, replica: str, deployment: str, version: str) -> None:
+        self.base: dict[str, Any] = {
+            "request_id": request_id,
+            "replica": replica,
+            "deployment": deployment,
+            "version": version,
+        }
+
+    def chunk(self, chunk: Chunk) -> StreamEvent:
+        return StreamEvent(chunk=chunk, **self.base)
+
+    def final(self) -> StreamEvent:
+        return StreamEvent(final=True, **self.base)
+
+    def error(self, exc: BaseException) -> StreamEvent:
+        return StreamEvent(final=True, error=as_error_info(exc), **self.base)
+
+    def cancelled(self) -> StreamEvent:
+        return StreamEvent(final=True, error=CancelledRequestError("request cancelled").info(), **self.base)

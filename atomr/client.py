@@ -1,0 +1,285 @@
+"""The Python client: one call reaches any deployed model, local engine or remote API.
+
+A `Client` connects to a running node as an external Thespian endpoint. Requests are sent to the
+gateway (requests queued by several threads at once leave in one message); answers arrive on a
+second, private endpoint read by one background thread, which hands each request's events to
+its caller. Failures raise the matching `InferenceError` subclass.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from atomr.actors.messages import (
+    GATEWAY_NAME,
+    MANAGER_NAME,
+    Cancel,
+    Deploy,
+    DeploymentInfo,
+    Events,
+    GetStatus,
+    Hello,
+    HelloReply,
+    ListDeployments,
+    Reply,
+    Submit,
+    Undeploy,
+    WorkItem,
+)
+from atomr.core.deployment import Deployment, deployment_from_dict, load_deployments
+from atomr.core.errors import (
+    ErrorInfo,
+    InferenceError,
+    InferenceTimeoutError,
+    InternalError,
+    UnavailableError,
+)
+from atomr.core.types import (
+    Chunk,
+    InferenceRequest,
+    InferenceResult,
+    Message,
+    SamplingParams,
+    StreamEvent,
+    Usage,
+    make_messages,
+)
+from atomr.system import connect_system
+
+DEFAULT_PORT = 19500
+ADDRESS_ENV = "ATOMR_ADDRESS"
+
+
+def parse_address(address: str | None) -> tuple[str, int]:
+    """'host:port', ':port' or 'port' (default from $ATOMR_ADDRESS, else 127.0.0.1:19500)."""
+    text = address or os.environ.get(ADDRESS_ENV) or f"127.0.0.1:{DEFAULT_PORT}"
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise UnavailableError(f"bad node address {text!r}; expected HOST:PORT", field="address") from None
+
+
+class Client:
+    """Connect to the atomr node at `address` ("host:port")."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = 300.0) -> None:
+        self.host, self.port = parse_address(address)
+        self.default_timeout = timeout
+        self._asys = connect_system(self.port, self.host)
+        from atomr.actors.deployment_manager import DeploymentManager
+        from atomr.actors.gateway import Gateway
+
+        self._gateway = self._asys.createActor(Gateway, globalName=GATEWAY_NAME)
+        self._manager = self._asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        self._send_lock = threading.Lock()
+        self._outgoing: collections.deque[WorkItem] = collections.deque()
+        self._streams: dict[str, queue.SimpleQueue[StreamEvent]] = {}
+        self._closed = threading.Event()
+        self._reply_to: Any = None
+        ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, args=(ready,), name="atomr-client", daemon=True)
+        self._reader.start()
+        if not ready.wait(30) or self._reply_to is None:
+            self.close()
+            raise UnavailableError(f"the node at {self.host}:{self.port} did not answer")
+
+    # ---- lifecycle ----
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._reader.join(5)
+        for q in list(self._streams.values()):
+            q.put(StreamEvent("", error=UnavailableError("client closed").info(), final=True))
+        self._asys.shutdown()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_loop(self, ready: threading.Event) -> None:
+        with self._asys.private() as endpoint:
+            reply = endpoint.ask(self._gateway, Hello(), 20)
+            if isinstance(reply, HelloReply):
+                self._reply_to = reply.address
+            ready.set()
+            while not self._closed.is_set():
+                msg = endpoint.listen(0.2)
+                if isinstance(msg, Events):
+                    for ev in msg.events:
+                        q = self._streams.get(ev.request_id)
+                        if q is not None:
+                            q.put(ev)
+
+    # ---- inference ----
+
+    def generate(
+        self,
+        model: str,
+        messages: Iterable[Mapping[str, Any] | Message] | str | None = None,
+        *,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> InferenceResult:
+        """Generate a whole answer. `messages` (chat) or `prompt` (completion)."""
+        request = self.make_request(model, messages, prompt=prompt, timeout=timeout, stream=False, **params)
+        chunks: list[Chunk] = []
+        meta = StreamEvent(request.request_id)
+        for ev in self._events(request):
+            if ev.chunk is not None:
+                chunks.append(ev.chunk)
+            meta = ev
+        whole = Chunk.merge(chunks) if chunks else Chunk("", 0, finish_reason="stop", usage=Usage())
+        return InferenceResult(
+            request_id=request.request_id,
+            model=model,
+            text=whole.text,
+            finish_reason=whole.finish_reason or "stop",
+            usage=whole.usage or Usage(completion_tokens=whole.token_count),
+            logprobs=whole.logprobs,
+            deployment=meta.deployment,
+            version=meta.version,
+            replica=meta.replica,
+        )
+
+    def stream(
+        self,
+        model: str,
+        messages: Iterable[Mapping[str, Any] | Message] | str | None = None,
+        *,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Iterator[Chunk]:
+        """Yield chunks as they are generated; the last one has finish_reason and usage."""
+        request = self.make_request(model, messages, prompt=prompt, timeout=timeout, stream=True, **params)
+        return (ev.chunk for ev in self._events(request) if ev.chunk is not None)
+
+    def make_request(
+        self,
+        model: str,
+        messages: Iterable[Mapping[str, Any] | Message] | str | None = None,
+        *,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        stream: bool = False,
+        tenant: str = "default",
+        priority: int = 0,
+        **params: Any,
+    ) -> InferenceRequest:
+        """Build and validate a request (raises InvalidRequestError naming the field)."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        unknown = set(params) - set(SamplingParams.__dataclass_fields__)
+        if unknown:
+            from atomr.core.errors import InvalidRequestError
+
+            name = sorted(unknown)[0]
+            raise InvalidRequestError(f"{name} is not a known parameter", field=name)
+        if "stop" in params:
+            stop = params["stop"]
+            params["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        request = InferenceRequest(
+            model=model,
+            messages=make_messages(messages) if messages is not None else None,
+            prompt=prompt,
+            params=SamplingParams(**params),
+            tenant=tenant,
+            priority=priority,
+            deadline=time.time() + (timeout or self.default_timeout),
+            stream=stream,
+        )
+        request.validate()
+        return request
+
+    def _events(self, request: InferenceRequest) -> Iterator[StreamEvent]:
+        """Send `request`; yield its events until the final one (raising its error)."""
+        rid = request.request_id
+        q: queue.SimpleQueue[StreamEvent] = queue.SimpleQueue()
+        self._streams[rid] = q
+        finished = False
+        try:
+            self._send(WorkItem(request, self._reply_to))
+            deadline = request.deadline or (time.time() + self.default_timeout)
+            while True:
+                try:
+                    ev = q.get(timeout=max(0.0, deadline - time.time()) + 0.5)
+                except queue.Empty:
+                    raise InferenceTimeoutError(f"no answer within the deadline for {rid}") from None
+                if ev.final:
+                    finished = True
+                    if ev.error is not None:
+                        raise InferenceError.from_info(ev.error)
+                    yield ev
+                    return
+                yield ev
+        finally:
+            self._streams.pop(rid, None)
+            if not finished and not self._closed.is_set():
+                self._tell(self._gateway, Cancel([rid], request.model))
+
+    def _send(self, item: WorkItem) -> None:
+        # Threads that queue while another holds the lock have their items sent by that thread.
+        self._outgoing.append(item)
+        with self._send_lock:
+            items = []
+            while self._outgoing:
+                items.append(self._outgoing.popleft())
+            if items:
+                self._asys.tell(self._gateway, Submit(items))
+
+    def _tell(self, address: Any, msg: Any) -> None:
+        with self._send_lock:
+            self._asys.tell(address, msg)
+
+    # ---- administration ----
+
+    def deploy(
+        self, deployment: Deployment | Mapping[str, Any] | str | Path, *, wait: bool = True, timeout: float = 300.0
+    ) -> list[DeploymentInfo]:
+        """Deploy a Deployment, a mapping, or every deployment in a YAML file."""
+        if isinstance(deployment, Deployment):
+            deps = [deployment]
+        elif isinstance(deployment, Mapping):
+            deps = [deployment_from_dict(deployment)]
+        else:
+            deps = load_deployments(deployment)
+        return [self._admin(Deploy(d, wait), timeout) for d in deps]
+
+    def undeploy(self, name: str, *, wait: bool = True, timeout: float = 300.0) -> DeploymentInfo:
+        """Remove a deployment: no new requests, in-flight ones finish, then replicas exit."""
+        result: DeploymentInfo = self._admin(Undeploy(name, wait), timeout)
+        return result
+
+    def list_deployments(self) -> list[DeploymentInfo]:
+        result: list[DeploymentInfo] = self._admin(ListDeployments(), 30)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._admin(GetStatus(), 30)
+        return result
+
+    def _admin(self, msg: Any, timeout: float) -> Any:
+        with self._asys.private() as endpoint:
+            reply = endpoint.ask(self._manager, msg, timeout)
+        if reply is None:
+            raise InferenceTimeoutError(f"{type(msg).__name__} got no answer within {timeout:.0f} s")
+        if not isinstance(reply, Reply):
+            raise InternalError(f"unexpected answer {type(reply).__name__}")
+        if not reply.ok:
+            raise InferenceError.from_info(reply.error or ErrorInfo("internal", "failed"))
+        return reply.value

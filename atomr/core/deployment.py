@@ -1,0 +1,243 @@
+"""The Deployment value object and the YAML loader that validates it.
+
+A deployment says what to serve (model reference, runtime, version), how much of it (replicas,
+GPUs per replica), where (placement) and within which limits. The runtime is inferred from the
+model reference when omitted. Every validation error names the file, the field and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from atomr.core.errors import ConfigError
+from atomr.core.runner import KNOWN_RUNTIMES, LOCAL_RUNTIMES
+
+BUILTIN_PREFIX = "builtin:"
+PROVIDER_PREFIXES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "gemini",
+    "google": "gemini",
+    "litellm": "litellm",
+}
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
+
+
+class Limits(BaseModel):
+    """Per-deployment admission and streaming limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_inflight_per_replica: int = Field(32, ge=1, le=4096)
+    max_queue: int = Field(256, ge=0, le=100_000)
+    chunk_max_tokens: int = Field(16, ge=1, le=4096)
+    chunk_max_delay_ms: float = Field(20.0, ge=0.0, le=10_000.0)
+    request_timeout_s: float = Field(300.0, gt=0.0)
+
+
+class Placement(BaseModel):
+    """Where replicas may run: a node role and/or required node capabilities."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: str | None = Field(None, pattern=r"^(head|gpu|cpu)$")
+    require: dict[str, Any] = Field(default_factory=dict)
+
+
+class Deployment(BaseModel):
+    """One model served by one or more replicas. Immutable; a new version is a new value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    model: str
+    runtime: str = ""
+    version: str = "1"
+    replicas: int = Field(1, ge=1, le=256)
+    gpus_per_replica: int = Field(0, ge=0, le=64)
+    aliases: tuple[str, ...] = ()
+    placement: Placement = Field(default_factory=Placement)
+    limits: Limits = Field(default_factory=Limits)
+    engine: dict[str, Any] = Field(default_factory=dict)
+    # Resolved folder of a local model (None for remote APIs); set by the loader.
+    model_path: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a model")
+        return v
+
+    @model_validator(mode="after")
+    def _infer_runtime(self) -> Deployment:
+        if not self.runtime:
+            object.__setattr__(self, "runtime", infer_runtime(self.model, self.model_path))
+        if self.runtime not in KNOWN_RUNTIMES:
+            raise ValueError(
+                f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(sorted(KNOWN_RUNTIMES))}"
+            )
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.runtime in LOCAL_RUNTIMES
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name clients may use for this deployment."""
+        return (self.name, *self.aliases)
+
+
+def infer_runtime(model: str, path: Path | None = None) -> str:
+    """Runtime from a model reference: provider prefix, built-in model, or folder contents."""
+    if model.startswith(BUILTIN_PREFIX):
+        return "ort"
+    prefix, sep, _ = model.partition("/")
+    if sep and prefix in PROVIDER_PREFIXES and (path is None or not path.exists()):
+        return PROVIDER_PREFIXES[prefix]
+    folder = path if path is not None else Path(model)
+    if (folder / "genai_config.json").is_file():
+        return "ort"
+    if any(folder.glob("*.engine")) or _is_trt_engine_dir(folder):
+        return "tensorrt"
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return "vllm"
+    raise ValueError(
+        f"model: cannot infer the runtime of {model!r}; name one with 'runtime:' "
+        f"or use a provider prefix ({', '.join(sorted(PROVIDER_PREFIXES))}/...)"
+    )
+
+
+def _is_trt_engine_dir(folder: Path) -> bool:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return "build_config" in json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def resolve_model_path(model: str, runtime: str | None, base_dir: Path) -> Path | None:
+    """Folder of a local model reference, relative paths against the YAML file's folder."""
+    if runtime is not None and runtime not in LOCAL_RUNTIMES:
+        return None
+    if model.startswith(BUILTIN_PREFIX):
+        from atomr.models import builtin_model_dir
+
+        return builtin_model_dir(model[len(BUILTIN_PREFIX) :])
+    prefix, sep, _ = model.partition("/")
+    p = Path(model).expanduser()
+    if not p.is_absolute():
+        p = base_dir / p
+    if runtime is None and sep and prefix in PROVIDER_PREFIXES and not p.exists():
+        return None
+    return p
+
+
+def check_model_files(dep: Deployment) -> None:
+    """Fail early, naming the field, when a local model's files are missing."""
+    if not dep.is_local or dep.model_path is None:
+        return
+    path = dep.model_path
+    if not path.exists():
+        raise ConfigError(f"model files not found at {path}", field="model")
+    if dep.runtime == "ort":
+        folder = path / "onnx" if (path / "onnx" / "genai_config.json").is_file() else path
+        if not (folder / "genai_config.json").is_file():
+            raise ConfigError(f"{path} holds no genai_config.json (not an ORT GenAI model)", field="model")
+
+
+def deployment_from_dict(
+    raw: Mapping[str, Any], *, base_dir: Path | None = None, where: str = "deployment"
+) -> Deployment:
+    """Validate one deployment mapping; errors name `where`, the field and the problem."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping of fields, got {type(raw).__name__}")
+    data = dict(raw)
+    base = base_dir or Path.cwd()
+    model = data.get("model")
+    runtime = data.get("runtime") or None
+    try:
+        if isinstance(model, str) and "model_path" not in data:
+            data["model_path"] = resolve_model_path(model, runtime, base)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{where}.model: {exc}", field="model") from None
+    try:
+        dep = Deployment.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(where, exc) from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    try:
+        check_model_files(dep)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc.field}: {exc.message}", field=exc.field) from None
+    return dep
+
+
+def _config_error(where: str, exc: ValidationError) -> ConfigError:
+    problems = []
+    first_field = None
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc and msg.partition(":")[0] in Deployment.model_fields:
+            loc, _, msg = msg.partition(": ")
+        first_field = first_field or loc or None
+        problems.append(f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}")
+    return ConfigError("; ".join(problems), field=first_field)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; syntax errors name the file, line and column."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}", field="file") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: invalid YAML{at}: {problem}", field="file") from None
+
+
+def load_deployments(path: str | Path) -> list[Deployment]:
+    """Deployments of a YAML file: a `deployments:` list, or one deployment mapping."""
+    p = Path(path)
+    raw = load_yaml(p)
+    if isinstance(raw, Mapping) and "deployments" in raw:
+        items = raw["deployments"] or []
+        if not isinstance(items, list):
+            raise ConfigError(f"{p}: deployments: must be a list", field="deployments")
+        where = [f"{p}: deployments[{i}]" for i in range(len(items))]
+    elif isinstance(raw, Mapping) and "model" in raw:
+        items, where = [raw], [f"{p}: deployment"]
+    else:
+        raise ConfigError(f"{p}: expected a 'deployments:' list or one deployment with 'model:'", field="deployments")
+    deps = [deployment_from_dict(item, base_dir=p.parent, where=w) for item, w in zip(items, where, strict=True)]
+    seen: set[str] = set()
+    for dep, w in zip(deps, where, strict=True):
+        for n in dep.names:
+            if n in seen:
+                raise ConfigError(f"{w}.name: {n!r} is used twice", field="name")
+            seen.add(n)
+    return deps

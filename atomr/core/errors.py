@@ -1,0 +1,171 @@
+"""The InferenceError taxonomy: every failure a caller can see, as one exception family.
+
+Each kind says whether a retry can help and which HTTP status it maps to. Errors cross process
+boundaries as plain `ErrorInfo` values (pickle-safe, no tracebacks) and are rebuilt into the
+matching exception class on the caller's side with `InferenceError.from_info`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Wire form of an error: what went wrong, where, and whether to retry."""
+
+    kind: str
+    message: str
+    field: str | None = None
+    retry_after: float | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class InferenceError(Exception):
+    """Base of every error atomr reports to a caller."""
+
+    kind: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = False
+    http_status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+        self.details = dict(details or {})
+
+    def __str__(self) -> str:
+        where = f" (field: {self.field})" if self.field else ""
+        return f"{self.kind}: {self.message}{where}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.info(),))
+
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(self.kind, self.message, self.field, self.retry_after, self.details)
+
+    @staticmethod
+    def from_info(info: ErrorInfo) -> InferenceError:
+        cls = ERROR_CLASSES.get(info.kind, InternalError)
+        return cls(
+            info.message, field=info.field, retry_after=info.retry_after, details=info.details
+        )
+
+
+def _rebuild(info: ErrorInfo) -> InferenceError:
+    return InferenceError.from_info(info)
+
+
+class RateLimitedError(InferenceError):
+    kind = "rate_limited"
+    retryable = True
+    http_status = 429
+
+
+class InferenceTimeoutError(InferenceError):
+    kind = "timeout"
+    retryable = True
+    http_status = 504
+
+
+class OverloadedError(InferenceError):
+    kind = "overloaded"
+    retryable = True
+    http_status = 503
+
+
+class UnavailableError(InferenceError):
+    kind = "unavailable"
+    retryable = True
+    http_status = 503
+
+
+class CircuitOpenError(InferenceError):
+    kind = "circuit_open"
+    retryable = True
+    http_status = 503
+
+
+class InvalidRequestError(InferenceError):
+    kind = "invalid_request"
+    http_status = 400
+
+
+class ContextLengthError(InferenceError):
+    kind = "context_length"
+    http_status = 400
+
+
+class AuthError(InferenceError):
+    kind = "auth"
+    http_status = 401
+
+
+class ContentFilteredError(InferenceError):
+    kind = "content_filtered"
+    http_status = 400
+
+
+class NotFoundError(InferenceError):
+    kind = "not_found"
+    http_status = 404
+
+
+class RunnerCrashedError(InferenceError):
+    kind = "runner_crashed"
+    retryable = True
+    http_status = 502
+
+
+class CancelledRequestError(InferenceError):
+    kind = "cancelled"
+    http_status = 499
+
+
+class InternalError(InferenceError):
+    kind = "internal"
+    http_status = 500
+
+
+class ConfigError(InferenceError):
+    """A deployment description that cannot be used (file, field and reason in the message)."""
+
+    kind = "config"
+    http_status = 400
+
+
+ERROR_CLASSES: dict[str, type[InferenceError]] = {
+    cls.kind: cls
+    for cls in (
+        RateLimitedError,
+        InferenceTimeoutError,
+        OverloadedError,
+        UnavailableError,
+        CircuitOpenError,
+        InvalidRequestError,
+        ContextLengthError,
+        AuthError,
+        ContentFilteredError,
+        NotFoundError,
+        RunnerCrashedError,
+        CancelledRequestError,
+        InternalError,
+        ConfigError,
+    )
+}
+
+def as_error_info(exc: BaseException) -> ErrorInfo:
+    """Wire form of any exception; unknown exceptions become `internal` with their text."""
+    if isinstance(exc, InferenceError):
+        return exc.info()
+    return ErrorInfo("internal", f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,77 @@
+"""The ModelRunner interface every backend implements, and the table of known runtimes.
+
+Runners know nothing of actors: a runner host calls `load`, then `generate` for many requests at
+once on one asyncio loop, then `unload`. Runner classes are named by dotted path so that a
+remote-only install never imports an engine it does not have.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from atomr.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from atomr.core.deployment import Deployment
+    from atomr.core.types import Chunk, InferenceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerCapabilities:
+    streaming: bool = True
+    logprobs: bool = False
+    batching: bool = False  # the engine batches concurrent requests by itself
+    chat: bool = True
+    completion: bool = True
+    needs_gpu: bool = False
+
+
+class ModelRunner(abc.ABC):
+    """One loaded model (one replica). `generate` may be called concurrently."""
+
+    capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities()
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+
+    @abc.abstractmethod
+    async def load(self) -> None:
+        """Load the model; raise an InferenceError with the engine's reason on failure."""
+
+    @abc.abstractmethod
+    def generate(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
+        """Yield chunks; the last one carries finish_reason and usage."""
+
+    async def health(self) -> bool:
+        return True
+
+    async def unload(self) -> None:
+        """Free the engine. Called once; the process may exit right after."""
+
+
+# runtime name -> "module:Class". Local runtimes need their engine's extra installed.
+RUNTIMES: dict[str, str] = {
+    "ort": "runners.local.ort:OrtRunner",
+}
+LOCAL_RUNTIMES = frozenset({"ort", "vllm", "mistralrs", "tensorrt"})
+REMOTE_RUNTIMES = frozenset({"openai", "anthropic", "gemini", "litellm"})
+KNOWN_RUNTIMES = LOCAL_RUNTIMES | REMOTE_RUNTIMES
+
+
+def runner_class(runtime: str) -> type[ModelRunner]:
+    """Import and return the runner class for `runtime` (imports its engine)."""
+    target = RUNTIMES.get(runtime)
+    if target is None:
+        raise ConfigError(
+            f"runtime {runtime!r} has no runner in this version; available: {', '.join(sorted(RUNTIMES))}",
+            field="runtime",
+        )
+    module_name, _, class_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name)
+    assert isinstance(cls, type) and issubclass(cls, ModelRunner)
+    return cls

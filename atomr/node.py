@@ -1,0 +1,111 @@
+"""`python -m atomr.node`: start one node (head, gpu or cpu) of an atomr cluster.
+
+The head runs the deployment manager, registry and gateway and deploys what its config lists;
+every node runs a node agent that reports its capabilities and hosts runner processes. The node
+binds loopback unless told otherwise, prints where it listens, and on SIGINT/SIGTERM stops its
+actor system and ends every process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from atomr.client import DEFAULT_PORT
+from atomr.core.deployment import load_deployments, load_yaml
+from atomr.core.errors import InferenceError
+from atomr.logs import configure_logging, get_logger
+from atomr.thespian_setup import DEFAULT_BIND
+
+log = get_logger("atomr.node")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m atomr.node", description=__doc__.splitlines()[0])
+    p.add_argument("--role", choices=("head", "gpu", "cpu"), default="head")
+    p.add_argument("--port", type=int, default=None, help=f"admin port (default {DEFAULT_PORT}, or the config's)")
+    p.add_argument("--bind", default=None, help=f"address to listen on (default {DEFAULT_BIND})")
+    p.add_argument("--join", default=None, metavar="HOST:PORT", help="the head node to join")
+    p.add_argument("--config", default=None, help="YAML file: node settings and deployments")
+    p.add_argument("--gpus", default=None, help="GPU ids of this node, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES or nvidia-smi)")
+    p.add_argument("--node-id", default=None, help="name of this node (default: hostname-port)")
+    p.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    return p.parse_args(argv)
+
+
+def detect_gpus(flag: str | None) -> list[str]:
+    """GPU ids: --gpus, else CUDA_VISIBLE_DEVICES, else what nvidia-smi lists (never imports CUDA)."""
+    if flag is not None:
+        return [g.strip() for g in flag.split(",") if g.strip()]
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout
+            return [line.strip() for line in out.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            return []
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings: dict[str, Any] = {}
+    deployments = []
+    try:
+        if args.config:
+            raw = load_yaml(args.config)
+            settings = dict(raw.get("node") or {}) if isinstance(raw, dict) else {}
+            deployments = load_deployments(args.config) if isinstance(raw, dict) and raw.get("deployments") else []
+    except InferenceError as exc:
+        print(f"atomr node: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level or settings.get("log_level", "info"))
+    port = args.port or int(settings.get("port", DEFAULT_PORT))
+    bind = args.bind or settings.get("bind", DEFAULT_BIND)
+    join = None
+    if args.join:
+        host, _, jport = args.join.rpartition(":")
+        join = (host or "127.0.0.1", int(jport))
+    node_id = args.node_id or f"{socket.gethostname()}-{port}"
+    gpus = detect_gpus(args.gpus)
+
+    from atomr.node_runtime import NodeRuntime
+
+    node = NodeRuntime(node_id=node_id, role=args.role, port=port, bind=bind, gpu_ids=gpus, join=join)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node.start()
+        print(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}", flush=True)
+        for dep in deployments:
+            infos = node.deploy(dep)
+            print(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}", flush=True)
+        print("ready", flush=True)
+        stop.wait()
+    except InferenceError as exc:
+        print(f"atomr node: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        ended = node.stop()
+        if ended:
+            log.warning("ended leftover processes", pids=ended)
+        print("atomr node stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""A node's actor system and its top-level actors, started and stopped as one unit.
+
+Used by `python -m atomr.node` and by tests that need a node inside the test process tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atomr.actors.messages import (
+    GATEWAY_NAME,
+    MANAGER_NAME,
+    REGISTRY_NAME,
+    Deploy,
+    DeploymentInfo,
+    NodeInfo,
+    NodeInit,
+    Reply,
+    node_agent_name,
+)
+from atomr.core.deployment import Deployment
+from atomr.core.errors import ErrorInfo, InferenceError, InferenceTimeoutError
+from atomr.system import start_system, stop_system
+from atomr.thespian_setup import DEFAULT_BIND
+
+
+class NodeRuntime:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        role: str = "head",
+        port: int,
+        bind: str = DEFAULT_BIND,
+        gpu_ids: list[str] | None = None,
+        join: tuple[str, int] | None = None,
+    ) -> None:
+        self.node_id, self.role, self.port, self.bind = node_id, role, port, bind
+        self.gpu_ids = list(gpu_ids or [])
+        self.join = join
+        self.asys: Any = None
+        self.info: NodeInfo | None = None
+
+    def start(self) -> None:
+        from atomr.actors.deployment_manager import DeploymentManager
+        from atomr.actors.gateway import Gateway
+        from atomr.actors.node_agent import NodeAgent
+        from atomr.actors.registry import Registry
+
+        caps = {"atomr.role": self.role, "atomr.node_id": self.node_id, "atomr.gpus": ",".join(self.gpu_ids)}
+        self.asys = start_system(self.port, bind=self.bind, capabilities=caps, join=self.join)
+        if self.role == "head":
+            self.asys.createActor(Registry, globalName=REGISTRY_NAME)
+            self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+            self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
+        agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
+        host = self.bind if self.bind not in ("", "0.0.0.0") else "127.0.0.1"
+        info = self.asys.ask(agent, NodeInit(self.node_id, self.role, self.gpu_ids, host, self.port), 30)
+        if not isinstance(info, NodeInfo):
+            raise InferenceTimeoutError("node agent did not start")
+        self.info = info
+
+    def deploy(self, dep: Deployment, timeout: float = 600.0) -> DeploymentInfo:
+        from atomr.actors.deployment_manager import DeploymentManager
+
+        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        reply = self.asys.ask(manager, Deploy(dep, True), timeout)
+        if not isinstance(reply, Reply):
+            raise InferenceTimeoutError(f"deploy of {dep.name} got no answer")
+        if not reply.ok:
+            raise InferenceError.from_info(reply.error or ErrorInfo("internal", "deploy failed"))
+        value: DeploymentInfo = reply.value
+        return value
+
+    def stop(self) -> list[int]:
+        """Stop the actor system; returns PIDs of leftover processes that had to be ended."""
+        if self.asys is None:
+            return []
+        asys, self.asys = self.asys, None
+        return stop_system(asys, self.port)
