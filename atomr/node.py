@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 from atomr.client import DEFAULT_PORT
@@ -35,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bind", default=None, help=f"address to listen on (default {DEFAULT_BIND})")
     p.add_argument("--join", default=None, metavar="HOST:PORT", help="the head node to join")
     p.add_argument("--config", default=None, help="YAML file: node settings and deployments")
-    p.add_argument("--gpus", default=None, help="GPU ids of this node, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES or nvidia-smi)")
+    p.add_argument(
+        "--gpus", default=None, help="GPU ids of this node, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES or nvidia-smi)"
+    )
     p.add_argument("--node-id", default=None, help="name of this node (default: hostname-port)")
     p.add_argument("--log-level", default=None, help="debug, info, warning or error")
     return p.parse_args(argv)
@@ -52,7 +53,10 @@ def detect_gpus(flag: str | None) -> list[str]:
         try:
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10, check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             ).stdout
             return [line.strip() for line in out.splitlines() if line.strip()]
         except (OSError, subprocess.SubprocessError):

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from typing import Any
 
 import psutil

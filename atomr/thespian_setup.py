@@ -33,5 +33,5 @@ def configure_thespian(bind_host: str = DEFAULT_BIND) -> None:
         if host not in ("", "0.0.0.0") and self.bindname[0] == "":
             self.bindname = (host, self.bindname[1])
 
-    IPBase.IPActorAddress.__init__ = bound_init  # type: ignore[method-assign]
+    IPBase.IPActorAddress.__init__ = bound_init
     _applied_bind = bind_host

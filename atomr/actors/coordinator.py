@@ -154,16 +154,14 @@ class Coordinator(SidecarActor):
         assert self.dep is not None
         if self.state in ("draining", "failed"):
             for item in msg.items:
-                err = NotFoundError(f"model {item.request.model!r} is being removed", field="model")
-                self.emit(item.reply_to, _error_event(item, err))
+                gone = NotFoundError(f"model {item.request.model!r} is being removed", field="model")
+                self.emit(item.reply_to, _error_event(item, gone))
             return
         limit = self.dep.limits.max_queue
         for item in msg.items:
             if self.queue or not self._assign(item):
                 if len(self.queue) >= limit:
-                    err = OverloadedError(
-                        f"deployment {self._name} is full ({limit} requests queued)", retry_after=1.0
-                    )
+                    err = OverloadedError(f"deployment {self._name} is full ({limit} requests queued)", retry_after=1.0)
                     self.emit(item.reply_to, _error_event(item, err))
                 else:
                     self.queue.append(item)

@@ -151,9 +151,14 @@ class DeploymentManager(SidecarActor):
         previous = rec.info.state
         rec.info = msg.info
         if msg.info.state == "ready" and previous == "deploying":
-            self.send(self._registry(), SetRoutes(list(rec.dep.names), Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender)))
+            self.send(
+                self._registry(),
+                SetRoutes(list(rec.dep.names), Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender)),
+            )
         elif msg.info.state == "failed" and previous == "deploying":
-            err = InternalError(msg.info.error or "deployment failed", field="model", details={"deployment": rec.dep.name})
+            err = InternalError(
+                msg.info.error or "deployment failed", field="model", details={"deployment": rec.dep.name}
+            )
             self._answer(rec.deploy_waiters, Reply(False, msg.info, err.info()))
             rec.info.state = "failed"
             self.send(rec.coordinator, Drain())

@@ -20,8 +20,8 @@ from atomr.actors.messages import (
     NodeInfo,
     NodeInit,
     RegisterNode,
-    Reply,
     ReplicaExited,
+    Reply,
     SpawnReplica,
     StopReplica,
 )

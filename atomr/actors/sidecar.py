@@ -78,7 +78,7 @@ class Sidecar:
             ran += 1
             try:
                 fn()
-            except Exception:
+            except Exception:  # noqa: BLE001 - one bad callback must not stop the others
                 log.error("posted callback failed", error=traceback.format_exc())
         return ran
 
@@ -89,7 +89,7 @@ class Sidecar:
         # The socketpair stays open: Thespian may still watch its fd while the actor exits.
 
 
-class SidecarActor(ActorTypeDispatcher):  # type: ignore[misc]
+class SidecarActor(ActorTypeDispatcher):
     """Base for actors that own a sidecar loop. Subclasses define `receiveMsg_<Type>` handlers."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -114,9 +114,11 @@ class SidecarActor(ActorTypeDispatcher):  # type: ignore[misc]
                     self.on_exit()
                 super().receiveMessage(msg, sender)
                 self.after_drain()
-        except Exception:
+        except Exception:  # noqa: BLE001 - never let Thespian retry a handler
             log.error(
-                "handler failed", actor=type(self).__name__, message=type(msg).__name__,
+                "handler failed",
+                actor=type(self).__name__,
+                message=type(msg).__name__,
                 error=traceback.format_exc(),
             )
         finally:

@@ -63,8 +63,8 @@ class Deployment(BaseModel):
     replicas: int = Field(1, ge=1, le=256)
     gpus_per_replica: int = Field(0, ge=0, le=64)
     aliases: tuple[str, ...] = ()
-    placement: Placement = Field(default_factory=Placement)
-    limits: Limits = Field(default_factory=Limits)
+    placement: Placement = Placement()
+    limits: Limits = Limits()
     engine: dict[str, Any] = Field(default_factory=dict)
     # Resolved folder of a local model (None for remote APIs); set by the loader.
     model_path: Path | None = None
@@ -88,9 +88,7 @@ class Deployment(BaseModel):
         if not self.runtime:
             object.__setattr__(self, "runtime", infer_runtime(self.model, self.model_path))
         if self.runtime not in KNOWN_RUNTIMES:
-            raise ValueError(
-                f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(sorted(KNOWN_RUNTIMES))}"
-            )
+            raise ValueError(f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(sorted(KNOWN_RUNTIMES))}")
         return self
 
     @property

@@ -57,9 +57,7 @@ class InferenceError(Exception):
     @staticmethod
     def from_info(info: ErrorInfo) -> InferenceError:
         cls = ERROR_CLASSES.get(info.kind, InternalError)
-        return cls(
-            info.message, field=info.field, retry_after=info.retry_after, details=info.details
-        )
+        return cls(info.message, field=info.field, retry_after=info.retry_after, details=info.details)
 
 
 def _rebuild(info: ErrorInfo) -> InferenceError:
@@ -163,6 +161,7 @@ ERROR_CLASSES: dict[str, type[InferenceError]] = {
         ConfigError,
     )
 }
+
 
 def as_error_info(exc: BaseException) -> ErrorInfo:
     """Wire form of any exception; unknown exceptions become `internal` with their text."""

@@ -49,7 +49,7 @@ class ModelRunner(abc.ABC):
     async def health(self) -> bool:
         return True
 
-    async def unload(self) -> None:
+    async def unload(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
         """Free the engine. Called once; the process may exit right after."""
 
 

@@ -100,9 +100,7 @@ class InferenceRequest:
             _check(len(self.messages) > 0, "messages", "must not be empty")
             for i, m in enumerate(self.messages):
                 _check(isinstance(m, Message), f"messages[{i}]", "must be a message")
-                _check(
-                    m.role in ROLES, f"messages[{i}].role", f"must be one of {', '.join(ROLES)}"
-                )
+                _check(m.role in ROLES, f"messages[{i}].role", f"must be one of {', '.join(ROLES)}")
                 _check(isinstance(m.content, str), f"messages[{i}].content", "must be a string")
         if self.prompt is not None:
             _check(isinstance(self.prompt, str), "prompt", "must be a string")

@@ -1,0 +1,152 @@
+"""Core values: deployment validation and runtime inference, request validation, errors on the wire."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from atomr.actors.coalesce import ChunkCoalescer
+from atomr.core.deployment import deployment_from_dict, infer_runtime, load_deployments
+from atomr.core.errors import (
+    ConfigError,
+    ContextLengthError,
+    InferenceError,
+    InvalidRequestError,
+    OverloadedError,
+    RateLimitedError,
+)
+from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage, make_messages
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_runtime_is_inferred_from_the_model_reference(tmp_path: Path) -> None:
+    assert infer_runtime("openai/gpt-4o-mini") == "openai"
+    assert infer_runtime("anthropic/claude-3-5-haiku") == "anthropic"
+    assert infer_runtime("gemini/gemini-2.0-flash") == "gemini"
+    assert infer_runtime("builtin:tiny-llama") == "ort"
+    ort = tmp_path / "ort"
+    ort.mkdir()
+    (ort / "genai_config.json").write_text("{}")
+    assert infer_runtime(str(ort), ort) == "ort"
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"")
+    assert infer_runtime(str(hf), hf) == "vllm"
+    trt = tmp_path / "trt"
+    trt.mkdir()
+    (trt / "rank0.engine").write_bytes(b"")
+    assert infer_runtime(str(trt), trt) == "tensorrt"
+
+
+def test_builtin_model_deployment_resolves_the_shipped_files() -> None:
+    dep = deployment_from_dict({"name": "tiny", "model": "builtin:tiny-llama"})
+    assert dep.runtime == "ort"
+    assert dep.model_path is not None and (dep.model_path / "onnx" / "genai_config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "words"),
+    [
+        ({"name": "a", "model": "x", "runtime": "nope"}, "runtime", "unknown runtime 'nope'"),
+        ({"name": "a", "model": "openai/x", "replicas": 0}, "replicas", "greater than or equal to 1"),
+        ({"name": "a b", "model": "openai/x"}, "name", "letters, digits"),
+        ({"name": "a", "model": "openai/x", "limits": {"max_queue": -1}}, "limits.max_queue", ">= 0"),
+        ({"name": "a", "model": "openai/x", "colour": "red"}, "colour", "Extra inputs"),
+        ({"name": "a", "model": "./missing-model", "runtime": "ort"}, "model", "not found"),
+        ({"name": "a", "model": "builtin:no-such-model"}, "model", "no-such-model"),
+        ({"name": "a", "model": "/somewhere/unknown"}, "model", "cannot infer the runtime"),
+    ],
+)
+def test_deployment_errors_name_the_field(raw: dict, field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        deployment_from_dict(raw, where="deployments[0]")
+    assert info.value.field == field
+    assert words.replace(">= 0", "greater than or equal to 0") in info.value.message or words in info.value.message
+    assert "deployments[0]" in info.value.message
+
+
+def test_yaml_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deployments:\n  - name: a\n    model: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_deployments(bad)
+    assert "bad.yaml" in info.value.message and "line" in info.value.message
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("deployments:\n  - {name: a, model: openai/x}\n  - {name: a, model: openai/y}\n")
+    with pytest.raises(ConfigError, match=r"deployments\[1\]\.name: 'a' is used twice"):
+        load_deployments(dup)
+
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("deployments:\n  - {name: a, model: openai/x, replicas: many}\n")
+    with pytest.raises(ConfigError, match=r"wrong.yaml: deployments\[0\]\.replicas"):
+        load_deployments(wrong)
+
+
+def test_shipped_local_config_is_valid() -> None:
+    deps = load_deployments(REPO / "system_config" / "local.yaml")
+    assert [d.name for d in deps] == ["tiny"] and deps[0].runtime == "ort"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"params": SamplingParams(max_tokens=0)}, "max_tokens"),
+        ({"params": SamplingParams(temperature=-1.0)}, "temperature"),
+        ({"params": SamplingParams(top_p=0.0)}, "top_p"),
+        ({"params": SamplingParams(stop=("",))}, "stop"),
+        ({"messages": (Message("robot", "hi"),)}, "messages[0].role"),
+        ({"messages": ()}, "messages"),
+        ({"messages": None, "prompt": None}, "messages"),
+        ({"prompt": "x"}, "prompt"),  # both messages and prompt
+    ],
+)
+def test_invalid_requests_name_the_field(kwargs: dict, field: str) -> None:
+    base = {"model": "m", "messages": (Message("user", "hi"),)}
+    base.update(kwargs)
+    with pytest.raises(InvalidRequestError) as info:
+        InferenceRequest(**base).validate()
+    assert info.value.field == field
+
+
+def test_make_messages_names_the_bad_element() -> None:
+    assert make_messages([{"role": "user", "content": "hi"}]) == (Message("user", "hi"),)
+    with pytest.raises(InvalidRequestError) as info:
+        make_messages([{"role": "user", "content": "hi"}, {"role": "user"}])
+    assert info.value.field == "messages[1].content"
+
+
+def test_errors_survive_pickling_with_their_class_and_fields() -> None:
+    for err in (
+        RateLimitedError("slow down", retry_after=1.5),
+        ContextLengthError("too long", field="prompt"),
+        OverloadedError("full", retry_after=1.0),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err)
+        assert (back.message, back.field, back.retry_after) == (err.message, err.field, err.retry_after)
+    assert RateLimitedError.retryable and not InvalidRequestError.retryable
+    assert RateLimitedError.http_status == 429 and ContextLengthError.http_status == 400
+    assert isinstance(InferenceError.from_info(OverloadedError("x").info()), OverloadedError)
+
+
+def test_coalescer_sends_first_chunk_at_once_then_by_count_and_time() -> None:
+    co = ChunkCoalescer(max_tokens=3, max_delay=0.05)
+    first = co.add(Chunk("a"), now=0.0)
+    assert first is not None and first.text == "a"
+    assert co.add(Chunk("b"), now=0.001) is None
+    assert co.add(Chunk("c"), now=0.002) is None
+    merged = co.add(Chunk("d"), now=0.003)
+    assert merged is not None and merged.text == "bcd" and merged.token_count == 3
+    assert co.add(Chunk("e"), now=0.010) is None
+    timed = co.add(Chunk("f"), now=0.061)
+    assert timed is not None and timed.text == "ef"
+    co.add(Chunk("g", logprobs=(TokenLogprob("g", -0.5),)), now=0.062)
+    last = co.add(Chunk("h", logprobs=(TokenLogprob("h", -0.1),), finish_reason="stop", usage=Usage(3, 8)), now=0.063)
+    assert last is not None and last.text == "gh" and last.finish_reason == "stop"
+    assert last.usage == Usage(3, 8) and [lp.token for lp in last.logprobs or ()] == ["g", "h"]
+    assert co.take() is None
