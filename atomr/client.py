@@ -51,7 +51,7 @@ from atomr.core.types import (
     Usage,
     make_messages,
 )
-from atomr.system import connect_system
+from atomr.system import connect_system, disconnect_system
 
 DEFAULT_PORT = 19500
 ADDRESS_ENV = "ATOMR_ADDRESS"
@@ -102,7 +102,7 @@ class Client:
         self._reader.join(5)
         for q in list(self._streams.values()):
             q.put(StreamEvent("", error=UnavailableError("client closed").info(), final=True))
-        self._asys.shutdown()
+        disconnect_system(self._asys)
 
     def __enter__(self) -> Client:
         return self
@@ -137,24 +137,25 @@ class Client:
     ) -> InferenceResult:
         """Generate a whole answer. `messages` (chat) or `prompt` (completion)."""
         request = self.make_request(model, messages, prompt=prompt, timeout=timeout, stream=False, **params)
-        chunks: list[Chunk] = []
-        meta = StreamEvent(request.request_id)
-        for ev in self._events(request):
-            if ev.chunk is not None:
-                chunks.append(ev.chunk)
-            meta = ev
-        whole = Chunk.merge(chunks) if chunks else Chunk("", 0, finish_reason="stop", usage=Usage())
-        return InferenceResult(
-            request_id=request.request_id,
-            model=model,
-            text=whole.text,
-            finish_reason=whole.finish_reason or "stop",
-            usage=whole.usage or Usage(completion_tokens=whole.token_count),
-            logprobs=whole.logprobs,
-            deployment=meta.deployment,
-            version=meta.version,
-            replica=meta.replica,
-        )
+        return self.generate_request(request)
+
+    def generate_request(self, request: InferenceRequest) -> InferenceResult:
+        """Send a prepared request (validated again by the gateway) and return its answer."""
+        return _collect(request, self._events(request))
+
+    def generate_many(self, requests: list[InferenceRequest]) -> list[InferenceResult | InferenceError]:
+        """Send several requests in one message; each gets its result or its error, in order."""
+        streams = [self._events(r, send=False) for r in requests]
+        for it in streams:
+            next(it)  # registers the request's queue
+        self._send_many([WorkItem(r, self._reply_to) for r in requests])
+        out: list[InferenceResult | InferenceError] = []
+        for request, it in zip(requests, streams, strict=True):
+            try:
+                out.append(_collect(request, it))
+            except InferenceError as exc:
+                out.append(exc)
+        return out
 
     def stream(
         self,
@@ -206,14 +207,21 @@ class Client:
         request.validate()
         return request
 
-    def _events(self, request: InferenceRequest) -> Iterator[StreamEvent]:
-        """Send `request`; yield its events until the final one (raising its error)."""
+    def _events(self, request: InferenceRequest, send: bool = True) -> Iterator[StreamEvent]:
+        """Send `request`; yield its events until the final one (raising its error).
+
+        With send=False the first `next()` only registers the request (yielding a placeholder)
+        and the caller sends it, so that many requests can leave in one message.
+        """
         rid = request.request_id
         q: queue.SimpleQueue[StreamEvent] = queue.SimpleQueue()
         self._streams[rid] = q
         finished = False
         try:
-            self._send(WorkItem(request, self._reply_to))
+            if send:
+                self._send_many([WorkItem(request, self._reply_to)])
+            else:
+                yield StreamEvent(rid)
             deadline = request.deadline or (time.time() + self.default_timeout)
             while True:
                 try:
@@ -232,15 +240,15 @@ class Client:
             if not finished and not self._closed.is_set():
                 self._tell(self._gateway, Cancel([rid], request.model))
 
-    def _send(self, item: WorkItem) -> None:
+    def _send_many(self, items: list[WorkItem]) -> None:
         # Threads that queue while another holds the lock have their items sent by that thread.
-        self._outgoing.append(item)
+        self._outgoing.extend(items)
         with self._send_lock:
-            items = []
+            batch = []
             while self._outgoing:
-                items.append(self._outgoing.popleft())
-            if items:
-                self._asys.tell(self._gateway, Submit(items))
+                batch.append(self._outgoing.popleft())
+            if batch:
+                self._asys.tell(self._gateway, Submit(batch))
 
     def _tell(self, address: Any, msg: Any) -> None:
         with self._send_lock:
@@ -283,3 +291,25 @@ class Client:
         if not reply.ok:
             raise InferenceError.from_info(reply.error or ErrorInfo("internal", "failed"))
         return reply.value
+
+
+def _collect(request: InferenceRequest, events: Iterator[StreamEvent]) -> InferenceResult:
+    """The whole answer from a request's events (raises the request's error)."""
+    chunks: list[Chunk] = []
+    meta = StreamEvent(request.request_id)
+    for ev in events:
+        if ev.chunk is not None:
+            chunks.append(ev.chunk)
+        meta = ev
+    whole = Chunk.merge(chunks) if chunks else Chunk("", 0, finish_reason="stop", usage=Usage())
+    return InferenceResult(
+        request_id=request.request_id,
+        model=request.model,
+        text=whole.text,
+        finish_reason=whole.finish_reason or "stop",
+        usage=whole.usage or Usage(completion_tokens=whole.token_count),
+        logprobs=whole.logprobs,
+        deployment=meta.deployment,
+        version=meta.version,
+        replica=meta.replica,
+    )

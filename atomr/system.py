@@ -76,6 +76,12 @@ def connect_system(port: int, host: str = DEFAULT_BIND) -> Any:
     return ActorSystem(SYSTEM_BASE, {"Admin Port": port}, logDefs=thespian_log_defs(), transientUnique=True)
 
 
+def disconnect_system(asys: Any) -> None:
+    """Close a client's endpoint without stopping the system (`shutdown()` would stop the node)."""
+    with contextlib.suppress(Exception):
+        asys._systemBase.transport.close()
+
+
 def descendants(pid: int | None = None) -> list[psutil.Process]:
     try:
         return psutil.Process(pid or os.getpid()).children(recursive=True)

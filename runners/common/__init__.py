@@ -1,0 +1,1 @@
+"""Pure-Python helpers shared by every runner (stop sequences, ...). No engine imports."""
