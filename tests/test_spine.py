@@ -110,10 +110,12 @@ def test_64_concurrent_requests_overlap_inside_each_of_two_replicas(tmp_path: Pa
                     ttft.append(t1 - t0)
                 return text
 
-            start = time.perf_counter()
             with ThreadPoolExecutor(64) as pool:
+                list(pool.map(one, range(64)))  # warm every engine worker thread once
+                ttft.clear()
+                start = time.perf_counter()
                 texts = list(pool.map(one, range(64)))
-            wall = time.perf_counter() - start
+                wall = time.perf_counter() - start
             assert texts == [want] * 64
             results = client.generate_many(
                 [client.make_request("tiny2", prompt=prompt, max_tokens=8) for _ in range(64)]
@@ -123,6 +125,7 @@ def test_64_concurrent_requests_overlap_inside_each_of_two_replicas(tmp_path: Pa
             serial_per_replica = 32 * alone
             # Served one by one, the last request of a replica would wait ~31 others before its first
             # token; overlapped, every request starts within a small part of the whole run.
+            print(sorted(round(x * 1000) for x in ttft), alone)
             assert max(ttft) < 0.5 * wall, (max(ttft), wall)
             assert statistics.median(ttft) < 0.25 * wall, (statistics.median(ttft), wall)
             print(

@@ -156,11 +156,7 @@ class DeploymentManager(SidecarActor):
                 SetRoutes(list(rec.dep.names), Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender)),
             )
         elif msg.info.state == "failed" and previous == "deploying":
-            err = InternalError(
-                msg.info.error or "deployment failed", field="model", details={"deployment": rec.dep.name}
-            )
-            self._answer(rec.deploy_waiters, Reply(False, msg.info, err.info()))
-            rec.info.state = "failed"
+            # Stop what did start; the deploy is answered (with the engine's reason) once it is gone.
             self.send(rec.coordinator, Drain())
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:
@@ -194,13 +190,13 @@ class DeploymentManager(SidecarActor):
         self.send(sender, ActorExitRequest())
         self._answer(rec.undeploy_waiters, Reply(True, rec.info))
         if rec.deploy_waiters:  # a failed deploy: its replicas are gone now
-            err = InternalError(rec.info.error or "deployment failed", field="model")
+            err = InternalError(rec.info.error or "deployment failed", field="model", details={"deployment": msg.name})
             self._answer(rec.deploy_waiters, Reply(False, rec.info, err.info()))
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Address) -> None:
         for name, rec in list(self.records.items()):
             if rec.coordinator == msg.childAddress:
-                log.error("coordinator exited", deployment=name)
+                log.warning("coordinator exited", deployment=name)
                 del self.records[name]
                 self.send(self._registry(), SetRoutes(list(rec.dep.names), None))
 
