@@ -165,10 +165,10 @@ class Client:
         prompt: str | None = None,
         timeout: float | None = None,
         **params: Any,
-    ) -> Iterator[Chunk]:
-        """Yield chunks as they are generated; the last one has finish_reason and usage."""
+    ) -> ChunkStream:
+        """Iterate over chunks as they are generated; the last one has finish_reason and usage."""
         request = self.make_request(model, messages, prompt=prompt, timeout=timeout, stream=True, **params)
-        return (ev.chunk for ev in self._events(request) if ev.chunk is not None)
+        return ChunkStream(request, self._events(request))
 
     def make_request(
         self,
@@ -291,6 +291,33 @@ class Client:
         if not reply.ok:
             raise InferenceError.from_info(reply.error or ErrorInfo("internal", "failed"))
         return reply.value
+
+
+class ChunkStream:
+    """Chunks of one streaming request, with where it ran once known. `close()` cancels it."""
+
+    def __init__(self, request: InferenceRequest, events: Iterator[StreamEvent]) -> None:
+        self.request_id = request.request_id
+        self.deployment = ""
+        self.version = ""
+        self.replica = ""
+        self._events = events
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> Chunk:
+        while True:
+            ev = next(self._events)
+            if ev.replica:
+                self.deployment, self.version, self.replica = ev.deployment, ev.version, ev.replica
+            if ev.chunk is not None:
+                return ev.chunk
+
+    def close(self) -> None:
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
 
 
 def _collect(request: InferenceRequest, events: Iterator[StreamEvent]) -> InferenceResult:

@@ -96,44 +96,47 @@ def test_64_concurrent_requests_overlap_inside_each_of_two_replicas(tmp_path: Pa
             alone = statistics.median(
                 _timed(lambda: client.generate("tiny2", prompt=prompt, max_tokens=n_tokens)) for _ in range(5)
             )
-            ttft: list[float] = []
-            replicas: list[str] = []
+            spans: dict[str, list[tuple[float, float]]] = {}  # replica -> (first chunk, final) times
             lock = threading.Lock()
 
             def one(_: int) -> str:
-                t0 = time.perf_counter()
                 it = client.stream("tiny2", prompt=prompt, max_tokens=n_tokens)
                 first = next(it)
                 t1 = time.perf_counter()
                 text = first.text + "".join(c.text for c in it)
                 with lock:
-                    ttft.append(t1 - t0)
+                    spans.setdefault(it.replica, []).append((t1, time.perf_counter()))
                 return text
 
             with ThreadPoolExecutor(64) as pool:
-                list(pool.map(one, range(64)))  # warm every engine worker thread once
-                ttft.clear()
+                list(pool.map(one, range(64)))  # warm-up round
+                spans.clear()
                 start = time.perf_counter()
                 texts = list(pool.map(one, range(64)))
                 wall = time.perf_counter() - start
             assert texts == [want] * 64
-            results = client.generate_many(
-                [client.make_request("tiny2", prompt=prompt, max_tokens=8) for _ in range(64)]
-            )
-            replicas = [r.replica for r in results if not isinstance(r, InferenceError)]
-            assert len(replicas) == 64 and len(set(replicas)) == 2
-            serial_per_replica = 32 * alone
-            # Served one by one, the last request of a replica would wait ~31 others before its first
-            # token; overlapped, every request starts within a small part of the whole run.
-            print(sorted(round(x * 1000) for x in ttft), alone)
-            assert max(ttft) < 0.5 * wall, (max(ttft), wall)
-            assert statistics.median(ttft) < 0.25 * wall, (statistics.median(ttft), wall)
+            assert len(spans) == 2 and sum(len(v) for v in spans.values()) == 64
+            # Served one by one, each replica would need ~32 x the time of one request alone.
+            serial = 32 * alone
+            assert wall < 0.6 * serial, (wall, serial)
+            # Inside each replica, several requests were streaming at the same moment.
+            for replica, intervals in spans.items():
+                assert _max_overlap(intervals) >= 4, (replica, _max_overlap(intervals))
             print(
-                f"alone {alone * 1000:.1f} ms, 64 concurrent wall {wall * 1000:.0f} ms "
-                f"(serial estimate {serial_per_replica * 1000:.0f} ms), max ttft {max(ttft) * 1000:.0f} ms"
+                f"alone {alone * 1e3:.1f} ms; 64 concurrent: wall {wall * 1e3:.0f} ms vs {serial * 1e3:.0f} ms "
+                f"serial; overlap per replica {[_max_overlap(v) for v in spans.values()]}"
             )
     finally:
         assert node.stop() == []
+
+
+def _max_overlap(intervals: list[tuple[float, float]]) -> int:
+    edges = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    best = now = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
 
 
 def _timed(fn: object) -> float:
