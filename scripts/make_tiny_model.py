@@ -71,33 +71,55 @@ CHAT_TEMPLATE = (
     "{% endif %}"
 )
 
-# Our own prose. Each paragraph is one training document; Q/A pairs below also become chat turns.
+# Our own prose. Each paragraph (lines joined by spaces) is one training document; the Q/A pairs
+# below become "Q: ...\nA: ..." documents and chat turns.
 CORPUS = """\
-The actor model is a way to build programs from small pieces that share nothing. Each actor owns its own state and talks to other actors only by sending messages. An actor that receives a message may change its state, send messages to actors it knows, or create new actors.
+The actor model is a way to build programs from small pieces that share nothing. Each actor owns its
+own state and talks to other actors only by sending messages. An actor that receives a message may
+change its state, send messages to actors it knows, or create new actors.
 
-Messages travel one way. A sender does not wait for an answer unless it asks for one, and the receiver handles its messages one at a time, in the order they arrive. This makes an actor easy to reason about, because no other code can touch its state while it works.
+Messages travel one way. A sender does not wait for an answer unless it asks for one, and the
+receiver handles its messages one at a time, in the order they arrive. This makes an actor easy to
+reason about, because no other code can touch its state while it works.
 
-When an actor fails, its parent is told. The parent may restart the child, stop it, or pass the failure up to its own parent. Good systems plan for failure from the start and keep the work that was in flight, so that every request gets an answer.
+When an actor fails, its parent is told. The parent may restart the child, stop it, or pass the
+failure up to its own parent. Good systems plan for failure from the start and keep the work that
+was in flight, so that every request gets an answer.
 
-A language model reads a prompt as a list of tokens and predicts the next token, again and again, until it writes an end token or reaches the limit. Greedy decoding always takes the most likely token, so the same prompt gives the same answer every time.
+A language model reads a prompt as a list of tokens and predicts the next token, again and again,
+until it writes an end token or reaches the limit. Greedy decoding always takes the most likely
+token, so the same prompt gives the same answer every time.
 
-Sampling picks the next token at random from the model's probabilities. A low temperature makes the choice careful and a high temperature makes it bold. Top p and top k keep only the most likely tokens before the draw, and a seed makes the draw repeatable.
+Sampling picks the next token at random from the model's probabilities. A low temperature makes the
+choice careful and a high temperature makes it bold. Top p and top k keep only the most likely
+tokens before the draw, and a seed makes the draw repeatable.
 
-Inference servers batch many requests together, because one pass over the weights can serve many prompts at once. Tokens stream back to each caller as soon as they are ready, and a caller that goes away should stop its own generation.
+Inference servers batch many requests together, because one pass over the weights can serve many
+prompts at once. Tokens stream back to each caller as soon as they are ready, and a caller that goes
+away should stop its own generation.
 
-The weather today is mild and grey. A light rain falls in the morning, the wind comes from the west, and the clouds break up in the afternoon. Tomorrow will be sunny and warm, with a cool breeze near the sea.
+The weather today is mild and grey. A light rain falls in the morning, the wind comes from the west,
+and the clouds break up in the afternoon. Tomorrow will be sunny and warm, with a cool breeze near
+the sea.
 
-In winter the days are short and the nights are cold. Snow covers the hills, the rivers freeze at the edges, and people stay near the fire with a warm cup of tea.
+In winter the days are short and the nights are cold. Snow covers the hills, the rivers freeze at
+the edges, and people stay near the fire with a warm cup of tea.
 
-To make a simple soup, chop an onion, two carrots and a stick of celery. Cook them slowly in olive oil until soft, add stock and a handful of lentils, and let the pot simmer for half an hour. Season with salt and pepper and serve it hot with bread.
+To make a simple soup, chop an onion, two carrots and a stick of celery. Cook them slowly in olive
+oil until soft, add stock and a handful of lentils, and let the pot simmer for half an hour. Season
+with salt and pepper and serve it hot with bread.
 
-To bake bread, mix flour, water, salt and yeast into a soft dough. Knead it for ten minutes, let it rise until it doubles, shape the loaf, and bake it in a hot oven until the crust is brown and the bottom sounds hollow.
+To bake bread, mix flour, water, salt and yeast into a soft dough. Knead it for ten minutes, let it
+rise until it doubles, shape the loaf, and bake it in a hot oven until the crust is brown and the
+bottom sounds hollow.
 
-A small garden needs sun, water and patience. Plant beans in spring, keep the soil moist, and pick them young, when they are tender and sweet.
+A small garden needs sun, water and patience. Plant beans in spring, keep the soil moist, and pick
+them young, when they are tender and sweet.
 
 The quick brown fox jumps over the lazy dog. The lazy dog sleeps in the sun and dreams of the fox.
 
-Once upon a time a little robot lived in a quiet library. Every night it read one book and every morning it told the cat what it had learned.
+Once upon a time a little robot lived in a quiet library. Every night it read one book and every
+morning it told the cat what it had learned.
 """
 
 QA_PAIRS = (
@@ -134,9 +156,14 @@ def chat_text(user: str, answer: str | None = None, system: str | None = None) -
     return text
 
 
+def paragraphs() -> list[str]:
+    """The corpus paragraphs, each on one line."""
+    return [" ".join(p.split()) for p in CORPUS.split("\n\n") if p.strip()]
+
+
 def documents() -> list[str]:
     """Training documents in a fixed order: paragraphs, Q/A lines, chat turns."""
-    docs = [BOS + p.strip() + EOS for p in CORPUS.split("\n\n") if p.strip()]
+    docs = [BOS + p + EOS for p in paragraphs()]
     docs += [f"{BOS}Q: {q}\nA: {a}{EOS}" for q, a in QA_PAIRS]
     docs += [chat_text(q, a) for q, a in QA_PAIRS]
     docs += [chat_text(q, a, SYSTEM_PROMPT) for q, a in QA_PAIRS]
@@ -158,8 +185,8 @@ def train_tokenizer(out_dir: Path) -> Any:
         show_progress=False,
     )
     # Role tokens and BOS/EOS are special tokens: strip them from the text the merges learn from.
-    plain = CORPUS + "\n" + "\n".join(f"Q: {q}\nA: {a}" for q, a in QA_PAIRS) + "\n" + SYSTEM_PROMPT
-    tok.train_from_iterator(plain.split("\n"), trainer=trainer)
+    lines = [*paragraphs(), *(f"Q: {q}\nA: {a}" for q, a in QA_PAIRS), SYSTEM_PROMPT]
+    tok.train_from_iterator(lines, trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
@@ -222,7 +249,8 @@ def train_model(hf_dir: Path, tok: Any, steps: int) -> dict[str, Any]:
 
     vocab_size = tok.get_vocab_size()
     bos_id, eos_id, pad_id = (tok.token_to_id(t) for t in (BOS, EOS, PAD))
-    config = LlamaConfig(
+    # Passed as a dict: transformers 5 takes rope_theta/torch_dtype through **kwargs.
+    config_args: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=128,
         intermediate_size=352,
@@ -243,6 +271,7 @@ def train_model(hf_dir: Path, tok: Any, steps: int) -> dict[str, Any]:
         torch_dtype="float32",
         architectures=["LlamaForCausalLM"],
     )
+    config = LlamaConfig(**config_args)
     config._attn_implementation = "eager"
     model = LlamaForCausalLM(config)
     model.train()
@@ -306,7 +335,11 @@ def train_model(hf_dir: Path, tok: Any, steps: int) -> dict[str, Any]:
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
     (hf_dir / "model.safetensors").chmod(0o644)
-    return {"final_loss": round(loss_value, 4), "steps": steps, "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "final_loss": round(loss_value, 4),
+        "steps": steps,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def export_onnx(hf_dir: Path, onnx_dir: Path) -> None:

@@ -1,38 +1,58 @@
 """ONNX Runtime GenAI runner: local CPU (or GPU) inference of an exported ORT GenAI model folder.
 
 The model folder is the one holding `genai_config.json`, or a folder whose `onnx/` subfolder does
-(a built-in model such as `builtin:tiny-llama`). `onnxruntime_genai` is imported on `load`, never
-when `runners` is imported.
+(a built-in model such as `builtin:tiny-llama`). `onnxruntime_genai` is imported when a model is
+loaded, never when `runners` is imported.
 
-Concurrency: every request gets its own `og.Generator`, stepped in a worker thread of a pool owned
-by the runner (engine option `max_parallel`, default 16; one ORT intra-op thread per session by
-default, engine option `intra_op_threads`). ORT GenAI 0.18's `og.Engine` was measured as the
-alternative: on CPU it only offers static batching (continuous batching needs a paged-attention
-export, which the builder supports only for CUDA), so a request that arrives while a batch runs
-waits for the whole batch; it also refuses per-request seeds and exposes no logits. A generator
-per request admits new work at once, gives seeded sampling and logprobs, and stops the moment its
-caller goes away. The numbers are in the module's report (see `BENCHMARK_NOTE`).
+Engine options (`deployment.engine`):
+  scheduler         "engine" (default) or "generators", see below
+  max_parallel      batch size of og.Engine when scheduler="engine" (default 16)
+  intra_op_threads  ORT intra-op threads per session (default 1; pinned, this is a shared CPU)
 
-Per token the worker thread detokenizes (a `TokenizerStream`), matches stop sequences
-(`runners.common.stops`), computes the chosen token's logprob when asked, and hands the chunk
-to the asyncio loop; the loop is woken only when the consumer waits for more.
+Scheduling. Two ways to serve many requests at once; both share tokenization, detokenization
+(`TokenizerStream`), stop sequences (`runners.common.stops`) and chunk building:
+- "engine" (default): og.Engine on one driver thread, batching concurrent requests. On CPU, ORT
+  GenAI 0.18 offers static batching only (continuous batching needs a paged-attention export,
+  which its builder makes for CUDA only), so a request that arrives while a batch runs waits for
+  that batch to end. The Engine takes no per-request seed and gives no logits: requests with a
+  seed (and temperature > 0) or with logprobs go to the generators below.
+- "generators": one og.Generator per request, all stepped round-robin by one thread, one token
+  each per round. A new request joins at the next round whatever else runs (continuous
+  admission); seeded sampling and logprobs (log-softmax of the raw logits for the chosen token)
+  work. One thread on purpose: ORT GenAI 0.18 holds the GIL while it computes, so more stepping
+  threads add no speed and starve the process's other threads (a pool of 16-32 generator threads
+  delayed a runner host's first chunks to the end of the run).
+Measured on this shared 2-core CPU, tiny-llama, one ORT thread (noisy; runs differ by up to 2x).
+Through `generate`, 16 greedy requests x 64 tokens sent together: engine ~10-16k tok/s,
+generators ~5-8k tok/s (a thread pool of generators ~6k tok/s). 16 closed-loop clients, half
+asking 8 tokens and half 128: about equal throughput (engine 3.8-4.0k, generators 2.5-3.7k
+tok/s), but time to first token p50 64-70 ms (engine) vs 10-17 ms (generators). Through the
+actor spine (2 replicas, 64 concurrent x 64 tokens): engine ~0.5x the serial time, generators
+~1x. Hence the engine by default; "generators" where time to first token under mixed load
+matters more than throughput.
+
+Token accounting: EOS is not a completion token and has no chunk; `usage.completion_tokens`
+equals the sum of chunk `token_count`s and, with logprobs, the number of logprob entries. A stop
+sequence ends the text before it, with finish_reason "stop"; the token that completed it counts.
+Closing the stream early (aclose, task cancelled) cancels the ORT work at the next token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import math
 import secrets
 import threading
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.core.errors import (
+    ConfigError,
     ContextLengthError,
     InferenceError,
     InternalError,
@@ -47,13 +67,6 @@ from runners.common.stops import StopMatcher
 if TYPE_CHECKING:
     from atomr.core.deployment import Deployment
 
-BENCHMARK_NOTE = (
-    "16 concurrent greedy requests x 64 tokens, tiny-llama, one ORT thread, 2-core CPU: "
-    "og.Engine (static batching, max_batch_size 16) ~14-20k tok/s for a burst that arrives together; "
-    "one og.Generator per request in a thread pool ~6-8k tok/s. The Engine cannot admit requests "
-    "while a batch runs, take a seed, or give logits on CPU in 0.18, so the runner uses generators."
-)
-
 DEFAULT_MAX_PARALLEL = 16
 DEFAULT_INTRA_OP_THREADS = 1
 
@@ -62,9 +75,7 @@ def _import_og() -> Any:
     try:
         import onnxruntime_genai as og
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise InternalError(
-            f"the ort runtime needs onnxruntime-genai (pip install onnxruntime-genai): {exc}"
-        ) from None
+        raise InternalError(f"the ort runtime needs onnxruntime-genai (pip install onnxruntime-genai): {exc}") from None
     return og
 
 
@@ -94,7 +105,7 @@ def _resolve_model_dir(deployment: Deployment) -> Path:
 def _int_option(options: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = options.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidRequestError(f"engine.{name} must be an integer in [{low}, {high}], got {value!r}", field=f"engine.{name}")
+        raise ConfigError(f"engine.{name} must be an integer in [{low}, {high}], got {value!r}", field=f"engine.{name}")
     return value
 
 
@@ -112,13 +123,13 @@ class _Model:
     vocab_size: int
 
 
-def _open_model(folder: Path, intra_op_threads: int) -> _Model:
+def _open_model(folder: Path, intra_op_threads: int, engine_batch: int | None = None) -> _Model:
     og = _import_og()
     try:
         raw = json.loads((folder / "genai_config.json").read_text())
     except (OSError, ValueError) as exc:
         raise InternalError(f"cannot read {folder / 'genai_config.json'}: {exc}") from None
-    overlay = {
+    overlay: dict[str, Any] = {
         "model": {
             "decoder": {
                 "session_options": {
@@ -128,12 +139,14 @@ def _open_model(folder: Path, intra_op_threads: int) -> _Model:
             }
         }
     }
+    if engine_batch is not None:
+        overlay["engine"] = {"static_batching": {"max_batch_size": engine_batch}}
     try:
         config = og.Config(str(folder))
         config.overlay(json.dumps(overlay))
         model = og.Model(config)
         tokenizer = og.Tokenizer(model)
-    except Exception as exc:
+    except (RuntimeError, ValueError, OSError) as exc:
         raise InternalError(f"ORT GenAI could not load {folder}: {exc}") from None
     mcfg = raw.get("model", {})
     context = int(raw.get("search", {}).get("max_length") or mcfg.get("context_length") or 0)
@@ -160,7 +173,7 @@ def _render_chat(m: _Model, messages: Sequence[Message]) -> str:
     payload = json.dumps([{"role": msg.role, "content": msg.content} for msg in messages])
     try:
         return str(m.tokenizer.apply_chat_template(payload, add_generation_prompt=True))
-    except Exception as exc:
+    except (RuntimeError, ValueError) as exc:
         raise InvalidRequestError(f"the model's chat template failed: {exc}", field="messages") from None
 
 
@@ -222,119 +235,70 @@ def _wake(fut: asyncio.Future[None]) -> None:
 _END = object()
 
 
-class OrtRunner(ModelRunner):
-    """Serves one ORT GenAI model; many `generate` calls run at once, each in a worker thread."""
+class _Decoding:
+    """One request's text side: detokenizer, stop matcher, logprobs, counts; emits the chunks."""
 
-    capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=False, chat=True, completion=True, needs_gpu=False
-    )
+    __slots__ = ("channel", "finished", "generated", "logprobs", "max_tokens", "n_prompt", "stops", "stream")
 
-    def __init__(self, deployment: Deployment) -> None:
-        super().__init__(deployment)
-        options = dict(getattr(deployment, "engine", None) or {})
-        self.intra_op_threads = _int_option(options, "intra_op_threads", DEFAULT_INTRA_OP_THREADS, 1, 256)
-        self.max_parallel = _int_option(options, "max_parallel", DEFAULT_MAX_PARALLEL, 1, 4096)
-        self._m: _Model | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._cancels: set[threading.Event] = set()
-        self._active = 0
-        self._active_lock = threading.Lock()
+    def __init__(self, m: _Model, request: InferenceRequest, n_prompt: int, channel: _Channel) -> None:
+        self.channel = channel
+        self.stream = m.tokenizer.create_stream()
+        self.stops = StopMatcher(request.params.stop)
+        self.logprobs = request.params.logprobs
+        self.max_tokens = request.params.max_tokens
+        self.n_prompt = n_prompt
+        self.generated = 0
+        self.finished = False
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    def token(self, token: int, logits: Any = None) -> bool:
+        """Emit one generated (non-EOS) token; True when a stop sequence ended the text."""
+        self.generated += 1
+        piece = self.stream.decode(token)
+        lps = (TokenLogprob(piece, _log_softmax_at(logits, token)),) if logits is not None else None
+        text, stopped = self.stops.feed(piece)
+        if stopped:
+            self.finished = True
+            self.channel.put(Chunk(text, 1, lps, "stop", Usage(self.n_prompt, self.generated)))
+            return True
+        self.channel.put(Chunk(text, 1, lps))
+        return False
 
-    async def load(self) -> None:
-        folder = _resolve_model_dir(self.deployment)
-        self._m = await asyncio.to_thread(_open_model, folder, self.intra_op_threads)
-        self._pool = ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="atomr-ort")
+    def finish(self, reason: str) -> None:
+        """Emit the last chunk: held-back text, finish_reason and usage."""
+        if self.finished:
+            return
+        self.finished = True
+        self.channel.put(
+            Chunk(self.stops.flush(), 0, () if self.logprobs else None, reason, Usage(self.n_prompt, self.generated))
+        )
 
-    async def health(self) -> bool:
-        return self._m is not None and self._pool is not None
 
-    async def unload(self) -> None:
-        for ev in list(self._cancels):
-            ev.set()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-        self._m = None
+@dataclass(slots=True, eq=False)
+class _Job:
+    request: InferenceRequest
+    channel: _Channel
+    cancel: threading.Event
+    ids: list[int]
+    decoding: _Decoding
+    og_request: Any = None
+    turn_id: int = 0
 
-    @property
-    def context_length(self) -> int:
-        return self._loaded().context_length
 
-    @property
-    def active_generations(self) -> int:
-        """Worker threads currently stepping a generator (for tests and metrics)."""
-        return self._active
+def _uses_engine(request: InferenceRequest) -> bool:
+    """Requests og.Engine (CPU static batching) can serve: no logprobs, no seeded sampling."""
+    p = request.params
+    return not p.logprobs and (p.greedy or p.seed is None)
 
-    def _loaded(self) -> _Model:
-        if self._m is None:
-            raise UnavailableError("the ORT model is not loaded")
-        return self._m
 
-    def count_prompt_tokens(self, request: InferenceRequest) -> int:
-        """Prompt tokens of `request` as the runner will feed them (template and BOS included)."""
-        return len(_prompt_ids(self._loaded(), request.messages, request.prompt))
+class _GenState:
+    """One request being stepped by a `_Stepper`."""
 
-    # -- generation --------------------------------------------------------------------------
+    __slots__ = ("gen", "job", "want_logits")
 
-    async def generate(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
-        m = self._loaded()
-        pool = self._pool
-        if pool is None:
-            raise UnavailableError("the ORT runner is unloaded")
-        loop = asyncio.get_running_loop()
-        channel = _Channel(loop)
-        cancel = threading.Event()
-        self._cancels.add(cancel)
-        try:
-            pool.submit(self._work, m, request, channel, cancel)
-        except RuntimeError:  # pool shut down between the check and the submit
-            self._cancels.discard(cancel)
-            raise UnavailableError("the ORT runner is unloading") from None
-        try:
-            while True:
-                for item in await channel.get_all():
-                    if item is _END:
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-        finally:
-            cancel.set()
-            self._cancels.discard(cancel)
-
-    def _work(self, m: _Model, request: InferenceRequest, channel: _Channel, cancel: threading.Event) -> None:
-        with self._active_lock:
-            self._active += 1
-        try:
-            if not cancel.is_set():
-                self._generate_sync(m, request, channel, cancel)
-        except InferenceError as exc:
-            channel.put(exc)
-        except Exception as exc:  # an engine failure: report it, never let the thread die silently
-            channel.put(InternalError(f"ORT GenAI failed: {type(exc).__name__}: {exc}"))
-        finally:
-            channel.put(_END)
-            with self._active_lock:
-                self._active -= 1
-
-    def _generate_sync(
-        self, m: _Model, request: InferenceRequest, channel: _Channel, cancel: threading.Event
-    ) -> None:
-        params = request.params
-        ids = _prompt_ids(m, request.messages, request.prompt)
-        n_prompt = len(ids)
-        if n_prompt + params.max_tokens > m.context_length:
-            raise ContextLengthError(
-                f"the prompt has {n_prompt} tokens and max_tokens is {params.max_tokens}: "
-                f"{n_prompt + params.max_tokens} exceeds the model's context length of {m.context_length}",
-                field="messages" if request.messages is not None else "prompt",
-                details={"prompt_tokens": n_prompt, "context_length": m.context_length},
-            )
-        og = m.og
-        gp = og.GeneratorParams(m.model)
-        search: dict[str, Any] = {"max_length": n_prompt + params.max_tokens, "min_length": 0}
+    def __init__(self, m: _Model, job: _Job) -> None:
+        params = job.request.params
+        gp = m.og.GeneratorParams(m.model)
+        search: dict[str, Any] = {"max_length": len(job.ids) + params.max_tokens, "min_length": 0}
         if params.greedy:
             search["do_sample"] = False
         else:
@@ -346,35 +310,403 @@ class OrtRunner(ModelRunner):
                 random_seed=params.seed if params.seed is not None else secrets.randbelow(2**31 - 1),
             )
         gp.set_search_options(**search)
-        gen = og.Generator(m.model, gp)
-        gen.append_tokens(ids)
-        stream = m.tokenizer.create_stream()
-        stops = StopMatcher(params.stop)
-        want_logprobs = params.logprobs
-        generated = 0
-        finish = "length"
-        while generated < params.max_tokens:
-            if cancel.is_set():
+        self.gen = m.og.Generator(m.model, gp)
+        self.gen.append_tokens(job.ids)  # the prompt's forward pass
+        self.job = job
+        self.want_logits = params.logprobs
+
+    def step(self, eos_ids: frozenset[int]) -> bool:
+        """Generate one token; True when the request is finished."""
+        decoding = self.job.decoding
+        logits = self.gen.get_logits() if self.want_logits else None
+        self.gen.generate_next_token()
+        token = int(self.gen.get_next_tokens()[0])
+        if token in eos_ids:
+            decoding.finish("stop")
+            return True
+        if decoding.token(token, logits):
+            return True
+        if decoding.generated >= self.job.request.params.max_tokens or self.gen.is_done():
+            decoding.finish("length")
+            return True
+        return False
+
+
+class _Stepper:
+    """Steps one og.Generator per request, round-robin, on one thread.
+
+    A new request joins at the next round (its prompt pass runs then), so requests start at once
+    whatever else is running; every active request gets one token per round.
+    """
+
+    def __init__(self, m: _Model, on_done: Callable[[_Job], None]) -> None:
+        self._m = m
+        self._on_done = on_done
+        self._inbox: collections.deque[_Job | None] = collections.deque()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="atomr-ort-generators", daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: _Job) -> None:
+        if not self.alive:
+            raise UnavailableError("the ORT generator thread has stopped")
+        self._inbox.append(job)
+        self._wake.set()
+
+    def cancel(self, job: _Job) -> None:
+        self._wake.set()  # cancelled jobs are dropped at the start of the next round
+
+    def stop(self) -> None:
+        self._inbox.append(None)
+        self._wake.set()
+        self._thread.join()
+
+    def _main(self) -> None:
+        active: list[_GenState] = []
+        running = True
+        eos_ids = self._m.eos_ids
+        while True:
+            while self._inbox:
+                job = self._inbox.popleft()
+                if job is None:
+                    running = False
+                elif job.cancel.is_set():
+                    self._on_done(job)
+                else:
+                    try:
+                        active.append(_GenState(self._m, job))
+                    except Exception as exc:  # noqa: BLE001 - answer the caller with the engine's reason
+                        self._fail(job, exc)
+            if not running:
+                for st in active:
+                    self._on_done(st.job)
                 return
-            logits = gen.get_logits() if want_logprobs else None
-            gen.generate_next_token()
-            token = int(gen.get_next_tokens()[0])
-            if token in m.eos_ids:
-                finish = "stop"
-                break
-            generated += 1
-            piece = stream.decode(token)
-            lps = (TokenLogprob(piece, _log_softmax_at(logits, token)),) if logits is not None else None
-            text, stopped = stops.feed(piece)
-            if stopped:
-                channel.put(
-                    Chunk(text, 1, lps, finish_reason="stop", usage=Usage(n_prompt, generated))
-                )
-                return
-            channel.put(Chunk(text, 1, lps))
-            if gen.is_done():
-                break
-        channel.put(Chunk(stops.flush(), 0, () if want_logprobs else None, finish, Usage(n_prompt, generated)))
+            if not active:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            still: list[_GenState] = []
+            for st in active:
+                if st.job.cancel.is_set():
+                    self._on_done(st.job)
+                    continue
+                try:
+                    finished = st.step(eos_ids)
+                except Exception as exc:  # noqa: BLE001 - one request failing must not stop the others
+                    self._fail(st.job, exc)
+                    continue
+                if finished:
+                    self._on_done(st.job)
+                else:
+                    still.append(st)
+            active = still
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        if not isinstance(exc, InferenceError):
+            exc = InternalError(f"ORT GenAI failed: {type(exc).__name__}: {exc}")
+        job.channel.put(exc)
+        self._on_done(job)
+
+
+class _EngineDriver:
+    """Owns an og.Engine on its own thread (Engine calls must come from its owner thread).
+
+    The asyncio side only appends to the inbox and sets the wake event; the driver begins turns,
+    runs engine steps, hands tokens to each request's `_Decoding` and cancels turns whose caller
+    went away or whose stop sequence was reached.
+    """
+
+    def __init__(self, m: _Model, on_done: Callable[[_Job], None]) -> None:
+        self._m = m
+        self._on_done = on_done
+        self._inbox: collections.deque[tuple[str, _Job | None]] = collections.deque()
+        self._wake = threading.Event()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._live: dict[int, _Job] = {}
+        self._thread = threading.Thread(target=self._main, name="atomr-ort-engine", daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            raise InternalError(f"ORT GenAI could not start its engine: {self._start_error}")
+
+    def submit(self, job: _Job) -> None:
+        if not self.alive:
+            raise UnavailableError("the ORT engine thread has stopped")
+        self._inbox.append(("add", job))
+        self._wake.set()
+
+    def cancel(self, job: _Job) -> None:
+        self._inbox.append(("cancel", job))
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._inbox.append(("stop", None))
+        self._wake.set()
+        self._thread.join()
+
+    def _main(self) -> None:
+        og = self._m.og
+        try:
+            engine = og.Engine(self._m.model)
+        except (RuntimeError, ValueError) as exc:
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop(og, engine)
+        except BaseException as exc:  # a bug or engine crash: answer every caller, never hang one
+            error = InternalError(f"ORT GenAI engine thread failed: {type(exc).__name__}: {exc}")
+            for live_job in list(self._live.values()):
+                self._fail(live_job, error)
+            while self._inbox:
+                op, queued = self._inbox.popleft()
+                if op == "add" and queued is not None:
+                    queued.channel.put(error)
+                    self._on_done(queued)
+            raise
+
+    def _loop(self, og: Any, engine: Any) -> None:
+        buf = engine.create_event_buffer(1024)
+        live = self._live
+        token_flag, finished_flag = int(og.EngineEventFlags.TOKEN), int(og.EngineEventFlags.TURN_FINISHED)
+        failed_flag = int(og.EngineEventFlags.FAILED)
+        reasons = {og.FinishReason.EOS: "stop", og.FinishReason.STOP_STRING: "stop"}
+        running = True
+        while True:
+            while self._inbox:
+                op, job = self._inbox.popleft()
+                if op == "stop":
+                    running = False
+                elif job is not None and op == "add":
+                    self._begin(og, engine, job)
+                # "cancel" only wakes us: cancelled jobs are dropped just below
+            for job in [j for j in live.values() if j.cancel.is_set() or not running]:
+                self._drop(job)
+            if not engine.has_pending_requests():
+                for job in list(live.values()):  # the engine forgot them: answer rather than hang
+                    self._fail(job, InternalError("ORT GenAI engine ended the request without finishing it"))
+                if not running:
+                    return
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                engine.run(buf)
+            except (RuntimeError, ValueError) as exc:  # the engine broke: fail what is in flight, start anew
+                for job in list(live.values()):
+                    self._fail(job, InternalError(f"ORT GenAI engine failed: {exc}"))
+                engine = og.Engine(self._m.model)
+                buf = engine.create_event_buffer(1024)
+                continue
+            for i in range(len(buf)):
+                ev = buf[i]
+                job = live.get(id(ev.request))
+                if job is None:
+                    continue
+                flags = int(ev.flags)
+                if flags & failed_flag:
+                    self._fail(job, InternalError(f"ORT GenAI engine failed the request: {ev.error_code}"))
+                    continue
+                if flags & token_flag and ev.token not in self._m.eos_ids and job.decoding.token(int(ev.token)):
+                    self._drop(job)
+                    continue
+                if flags & finished_flag:
+                    job.decoding.finish(reasons.get(ev.finish_reason, "length"))
+                    self._close(job)
+
+    def _begin(self, og: Any, engine: Any, job: _Job) -> None:
+        if job.cancel.is_set():
+            self._on_done(job)
+            return
+        import numpy as np
+
+        p = job.request.params
+        try:
+            req = engine.create_request()
+            opts = og.TurnOptions(req)
+            opts.set_max_generated_tokens(p.max_tokens)
+            if p.greedy:
+                opts.set_do_sample(False)
+            else:
+                opts.set_do_sample(True)
+                opts.set_temperature(float(p.temperature))
+                opts.set_top_p(float(p.top_p))
+                opts.set_top_k(int(p.top_k))  # 0 disables top-k
+            job.turn_id = int(req.begin_turn(np.asarray(job.ids, dtype=np.int32), opts))
+        except (RuntimeError, ValueError) as exc:
+            job.channel.put(InternalError(f"ORT GenAI engine refused the request: {exc}"))
+            self._on_done(job)
+            return
+        job.og_request = req
+        self._live[id(req)] = job
+
+    def _drop(self, job: _Job) -> None:
+        """End a request early (stop sequence reached, caller gone, or shutting down)."""
+        with contextlib.suppress(RuntimeError, ValueError):  # already finished: nothing to cancel
+            job.og_request.cancel_turn(job.turn_id)
+        self._close(job)
+
+    def _fail(self, job: _Job, exc: InferenceError) -> None:
+        job.channel.put(exc)
+        self._close(job)
+
+    def _close(self, job: _Job) -> None:
+        self._live.pop(id(job.og_request), None)
+        with contextlib.suppress(RuntimeError, ValueError):
+            job.og_request.close()
+        self._on_done(job)
+
+
+class OrtRunner(ModelRunner):
+    """Serves one ORT GenAI model; many `generate` calls run at once."""
+
+    # batching: concurrent generate calls are scheduled together by the runner itself.
+    capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
+        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=False
+    )
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
+        options = dict(getattr(deployment, "engine", None) or {})
+        self.intra_op_threads = _int_option(options, "intra_op_threads", DEFAULT_INTRA_OP_THREADS, 1, 256)
+        self.max_parallel = _int_option(options, "max_parallel", DEFAULT_MAX_PARALLEL, 1, 256)
+        scheduler = options.get("scheduler", "engine")
+        if scheduler not in ("engine", "generators"):
+            raise ConfigError(
+                f"engine.scheduler must be 'engine' or 'generators', got {scheduler!r}", field="engine.scheduler"
+            )
+        self.scheduler: str = scheduler
+        self._m: _Model | None = None
+        self._stepper: _Stepper | None = None
+        self._engine: _EngineDriver | None = None
+        self._jobs: set[_Job] = set()
+        self._active = 0
+        self._active_lock = threading.Lock()
+        # Running totals, for metrics and tests: requests finished, completion tokens generated
+        # (EOS not counted), and requests whose caller went away before the end.
+        self.stats = {"requests": 0, "tokens": 0, "cancelled": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        folder = _resolve_model_dir(self.deployment)
+        batch = self.max_parallel if self.scheduler == "engine" else None
+        m = await asyncio.to_thread(_open_model, folder, self.intra_op_threads, batch)
+        if self.scheduler == "engine":
+            driver = _EngineDriver(m, self._job_done)
+            await asyncio.to_thread(driver.start)
+            self._engine = driver
+        stepper = _Stepper(m, self._job_done)
+        stepper.start()
+        self._stepper = stepper
+        self._m = m
+
+    async def health(self) -> bool:
+        if self._m is None or self._stepper is None or not self._stepper.alive:
+            return False
+        return self._engine is None or self._engine.alive
+
+    async def unload(self) -> None:
+        for job in list(self._jobs):  # callers still reading get an error, not a truncated stream
+            job.channel.put(UnavailableError("the ORT runner was unloaded during the generation"))
+            job.cancel.set()
+        engine, self._engine = self._engine, None
+        stepper, self._stepper = self._stepper, None
+        if engine is not None:
+            await asyncio.to_thread(engine.stop)
+        if stepper is not None:
+            await asyncio.to_thread(stepper.stop)
+        self._m = None
+
+    @property
+    def context_length(self) -> int:
+        return self._loaded().context_length
+
+    @property
+    def active_generations(self) -> int:
+        """Requests accepted and not yet finished on the ORT side (for tests and metrics)."""
+        return self._active
+
+    def _loaded(self) -> _Model:
+        if self._m is None:
+            raise UnavailableError("the ORT model is not loaded")
+        return self._m
+
+    def count_prompt_tokens(self, request: InferenceRequest) -> int:
+        """Prompt tokens of `request` as the runner feeds them (template and BOS included)."""
+        return len(_prompt_ids(self._loaded(), request.messages, request.prompt))
+
+    def _job_done(self, job: _Job) -> None:
+        with self._active_lock:
+            self._active -= 1
+            self.stats["requests"] += 1
+            self.stats["tokens"] += job.decoding.generated
+            if job.cancel.is_set() and not job.decoding.finished:
+                self.stats["cancelled"] += 1
+        job.channel.put(_END)
+
+    # -- generation --------------------------------------------------------------------------
+
+    async def generate(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
+        m = self._loaded()
+        stepper = self._stepper
+        if stepper is None:
+            raise UnavailableError("the ORT runner is unloaded")
+        ids = _prompt_ids(m, request.messages, request.prompt)
+        _check_context(m, request, len(ids))
+        channel = _Channel(asyncio.get_running_loop())
+        job = _Job(request, channel, threading.Event(), ids, _Decoding(m, request, len(ids), channel))
+        engine = self._engine if _uses_engine(request) else None
+        worker: _EngineDriver | _Stepper = engine if engine is not None else stepper
+        with self._active_lock:
+            self._active += 1
+        self._jobs.add(job)
+        try:
+            worker.submit(job)
+        except UnavailableError:  # its thread has stopped
+            self._jobs.discard(job)
+            self._job_done(job)
+            raise UnavailableError("the ORT runner is unloading or its engine stopped") from None
+        done = False
+        try:
+            while not done:
+                for item in await channel.get_all():
+                    if item is _END:
+                        done = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+        finally:
+            self._jobs.discard(job)
+            if not done:  # the caller went away (aclose, cancelled task) or an error: stop the work
+                job.cancel.set()
+                worker.cancel(job)
+
+
+def _check_context(m: _Model, request: InferenceRequest, n_prompt: int) -> None:
+    max_tokens = request.params.max_tokens
+    if n_prompt + max_tokens > m.context_length:
+        raise ContextLengthError(
+            f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "
+            f"{n_prompt + max_tokens} exceeds the model's context length of {m.context_length}",
+            field="messages" if request.messages is not None else "prompt",
+            details={"prompt_tokens": n_prompt, "context_length": m.context_length},
+        )
 
 
 def ort_greedy_reference(
