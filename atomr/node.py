@@ -8,8 +8,13 @@ actor system and ends every process it started.
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# Thespian notices a dead convention member after 22 minutes by default; atomr's own heartbeats
+# notice it in seconds, and this makes Thespian's view follow soon after. Set before thespian loads.
+os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:02")
+
+import argparse
 import shutil
 import signal
 import socket
@@ -76,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except InferenceError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2
+    if (args.role == "head") == bool(args.join):
+        print("atomr node: a head node takes no --join; gpu and cpu nodes need --join HEAD:PORT", file=sys.stderr)
+        return 2
     configure_logging(args.log_level or settings.get("log_level", "info"))
     port = args.port or int(settings.get("port", DEFAULT_PORT))
     bind = args.bind or settings.get("bind", DEFAULT_BIND)
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node.start()
         print(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}", flush=True)
-        for dep in deployments:
+        for dep in deployments if node.join is None else []:
             infos = node.deploy(dep)
             print(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}", flush=True)
         print("ready", flush=True)

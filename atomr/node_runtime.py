@@ -42,20 +42,32 @@ class NodeRuntime:
         self.info: NodeInfo | None = None
 
     def start(self) -> None:
+        """Start this node's actor system; the head also starts the global actors and its agent.
+
+        A node that joins only starts its actor system: the head's deployment manager notices it
+        through the convention and creates its node agent there.
+        """
         from atomr.actors.deployment_manager import DeploymentManager
         from atomr.actors.gateway import Gateway
         from atomr.actors.node_agent import NodeAgent
         from atomr.actors.registry import Registry
 
-        caps = {"atomr.role": self.role, "atomr.node_id": self.node_id, "atomr.gpus": ",".join(self.gpu_ids)}
-        self.asys = start_system(self.port, bind=self.bind, capabilities=caps, join=self.join)
-        if self.role == "head":
-            self.asys.createActor(Registry, globalName=REGISTRY_NAME)
-            self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
-            self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
-        agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
         host = self.bind if self.bind not in ("", "0.0.0.0") else "127.0.0.1"
-        info = self.asys.ask(agent, NodeInit(self.node_id, self.role, self.gpu_ids, host, self.port), 30)
+        caps = {
+            "atomr.role": self.role,
+            "atomr.node_id": self.node_id,
+            "atomr.gpus": ",".join(self.gpu_ids),
+            "atomr.host": host,
+        }
+        self.asys = start_system(self.port, bind=self.bind, capabilities=caps, join=self.join)
+        if self.join is not None:
+            return
+        self.asys.createActor(Registry, globalName=REGISTRY_NAME)
+        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
+        agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
+        init = NodeInit(self.node_id, self.role, self.gpu_ids, host, self.port, manager=manager)
+        info = self.asys.ask(agent, init, 30)
         if not isinstance(info, NodeInfo):
             raise InferenceTimeoutError("node agent did not start")
         self.info = info

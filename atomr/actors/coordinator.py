@@ -1,23 +1,32 @@
 """Coordinator actor: one per deployment. Owns the replica set and every request it admitted.
 
-Each replica has a number of in-flight credits (`max_inflight_per_replica`); requests go to the
-ready replica with the fewest outstanding, wait in a bounded FIFO queue when all are busy, and are
-answered `overloaded` when the queue is full. The coordinator remembers every dispatched request
-until its replica reports it finished, so that when a replica dies each of its requests still gets
-exactly one final answer: re-dispatched if it had not started streaming, `runner_crashed` if it had.
+Requests go to the ready replica with the fewest outstanding while it has in-flight credits left
+(`max_inflight_per_replica`), wait in a bounded FIFO queue when all are busy, and are answered
+`overloaded` when the queue is full. Every dispatched request is remembered until its replica
+reports it finished, so that when a replica dies each request still gets exactly one final
+answer: re-dispatched if it had not started streaming, `runner_crashed` if it had.
+
+Supervision follows the deployment's policy: a replica that dies or fails to load is started
+again (through the manager, which picks a live node) after an exponential backoff; past the
+restart intensity (N restarts within T seconds), or at once for failures a restart cannot fix
+(missing files, bad config, out of memory), it is isolated and the deployment is degraded. With
+no replica left alive, requests go to the configured fallback deployment, or get `unavailable`.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import structlog
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorExitRequest, WakeupMessage
 
 from atomr.actors.messages import (
+    GATEWAY_NAME,
     Address,
     Cancel,
     DeploymentInfo,
@@ -25,9 +34,12 @@ from atomr.actors.messages import (
     Dispatch,
     Drain,
     Drained,
+    NodeLost,
+    PlaceReplica,
     ReplicaExited,
     ReplicaFailed,
     ReplicaInfo,
+    ReplicaPlaced,
     ReplicaProgress,
     ReplicaReady,
     StartCoordinator,
@@ -44,29 +56,44 @@ from atomr.core.errors import (
     NotFoundError,
     OverloadedError,
     RunnerCrashedError,
+    UnavailableError,
 )
 from atomr.core.types import StreamEvent
 
 log = structlog.get_logger("atomr.coordinator")
 
+# Load failures that a restart cannot fix: the replica is isolated at once.
+PERMANENT_KINDS = frozenset({"config", "not_found", "invalid_request", "auth"})
+MAX_FALLBACK_HOPS = 3
+LIVE = ("starting", "ready", "restarting")
+
+
+def is_permanent(err: ErrorInfo) -> bool:
+    text = err.message.lower()
+    return err.kind in PERMANENT_KINDS or "out of memory" in text or "outofmemory" in text
+
 
 @dataclass(slots=True)
 class Replica:
-    replica_id: str
-    node_agent: Address
-    gpu_ids: list[str]
-    state: str = "starting"  # starting | ready | failed | exited
-    address: Address = None
+    slot: str  # stable name of the replica ("name-v1-r0")
+    instance: str = ""  # current incarnation ("name-v1-r0.2"); messages about others are stale
+    node_agent: Address = None
     node_id: str = ""
+    gpu_ids: list[str] = field(default_factory=list)
+    state: str = "starting"  # starting | ready | restarting | stopping | exited | isolated
+    address: Address = None
     pid: int = 0
+    visible_devices: str | None = None
     inflight: set[str] = field(default_factory=set)
     error: str | None = None
+    restart_times: collections.deque[float] = field(default_factory=collections.deque)
+    restarts: int = 0
 
 
 @dataclass(slots=True)
 class InFlight:
     item: WorkItem
-    replica_id: str
+    slot: str
     started: bool = False
 
 
@@ -81,72 +108,165 @@ class Coordinator(SidecarActor):
         self.state = "deploying"
         self.error: str | None = None
         self._dispatch: dict[str, list[WorkItem]] = {}
+        self._gateway: Address = None
 
-    # ---- lifecycle ----
+    # ---- replica lifecycle ----
 
     def receiveMsg_StartCoordinator(self, msg: StartCoordinator, sender: Address) -> None:
         self.dep, self.manager = msg.deployment, msg.manager
-        for replica_id, agent, gpus in msg.placements:
-            self.replicas[replica_id] = Replica(replica_id, agent, list(gpus))
+        for p in msg.placements:
+            r = Replica(p.slot)
+            self.replicas[p.slot] = r
+            self._placed(r, p)
+
+    def _placed(self, r: Replica, p: ReplicaPlaced) -> None:
+        r.instance, r.node_agent, r.node_id, r.gpu_ids = p.instance, p.node_agent, p.node_id or "", list(p.gpu_ids)
+        r.address, r.pid = None, 0
+
+    def _by_instance(self, instance: str) -> Replica | None:
+        slot = instance.rpartition(".")[0]
+        r = self.replicas.get(slot)
+        return r if r is not None and r.instance == instance else None
 
     def receiveMsg_ReplicaReady(self, msg: ReplicaReady, sender: Address) -> None:
-        r = self.replicas.get(msg.replica_id)
+        r = self._by_instance(msg.replica_id)
         if r is None:
             return
-        r.state, r.address, r.node_id, r.pid = "ready", msg.address, msg.node_id, msg.pid
-        if self.state == "deploying" and all(x.state == "ready" for x in self.replicas.values()):
-            self.state = "ready"
-        self._pump()
-        self._report()
+        r.address, r.node_id, r.pid, r.visible_devices = msg.address, msg.node_id, msg.pid, msg.visible_devices
+        if r.state == "stopping" or self.state == "draining":
+            self._stop(r)
+            return
+        r.state, r.error = "ready", None
+        log.info("replica ready", deployment=self._name, replica=r.instance, node=r.node_id, pid=r.pid)
+        self._changed()
 
     def receiveMsg_ReplicaFailed(self, msg: ReplicaFailed, sender: Address) -> None:
-        r = self.replicas.get(msg.replica_id)
+        r = self._by_instance(msg.replica_id)
         if r is None:
             return
-        r.state, r.error = "failed", msg.error.message
-        if self.state == "deploying":
-            self.state, self.error = "failed", f"replica {msg.replica_id} failed to load: {msg.error.message}"
-        self._fail_over(r)
-        self._stop_replica(r)
-        self._report()
+        log.warning("replica failed to load", deployment=self._name, replica=r.instance, error=msg.error.message)
+        # The runner host process is still alive: stop it, and do not count its exit again.
+        self.send(r.node_agent, StopReplica(r.instance))
+        if is_permanent(msg.error):
+            self._isolate(r, msg.error.message)
+        else:
+            self._restart_later(r, msg.error.message)
 
     def receiveMsg_ReplicaExited(self, msg: ReplicaExited, sender: Address) -> None:
-        r = self.replicas.get(msg.replica_id)
+        r = self._by_instance(msg.replica_id)
         if r is None:
             return
-        was_ready = r.state == "ready"
-        r.state = "exited" if r.state != "failed" else r.state
-        if was_ready and self.state not in ("draining",):
-            log.warning("replica exited", deployment=self._name, replica=r.replica_id)
+        self._replica_gone(r, "its process exited")
+
+    def receiveMsg_NodeLost(self, msg: NodeLost, sender: Address) -> None:
+        for instance in msg.instances:
+            r = self._by_instance(instance)
+            if r is not None:
+                self._replica_gone(r, f"node {msg.node_id} was lost")
+
+    def _replica_gone(self, r: Replica, why: str) -> None:
+        if r.state in ("restarting", "isolated", "exited"):
+            return  # this instance's end was already handled (it failed to load, or was replaced)
         self._fail_over(r)
-        self._report()
-        self._maybe_drained()
+        if r.state == "stopping" or self.state == "draining":
+            r.state = "exited"
+            self._maybe_drained()
+        else:
+            log.warning("replica died", deployment=self._name, replica=r.instance, why=why)
+            self._restart_later(r, why)
+        self._changed()
+
+    def _restart_later(self, r: Replica, reason: str) -> None:
+        assert self.dep is not None
+        sup = self.dep.supervision
+        if not sup.restart or self.state == "draining":
+            self._isolate(r, reason)
+            return
+        now = time.monotonic()
+        while r.restart_times and now - r.restart_times[0] > sup.window_s:
+            r.restart_times.popleft()
+        if len(r.restart_times) >= sup.max_restarts:
+            self._isolate(r, f"{len(r.restart_times)} restarts within {sup.window_s:g} s; last failure: {reason}")
+            return
+        r.restart_times.append(now)
+        r.restarts += 1
+        r.state, r.error, r.address = "restarting", reason, None
+        self.wakeupAfter(timedelta(seconds=sup.backoff(len(r.restart_times))), payload=("restart", r.slot))
+        self._changed()
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
+        kind, slot = msg.payload
+        r = self.replicas.get(slot)
+        if kind != "restart" or r is None or r.state != "restarting" or self.state == "draining":
+            return
+        assert self.dep is not None
+        n = int(r.instance.rpartition(".")[2]) + 1
+        self.send(self.manager, PlaceReplica(self.dep, slot, f"{slot}.{n}"))
+
+    def receiveMsg_ReplicaPlaced(self, msg: ReplicaPlaced, sender: Address) -> None:
+        r = self.replicas.get(msg.slot)
+        if r is None or r.state != "restarting":
+            return
+        if msg.node_id is None:
+            self._isolate(r, f"no node can host it: {msg.reason}")
+            return
+        self._placed(r, msg)
+        r.state = "starting"
+        log.info("replica restarting", deployment=self._name, replica=r.instance, node=r.node_id)
+
+    def _isolate(self, r: Replica, reason: str) -> None:
+        log.error("replica isolated", deployment=self._name, replica=r.instance, reason=reason)
+        r.state, r.error, r.address = "isolated", reason, None
+        self._fail_over(r)
+        self._changed()
+
+    def _stop(self, r: Replica) -> None:
+        if r.state in LIVE and r.node_agent is not None:
+            self.send(r.node_agent, StopReplica(r.instance))
+            r.state = "stopping"
 
     def receiveMsg_Drain(self, msg: Drain, sender: Address) -> None:
         self.state = "draining"
+        for r in self.replicas.values():
+            if r.state == "restarting":
+                r.state = "exited"
         self._maybe_drained()
 
     def _maybe_drained(self) -> None:
         if self.state != "draining" or self.inflight or self.queue:
             return
-        live = [r for r in self.replicas.values() if r.state in ("ready", "starting")]
-        for r in live:
-            self._stop_replica(r)
-        if all(r.state in ("exited", "failed") for r in self.replicas.values()):
+        for r in self.replicas.values():
+            self._stop(r)
+        if all(r.state in ("exited", "isolated") for r in self.replicas.values()):
             self.send(self.manager, Drained(self._name))
-
-    def _stop_replica(self, r: Replica) -> None:
-        if r.state in ("ready", "starting", "failed"):
-            self.send(r.node_agent, StopReplica(r.replica_id))
-            if r.state != "failed":
-                r.state = "stopping"
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Address) -> None:
         for rid in list(self.inflight):
-            self._answer_error(rid, RunnerCrashedError("deployment stopped").info())
+            self._answer(rid, RunnerCrashedError("deployment stopped").info())
         while self.queue:
             item = self.queue.popleft()
             self.emit(item.reply_to, _error_event(item, NotFoundError(f"deployment {self._name} stopped")))
+
+    def _changed(self) -> None:
+        """Recompute the deployment state, serve what waits, and tell the manager."""
+        before = self.state
+        if self.state not in ("draining", "failed"):
+            states = [r.state for r in self.replicas.values()]
+            settled = all(s in ("ready", "isolated") for s in states)
+            if self.state == "deploying" and not settled:
+                pass
+            elif "ready" in states:
+                self.state = "degraded" if "isolated" in states else "ready"
+            elif any(s in LIVE for s in states):
+                self.state = "degraded"
+            elif self.dep is not None and self.dep.supervision.fallback:
+                self.state = "degraded"
+            else:
+                self.state = "failed" if before == "deploying" else "degraded"
+                errors = [r.error for r in self.replicas.values() if r.error]
+                self.error = f"no replica could start: {errors[0]}" if errors else "no replica could start"
+        self._pump()
+        self._report()
 
     # ---- requests ----
 
@@ -168,7 +288,7 @@ class Coordinator(SidecarActor):
         self._pump()
 
     def receiveMsg_ReplicaProgress(self, msg: ReplicaProgress, sender: Address) -> None:
-        r = self.replicas.get(msg.replica_id)
+        r = self._by_instance(msg.replica_id)
         for rid in msg.started:
             f = self.inflight.get(rid)
             if f is not None:
@@ -185,9 +305,9 @@ class Coordinator(SidecarActor):
         for rid in msg.request_ids:
             f = self.inflight.get(rid)
             if f is not None:
-                by_replica.setdefault(f.replica_id, []).append(rid)
-        for replica_id, rids in by_replica.items():
-            r = self.replicas[replica_id]
+                by_replica.setdefault(f.slot, []).append(rid)
+        for slot, rids in by_replica.items():
+            r = self.replicas[slot]
             if r.address is not None:
                 self.send(r.address, Cancel(rids))
         gone = set(msg.request_ids)
@@ -210,32 +330,50 @@ class Coordinator(SidecarActor):
             self.emit(item.reply_to, _error_event(item, InferenceTimeoutError("deadline passed in queue")))
             return True
         best.inflight.add(rid)
-        self.inflight[rid] = InFlight(item, best.replica_id)
-        self._dispatch.setdefault(best.replica_id, []).append(item)
+        self.inflight[rid] = InFlight(item, best.slot)
+        self._dispatch.setdefault(best.slot, []).append(item)
         return True
 
     def _pump(self) -> None:
         while self.queue and self._assign(self.queue[0]):
             self.queue.popleft()
+        if self.queue and not any(r.state in LIVE for r in self.replicas.values()):
+            items, self.queue = list(self.queue), collections.deque()
+            self._elsewhere(items)
+
+    def _elsewhere(self, items: list[WorkItem]) -> None:
+        """No replica is alive: hand requests to the fallback deployment, or answer unavailable."""
+        assert self.dep is not None
+        fallback = self.dep.supervision.fallback
+        forward = []
+        for item in items:
+            if fallback and item.hops < MAX_FALLBACK_HOPS:
+                req = dataclasses.replace(item.request, model=fallback)
+                forward.append(WorkItem(req, item.reply_to, item.hops + 1))
+            else:
+                err = UnavailableError(f"deployment {self._name} has no live replica", retry_after=1.0)
+                self.emit(item.reply_to, _error_event(item, err))
+        if forward:
+            if self._gateway is None:
+                from atomr.actors.gateway import Gateway
+
+                self._gateway = self.createActor(Gateway, globalName=GATEWAY_NAME)
+            self.send(self._gateway, Submit(forward))
 
     def _fail_over(self, r: Replica) -> None:
-        """Answer or re-dispatch every request that was on replica `r`."""
+        """Answer or re-queue every request that was on replica `r`."""
         pending = [self.inflight.pop(rid) for rid in list(r.inflight) if rid in self.inflight]
         r.inflight.clear()
-        self._dispatch.pop(r.replica_id, None)
-        for f in pending:
+        self._dispatch.pop(r.slot, None)
+        for f in reversed(pending):
             if f.started:
-                err = RunnerCrashedError(f"replica {r.replica_id} of {self._name} died while streaming")
+                err = RunnerCrashedError(f"replica {r.instance} of {self._name} died while streaming")
                 self.emit(f.item.reply_to, _error_event(f.item, err))
             else:
                 self.queue.appendleft(f.item)
-        if not any(x.state in ("ready", "starting") for x in self.replicas.values()):
-            while self.queue:
-                item = self.queue.popleft()
-                self.emit(item.reply_to, _error_event(item, RunnerCrashedError(f"no live replica of {self._name}")))
         self._pump()
 
-    def _answer_error(self, rid: str, info: ErrorInfo) -> None:
+    def _answer(self, rid: str, info: ErrorInfo) -> None:
         f = self.inflight.pop(rid, None)
         if f is not None:
             self.emit(f.item.reply_to, StreamEvent(rid, error=info, final=True, deployment=self._name))
@@ -243,8 +381,8 @@ class Coordinator(SidecarActor):
     def after_drain(self) -> None:
         if self._dispatch:
             batches, self._dispatch = self._dispatch, {}
-            for replica_id, items in batches.items():
-                self.send(self.replicas[replica_id].address, Dispatch(items))
+            for slot, items in batches.items():
+                self.send(self.replicas[slot].address, Dispatch(items))
         super().after_drain()
 
     # ---- reporting ----
@@ -262,7 +400,17 @@ class Coordinator(SidecarActor):
             version=self.dep.version,
             state=self.state,
             replicas=[
-                ReplicaInfo(r.replica_id, r.node_id, r.state, r.pid, r.gpu_ids, len(r.inflight), r.error)
+                ReplicaInfo(
+                    r.slot,
+                    r.node_id,
+                    r.state,
+                    r.pid,
+                    list(r.gpu_ids),
+                    len(r.inflight),
+                    r.error,
+                    r.restarts,
+                    visible_devices=r.visible_devices,
+                )
                 for r in self.replicas.values()
             ],
             queued=len(self.queue),

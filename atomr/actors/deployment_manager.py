@@ -1,17 +1,24 @@
-"""Deployment manager actor (global name): deploy, undeploy, list and status for the cluster.
+"""Deployment manager actor (global name on the head): deploy, undeploy, list and status.
 
-It places replicas on registered nodes by their capabilities (role, free GPUs), starts one
-coordinator per deployment, publishes ready deployments to the registry, and answers admin
-requests once the outcome is known (all replicas ready, or the engine's reason for failing).
+It knows the cluster's nodes (the head's own agent registers; for every node that joins the
+convention it creates a node agent on that node's actor system), places replicas by role and
+free GPUs (one runner host per GPU), starts one coordinator per deployment, publishes ready
+deployments to the registry, and answers admin requests once the outcome is known. Node agents
+send heartbeats; a node silent for `node_timeout_s` (or that leaves the convention) is declared
+lost: its replicas' coordinators are told, and they start the replicas again elsewhere through
+`PlaceReplica` when a node has room.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import structlog
-from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate, ChildActorExited, WakeupMessage
 
 from atomr.actors.coordinator import Coordinator
 from atomr.actors.messages import (
@@ -23,9 +30,14 @@ from atomr.actors.messages import (
     Drain,
     Drained,
     GetStatus,
+    Heartbeat,
     ListDeployments,
     NodeInfo,
+    NodeInit,
+    NodeLost,
+    PlaceReplica,
     RegisterNode,
+    ReplicaPlaced,
     Reply,
     Route,
     RouteTable,
@@ -41,13 +53,16 @@ from atomr.core.errors import ConfigError, InferenceError, InternalError, NotFou
 
 log = structlog.get_logger("atomr.manager")
 
+NODE_TIMEOUT_ENV = "ATOMR_NODE_TIMEOUT_S"
+CHECK_PERIOD_S = 0.5
+
 
 @dataclass(slots=True)
 class Record:
     dep: Deployment
     coordinator: Address
     info: DeploymentInfo
-    gpus: dict[str, list[str]]  # node id -> GPU ids held
+    slots: dict[str, tuple[str, list[str], str]] = field(default_factory=dict)  # slot -> (node, GPUs, instance)
     deploy_waiters: list[Address] = field(default_factory=list)
     undeploy_waiters: list[Address] = field(default_factory=list)
 
@@ -56,18 +71,78 @@ class DeploymentManager(SidecarActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.nodes: dict[str, NodeInfo] = {}
+        self.last_seen: dict[str, float] = {}
         self.records: dict[str, Record] = {}
         self.registry: Address = None
+        self.watching = False
+        self.node_timeout_s = float(os.environ.get(NODE_TIMEOUT_ENV, "5"))
 
     def _registry(self) -> Address:
         if self.registry is None:
             self.registry = self.createActor(Registry, globalName=REGISTRY_NAME)
         return self.registry
 
+    # ---- nodes ----
+
     def receiveMsg_RegisterNode(self, msg: RegisterNode, sender: Address) -> None:
         self.nodes[msg.info.node_id] = msg.info
+        self.last_seen[msg.info.node_id] = time.monotonic()
         self.send(sender, Reply(True))
         log.info("node registered", node=msg.info.node_id, role=msg.info.role, gpus=msg.info.gpu_ids)
+        if not self.watching:
+            self.watching = True
+            self.notifyOnSystemRegistrationChanges(True)
+            self.wakeupAfter(timedelta(seconds=CHECK_PERIOD_S))
+
+    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: Address) -> None:
+        caps = msg.remoteCapabilities or {}
+        node_id = caps.get("atomr.node_id")
+        if not node_id:
+            return
+        if msg.remoteAdded:
+            if node_id in self.nodes:
+                return
+            from atomr.actors.node_agent import NodeAgent
+
+            agent = self.createActor(NodeAgent, targetActorRequirements={"atomr.node_id": node_id})
+            gpus = [g for g in str(caps.get("atomr.gpus", "")).split(",") if g]
+            init = NodeInit(
+                node_id,
+                str(caps.get("atomr.role", "cpu")),
+                gpus,
+                str(caps.get("atomr.host", "")),
+                int(caps.get("Admin Port", 0)),
+                manager=self.myAddress,
+            )
+            self.send(agent, init)
+        elif node_id in self.nodes:
+            self._node_lost(node_id, "it left the convention")
+
+    def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Address) -> None:
+        if msg.node_id in self.nodes:
+            self.last_seen[msg.node_id] = time.monotonic()
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
+        now = time.monotonic()
+        for node_id, seen in list(self.last_seen.items()):
+            if now - seen > self.node_timeout_s:
+                self._node_lost(node_id, f"no heartbeat for {now - seen:.1f} s")
+        self.wakeupAfter(timedelta(seconds=CHECK_PERIOD_S))
+
+    def receiveMsg_Reply(self, msg: Reply, sender: Address) -> None:
+        """A joined node's agent finished registering (nothing else to do)."""
+
+    def _node_lost(self, node_id: str, why: str) -> None:
+        self.nodes.pop(node_id, None)
+        self.last_seen.pop(node_id, None)
+        log.error("node lost", node=node_id, why=why)
+        for rec in self.records.values():
+            lost = [inst for node, _, inst in rec.slots.values() if node == node_id]
+            for slot, (node, _, inst) in list(rec.slots.items()):
+                if node == node_id:
+                    rec.slots[slot] = ("", [], inst)
+            if lost:
+                self.send(rec.coordinator, NodeLost(node_id, lost))
 
     # ---- deploy ----
 
@@ -75,74 +150,105 @@ class DeploymentManager(SidecarActor):
         dep = msg.deployment
         try:
             self._check_names_free(dep)
-            placements = self._place(dep)
+            plan = self._plan(dep)
         except InferenceError as exc:
             self.send(sender, Reply(False, error=exc.info()))
             return
         coordinator = self.createActor(Coordinator)
-        held: dict[str, list[str]] = {}
-        for _, node_id, gpus in placements:
-            held.setdefault(node_id, []).extend(gpus)
         info = DeploymentInfo(dep.name, dep.model, dep.runtime, dep.version, "deploying", aliases=list(dep.aliases))
-        rec = Record(dep, coordinator, info, held)
+        rec = Record(dep, coordinator, info)
         self.records[dep.name] = rec
-        self.send(
-            coordinator,
-            StartCoordinator(dep, self.myAddress, [(rid, self.nodes[n].address, g) for rid, n, g in placements]),
-        )
-        for rid, node_id, gpus in placements:
-            self.send(self.nodes[node_id].address, SpawnReplica(dep, rid, coordinator, gpus))
+        placements = []
+        for i, (node_id, gpus) in enumerate(plan):
+            slot = f"{dep.name}-v{dep.version}-r{i}"
+            placements.append(self._spawn(rec, slot, f"{slot}.0", node_id, gpus))
+        self.send(coordinator, StartCoordinator(dep, self.myAddress, placements))
         if msg.wait:
             rec.deploy_waiters.append(sender)
         else:
             self.send(sender, Reply(True, info))
+
+    def _spawn(self, rec: Record, slot: str, instance: str, node_id: str, gpus: list[str]) -> ReplicaPlaced:
+        node = self.nodes[node_id]
+        rec.slots[slot] = (node_id, gpus, instance)
+        self.send(node.address, SpawnReplica(rec.dep, instance, rec.coordinator, gpus))
+        return ReplicaPlaced(slot, instance, node_id, node.address, gpus)
 
     def _check_names_free(self, dep: Deployment) -> None:
         taken = {n: r.dep.name for r in self.records.values() for n in r.dep.names}
         for n in dep.names:
             if n in taken:
                 raise ConfigError(
-                    f"name {n!r} is already served by deployment {taken[n]!r}; undeploy it first",
-                    field="name",
+                    f"name {n!r} is already served by deployment {taken[n]!r}; undeploy it first", field="name"
                 )
 
-    def _place(self, dep: Deployment) -> list[tuple[str, str, list[str]]]:
-        """(replica id, node id, GPU ids) for each replica, spreading over matching nodes."""
+    def _candidates(self, dep: Deployment) -> list[NodeInfo]:
         want_role = dep.placement.role
-        candidates = [
+        found = [
             n
             for n in self.nodes.values()
             if (want_role is None or n.role == want_role)
             and all(_node_capability(n, k) == v for k, v in dep.placement.require.items())
         ]
-        if not candidates:
+        if dep.gpus_per_replica > 0:
+            found = [n for n in found if n.gpu_ids]
+        if not found:
             raise UnavailableError(
-                f"no registered node matches the placement of {dep.name!r} (role={want_role})", field="placement"
+                f"no registered node matches the placement of {dep.name!r} "
+                f"(role={want_role}, gpus_per_replica={dep.gpus_per_replica})",
+                field="placement",
             )
-        load = {n.node_id: 0 for n in candidates}
-        for r in self.records.values():
-            for replica in r.info.replicas:
-                if replica.node_id in load:
-                    load[replica.node_id] += 1
-        free_gpus = {n.node_id: self._free_gpus(n) for n in candidates}
-        out: list[tuple[str, str, list[str]]] = []
-        for i in range(dep.replicas):
-            fits = [n for n in candidates if len(free_gpus[n.node_id]) >= dep.gpus_per_replica]
+        return found
+
+    def _plan(self, dep: Deployment) -> list[tuple[str, list[str]]]:
+        """(node id, GPU ids) for each replica: spread over matching nodes, one GPU set each."""
+        candidates = self._candidates(dep)
+        load = {n.node_id: self._replicas_on(n.node_id) for n in candidates}
+        free = {n.node_id: self._free_gpus(n.node_id) for n in candidates}
+        plan: list[tuple[str, list[str]]] = []
+        for _ in range(dep.replicas):
+            fits = [n for n in candidates if len(free[n.node_id]) >= dep.gpus_per_replica]
             if not fits:
                 raise UnavailableError(
                     f"not enough free GPUs for {dep.replicas} replicas x {dep.gpus_per_replica} GPU of {dep.name!r}",
                     field="gpus_per_replica",
                 )
-            node = min(fits, key=lambda n: load[n.node_id])
-            gpus = free_gpus[node.node_id][: dep.gpus_per_replica]
-            del free_gpus[node.node_id][: dep.gpus_per_replica]
+            node = min(fits, key=lambda n: (load[n.node_id], n.node_id))
+            gpus = free[node.node_id][: dep.gpus_per_replica]
+            del free[node.node_id][: dep.gpus_per_replica]
             load[node.node_id] += 1
-            out.append((f"{dep.name}-v{dep.version}-r{i}", node.node_id, gpus))
-        return out
+            plan.append((node.node_id, gpus))
+        return plan
 
-    def _free_gpus(self, node: NodeInfo) -> list[str]:
-        held = {g for r in self.records.values() for g in r.gpus.get(node.node_id, [])}
-        return [g for g in node.gpu_ids if g not in held]
+    def _replicas_on(self, node_id: str) -> int:
+        return sum(1 for r in self.records.values() for node, _, _ in r.slots.values() if node == node_id)
+
+    def _free_gpus(self, node_id: str) -> list[str]:
+        held = {g for r in self.records.values() for node, gpus, _ in r.slots.values() if node == node_id for g in gpus}
+        return [g for g in self.nodes[node_id].gpu_ids if g not in held]
+
+    def receiveMsg_PlaceReplica(self, msg: PlaceReplica, sender: Address) -> None:
+        """A coordinator restarts a replica: same node if it is alive, else any node with room."""
+        rec = self.records.get(msg.deployment.name)
+        if rec is None:
+            return
+        node_id, gpus, _ = rec.slots.get(msg.slot, ("", [], ""))
+        if node_id in self.nodes:
+            self.send(sender, self._spawn(rec, msg.slot, msg.instance, node_id, gpus))
+            return
+        rec.slots[msg.slot] = ("", [], msg.instance)
+        try:
+            candidates = self._candidates(rec.dep)
+            fits = [n for n in candidates if len(self._free_gpus(n.node_id)) >= rec.dep.gpus_per_replica]
+            if not fits:
+                raise UnavailableError("no live node has a free GPU for it")
+        except InferenceError as exc:
+            self.send(sender, ReplicaPlaced(msg.slot, msg.instance, None, reason=exc.message))
+            return
+        node = min(fits, key=lambda n: (self._replicas_on(n.node_id), n.node_id))
+        gpus = self._free_gpus(node.node_id)[: rec.dep.gpus_per_replica]
+        log.info("replica re-placed", replica=msg.instance, node=node.node_id, gpus=gpus)
+        self.send(sender, self._spawn(rec, msg.slot, msg.instance, node.node_id, gpus))
 
     def receiveMsg_DeploymentState(self, msg: DeploymentState, sender: Address) -> None:
         rec = self.records.get(msg.info.name)
@@ -150,19 +256,20 @@ class DeploymentManager(SidecarActor):
             return
         previous = rec.info.state
         rec.info = msg.info
-        if msg.info.state == "ready" and previous == "deploying":
-            self.send(
-                self._registry(),
-                SetRoutes(list(rec.dep.names), Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender)),
-            )
-        elif msg.info.state == "failed" and previous == "deploying":
+        for r in msg.info.replicas:
+            node = self.nodes.get(r.node_id)
+            r.host = node.host if node is not None else ""
+        if previous == "deploying" and msg.info.state in ("ready", "degraded"):
+            route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender)
+            self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
+        elif previous == "deploying" and msg.info.state == "failed":
             # Stop what did start; the deploy is answered (with the engine's reason) once it is gone.
             self.send(rec.coordinator, Drain())
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:
         # The registry acknowledged a change: answer the deploys that it made visible.
         for rec in self.records.values():
-            if rec.info.state == "ready" and rec.dep.name in msg.routes:
+            if rec.info.state in ("ready", "degraded") and rec.dep.name in msg.routes:
                 self._answer(rec.deploy_waiters, Reply(True, rec.info))
 
     # ---- undeploy ----
@@ -206,7 +313,7 @@ class DeploymentManager(SidecarActor):
         self.send(sender, Reply(True, [r.info for r in self.records.values()]))
 
     def receiveMsg_GetStatus(self, msg: GetStatus, sender: Address) -> None:
-        nodes = [n for n in self.nodes.values()]
+        nodes = list(self.nodes.values())
         self.send(sender, Reply(True, {"nodes": nodes, "deployments": [r.info for r in self.records.values()]}))
 
     def _answer(self, waiters: list[Address], reply: Reply) -> None:

@@ -33,6 +33,7 @@ def node_agent_name(node_id: str) -> str:
 class WorkItem:
     request: InferenceRequest
     reply_to: Address
+    hops: int = 0  # fallback forwards so far (bounded, so fallbacks cannot loop)
 
 
 @dataclass(slots=True)
@@ -91,6 +92,8 @@ class NodeInit:
     gpu_ids: list[str]
     host: str
     port: int
+    manager: Address = None
+    heartbeat_s: float = 1.0
 
 
 @dataclass(slots=True)
@@ -133,6 +136,7 @@ class ReplicaReady:
     node_id: str
     pid: int
     gpu_ids: list[str]
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES as the runner host process sees it
 
 
 @dataclass(slots=True)
@@ -151,6 +155,40 @@ class StopReplica:
     replica_id: str
 
 
+@dataclass(slots=True)
+class PlaceReplica:
+    """Coordinator -> manager: start replica `slot` again as `instance`, on a live node."""
+
+    deployment: Deployment
+    slot: str
+    instance: str
+
+
+@dataclass(slots=True)
+class ReplicaPlaced:
+    """Manager -> coordinator: where `instance` is starting (node None: nowhere it fits)."""
+
+    slot: str
+    instance: str
+    node_id: str | None
+    node_agent: Address = None
+    gpu_ids: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    node_id: str
+
+
+@dataclass(slots=True)
+class NodeLost:
+    """Manager -> coordinator: these replica instances were on a node that is gone."""
+
+    node_id: str
+    instances: list[str]
+
+
 # ---- deployment lifecycle ------------------------------------------------------------------
 
 
@@ -158,11 +196,14 @@ class StopReplica:
 class ReplicaInfo:
     replica_id: str
     node_id: str
-    state: str  # starting | ready | failed | exited
+    state: str  # starting | ready | restarting | stopping | exited | isolated
     pid: int = 0
     gpu_ids: list[str] = field(default_factory=list)
     inflight: int = 0
     error: str | None = None
+    restarts: int = 0
+    host: str = ""
+    visible_devices: str | None = None
 
 
 @dataclass(slots=True)
@@ -171,7 +212,7 @@ class DeploymentInfo:
     model: str
     runtime: str
     version: str
-    state: str  # deploying | ready | failed | draining
+    state: str  # deploying | ready | degraded | failed | draining
     replicas: list[ReplicaInfo] = field(default_factory=list)
     queued: int = 0
     aliases: list[str] = field(default_factory=list)
@@ -213,7 +254,7 @@ class Reply:
 class StartCoordinator:
     deployment: Deployment
     manager: Address
-    placements: list[tuple[str, Address, list[str]]]  # (replica_id, node agent, gpu ids)
+    placements: list[ReplicaPlaced]  # where each replica slot's first instance is starting
 
 
 @dataclass(slots=True)

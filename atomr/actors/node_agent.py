@@ -1,21 +1,26 @@
-"""Node agent actor: one per node process tree. Spawns and supervises the runner hosts here.
+"""Node agent actor: one per node. Spawns and supervises the runner hosts of its node.
 
-It registers the node's capabilities (role, GPU ids) with the deployment manager, creates one
-runner host child per replica placed on this node, and tells the replica's coordinator when a
-runner host process exits (Thespian reports a dead child within milliseconds).
+The head's agent is created by the head process; the agent of a node that joins is created by
+the deployment manager on that node's actor system (placed there by its `atomr.node_id`
+capability). The agent registers the node's role and GPU ids, sends heartbeats to the manager,
+creates one runner host child per replica instance placed here, and tells the replica's
+coordinator when a runner host process exits (Thespian reports a dead child within
+milliseconds).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import structlog
-from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from atomr.actors.messages import (
     MANAGER_NAME,
     Address,
+    Heartbeat,
     LoadRunner,
     NodeInfo,
     NodeInit,
@@ -32,25 +37,42 @@ log = structlog.get_logger("atomr.node_agent")
 
 
 class NodeAgent(SidecarActor):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any] | None) -> bool:
+        """Placed on the actor system whose capabilities match the requirements (its node id)."""
+        return all(capabilities.get(k) == v for k, v in (requirements or {}).items())
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.info: NodeInfo | None = None
-        # replica id -> (runner host, coordinator); addresses are compared with ==, not hashed
+        self.manager: Address = None
+        self.heartbeat_s = 1.0
+        # replica instance id -> (runner host, coordinator); addresses compare with ==, never hashed
         self.replicas: dict[str, tuple[Address, Address]] = {}
         self.init_requester: Address = None
 
     def receiveMsg_NodeInit(self, msg: NodeInit, sender: Address) -> None:
-        from atomr.actors.deployment_manager import DeploymentManager
-
         self.info = NodeInfo(msg.node_id, msg.role, msg.gpu_ids, msg.host, msg.port, self.myAddress, os.getpid())
-        manager = self.createActor(DeploymentManager, globalName=MANAGER_NAME)
-        self.send(manager, RegisterNode(self.info))
+        self.heartbeat_s = msg.heartbeat_s
+        if msg.manager is not None:
+            self.manager = msg.manager
+        else:
+            from atomr.actors.deployment_manager import DeploymentManager
+
+            self.manager = self.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        self.send(self.manager, RegisterNode(self.info))
         self.init_requester = sender  # answered once the manager has registered this node
+        self.wakeupAfter(timedelta(seconds=self.heartbeat_s))
 
     def receiveMsg_Reply(self, msg: Reply, sender: Address) -> None:
         if self.init_requester is not None:
             self.send(self.init_requester, self.info)
             self.init_requester = None
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
+        if self.info is not None and self.manager is not None:
+            self.send(self.manager, Heartbeat(self.info.node_id))
+            self.wakeupAfter(timedelta(seconds=self.heartbeat_s))
 
     def receiveMsg_SpawnReplica(self, msg: SpawnReplica, sender: Address) -> None:
         assert self.info is not None

@@ -63,7 +63,14 @@ class RunnerHost(SidecarActor):
             self.sidecar.post(lambda: self.send(msg.coordinator, ReplicaFailed(msg.replica_id, info)))
             return
         self.runner = runner
-        ready = ReplicaReady(msg.replica_id, self.myAddress, msg.node_id, os.getpid(), list(msg.gpu_ids))
+        ready = ReplicaReady(
+            msg.replica_id,
+            self.myAddress,
+            msg.node_id,
+            os.getpid(),
+            list(msg.gpu_ids),
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
         self.sidecar.post(lambda: self.send(msg.coordinator, ready))
 
     def on_exit(self) -> None:

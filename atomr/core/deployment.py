@@ -42,6 +42,23 @@ class Limits(BaseModel):
     request_timeout_s: float = Field(300.0, gt=0.0)
 
 
+class Supervision(BaseModel):
+    """What to do when a replica dies or fails to load (restart with backoff, then isolate)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    restart: bool = True
+    backoff_initial_s: float = Field(0.1, ge=0.0, le=600.0)
+    backoff_max_s: float = Field(10.0, ge=0.0, le=3600.0)
+    max_restarts: int = Field(5, ge=0, le=10_000)  # restart intensity: at most this many...
+    window_s: float = Field(60.0, gt=0.0)  # ...within this many seconds, else isolate
+    fallback: str | None = None  # deployment that serves this one's requests while it has no replica
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before restart number `attempt` (1-based): doubling from the initial delay."""
+        return float(min(self.backoff_max_s, self.backoff_initial_s * (2 ** max(0, attempt - 1))))
+
+
 class Placement(BaseModel):
     """Where replicas may run: a node role and/or required node capabilities."""
 
@@ -65,6 +82,7 @@ class Deployment(BaseModel):
     aliases: tuple[str, ...] = ()
     placement: Placement = Placement()
     limits: Limits = Limits()
+    supervision: Supervision = Supervision()
     engine: dict[str, Any] = Field(default_factory=dict)
     # Resolved folder of a local model (None for remote APIs); set by the loader.
     model_path: Path | None = None
