@@ -39,6 +39,7 @@ from atomr.core.errors import (
     InferenceError,
     InferenceTimeoutError,
     InternalError,
+    RunnerCrashedError,
     UnavailableError,
 )
 from atomr.core.types import (
@@ -217,6 +218,7 @@ class Client:
         q: queue.SimpleQueue[StreamEvent] = queue.SimpleQueue()
         self._streams[rid] = q
         finished = False
+        streamed_from = ""  # replica instance that sent this request's first chunk
         try:
             if send:
                 self._send_many([WorkItem(request, self._reply_to)])
@@ -228,6 +230,13 @@ class Client:
                     ev = q.get(timeout=max(0.0, deadline - time.time()) + 0.5)
                 except queue.Empty:
                     raise InferenceTimeoutError(f"no answer within the deadline for {rid}") from None
+                if streamed_from and ev.replica and ev.replica != streamed_from:
+                    # The coordinator re-dispatched a request whose first replica had already
+                    # streamed to us before dying: never show the text twice.
+                    finished = True
+                    raise RunnerCrashedError(f"replica {streamed_from} died while streaming {rid}")
+                if ev.chunk is not None and not streamed_from:
+                    streamed_from = ev.replica
                 if ev.final:
                     finished = True
                     if ev.error is not None:

@@ -167,9 +167,11 @@ class Coordinator(SidecarActor):
     def _replica_gone(self, r: Replica, why: str) -> None:
         if r.state in ("restarting", "isolated", "exited"):
             return  # this instance's end was already handled (it failed to load, or was replaced)
+        stopping = r.state == "stopping" or self.state == "draining"
+        # Not ready any more before its requests are re-queued, so none goes back to it.
+        r.state, r.address = ("exited" if stopping else "restarting"), None
         self._fail_over(r)
-        if r.state == "stopping" or self.state == "draining":
-            r.state = "exited"
+        if stopping:
             self._maybe_drained()
         else:
             log.warning("replica died", deployment=self._name, replica=r.instance, why=why)

@@ -173,11 +173,14 @@ class RunnerHost(SidecarActor):
         self.sidecar.post(deliver)
 
     def after_drain(self) -> None:
-        super().after_drain()
+        # Progress first: the coordinator should learn a request started streaming before its
+        # requester sees the first chunk (it decides re-dispatch on that). The client also
+        # refuses chunks from a second replica, for the window this ordering cannot close.
         if (self.started or self.finished) and self.load_msg is not None:
             progress = ReplicaProgress(self.load_msg.replica_id, self.started, self.finished)
             self.started, self.finished = [], []
             self.send(self.load_msg.coordinator, progress)
+        super().after_drain()
 
 
 class _EventMaker:

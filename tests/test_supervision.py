@@ -1,0 +1,240 @@
+"""Supervision with real processes: a replica killed with SIGKILL under load is answered for and
+comes back; a replica that keeps failing at load is isolated and its fallback serves; replicas
+are placed one per GPU across joined nodes; a whole node killed under load is noticed and its
+replicas move to the other node."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from atomr.client import Client
+from atomr.core.errors import InferenceError, RunnerCrashedError
+from atomr.models import builtin_model_dir
+from atomr.system import system_processes
+from runners.local.ort import ort_greedy_reference
+from tests.conftest import Node
+
+MODEL = builtin_model_dir("tiny-llama")
+PROMPT = "Once upon a time"
+
+
+def config(path: Path, *deployments: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump({"deployments": list(deployments)}))
+    return path
+
+
+def tiny(name: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}, **fields}
+
+
+def replicas(client: Client, name: str) -> list[Any]:
+    return next(d for d in client.status()["deployments"] if d.name == name).replicas
+
+
+def wait_for(predicate: Any, timeout: float, step: float = 0.05) -> float:
+    """Seconds until predicate() is true; fails after `timeout`."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "condition not reached in time"
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+class Tracker:
+    """Streams requests in threads and records, per request, chunks seen and its one outcome."""
+
+    def __init__(self, client: Client, model: str, n: int, max_tokens: int) -> None:
+        self.client, self.model, self.max_tokens = client, model, max_tokens
+        self.chunks = [0] * n
+        self.outcome: list[Any] = [None] * n
+        self.finals = [0] * n
+        self.streaming = threading.Semaphore(0)
+        self.pool = ThreadPoolExecutor(n)
+        self.futures = [self.pool.submit(self._one, i) for i in range(n)]
+
+    def _one(self, i: int) -> None:
+        text = ""
+        try:
+            for chunk in self.client.stream(self.model, prompt=PROMPT, max_tokens=self.max_tokens):
+                if self.chunks[i] == 0:
+                    self.streaming.release()
+                self.chunks[i] += 1
+                text += chunk.text
+            self.outcome[i] = text
+        except InferenceError as exc:
+            self.outcome[i] = exc
+        self.finals[i] += 1
+
+    def wait(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        for f in self.futures:
+            try:
+                f.result(max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                stuck = [(i, self.chunks[i]) for i, o in enumerate(self.outcome) if o is None]
+                raise AssertionError(f"requests without a final answer (index, chunks seen): {stuck}") from None
+        self.pool.shutdown()
+
+
+def test_sigkill_of_a_runner_host_under_load(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path / "k.yaml",
+        tiny("k", replicas=2, limits={"max_inflight_per_replica": 8}, supervision={"backoff_initial_s": 0.05}),
+    )
+    node = Node(config=cfg)
+    try:
+        want = ort_greedy_reference(MODEL, PROMPT, 200)
+        with Client(node.address) as client:
+            victim = replicas(client, "k")[0]
+            track = Tracker(client, "k", 100, 200)
+            for _ in range(5):  # a few requests are streaming: kill one replica now
+                assert track.streaming.acquire(timeout=60)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            back = wait_for(
+                lambda: any(
+                    r.replica_id == victim.replica_id and r.state == "ready" and r.pid != victim.pid
+                    for r in replicas(client, "k")
+                ),
+                timeout=10,
+            )
+            assert time.monotonic() - killed_at < 2.0, back
+            track.wait(60)
+            assert track.finals == [1] * 100  # exactly one final answer each
+            for chunks, outcome in zip(track.chunks, track.outcome, strict=True):
+                if isinstance(outcome, InferenceError):
+                    assert isinstance(outcome, RunnerCrashedError) and chunks > 0, (chunks, outcome)
+                else:
+                    assert outcome == want  # complete, and no chunk twice
+            crashed = sum(isinstance(o, InferenceError) for o in track.outcome)
+            assert crashed < 100
+            restarted = next(r for r in replicas(client, "k") if r.replica_id == victim.replica_id)
+            assert restarted.restarts == 1 and not psutil.pid_exists(victim.pid) or _zombie(victim.pid)
+    finally:
+        assert node.stop() == []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_replica_failing_at_load_is_isolated_and_the_fallback_serves(tmp_path: Path) -> None:
+    broken = tmp_path / "broken-model"
+    shutil.copytree(MODEL / "onnx", broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx graph" * 64)
+    cfg = config(
+        tmp_path / "f.yaml",
+        tiny("good"),
+        {
+            "name": "flaky",
+            "model": str(broken),
+            "runtime": "ort",
+            "supervision": {"max_restarts": 2, "window_s": 60, "backoff_initial_s": 0.05, "fallback": "good"},
+        },
+    )
+    node = Node(config=cfg)
+    try:
+        with Client(node.address) as client:
+            flaky = next(d for d in client.list_deployments() if d.name == "flaky")
+            assert flaky.state == "degraded"
+            (replica,) = flaky.replicas
+            assert replica.state == "isolated" and replica.restarts == 2
+            assert "2 restarts within 60 s" in (replica.error or "") and "Protobuf" in (replica.error or "")
+            result = client.generate("flaky", prompt=PROMPT, max_tokens=16)
+            assert result.deployment == "good"
+            assert result.text == ort_greedy_reference(MODEL, PROMPT, 16)
+    finally:
+        assert node.stop() == []
+
+
+def _gpu_cluster(tmp_path: Path) -> tuple[Node, Node, Node]:
+    head = Node("--role", "head")
+    join = ("--join", head.address)
+    a = Node("--role", "gpu", "--gpus", "0,1", "--node-id", "gpu-a", *join)
+    b = Node("--role", "gpu", "--gpus", "2,3", "--node-id", "gpu-b", *join)
+    with Client(head.address) as client:
+        wait_for(lambda: {n.node_id for n in client.status()["nodes"]} >= {"gpu-a", "gpu-b"}, timeout=30)
+    return head, a, b
+
+
+def test_replicas_land_one_per_gpu_across_joined_nodes(tmp_path: Path) -> None:
+    head, a, b = _gpu_cluster(tmp_path)
+    try:
+        with Client(head.address) as client:
+            client.deploy(tiny("gpu-tiny", replicas=4, gpus_per_replica=1, placement={"role": "gpu"}))
+            placed = replicas(client, "gpu-tiny")
+            assert sorted((r.node_id, tuple(r.gpu_ids)) for r in placed) == [
+                ("gpu-a", ("0",)),
+                ("gpu-a", ("1",)),
+                ("gpu-b", ("2",)),
+                ("gpu-b", ("3",)),
+            ]
+            node_pids = {
+                "gpu-a": {p.pid for p in system_processes(a.port)},
+                "gpu-b": {p.pid for p in system_processes(b.port)},
+            }
+            for r in placed:
+                assert r.state == "ready" and r.visible_devices == r.gpu_ids[0]
+                assert r.pid in node_pids[r.node_id]  # the runner host runs on its own node
+            assert len({r.pid for r in placed}) == 4
+            assert client.generate("gpu-tiny", prompt=PROMPT, max_tokens=8).text
+            # No GPU left: a fifth GPU replica is refused with a clear reason; a CPU one goes anywhere.
+            try:
+                client.deploy(tiny("one-more", gpus_per_replica=1, placement={"role": "gpu"}))
+                raise AssertionError("deploy should have failed")
+            except InferenceError as exc:
+                assert exc.field == "gpus_per_replica" and "not enough free GPUs" in exc.message
+            (cpu,) = client.deploy(tiny("cpu-tiny"))
+            assert cpu.state == "ready" and cpu.replicas[0].gpu_ids == []
+            assert client.generate("cpu-tiny", prompt=PROMPT, max_tokens=8).text
+    finally:
+        for n in (b, a, head):
+            assert n.stop() == []
+
+
+def test_a_dead_node_is_noticed_and_its_replicas_move(tmp_path: Path) -> None:
+    head, a, b = _gpu_cluster(tmp_path)
+    try:
+        want = ort_greedy_reference(MODEL, PROMPT, 200)
+        with Client(head.address) as client:
+            client.deploy(tiny("moving", replicas=2, gpus_per_replica=1, placement={"role": "gpu"}))
+            assert sorted(r.node_id for r in replicas(client, "moving")) == ["gpu-a", "gpu-b"]
+            track = Tracker(client, "moving", 40, 200)
+            assert track.streaming.acquire(timeout=60)
+            # The whole of node b dies at once, as a host would.
+            doomed = system_processes(b.port) + [psutil.Process(b.proc.pid)]
+            for p in doomed:
+                p.kill()
+            died = time.monotonic()
+            noticed = wait_for(lambda: "gpu-b" not in {n.node_id for n in client.status()["nodes"]}, timeout=15)
+            assert time.monotonic() - died < 10, noticed
+            wait_for(
+                lambda: [(r.node_id, r.state) for r in replicas(client, "moving")].count(("gpu-a", "ready")) == 2,
+                timeout=20,
+            )
+            moved = replicas(client, "moving")
+            assert sorted(tuple(r.gpu_ids) for r in moved) == [("0",), ("1",)]
+            track.wait()
+            assert track.finals == [1] * 40
+            for chunks, outcome in zip(track.chunks, track.outcome, strict=True):
+                if isinstance(outcome, InferenceError):
+                    assert isinstance(outcome, RunnerCrashedError) and chunks > 0
+                else:
+                    assert outcome == want
+            assert client.generate("moving", prompt=PROMPT, max_tokens=8).text
+    finally:
+        for n in (b, a, head):
+            n.stop()
