@@ -56,6 +56,10 @@ class ModelRunner(abc.ABC):
 # runtime name -> "module:Class". Local runtimes need their engine's extra installed.
 RUNTIMES: dict[str, str] = {
     "ort": "runners.local.ort:OrtRunner",
+    "openai": "runners.remote.openai:OpenAIRunner",
+    "anthropic": "runners.remote.anthropic:AnthropicRunner",
+    "gemini": "runners.remote.gemini:GeminiRunner",
+    "litellm": "runners.remote.litellm:LiteLLMRunner",
 }
 LOCAL_RUNTIMES = frozenset({"ort", "vllm", "mistralrs", "tensorrt"})
 REMOTE_RUNTIMES = frozenset({"openai", "anthropic", "gemini", "litellm"})
