@@ -11,6 +11,10 @@ import os
 from typing import Any
 
 DEFAULT_BIND = "127.0.0.1"
+# Thespian waits 35 s (times the attempt number) before re-sending a message whose delivery was
+# not acknowledged in time; on a busy machine a request then sits idle for 35 s. atomr retries
+# after this many seconds instead.
+TRANSMIT_RETRY_S = 0.5
 _applied_bind: str | None = None
 
 
@@ -34,4 +38,15 @@ def configure_thespian(bind_host: str = DEFAULT_BIND) -> None:
             self.bindname = (host, self.bindname[1])
 
     IPBase.IPActorAddress.__init__ = bound_init
+    _shorten_transmit_retry()
     _applied_bind = bind_host
+
+
+def _shorten_transmit_retry() -> None:
+    from datetime import timedelta
+
+    from thespian.system.transport import TransmitIntent
+
+    defaults = TransmitIntent.__init__.__defaults__
+    if defaults and isinstance(defaults[-1], timedelta):
+        TransmitIntent.__init__.__defaults__ = (*defaults[:-1], timedelta(seconds=TRANSMIT_RETRY_S))

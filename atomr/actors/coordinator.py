@@ -94,6 +94,7 @@ class Replica:
 class InFlight:
     item: WorkItem
     slot: str
+    instance: str  # the replica incarnation it was given to
     started: bool = False
 
 
@@ -291,14 +292,18 @@ class Coordinator(SidecarActor):
 
     def receiveMsg_ReplicaProgress(self, msg: ReplicaProgress, sender: Address) -> None:
         r = self._by_instance(msg.replica_id)
+        if r is None:
+            return  # from an instance already given up on: its requests were answered or moved
         for rid in msg.started:
             f = self.inflight.get(rid)
-            if f is not None:
+            if f is not None and f.instance == msg.replica_id:
                 f.started = True
-        for rid in msg.finished:
-            self.inflight.pop(rid, None)
-            if r is not None:
-                r.inflight.discard(rid)
+        for reply_to, event in msg.finals:
+            f = self.inflight.get(event.request_id)
+            if f is not None and f.instance == msg.replica_id:
+                del self.inflight[event.request_id]
+                r.inflight.discard(event.request_id)
+                self.emit(reply_to, event)
         self._pump()
         self._maybe_drained()
 
@@ -332,7 +337,7 @@ class Coordinator(SidecarActor):
             self.emit(item.reply_to, _error_event(item, InferenceTimeoutError("deadline passed in queue")))
             return True
         best.inflight.add(rid)
-        self.inflight[rid] = InFlight(item, best.slot)
+        self.inflight[rid] = InFlight(item, best.slot, best.instance)
         self._dispatch.setdefault(best.slot, []).append(item)
         return True
 

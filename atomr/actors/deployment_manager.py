@@ -4,8 +4,8 @@ It knows the cluster's nodes (the head's own agent registers; for every node tha
 convention it creates a node agent on that node's actor system), places replicas by role and
 free GPUs (one runner host per GPU), starts one coordinator per deployment, publishes ready
 deployments to the registry, and answers admin requests once the outcome is known. Node agents
-send heartbeats; a node silent for `node_timeout_s` (or that leaves the convention) is declared
-lost: its replicas' coordinators are told, and they start the replicas again elsewhere through
+send heartbeats; a node silent for `node_timeout_s` is declared lost: its replicas'
+coordinators are told, and they start the replicas again elsewhere through
 `PlaceReplica` when a node has room.
 """
 
@@ -116,7 +116,9 @@ class DeploymentManager(SidecarActor):
             )
             self.send(agent, init)
         elif node_id in self.nodes:
-            self._node_lost(node_id, "it left the convention")
+            # Thespian drops a member that misses re-registrations, which happens to live but busy
+            # nodes too; only missing heartbeats declare a node lost.
+            log.warning("node left the convention", node=node_id)
 
     def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Address) -> None:
         if msg.node_id in self.nodes:

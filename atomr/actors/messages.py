@@ -59,11 +59,16 @@ class Events:
 
 @dataclass(slots=True)
 class ReplicaProgress:
-    """Which requests a replica started streaming or finished since its last report."""
+    """Since a replica's last report: requests that started streaming, and final answers.
+
+    Final answers travel through the coordinator (chunks go straight to the requester), so a
+    request is forgotten by its coordinator exactly when its answer is on its way: a replica
+    killed between the two can never leave a request both forgotten and unanswered.
+    """
 
     replica_id: str
     started: list[str]
-    finished: list[str]
+    finals: list[tuple[Address, StreamEvent]]
 
 
 @dataclass(slots=True)

@@ -41,7 +41,7 @@ class RunnerHost(SidecarActor):
         self.load_msg: LoadRunner | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.started: list[str] = []
-        self.finished: list[str] = []
+        self.finals: list[tuple[Address, StreamEvent]] = []
 
     # ---- lifecycle ----
 
@@ -115,12 +115,12 @@ class RunnerHost(SidecarActor):
         loop = asyncio.get_running_loop()
         co = ChunkCoalescer(dep.limits.chunk_max_tokens, dep.limits.chunk_max_delay_ms / 1000.0)
         timer: asyncio.TimerHandle | None = None
-        first = True
+        sent = 0
 
         def send_chunk(chunk: Chunk) -> None:
-            nonlocal first
-            self._post_event(item.reply_to, ev.chunk(chunk), started=req.request_id if first else None)
-            first = False
+            nonlocal sent
+            self._post_chunk(item.reply_to, ev.chunk(chunk, sent), first=sent == 0)
+            sent += 1
 
         def on_timer() -> None:
             nonlocal timer
@@ -150,37 +150,35 @@ class RunnerHost(SidecarActor):
             rest = co.take()
             if rest is not None:
                 send_chunk(rest)
-            self._post_event(item.reply_to, ev.final(), finished=req.request_id)
+            self._post_final(item.reply_to, ev.final(sent))
         except asyncio.CancelledError:
-            self._post_event(item.reply_to, ev.cancelled(), finished=req.request_id)
+            self._post_final(item.reply_to, ev.cancelled(sent))
         except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
-            self._post_event(item.reply_to, ev.error(exc), finished=req.request_id)
+            self._post_final(item.reply_to, ev.error(exc, sent))
         finally:
             if timer is not None:
                 timer.cancel()
             self.tasks.pop(req.request_id, None)
 
-    def _post_event(
-        self, reply_to: Address, event: StreamEvent, started: str | None = None, finished: str | None = None
-    ) -> None:
+    def _post_chunk(self, reply_to: Address, event: StreamEvent, first: bool) -> None:
         def deliver() -> None:
             self.emit(reply_to, event)
-            if started is not None:
-                self.started.append(started)
-            if finished is not None:
-                self.finished.append(finished)
+            if first:
+                self.started.append(event.request_id)
 
         self.sidecar.post(deliver)
 
+    def _post_final(self, reply_to: Address, event: StreamEvent) -> None:
+        self.sidecar.post(lambda: self.finals.append((reply_to, event)))
+
     def after_drain(self) -> None:
-        # Progress first: the coordinator should learn a request started streaming before its
-        # requester sees the first chunk (it decides re-dispatch on that). The client also
-        # refuses chunks from a second replica, for the window this ordering cannot close.
-        if (self.started or self.finished) and self.load_msg is not None:
-            progress = ReplicaProgress(self.load_msg.replica_id, self.started, self.finished)
-            self.started, self.finished = [], []
-            self.send(self.load_msg.coordinator, progress)
+        # Chunks leave first, straight to their requesters; then finals and progress go to the
+        # coordinator in one message (it forwards the finals).
         super().after_drain()
+        if (self.started or self.finals) and self.load_msg is not None:
+            progress = ReplicaProgress(self.load_msg.replica_id, self.started, self.finals)
+            self.started, self.finals = [], []
+            self.send(self.load_msg.coordinator, progress)
 
 
 class _EventMaker:
@@ -194,14 +192,15 @@ class _EventMaker:
             "version": version,
         }
 
-    def chunk(self, chunk: Chunk) -> StreamEvent:
-        return StreamEvent(chunk=chunk, **self.base)
+    def chunk(self, chunk: Chunk, seq: int) -> StreamEvent:
+        return StreamEvent(chunk=chunk, seq=seq, **self.base)
 
-    def final(self) -> StreamEvent:
-        return StreamEvent(final=True, **self.base)
+    def final(self, chunks_sent: int) -> StreamEvent:
+        return StreamEvent(final=True, seq=chunks_sent, **self.base)
 
-    def error(self, exc: BaseException) -> StreamEvent:
-        return StreamEvent(final=True, error=as_error_info(exc), **self.base)
+    def error(self, exc: BaseException, chunks_sent: int) -> StreamEvent:
+        return StreamEvent(final=True, error=as_error_info(exc), seq=chunks_sent, **self.base)
 
-    def cancelled(self) -> StreamEvent:
-        return StreamEvent(final=True, error=CancelledRequestError("request cancelled").info(), **self.base)
+    def cancelled(self, chunks_sent: int) -> StreamEvent:
+        info = CancelledRequestError("request cancelled").info()
+        return StreamEvent(final=True, error=info, seq=chunks_sent, **self.base)

@@ -185,6 +185,8 @@ class StreamEvent:
     chunk: Chunk | None = None
     error: ErrorInfo | None = None
     final: bool = False
+    # chunks: their index in the stream; the final event: how many chunks came before it
+    seq: int = 0
     replica: str = ""
     deployment: str = ""
     version: str = ""
