@@ -92,11 +92,12 @@ def status_main(argv: Sequence[str] | None = None) -> int:
         lines.append("deployments:")
         for d in st["deployments"]:
             lines.append("  " + _deployment_line(d))
-            lines += [
-                f"    {r.replica_id:28} {r.state:9} node={r.node_id} pid={r.pid} "
-                f"gpus={','.join(r.gpu_ids) or '-'} inflight={r.inflight}"
-                for r in d.replicas
-            ]
+            for r in d.replicas:
+                line = (
+                    f"    {r.replica_id:28} {r.state:10} node={r.node_id} host={r.host or '-'} pid={r.pid} "
+                    f"gpus={','.join(r.gpu_ids) or '-'} inflight={r.inflight} restarts={r.restarts}"
+                )
+                lines.append(line + (f"  error: {r.error}" if r.error else ""))
         return "\n".join(lines)
 
     return _run(args, lambda c: c.status(), render)
