@@ -143,7 +143,8 @@ def test_a_replica_failing_at_load_is_isolated_and_the_fallback_serves(tmp_path:
             "name": "flaky",
             "model": str(broken),
             "runtime": "ort",
-            "supervision": {"max_restarts": 2, "window_s": 60, "backoff_initial_s": 0.05, "fallback": "good"},
+            "fallbacks": ["good"],
+            "supervision": {"max_restarts": 2, "window_s": 60, "backoff_initial_s": 0.05},
         },
     )
     node = Node(config=cfg)

@@ -10,7 +10,8 @@ Supervision follows the deployment's policy: a replica that dies or fails to loa
 again (through the manager, which picks a live node) after an exponential backoff; past the
 restart intensity (N restarts within T seconds), or at once for failures a restart cannot fix
 (missing files, bad config, out of memory), it is isolated and the deployment is degraded. With
-no replica left alive, requests go to the configured fallback deployment, or get `unavailable`.
+no replica left alive, or when a request fails retryably before its first chunk, it goes to the
+next deployment in the `fallbacks` list; the caller never sees the switch.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from atomr.actors.messages import (
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.deployment import Deployment
 from atomr.core.errors import (
+    ERROR_CLASSES,
     ErrorInfo,
     InferenceError,
     InferenceTimeoutError,
@@ -262,7 +264,7 @@ class Coordinator(SidecarActor):
                 self.state = "degraded" if "isolated" in states else "ready"
             elif any(s in LIVE for s in states):
                 self.state = "degraded"
-            elif self.dep is not None and self.dep.supervision.fallback:
+            elif self.dep is not None and self.dep.fallbacks:
                 self.state = "degraded"
             else:
                 self.state = "failed" if before == "deploying" else "degraded"
@@ -303,6 +305,8 @@ class Coordinator(SidecarActor):
             if f is not None and f.instance == msg.replica_id:
                 del self.inflight[event.request_id]
                 r.inflight.discard(event.request_id)
+                if _retryable(event) and event.seq == 0 and self._forward(f.item):
+                    continue  # nothing reached the caller yet: the fallback answers instead
                 self.emit(reply_to, event)
         self._pump()
         self._maybe_drained()
@@ -350,22 +354,26 @@ class Coordinator(SidecarActor):
 
     def _elsewhere(self, items: list[WorkItem]) -> None:
         """No replica is alive: hand requests to the fallback deployment, or answer unavailable."""
-        assert self.dep is not None
-        fallback = self.dep.supervision.fallback
-        forward = []
         for item in items:
-            if fallback and item.hops < MAX_FALLBACK_HOPS:
-                req = dataclasses.replace(item.request, model=fallback)
-                forward.append(WorkItem(req, item.reply_to, item.hops + 1))
-            else:
+            if not self._forward(item):
                 err = UnavailableError(f"deployment {self._name} has no live replica", retry_after=1.0)
                 self.emit(item.reply_to, _error_event(item, err))
-        if forward:
-            if self._gateway is None:
-                from atomr.actors.gateway import Gateway
 
-                self._gateway = self.createActor(Gateway, globalName=GATEWAY_NAME)
-            self.send(self._gateway, Submit(forward))
+    def _forward(self, item: WorkItem) -> bool:
+        """Send `item` to the next deployment of its fallback list; False when there is none."""
+        assert self.dep is not None
+        chain = item.fallbacks if item.fallbacks is not None else self.dep.fallbacks
+        deadline = item.request.deadline
+        if not chain or item.hops >= MAX_FALLBACK_HOPS or (deadline is not None and time.time() > deadline):
+            return False
+        if self._gateway is None:
+            from atomr.actors.gateway import Gateway
+
+            self._gateway = self.createActor(Gateway, globalName=GATEWAY_NAME)
+        req = dataclasses.replace(item.request, model=chain[0])
+        log.info("request to fallback", deployment=self._name, fallback=chain[0], request=req.request_id)
+        self.send(self._gateway, Submit([WorkItem(req, item.reply_to, item.hops + 1, tuple(chain[1:]))]))
+        return True
 
     def _fail_over(self, r: Replica) -> None:
         """Answer or re-queue every request that was on replica `r`."""
@@ -428,6 +436,13 @@ class Coordinator(SidecarActor):
     def _report(self) -> None:
         if self.manager is not None and self.dep is not None:
             self.send(self.manager, DeploymentState(self.info()))
+
+
+def _retryable(event: StreamEvent) -> bool:
+    if event.error is None:
+        return False
+    cls = ERROR_CLASSES.get(event.error.kind)
+    return cls is not None and cls.retryable
 
 
 def _error_event(item: WorkItem, err: InferenceError) -> StreamEvent:

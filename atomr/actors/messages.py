@@ -34,6 +34,7 @@ class WorkItem:
     request: InferenceRequest
     reply_to: Address
     hops: int = 0  # fallback forwards so far (bounded, so fallbacks cannot loop)
+    fallbacks: tuple[str, ...] | None = None  # what is left of the first deployment's fallback list
 
 
 @dataclass(slots=True)

@@ -52,7 +52,6 @@ class Supervision(BaseModel):
     backoff_max_s: float = Field(10.0, ge=0.0, le=3600.0)
     max_restarts: int = Field(5, ge=0, le=10_000)  # restart intensity: at most this many...
     window_s: float = Field(60.0, gt=0.0)  # ...within this many seconds, else isolate
-    fallback: str | None = None  # deployment that serves this one's requests while it has no replica
 
     def backoff(self, attempt: int) -> float:
         """Delay before restart number `attempt` (1-based): doubling from the initial delay."""
@@ -80,6 +79,9 @@ class Deployment(BaseModel):
     replicas: int = Field(1, ge=1, le=256)
     gpus_per_replica: int = Field(0, ge=0, le=64)
     aliases: tuple[str, ...] = ()
+    # Deployments that take a request, in order, when this one fails it retryably before its first
+    # chunk (rate limited, overloaded, unavailable, open circuit, crashed) or has no live replica.
+    fallbacks: tuple[str, ...] = ()
     placement: Placement = Placement()
     limits: Limits = Limits()
     supervision: Supervision = Supervision()
