@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,15 +26,16 @@ from atomr.core.deployment import deployment_from_dict
 from atomr.core.errors import (
     AuthError,
     CircuitOpenError,
-    InferenceError,
     InferenceTimeoutError,
     UnavailableError,
 )
 from atomr.core.runner import runner_class
-from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, Usage
+from atomr.core.types import InferenceRequest, SamplingParams, Usage
 from runners.remote.gemini import GeminiRunner, finish_reason_of
 from tests.conftest import Node
 from tests.fakes.gemini_server import FakeGemini, error_json, tokenize
+from tests.remote_support import assert_key_hidden as _assert_key_hidden
+from tests.remote_support import chat, load, outcome, run, text_of
 
 KEY = f"AIza-test-{uuid.uuid4().hex}"
 KEY_ENV = "ATOMR_TEST_GEMINI_KEY"
@@ -77,56 +77,12 @@ def make_runner(fake: FakeGemini, model: str = "gemini/gemini-fake", **engine: A
     return runner
 
 
-@contextlib.asynccontextmanager
-async def loaded(fake: FakeGemini, **engine: Any) -> AsyncIterator[GeminiRunner]:
-    runner = make_runner(fake, **engine)
-    await runner.load()
-    try:
-        yield runner
-    finally:
-        await runner.unload()
-
-
-def run(body: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await body()
-        finally:
-            gc.collect()  # let the SDK's abandoned stream generators close on this loop
-            await asyncio.sleep(0)
-
-    return asyncio.run(main())
-
-
-async def outcome(runner: GeminiRunner, request: InferenceRequest) -> tuple[list[Chunk], InferenceError | None]:
-    """The chunks a request produced and the error that ended it (None when it finished)."""
-    request.validate()
-    chunks: list[Chunk] = []
-    try:
-        async for chunk in runner.generate(request):
-            chunks.append(chunk)
-    except InferenceError as exc:
-        return chunks, exc
-    return chunks, None
-
-
-def chat(*messages: tuple[str, str], deadline: float | None = None, **params: Any) -> InferenceRequest:
-    return InferenceRequest(
-        model="gemini",
-        messages=tuple(Message(r, c) for r, c in messages),
-        params=SamplingParams(**params),
-        deadline=deadline,
-    )
-
-
-def text_of(chunks: list[Chunk]) -> str:
-    return "".join(c.text for c in chunks)
+def loaded(fake: FakeGemini, **engine: Any) -> contextlib.AbstractAsyncContextManager[GeminiRunner]:
+    return load(make_runner(fake, **engine))
 
 
 def assert_key_hidden(err: BaseException, key: str = KEY) -> None:
-    assert isinstance(err, InferenceError)
-    for shown in (str(err), repr(err), err.message, repr(err.info()), repr(err.details)):
-        assert key not in shown
+    _assert_key_hidden(err, key)
 
 
 # ---- chat, completion, streaming ----
