@@ -74,14 +74,15 @@ def parse_address(address: str | None) -> tuple[str, int]:
 class Client:
     """Connect to the atomr node at `address` ("host:port")."""
 
-    def __init__(self, address: str | None = None, *, timeout: float = 300.0) -> None:
+    def __init__(self, address: str | None = None, *, timeout: float = 300.0, gateway: str | None = None) -> None:
+        """`gateway` names a gateway process of its own (started on first use) instead of the default."""
         self.host, self.port = parse_address(address)
         self.default_timeout = timeout
         self._asys = connect_system(self.port, self.host)
         from atomr.actors.deployment_manager import DeploymentManager
         from atomr.actors.gateway import Gateway
 
-        self._gateway = self._asys.createActor(Gateway, globalName=GATEWAY_NAME)
+        self._gateway = self._asys.createActor(Gateway, globalName=gateway or GATEWAY_NAME)
         self._manager = self._asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         self._send_lock = threading.Lock()
         self._outgoing: collections.deque[WorkItem] = collections.deque()

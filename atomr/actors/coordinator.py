@@ -28,6 +28,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 
 from atomr.actors.messages import (
     GATEWAY_NAME,
+    RATE_LIMITER_NAME,
     Address,
     Cancel,
     DeploymentInfo,
@@ -43,6 +44,7 @@ from atomr.actors.messages import (
     ReplicaPlaced,
     ReplicaProgress,
     ReplicaReady,
+    Settle,
     StartCoordinator,
     StopReplica,
     Submit,
@@ -112,6 +114,7 @@ class Coordinator(SidecarActor):
         self.error: str | None = None
         self._dispatch: dict[str, list[WorkItem]] = {}
         self._gateway: Address = None
+        self._limiter: Address = None
 
     # ---- replica lifecycle ----
 
@@ -305,6 +308,7 @@ class Coordinator(SidecarActor):
             if f is not None and f.instance == msg.replica_id:
                 del self.inflight[event.request_id]
                 r.inflight.discard(event.request_id)
+                self._settle(f.item, event)
                 if _retryable(event) and event.seq == 0 and self._forward(f.item):
                     continue  # nothing reached the caller yet: the fallback answers instead
                 self.emit(reply_to, event)
@@ -374,6 +378,18 @@ class Coordinator(SidecarActor):
         log.info("request to fallback", deployment=self._name, fallback=chain[0], request=req.request_id)
         self.send(self._gateway, Submit([WorkItem(req, item.reply_to, item.hops + 1, tuple(chain[1:]))]))
         return True
+
+    def _settle(self, item: WorkItem, event: StreamEvent) -> None:
+        """Tell the rate limiter what a token-limited request really used."""
+        if item.debit is None:
+            return
+        if self._limiter is None:
+            from atomr.actors.rate_limiter import RateLimiter
+
+            self._limiter = self.createActor(RateLimiter, globalName=RATE_LIMITER_NAME)
+        key, estimated = item.debit
+        actual = event.usage.total_tokens if event.usage is not None else 0
+        self.send(self._limiter, Settle(key, estimated, actual))
 
     def _fail_over(self, r: Replica) -> None:
         """Answer or re-queue every request that was on replica `r`."""

@@ -262,7 +262,9 @@ class DeploymentManager(SidecarActor):
             node = self.nodes.get(r.node_id)
             r.host = node.host if node is not None else ""
         if previous == "deploying" and msg.info.state in ("ready", "degraded"):
-            route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender)
+            rl = rec.dep.rate_limits
+            limit = (rec.dep.rate_key, rl.rpm, rl.tpm) if rl is not None and (rl.rpm or rl.tpm) else None
+            route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender, limit)
             self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
         elif previous == "deploying" and msg.info.state == "failed":
             # Stop what did start; the deploy is answered (with the engine's reason) once it is gone.

@@ -1,21 +1,31 @@
-"""Gateway actor (global name): where requests enter the actor system.
+"""Gateway actor (global name; more can run under other names): where requests enter.
 
-It validates each request, resolves the model name through its copy of the registry and forwards
-requests to their coordinators, one message per coordinator per batch. Chunks do not come back
-through here: runner hosts answer the requester directly.
+It validates each request, resolves the model name through its copy of the registry, admits
+rate-limited deployments against leases from the rate limiter, and forwards requests to their
+coordinators, one message per coordinator per batch. Chunks do not come back through here.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from thespian.actors import WakeupMessage
+
 from atomr.actors.messages import (
+    RATE_LIMITER_NAME,
     REGISTRY_NAME,
+    AcquireLease,
     Address,
     Cancel,
     Hello,
     HelloReply,
+    Lease,
     Lookup,
+    ReleaseLease,
     Route,
     RouteTable,
     Submit,
@@ -24,8 +34,19 @@ from atomr.actors.messages import (
 )
 from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
-from atomr.core.errors import InferenceError, NotFoundError
+from atomr.core.errors import InferenceError, NotFoundError, RateLimitedError
+from atomr.core.ratelimit import estimate_tokens
 from atomr.core.types import StreamEvent
+
+LEASE_TTL_S = 1.0  # unused lease parts go back to the limiter after this long
+
+
+@dataclass(slots=True)
+class LocalLease:
+    requests: int = 0
+    tokens: int = 0
+    asking: bool = False  # an AcquireLease is on its way
+    pending: collections.deque[tuple[WorkItem, Route, int]] = dataclasses.field(default_factory=collections.deque)
 
 
 class Gateway(SidecarActor):
@@ -33,7 +54,10 @@ class Gateway(SidecarActor):
         super().__init__(*args, **kwargs)
         self.routes: dict[str, Route] = {}
         self.registry: Address = None
+        self.limiter: Address = None
         self.waiting: dict[str, list[WorkItem]] = {}  # model name -> items awaiting a lookup
+        self.leases: dict[str, LocalLease] = {}
+        self._out: dict[str, tuple[Address, list[WorkItem]]] = {}
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -41,12 +65,18 @@ class Gateway(SidecarActor):
             self.send(self.registry, Subscribe())
         return self.registry
 
+    def _limiter(self) -> Address:
+        if self.limiter is None:
+            from atomr.actors.rate_limiter import RateLimiter
+
+            self.limiter = self.createActor(RateLimiter, globalName=RATE_LIMITER_NAME)
+        return self.limiter
+
     def receiveMsg_Hello(self, msg: Hello, sender: Address) -> None:
         self._registry()
         self.send(sender, HelloReply(sender))
 
     def receiveMsg_Submit(self, msg: Submit, sender: Address) -> None:
-        by_coordinator: dict[str, tuple[Address, list[WorkItem]]] = {}
         for item in msg.items:
             req = item.request
             try:
@@ -61,9 +91,78 @@ class Gateway(SidecarActor):
                 if first:
                     self.send(self._registry(), Lookup([req.model]))
                 continue
-            by_coordinator.setdefault(str(route.coordinator), (route.coordinator, []))[1].append(item)
-        for coordinator, items in by_coordinator.values():
-            self.send(coordinator, Submit(items))
+            self._admit(item, route)
+
+    def _admit(self, item: WorkItem, route: Route) -> None:
+        if route.limit is None:
+            self._forward(item, route)
+            return
+        key, _, tpm = route.limit
+        p = item.request.params
+        chars = len(item.request.prompt or "") + sum(len(m.content) for m in item.request.messages or ())
+        est = estimate_tokens(chars, p.max_tokens) if tpm is not None else 0
+        lease = self.leases.setdefault(key, LocalLease())
+        lease.pending.append((item, route, est))
+        self._serve(key, lease)
+
+    def _serve(self, key: str, lease: LocalLease) -> None:
+        """Admit pending requests while the local lease covers them; ask for more when it does not."""
+        while lease.pending:
+            item, route, est = lease.pending[0]
+            if lease.requests < 1 or lease.tokens < est:
+                break
+            lease.pending.popleft()
+            lease.requests -= 1
+            lease.tokens -= est
+            self._forward(dataclasses.replace(item, debit=(key, est) if est else None), route)
+        if lease.pending and not lease.asking:
+            _, route, _ = lease.pending[0]
+            assert route.limit is not None
+            _, rpm, tpm = route.limit
+            block = max(1, min(16, (rpm or 160) // 10))
+            want_requests = max(len(lease.pending), block) - lease.requests
+            want_tokens = max(0, sum(e for _, _, e in lease.pending) - lease.tokens)
+            lease.asking = True
+            self.send(self._limiter(), AcquireLease(key, rpm, tpm, max(1, want_requests), want_tokens))
+
+    def receiveMsg_Lease(self, msg: Lease, sender: Address) -> None:
+        lease = self.leases.setdefault(msg.key, LocalLease())
+        lease.asking = False
+        if msg.requests == 0:
+            # Nothing left in the window for anyone: everything waiting here is refused.
+            while lease.pending:
+                item, _, _ = lease.pending.popleft()
+                err = RateLimitedError(
+                    f"rate limit {msg.key!r} reached", retry_after=max(0.1, round(msg.retry_after, 2))
+                )
+                self.emit(item.reply_to, StreamEvent(item.request.request_id, error=err.info(), final=True))
+            return
+        fresh = lease.requests == 0 and lease.tokens == 0
+        lease.requests += msg.requests
+        lease.tokens += msg.tokens
+        if fresh:
+            self.wakeupAfter(timedelta(seconds=LEASE_TTL_S), payload=("lease", msg.key))
+        self._serve(msg.key, lease)
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
+        kind, key = msg.payload
+        lease = self.leases.get(key)
+        if kind != "lease" or lease is None:
+            return
+        if lease.requests or lease.tokens:
+            self.send(self._limiter(), ReleaseLease(key, lease.requests, lease.tokens))
+            lease.requests = lease.tokens = 0
+
+    def _forward(self, item: WorkItem, route: Route) -> None:
+        box = self._out.setdefault(str(route.coordinator), (route.coordinator, []))
+        box[1].append(item)
+
+    def after_drain(self) -> None:
+        if self._out:
+            out, self._out = self._out, {}
+            for coordinator, items in out.values():
+                self.send(coordinator, Submit(items))
+        super().after_drain()
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:
         if msg.full:
@@ -73,12 +172,12 @@ class Gateway(SidecarActor):
         for name in list(self.waiting):
             items = self.waiting.pop(name)
             route = msg.routes.get(name) or self.routes.get(name)
-            if route is not None:
-                self.send(route.coordinator, Submit(items))
-                continue
             for item in items:
-                err = NotFoundError(f"no deployment serves model {name!r}", field="model")
-                self.emit(item.reply_to, StreamEvent(item.request.request_id, error=err.info(), final=True))
+                if route is not None:
+                    self._admit(item, route)
+                else:
+                    err = NotFoundError(f"no deployment serves model {name!r}", field="model")
+                    self.emit(item.reply_to, StreamEvent(item.request.request_id, error=err.info(), final=True))
 
     def receiveMsg_Cancel(self, msg: Cancel, sender: Address) -> None:
         route = self.routes.get(msg.model)

@@ -20,6 +20,7 @@ Address = Any
 MANAGER_NAME = "atomr-deployment-manager"
 REGISTRY_NAME = "atomr-registry"
 GATEWAY_NAME = "atomr-gateway"
+RATE_LIMITER_NAME = "atomr-rate-limiter"
 
 
 def node_agent_name(node_id: str) -> str:
@@ -35,6 +36,7 @@ class WorkItem:
     reply_to: Address
     hops: int = 0  # fallback forwards so far (bounded, so fallbacks cannot loop)
     fallbacks: tuple[str, ...] | None = None  # what is left of the first deployment's fallback list
+    debit: tuple[str, int] | None = None  # (rate-limit key, tokens estimated) to settle when done
 
 
 @dataclass(slots=True)
@@ -287,6 +289,8 @@ class Route:
     version: str
     runtime: str
     coordinator: Address
+    # (key, rpm, tpm) when the deployment is rate limited
+    limit: tuple[str, int | None, int | None] | None = None
 
 
 @dataclass(slots=True)
@@ -311,3 +315,37 @@ class RouteTable:
 @dataclass(slots=True)
 class Lookup:
     names: list[str]
+
+
+# ---- rate limiting ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AcquireLease:
+    key: str
+    rpm: int | None
+    tpm: int | None
+    requests: int
+    tokens: int
+
+
+@dataclass(slots=True)
+class Lease:
+    key: str
+    requests: int
+    tokens: int
+    retry_after: float  # when nothing was granted: seconds until something frees up
+
+
+@dataclass(slots=True)
+class ReleaseLease:
+    key: str
+    requests: int
+    tokens: int
+
+
+@dataclass(slots=True)
+class Settle:
+    key: str
+    estimated: int
+    actual: int

@@ -29,7 +29,7 @@ from atomr.actors.messages import (
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.errors import CancelledRequestError, InferenceTimeoutError, as_error_info
 from atomr.core.runner import ModelRunner, runner_class
-from atomr.core.types import Chunk, StreamEvent
+from atomr.core.types import Chunk, StreamEvent, Usage
 
 log = structlog.get_logger("atomr.runner_host")
 
@@ -116,9 +116,11 @@ class RunnerHost(SidecarActor):
         co = ChunkCoalescer(dep.limits.chunk_max_tokens, dep.limits.chunk_max_delay_ms / 1000.0)
         timer: asyncio.TimerHandle | None = None
         sent = 0
+        usage: Usage | None = None
 
         def send_chunk(chunk: Chunk) -> None:
-            nonlocal sent
+            nonlocal sent, usage
+            usage = chunk.usage or usage
             self._post_chunk(item.reply_to, ev.chunk(chunk, sent), first=sent == 0)
             sent += 1
 
@@ -150,7 +152,7 @@ class RunnerHost(SidecarActor):
             rest = co.take()
             if rest is not None:
                 send_chunk(rest)
-            self._post_final(item.reply_to, ev.final(sent))
+            self._post_final(item.reply_to, ev.final(sent, usage))
         except asyncio.CancelledError:
             self._post_final(item.reply_to, ev.cancelled(sent))
         except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
@@ -195,8 +197,8 @@ class _EventMaker:
     def chunk(self, chunk: Chunk, seq: int) -> StreamEvent:
         return StreamEvent(chunk=chunk, seq=seq, **self.base)
 
-    def final(self, chunks_sent: int) -> StreamEvent:
-        return StreamEvent(final=True, seq=chunks_sent, **self.base)
+    def final(self, chunks_sent: int, usage: Usage | None) -> StreamEvent:
+        return StreamEvent(final=True, seq=chunks_sent, usage=usage, **self.base)
 
     def error(self, exc: BaseException, chunks_sent: int) -> StreamEvent:
         return StreamEvent(final=True, error=as_error_info(exc), seq=chunks_sent, **self.base)

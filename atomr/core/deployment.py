@@ -58,6 +58,16 @@ class Supervision(BaseModel):
         return float(min(self.backoff_max_s, self.backoff_initial_s * (2 ** max(0, attempt - 1))))
 
 
+class RateLimits(BaseModel):
+    """Requests and tokens per minute, shared by every deployment that names the same `key`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    key: str | None = None  # e.g. one provider API key; default: the deployment's name
+
+
 class Placement(BaseModel):
     """Where replicas may run: a node role and/or required node capabilities."""
 
@@ -85,6 +95,7 @@ class Deployment(BaseModel):
     placement: Placement = Placement()
     limits: Limits = Limits()
     supervision: Supervision = Supervision()
+    rate_limits: RateLimits | None = None
     engine: dict[str, Any] = Field(default_factory=dict)
     # Resolved folder of a local model (None for remote APIs); set by the loader.
     model_path: Path | None = None
@@ -114,6 +125,10 @@ class Deployment(BaseModel):
     @property
     def is_local(self) -> bool:
         return self.runtime in LOCAL_RUNTIMES
+
+    @property
+    def rate_key(self) -> str:
+        return (self.rate_limits.key if self.rate_limits and self.rate_limits.key else None) or self.name
 
     @property
     def names(self) -> tuple[str, ...]:

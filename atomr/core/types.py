@@ -187,6 +187,7 @@ class StreamEvent:
     final: bool = False
     # chunks: their index in the stream; the final event: how many chunks came before it
     seq: int = 0
+    usage: Usage | None = None  # on the final event: what the request consumed
     replica: str = ""
     deployment: str = ""
     version: str = ""

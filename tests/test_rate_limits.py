@@ -1,0 +1,90 @@
+"""The cluster-wide rate limiter: three gateway processes share one budget exactly."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from atomr.client import Client
+from atomr.core.errors import InferenceError, RateLimitedError
+from atomr.core.ratelimit import WINDOW_S, Budget
+from tests.conftest import Node
+from tests.fakes.openai_server import FakeOpenAI
+
+KEY = "sk-rate-limit-test"
+
+
+def test_budget_is_exact_over_a_sliding_window() -> None:
+    b = Budget(rpm=5, tpm=100)
+    assert b.grant(3, 30, now=0.0) == (3, 30)
+    assert b.grant(5, 10, now=1.0) == (2, 10)  # only 2 requests left
+    assert b.grant(1, 1, now=2.0) == (0, 0)
+    assert b.retry_after(now=2.0) == pytest.approx(WINDOW_S - 2.0)
+    b.give_back(1, 5, now=3.0)  # a lease came back unused
+    assert b.grant(1, 1, now=3.0) == (1, 1)
+    b.settle(estimated=30, actual=80, now=4.0)  # used more tokens than estimated
+    assert b.grant(0, 100, now=4.0) == (0, 0)
+    assert b.grant(5, 10, now=WINDOW_S + 0.5) == (3, 10)  # the first grant left the window
+
+
+def _run_across_gateways(node: Node, n: int, **params: Any) -> list[Any]:
+    results: list[Any] = []
+    lock = threading.Lock()
+
+    def one_gateway(name: str, count: int) -> None:
+        with Client(node.address, gateway=name) as client:
+            reqs = [client.make_request("limited", prompt="Hello there", **params) for _ in range(count)]
+            out = client.generate_many(reqs)
+        with lock:
+            results.extend(out)
+
+    shares = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
+    threads = [threading.Thread(target=one_gateway, args=(f"gw-{i}", c)) for i, c in enumerate(shares)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+@pytest.mark.parametrize(
+    ("limits", "params", "max_calls"),
+    [
+        ({"rpm": 20}, {"max_tokens": 8}, 20),
+        # each request is estimated at 11 chars // 4 + 1 + 40 = 43 tokens: 300 TPM admits 6
+        ({"tpm": 300}, {"max_tokens": 40}, 6),
+    ],
+)
+def test_three_gateways_share_one_limit(tmp_path: Path, limits: dict, params: dict, max_calls: int) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    with FakeOpenAI(api_key=KEY) as fake:
+        cfg = tmp_path / "limited.yaml"
+        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "deployments": [
+                        {"name": "limited", "model": "openai/gpt-fake", "engine": engine, "rate_limits": limits}
+                    ]
+                }
+            )
+        )
+        node = Node(config=cfg)
+        try:
+            results = _run_across_gateways(node, 100, **params)
+            assert len(results) == 100
+            served = [r for r in results if not isinstance(r, InferenceError)]
+            limited = [r for r in results if isinstance(r, RateLimitedError)]
+            others = [r for r in results if isinstance(r, InferenceError) and not isinstance(r, RateLimitedError)]
+            assert len(served) + len(limited) == 100, others[:3]
+            calls = fake.count("/completions")
+            assert calls == len(served) <= max_calls
+            assert len(served) >= max_calls // 2  # leases given back are used, not lost
+            assert all(e.retry_after and e.retry_after > 0 and e.http_status == 429 for e in limited)
+        finally:
+            assert node.stop() == []
