@@ -97,6 +97,9 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                     f"    {r.replica_id:28} {r.state:10} node={r.node_id} host={r.host or '-'} pid={r.pid} "
                     f"gpus={','.join(r.gpu_ids) or '-'} inflight={r.inflight} restarts={r.restarts}"
                 )
+                circuit = (r.health or {}).get("circuit")
+                if circuit:
+                    line += f" circuit={circuit.get('state')}"
                 lines.append(line + (f"  error: {r.error}" if r.error else ""))
         return "\n".join(lines)
 

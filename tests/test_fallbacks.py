@@ -88,3 +88,32 @@ def test_a_stream_cut_after_text_never_repeats_text(tmp_path: Path, fake: FakeOp
             assert seen and full.startswith(seen) and seen != full  # a prefix, nothing twice
     finally:
         assert node.stop() == []
+
+
+def test_an_open_circuit_shows_in_status_and_keeps_calls_away(tmp_path: Path, fake: FakeOpenAI) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    engine = {
+        "api_base": fake.url + "/v1",
+        "api_key_file": str(key_file),
+        "retry": NO_RETRY,
+        "circuit": {"failure_threshold": 2, "cooldown_s": 30},
+    }
+    cfg = tmp_path / "breaker.yaml"
+    cfg.write_text(yaml.safe_dump({"deployments": [{"name": "fragile", "model": "openai/gpt-fake", "engine": engine}]}))
+    node = Node(config=cfg)
+    try:
+        with Client(node.address) as client:
+            fake.fail_next(503, times=2)
+            for _ in range(2):
+                with pytest.raises(UnavailableError):
+                    client.generate("fragile", "Hello", max_tokens=8)
+            calls = fake.count("/completions")
+            with pytest.raises(InferenceError) as fast:
+                client.generate("fragile", "Hello", max_tokens=8)
+            assert fast.value.kind == "circuit_open" and fast.value.retry_after
+            assert fake.count("/completions") == calls  # nothing reached the provider
+            (replica,) = next(d for d in client.status()["deployments"] if d.name == "fragile").replicas
+            assert replica.health["circuit"]["state"] == "open"
+    finally:
+        assert node.stop() == []

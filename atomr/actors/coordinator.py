@@ -92,6 +92,7 @@ class Replica:
     error: str | None = None
     restart_times: collections.deque[float] = field(default_factory=collections.deque)
     restarts: int = 0
+    health: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -299,6 +300,9 @@ class Coordinator(SidecarActor):
         r = self._by_instance(msg.replica_id)
         if r is None:
             return  # from an instance already given up on: its requests were answered or moved
+        if msg.health is not None:
+            r.health = msg.health
+            self._report()
         for rid in msg.started:
             f = self.inflight.get(rid)
             if f is not None and f.instance == msg.replica_id:
@@ -441,6 +445,7 @@ class Coordinator(SidecarActor):
                     r.error,
                     r.restarts,
                     visible_devices=r.visible_devices,
+                    health=dict(r.health),
                 )
                 for r in self.replicas.values()
             ],

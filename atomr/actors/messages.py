@@ -72,6 +72,7 @@ class ReplicaProgress:
     replica_id: str
     started: list[str]
     finals: list[tuple[Address, StreamEvent]]
+    health: dict[str, Any] | None = None  # the runner's status (e.g. circuit breaker) when it changed
 
 
 @dataclass(slots=True)
@@ -212,6 +213,7 @@ class ReplicaInfo:
     restarts: int = 0
     host: str = ""
     visible_devices: str | None = None
+    health: dict[str, Any] = field(default_factory=dict)  # e.g. {"circuit": {"state": "open", ...}}
 
 
 @dataclass(slots=True)

@@ -42,6 +42,7 @@ class RunnerHost(SidecarActor):
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.started: list[str] = []
         self.finals: list[tuple[Address, StreamEvent]] = []
+        self.last_health: dict[str, Any] | None = None
 
     # ---- lifecycle ----
 
@@ -178,9 +179,21 @@ class RunnerHost(SidecarActor):
         # coordinator in one message (it forwards the finals).
         super().after_drain()
         if (self.started or self.finals) and self.load_msg is not None:
-            progress = ReplicaProgress(self.load_msg.replica_id, self.started, self.finals)
+            health = self._health_change()
+            progress = ReplicaProgress(self.load_msg.replica_id, self.started, self.finals, health)
             self.started, self.finals = [], []
             self.send(self.load_msg.coordinator, progress)
+
+    def _health_change(self) -> dict[str, Any] | None:
+        """The runner's status when it differs from what the coordinator last heard."""
+        status = getattr(self.runner, "status", None)
+        if status is None:
+            return None
+        now = status()
+        if now == self.last_health:
+            return None
+        self.last_health = now
+        return dict(now)
 
 
 class _EventMaker:
