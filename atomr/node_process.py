@@ -28,13 +28,14 @@ class NodeProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
         timeout: float = 120.0,
+        python: str | None = None,
     ) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         fd, name = tempfile.mkstemp(prefix="atomr-node-", suffix=".log")
         os.close(fd)
         self.log_path = Path(name)
-        cmd = [sys.executable, "-m", "atomr.node", "--port", str(self.port), *args]
+        cmd = [python or sys.executable, "-m", "atomr.node", "--port", str(self.port), *args]
         if config is not None:
             cmd += ["--config", str(config)]
         self._log = self.log_path.open("wb")

@@ -47,8 +47,10 @@ def session_processes() -> list[psutil.Process]:
 class Node(NodeProcess):
     """A node for tests: its processes carry the session marker the leak guard looks for."""
 
-    def __init__(self, *args: str, config: str | Path | None = None, timeout: float = 120.0) -> None:
-        super().__init__(args, config=config, env=node_env(), cwd=REPO, timeout=timeout)
+    def __init__(
+        self, *args: str, config: str | Path | None = None, timeout: float = 120.0, python: str | None = None
+    ) -> None:
+        super().__init__(args, config=config, env=node_env(), cwd=REPO, timeout=timeout, python=python)
 
 
 @pytest.fixture(scope="session", autouse=True)

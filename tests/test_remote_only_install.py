@@ -1,0 +1,76 @@
+"""A remote-only install: a fresh virtual environment with only the `remote` extras serves a
+remote deployment end to end, and torch, vLLM and ONNX Runtime are neither installed nor loaded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Node, node_env
+from tests.fakes.openai_server import FakeOpenAI
+
+KEY = "sk-remote-only"
+HEAVY = ("torch", "vllm", "onnxruntime", "onnxruntime_genai", "onnxruntime-genai", "tensorrt_llm", "mistralrs")
+
+CLIENT = """
+import json, sys
+from atomr import Client
+with Client(sys.argv[1]) as c:
+    r = c.generate("gpt", "Hello", max_tokens=16)
+    chunks = [x.text for x in c.stream("gpt", prompt="Once upon a time", max_tokens=4)]
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {names})
+print(json.dumps({{"text": r.text, "chunks": chunks, "loaded": loaded}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def remote_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("remote-venv") / "venv"
+    venv.EnvBuilder(with_pip=True).create(where)
+    py = where / "bin" / "python"
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f"{REPO}[remote]"],
+        check=True,
+        timeout=900,
+        env=node_env(),
+        capture_output=True,
+    )
+    return py
+
+
+def test_remote_only_install_serves_without_engines(remote_venv: Path, tmp_path: Path) -> None:
+    listed = subprocess.run(
+        [str(remote_venv), "-m", "pip", "list", "--format", "json"], check=True, capture_output=True, text=True
+    ).stdout
+    installed = {p["name"].lower().replace("_", "-") for p in json.loads(listed)}
+    assert not installed & {h.replace("_", "-") for h in HEAVY}, installed & set(HEAVY)
+    assert {"openai", "anthropic", "google-genai", "litellm", "atomr"} <= installed
+
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    with FakeOpenAI(api_key=KEY) as fake:
+        cfg = tmp_path / "remote.yaml"
+        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file)}
+        cfg.write_text(yaml.safe_dump({"deployments": [{"name": "gpt", "model": "openai/gpt-fake", "engine": engine}]}))
+        node = Node(config=cfg, python=str(remote_venv))
+        try:
+            script = CLIENT.format(names=repr(set(HEAVY)))
+            out = subprocess.run(
+                [str(remote_venv), "-c", script, node.address],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=node_env(),
+            )
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            assert result["text"] == fake.reply_text
+            assert "".join(result["chunks"])
+            assert result["loaded"] == []
+        finally:
+            assert node.stop() == []
