@@ -183,6 +183,7 @@ class Client:
         stream: bool = False,
         tenant: str = "default",
         priority: int = 0,
+        wait_for_rate_limit: bool = False,
         **params: Any,
     ) -> InferenceRequest:
         """Build and validate a request (raises InvalidRequestError naming the field)."""
@@ -206,6 +207,7 @@ class Client:
             priority=priority,
             deadline=time.time() + (timeout or self.default_timeout),
             stream=stream,
+            wait_for_rate_limit=wait_for_rate_limit,
         )
         request.validate()
         return request

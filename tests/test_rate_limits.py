@@ -88,3 +88,36 @@ def test_three_gateways_share_one_limit(tmp_path: Path, limits: dict, params: di
             assert all(e.retry_after and e.retry_after > 0 and e.http_status == 429 for e in limited)
         finally:
             assert node.stop() == []
+
+
+def test_callers_that_allow_it_wait_for_the_window(tmp_path: Path) -> None:
+    import time
+
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    with FakeOpenAI(api_key=KEY) as fake:
+        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
+        dep = {
+            "name": "limited",
+            "model": "openai/gpt-fake",
+            "engine": engine,
+            "rate_limits": {"rpm": 2, "window_s": 2},
+        }
+        cfg = tmp_path / "wait.yaml"
+        cfg.write_text(yaml.safe_dump({"deployments": [dep]}))
+        node = Node(config=cfg)
+        try:
+            with Client(node.address) as client:
+                start = time.monotonic()
+                waited = client.generate_many(
+                    [client.make_request("limited", "Hi", max_tokens=4, wait_for_rate_limit=True) for _ in range(4)]
+                )
+                elapsed = time.monotonic() - start
+                assert not [r for r in waited if isinstance(r, InferenceError)]
+                assert elapsed >= 1.5  # two of them had to wait for the 2 s window to move
+                assert fake.count("/completions") == 4
+                time.sleep(2.1)
+                hurried = client.generate_many([client.make_request("limited", "Hi", max_tokens=4) for _ in range(4)])
+                assert sum(isinstance(r, RateLimitedError) for r in hurried) == 2
+        finally:
+            assert node.stop() == []

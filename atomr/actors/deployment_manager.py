@@ -263,7 +263,7 @@ class DeploymentManager(SidecarActor):
             r.host = node.host if node is not None else ""
         if previous == "deploying" and msg.info.state in ("ready", "degraded"):
             rl = rec.dep.rate_limits
-            limit = (rec.dep.rate_key, rl.rpm, rl.tpm) if rl is not None and (rl.rpm or rl.tpm) else None
+            limit = (rec.dep.rate_key, rl.rpm, rl.tpm, rl.window_s) if rl is not None and (rl.rpm or rl.tpm) else None
             route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender, limit)
             self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
         elif previous == "deploying" and msg.info.state == "failed":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -97,7 +98,7 @@ class Gateway(SidecarActor):
         if route.limit is None:
             self._forward(item, route)
             return
-        key, _, tpm = route.limit
+        key, _, tpm, _ = route.limit
         p = item.request.params
         chars = len(item.request.prompt or "") + sum(len(m.content) for m in item.request.messages or ())
         est = estimate_tokens(chars, p.max_tokens) if tpm is not None else 0
@@ -118,24 +119,32 @@ class Gateway(SidecarActor):
         if lease.pending and not lease.asking:
             _, route, _ = lease.pending[0]
             assert route.limit is not None
-            _, rpm, tpm = route.limit
+            _, rpm, tpm, window_s = route.limit
             block = max(1, min(16, (rpm or 160) // 10))
             want_requests = max(len(lease.pending), block) - lease.requests
             want_tokens = max(0, sum(e for _, _, e in lease.pending) - lease.tokens)
             lease.asking = True
-            self.send(self._limiter(), AcquireLease(key, rpm, tpm, max(1, want_requests), want_tokens))
+            self.send(self._limiter(), AcquireLease(key, rpm, tpm, window_s, max(1, want_requests), want_tokens))
 
     def receiveMsg_Lease(self, msg: Lease, sender: Address) -> None:
         lease = self.leases.setdefault(msg.key, LocalLease())
         lease.asking = False
         if msg.requests == 0:
-            # Nothing left in the window for anyone: everything waiting here is refused.
-            while lease.pending:
-                item, _, _ = lease.pending.popleft()
-                err = RateLimitedError(
-                    f"rate limit {msg.key!r} reached", retry_after=max(0.1, round(msg.retry_after, 2))
-                )
-                self.emit(item.reply_to, StreamEvent(item.request.request_id, error=err.info(), final=True))
+            # Nothing left in the window for anyone: refuse what is waiting here, except requests
+            # whose caller allows waiting and whose deadline leaves time for it.
+            retry_after = max(0.05, round(msg.retry_after, 3))
+            ready_at = time.time() + retry_after
+            keep: collections.deque[tuple[WorkItem, Route, int]] = collections.deque()
+            for entry in lease.pending:
+                req = entry[0].request
+                if req.wait_for_rate_limit and (req.deadline is None or ready_at < req.deadline):
+                    keep.append(entry)
+                    continue
+                err = RateLimitedError(f"rate limit {msg.key!r} reached", retry_after=retry_after)
+                self.emit(entry[0].reply_to, StreamEvent(req.request_id, error=err.info(), final=True))
+            lease.pending = keep
+            if keep:
+                self.wakeupAfter(timedelta(seconds=retry_after), payload=("retry", msg.key))
             return
         fresh = lease.requests == 0 and lease.tokens == 0
         lease.requests += msg.requests
@@ -147,7 +156,10 @@ class Gateway(SidecarActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         kind, key = msg.payload
         lease = self.leases.get(key)
-        if kind != "lease" or lease is None:
+        if lease is None:
+            return
+        if kind == "retry":
+            self._serve(key, lease)
             return
         if lease.requests or lease.tokens:
             self.send(self._limiter(), ReleaseLease(key, lease.requests, lease.tokens))

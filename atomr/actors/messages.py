@@ -291,8 +291,8 @@ class Route:
     version: str
     runtime: str
     coordinator: Address
-    # (key, rpm, tpm) when the deployment is rate limited
-    limit: tuple[str, int | None, int | None] | None = None
+    # (key, rpm, tpm, window_s) when the deployment is rate limited
+    limit: tuple[str, int | None, int | None, float] | None = None
 
 
 @dataclass(slots=True)
@@ -327,6 +327,7 @@ class AcquireLease:
     key: str
     rpm: int | None
     tpm: int | None
+    window_s: float
     requests: int
     tokens: int
 

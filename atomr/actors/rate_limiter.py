@@ -21,17 +21,17 @@ class RateLimiter(SidecarActor):
         super().__init__(*args, **kwargs)
         self.budgets: dict[str, Budget] = {}
 
-    def _budget(self, key: str, rpm: int | None = None, tpm: int | None = None) -> Budget:
+    def _budget(self, key: str, rpm: int | None = None, tpm: int | None = None, window_s: float = 60.0) -> Budget:
         b = self.budgets.get(key)
         if b is None:
-            b = self.budgets[key] = Budget(rpm, tpm)
+            b = self.budgets[key] = Budget(rpm, tpm, window_s)
         elif rpm is not None or tpm is not None:
-            b.rpm, b.tpm = rpm, tpm
+            b.rpm, b.tpm, b.window_s = rpm, tpm, window_s
         return b
 
     def receiveMsg_AcquireLease(self, msg: AcquireLease, sender: Address) -> None:
         now = time.monotonic()
-        b = self._budget(msg.key, msg.rpm, msg.tpm)
+        b = self._budget(msg.key, msg.rpm, msg.tpm, msg.window_s)
         requests, tokens = b.grant(msg.requests, msg.tokens, now)
         self.send(sender, Lease(msg.key, requests, tokens, b.retry_after(now) if requests == 0 else 0.0))
 

@@ -66,6 +66,7 @@ class RateLimits(BaseModel):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     key: str | None = None  # e.g. one provider API key; default: the deployment's name
+    window_s: float = Field(60.0, gt=0.0)  # the "minute" (shorter windows help tests and bursts)
 
 
 class Placement(BaseModel):

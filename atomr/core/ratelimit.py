@@ -22,14 +22,16 @@ class _Grant:
 
 
 class Budget:
-    def __init__(self, rpm: int | None, tpm: int | None) -> None:
-        self.rpm, self.tpm = rpm, tpm
+    """`rpm` requests and `tpm` tokens per `window_s` seconds (a minute unless told otherwise)."""
+
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float = WINDOW_S) -> None:
+        self.rpm, self.tpm, self.window_s = rpm, tpm, window_s
         self._grants: collections.deque[_Grant] = collections.deque()
         self._used_requests = 0
         self._used_tokens = 0
 
     def _expire(self, now: float) -> None:
-        while self._grants and now - self._grants[0].at >= WINDOW_S:
+        while self._grants and now - self._grants[0].at >= self.window_s:
             g = self._grants.popleft()
             self._used_requests -= g.requests
             self._used_tokens -= g.tokens
@@ -80,7 +82,7 @@ class Budget:
         self._expire(now)
         if not self._grants:
             return 0.0
-        return max(0.0, WINDOW_S - (now - self._grants[0].at))
+        return max(0.0, self.window_s - (now - self._grants[0].at))
 
 
 def estimate_tokens(prompt_chars: int, max_tokens: int) -> int:

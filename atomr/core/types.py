@@ -85,6 +85,7 @@ class InferenceRequest:
     priority: int = 0
     deadline: float | None = None  # absolute time.time() after which the caller gives up
     stream: bool = False
+    wait_for_rate_limit: bool = False  # wait (until the deadline) instead of failing rate_limited
 
     @property
     def is_chat(self) -> bool:
