@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from atomr.actors.messages import (
     GATEWAY_NAME,
     MANAGER_NAME,
@@ -53,6 +55,8 @@ from atomr.core.types import (
     make_messages,
 )
 from atomr.system import connect_system, disconnect_system
+
+log = structlog.get_logger("atomr.client")
 
 DEFAULT_PORT = 19500
 LATE_CHUNK_WAIT_S = 2.0
@@ -120,7 +124,11 @@ class Client:
                 self._reply_to = reply.address
             ready.set()
             while not self._closed.is_set():
-                msg = endpoint.listen(0.2)
+                try:
+                    msg = endpoint.listen(0.2)
+                except Exception as exc:  # noqa: BLE001 - a bad frame must not stop every stream
+                    log.warning("client endpoint error", error=f"{type(exc).__name__}: {exc}")
+                    continue
                 if isinstance(msg, Events):
                     for ev in msg.events:
                         q = self._streams.get(ev.request_id)
