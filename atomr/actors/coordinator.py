@@ -104,6 +104,8 @@ class InFlight:
 
 
 class Coordinator(SidecarActor):
+    defer_flush = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.dep: Deployment | None = None

@@ -96,6 +96,7 @@ class SidecarActor(ActorTypeDispatcher):
         super().__init__(*args, **kwargs)
         self._sidecar: Sidecar | None = None
         self._outbox: dict[str, tuple[Address, list[StreamEvent]]] = {}  # keyed by str(address)
+        self._flush_scheduled = False
 
     @property
     def sidecar(self) -> Sidecar:
@@ -113,7 +114,10 @@ class SidecarActor(ActorTypeDispatcher):
                 if isinstance(msg, ActorExitRequest):
                     self.on_exit()
                 super().receiveMessage(msg, sender)
-                self.after_drain()
+                if self.defer_flush and not isinstance(msg, ActorExitRequest):
+                    self._flush_soon()
+                else:
+                    self.after_drain()
         except Exception:  # noqa: BLE001 - never let Thespian retry a handler
             log.error(
                 "handler failed",
@@ -125,6 +129,18 @@ class SidecarActor(ActorTypeDispatcher):
             if self._sidecar is not None and not isinstance(msg, ActorExitRequest):
                 return ThespianWatch([self._sidecar.fileno()])  # noqa: B012
         return None
+
+    # Busy actors set this: outgoing messages then leave once the messages already waiting have
+    # been handled (one wake-up through the sidecar), so several requests share each message.
+    defer_flush = False
+
+    def _flush_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.sidecar.post(self._flushed)
+
+    def _flushed(self) -> None:
+        self._flush_scheduled = False
 
     def emit(self, address: Address, event: StreamEvent) -> None:
         """Queue a stream event; all events for one requester leave as one message."""
