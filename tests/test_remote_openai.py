@@ -26,6 +26,7 @@ from runners.remote.base import RemoteRunner
 from runners.remote.openai import OpenAIRunner, retry_after_from
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI, token_logprob, tokenize
+from tests.remote_support import outcome as collect
 
 KEY_ENV = "ATOMR_TEST_OPENAI_KEY"
 FAST_RETRY = {"max_attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "jitter_s": 0.0}
@@ -94,17 +95,6 @@ def chat(**params: Any) -> InferenceRequest:
 
 def completion(prompt: str = "Once upon a time", **params: Any) -> InferenceRequest:
     return InferenceRequest(model="remote", prompt=prompt, params=SamplingParams(**params))
-
-
-async def collect(runner: RemoteRunner, request: InferenceRequest) -> tuple[list[Chunk], InferenceError | None]:
-    """Every chunk the runner yields, then the error it raised (None when it ended well)."""
-    chunks: list[Chunk] = []
-    try:
-        async for chunk in runner.generate(request):
-            chunks.append(chunk)
-    except InferenceError as exc:
-        return chunks, exc
-    return chunks, None
 
 
 def with_runner(runner: RemoteRunner, body: Callable[[RemoteRunner], Awaitable[None]]) -> None:

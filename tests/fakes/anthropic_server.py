@@ -98,14 +98,10 @@ class FakeAnthropic(FakeProvider):
         self._error_events: list[_ErrorEvent] = []
         self._bad_events = 0
 
-    def __enter__(self) -> FakeAnthropic:  # the base's says FakeProvider
-        return self
-
     def reset(self) -> None:
         """Forget calls, pending faults and knobs: one fake can serve many tests."""
+        self.forget_calls()
         with self.lock:
-            self.calls.clear()
-            self.faults.clear()
             self.served.clear()
             self._error_events.clear()
             self._bad_events = 0

@@ -91,14 +91,10 @@ class FakeGemini(FakeProvider):
         self._error_events: list[tuple[int, str, int]] = []
         self._bad_events = 0
 
-    def __enter__(self) -> FakeGemini:  # the base's says FakeProvider
-        return self
-
     def reset(self) -> None:
         """Forget calls, pending faults and knobs: one fake can serve many tests."""
+        self.forget_calls()
         with self.lock:
-            self.calls.clear()
-            self.faults.clear()
             self.served.clear()
             self.versions.clear()
             self._error_events.clear()

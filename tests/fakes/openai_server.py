@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -84,7 +83,6 @@ class FakeOpenAI(FakeProvider):
         self.models = models
         self.served: list[Served] = []
         self.reset(api_key)
-        self.server.handle_error = self._handle_error  # type: ignore[method-assign]
 
     def reset(self, api_key: str | None = None) -> None:
         """Back to a fresh fake (knobs, faults, calls, served), expecting `api_key` from now on."""
@@ -96,18 +94,8 @@ class FakeOpenAI(FakeProvider):
             self.omit_usage = False
             self.ignore_stream = False
             self._bad_events = 0
-            self.faults.clear()
-            self.calls.clear()
             self.served.clear()
-
-    def __enter__(self) -> FakeOpenAI:
-        return self
-
-    def _handle_error(self, request: Any, client_address: Any) -> None:
-        """Quiet about clients that hung up (a stalled call the caller gave up on); loud otherwise."""
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        type(self.server).handle_error(self.server, request, client_address)
+        self.forget_calls()
 
     # knobs
     def bad_event_next(self) -> None:

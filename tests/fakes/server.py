@@ -78,6 +78,12 @@ class FakeProvider:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def forget_calls(self) -> None:
+        """Drop recorded calls and pending faults (subclasses' `reset` calls this)."""
+        with self.lock:
+            self.calls.clear()
+            self.faults.clear()
+
     # knobs
     def fail_next(self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1) -> None:
         for _ in range(times):
