@@ -30,17 +30,15 @@ from atomr.actors.messages import (
     Hello,
     HelloReply,
     ListDeployments,
-    Reply,
     Submit,
     Undeploy,
     WorkItem,
+    reply_value,
 )
 from atomr.core.deployment import Deployment, deployment_from_dict, load_deployments
 from atomr.core.errors import (
-    ErrorInfo,
     InferenceError,
     InferenceTimeoutError,
-    InternalError,
     RunnerCrashedError,
     UnavailableError,
 )
@@ -337,13 +335,7 @@ class Client:
     def _admin(self, msg: Any, timeout: float) -> Any:
         with self._asys.private() as endpoint:
             reply = endpoint.ask(self._manager, msg, timeout)
-        if reply is None:
-            raise InferenceTimeoutError(f"{type(msg).__name__} got no answer within {timeout:.0f} s")
-        if not isinstance(reply, Reply):
-            raise InternalError(f"unexpected answer {type(reply).__name__}")
-        if not reply.ok:
-            raise InferenceError.from_info(reply.error or ErrorInfo("internal", "failed"))
-        return reply.value
+        return reply_value(reply, type(msg).__name__, timeout)
 
 
 class ChunkStream:

@@ -15,11 +15,11 @@ from atomr.actors.messages import (
     DeploymentInfo,
     NodeInfo,
     NodeInit,
-    Reply,
     node_agent_name,
+    reply_value,
 )
 from atomr.core.deployment import Deployment
-from atomr.core.errors import ErrorInfo, InferenceError, InferenceTimeoutError
+from atomr.core.errors import InferenceTimeoutError
 from atomr.system import start_system, stop_system
 from atomr.thespian_setup import DEFAULT_BIND
 
@@ -76,12 +76,9 @@ class NodeRuntime:
         from atomr.actors.deployment_manager import DeploymentManager
 
         manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
-        reply = self.asys.ask(manager, Deploy(dep, True), timeout)
-        if not isinstance(reply, Reply):
-            raise InferenceTimeoutError(f"deploy of {dep.name} got no answer")
-        if not reply.ok:
-            raise InferenceError.from_info(reply.error or ErrorInfo("internal", "deploy failed"))
-        value: DeploymentInfo = reply.value
+        value: DeploymentInfo = reply_value(
+            self.asys.ask(manager, Deploy(dep, True), timeout), f"deploy of {dep.name}", timeout
+        )
         return value
 
     def stop(self) -> list[int]:

@@ -260,6 +260,19 @@ class Reply:
     error: ErrorInfo | None = None
 
 
+def reply_value(reply: Any, asked: str, timeout: float) -> Any:
+    """The value of an admin `Reply`; its error (or a missing answer) raised as an InferenceError."""
+    from atomr.core.errors import InferenceError, InferenceTimeoutError, InternalError
+
+    if reply is None:
+        raise InferenceTimeoutError(f"{asked} got no answer within {timeout:.0f} s")
+    if not isinstance(reply, Reply):
+        raise InternalError(f"{asked}: unexpected answer {type(reply).__name__}")
+    if not reply.ok:
+        raise InferenceError.from_info(reply.error or ErrorInfo("internal", f"{asked} failed"))
+    return reply.value
+
+
 @dataclass(slots=True)
 class StartCoordinator:
     deployment: Deployment
