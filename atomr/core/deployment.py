@@ -195,6 +195,11 @@ def check_model_files(dep: Deployment) -> None:
         folder = path / "onnx" if (path / "onnx" / "genai_config.json").is_file() else path
         if not (folder / "genai_config.json").is_file():
             raise ConfigError(f"{path} holds no genai_config.json (not an ORT GenAI model)", field="model")
+    elif not any((folder / "config.json").is_file() for folder in (path, path / "hf")):
+        raise ConfigError(
+            f"{path} holds no config.json (not a Hugging Face checkpoint or engine folder for {dep.runtime})",
+            field="model",
+        )
 
 
 def deployment_from_dict(

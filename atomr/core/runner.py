@@ -56,6 +56,9 @@ class ModelRunner(abc.ABC):
 # runtime name -> "module:Class". Local runtimes need their engine's extra installed.
 RUNTIMES: dict[str, str] = {
     "ort": "runners.local.ort:OrtRunner",
+    "vllm": "runners.local.vllm:VllmRunner",
+    "mistralrs": "runners.local.mistralrs:MistralRsRunner",
+    "tensorrt": "runners.local.tensorrt:TensorRTRunner",
     "openai": "runners.remote.openai:OpenAIRunner",
     "anthropic": "runners.remote.anthropic:AnthropicRunner",
     "gemini": "runners.remote.gemini:GeminiRunner",

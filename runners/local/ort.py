@@ -62,6 +62,7 @@ from atomr.core.errors import (
 )
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, TokenLogprob, Usage
+from runners.common.model_files import model_root
 from runners.common.stops import StopMatcher
 
 if TYPE_CHECKING:
@@ -89,17 +90,7 @@ def ort_model_dir(path: str | Path) -> Path:
 
 
 def _resolve_model_dir(deployment: Deployment) -> Path:
-    if deployment.model_path is not None:
-        return ort_model_dir(deployment.model_path)
-    model = deployment.model
-    if model.startswith("builtin:"):
-        from atomr.models import builtin_model_dir
-
-        try:
-            return ort_model_dir(builtin_model_dir(model))
-        except FileNotFoundError as exc:
-            raise NotFoundError(str(exc), field="model") from None
-    return ort_model_dir(Path(model).expanduser())
+    return ort_model_dir(model_root(deployment))
 
 
 def _int_option(options: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
