@@ -57,7 +57,7 @@ def test_deploy_list_chat_undeploy_drains_in_flight_requests(empty_node: Node, t
         "    model: builtin:tiny-llama\n"
         "    replicas: 2\n"
         "    limits: {max_inflight_per_replica: 4}\n"
-        "    engine: {intra_op_threads: 1, max_parallel: 4}\n"
+        "    engine: {intra_op_threads: 1, max_batch_size: 4}\n"
     )
     out = cli(empty_node, "deploy", str(cfg))
     assert "cli-tiny" in out.stdout and "2/2 replicas ready" in out.stdout

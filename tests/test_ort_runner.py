@@ -1,4 +1,4 @@
-"""The ONNX Runtime GenAI runner on the shipped tiny model, real engine, both schedulers."""
+"""The ONNX Runtime GenAI runner on the shipped tiny model, real engine, all three schedulers."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def deployment(**engine: object) -> Deployment:
     return Deployment(name="tiny", model="builtin:tiny-llama", model_path=MODEL, engine=dict(engine))
 
 
-@pytest.fixture(scope="module", params=["engine", "generators"])
+@pytest.fixture(scope="module", params=["engine", "batch", "generators"])
 def runner(request: pytest.FixtureRequest) -> Iterator[OrtRunner]:
     r = OrtRunner(deployment(scheduler=request.param))
     asyncio.run(r.load())
@@ -236,8 +236,8 @@ def test_cancellation(runner: OrtRunner, how: str) -> None:
 
 
 def test_intra_op_threads_and_bad_options() -> None:
-    r = OrtRunner(deployment(intra_op_threads=2, scheduler="generators", max_parallel=2))
-    assert (r.intra_op_threads, r.max_parallel, r.scheduler) == (2, 2, "generators")
+    r = OrtRunner(deployment(intra_op_threads=2, scheduler="generators", max_batch_size=2))
+    assert (r.intra_op_threads, r.max_batch_size, r.scheduler) == (2, 2, "generators")
     asyncio.run(r.load())
     try:
         assert text(run(r, chat("Hello!"))) == "Hello! How can I help you today?"
@@ -276,3 +276,48 @@ def test_missing_model_is_not_found() -> None:
     dep = Deployment(name="x", model="somewhere", runtime="ort", model_path=MODEL / "hf")
     with pytest.raises(NotFoundError, match=r"genai_config\.json"):
         asyncio.run(OrtRunner(dep).load())
+
+
+def test_batch_scheduler_batches_concurrent_requests_and_not_a_lone_one() -> None:
+    async def go() -> None:
+        r = OrtRunner(deployment(scheduler="batch", max_batch_size=8, max_wait_ms=200))
+        await r.load()
+        try:
+            # a lone caller: no concurrency seen, so no wait (well under the 200 ms window)
+            t = time.perf_counter()
+            assert text(await collect(r, completion("The actor model", max_tokens=4)))
+            assert time.perf_counter() - t < 0.15
+            assert r.batch_counts == (1, 1)
+            # 8 together, different lengths and one with logprobs: one batch, each row its own answer
+            texts = ["The actor model"] * 4 + ["In winter"] * 4
+            prompts = [completion(p, max_tokens=8 + 4 * i) for i, p in enumerate(texts)]
+            prompts[3] = completion("The actor model", max_tokens=20, logprobs=True)
+            results = await asyncio.gather(*(collect(r, p) for p in prompts))
+            batches, rows = r.batch_counts
+            assert rows == 9 and batches <= 3  # usually 2: the lone one, then all 8 together
+            for p, chunks in zip(prompts, results, strict=True):
+                check_stream(chunks)
+                assert text(chunks) == ort_greedy_reference(MODEL, p.prompt or "", p.params.max_tokens)
+            lps = [lp for c in results[3] for lp in (c.logprobs or ())]
+            assert len(lps) == results[3][-1].usage.completion_tokens  # type: ignore[union-attr]
+            # sampled requests with different settings are never mixed into one batch
+            mixed = [completion("In winter", max_tokens=6, temperature=t) for t in (0.5, 0.5, 1.5, 1.5)]
+            before = r.batch_counts
+            await asyncio.gather(*(collect(r, p) for p in mixed))
+            assert r.batch_counts[0] - before[0] >= 2 and r.batch_counts[1] - before[1] == 4
+        finally:
+            await r.unload()
+
+    asyncio.run(go())
+
+
+def test_bad_engine_options_name_the_field() -> None:
+    for options, field in [
+        ({"max_batch_size": 0}, "engine.max_batch_size"),
+        ({"max_wait_ms": -1}, "engine.max_wait_ms"),
+        ({"max_parallel": 4}, "engine.max_parallel"),
+        ({"scheduler": "magic"}, "engine.scheduler"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            OrtRunner(deployment(**options))
+        assert info.value.field == field

@@ -85,7 +85,7 @@ def test_64_concurrent_requests_overlap_inside_each_of_two_replicas(tmp_path: Pa
         tmp_path / "two.yaml",
         replicas=2,
         limits={"max_inflight_per_replica": 32},
-        engine={"intra_op_threads": 1, "max_parallel": 32},
+        engine={"intra_op_threads": 1, "max_batch_size": 32},
     )
     node = Node(config=cfg)
     try:

@@ -4,32 +4,36 @@ The model folder is the one holding `genai_config.json`, or a folder whose `onnx
 (a built-in model such as `builtin:tiny-llama`). `onnxruntime_genai` is imported when a model is
 loaded, never when `runners` is imported.
 
-Engine options (`deployment.engine`):
-  scheduler         "engine" (default) or "generators", see below
-  max_parallel      batch size of og.Engine when scheduler="engine" (default 16)
+Engine options (`deployment.engine`; an unknown key is a ConfigError naming it):
+  scheduler         "batch" (default), "engine" or "generators", see below
+  max_batch_size    most requests in one batch ("batch") or in og.Engine ("engine"); default 16
+  max_wait_ms       "batch": longest a request waits for others to join its batch (default 5)
   intra_op_threads  ORT intra-op threads per session (default 1; pinned, this is a shared CPU)
 
-Scheduling. Two ways to serve many requests at once; both share tokenization, detokenization
+Scheduling. Three ways to serve many requests at once; all share tokenization, detokenization
 (`TokenizerStream`), stop sequences (`runners.common.stops`) and chunk building:
-- "engine" (default): og.Engine on one driver thread, batching concurrent requests. On CPU, ORT
-  GenAI 0.18 offers static batching only (continuous batching needs a paged-attention export,
-  which its builder makes for CUDA only), so a request that arrives while a batch runs waits for
-  that batch to end. The Engine takes no per-request seed and gives no logits: requests with a
-  seed (and temperature > 0) or with logprobs go to the generators below.
+- "batch" (default): dynamic batching (`runners.common.batching`). Requests are collected until
+  `max_batch_size` are waiting or the first has waited `max_wait_ms` (the wait is skipped when no
+  concurrency was seen, so a lone caller pays nothing), then run as one batched og.Generator with
+  right-padded prompts. Each row streams to its own caller and ends on its own (EOS, stop, its
+  max_tokens, caller gone); rows of one batch share sampling settings, so only alike requests are
+  batched together. Logprobs work per row. Seeded sampling goes to the generators below (one
+  seed per request cannot be honoured inside a shared batch).
+- "engine": og.Engine on one driver thread. On CPU, ORT GenAI 0.18 offers static batching only
+  (continuous batching needs a paged-attention export, which its builder makes for CUDA only),
+  and it forms a batch from whatever is pending, with no wait. The Engine takes no per-request
+  seed and gives no logits: requests with a seed (and temperature > 0) or with logprobs go to the
+  generators.
 - "generators": one og.Generator per request, all stepped round-robin by one thread, one token
-  each per round. A new request joins at the next round whatever else runs (continuous
-  admission); seeded sampling and logprobs (log-softmax of the raw logits for the chosen token)
-  work. One thread on purpose: ORT GenAI 0.18 holds the GIL while it computes, so more stepping
-  threads add no speed and starve the process's other threads (a pool of 16-32 generator threads
-  delayed a runner host's first chunks to the end of the run).
-Measured on this shared 2-core CPU, tiny-llama, one ORT thread (noisy; runs differ by up to 2x).
-Through `generate`, 16 greedy requests x 64 tokens sent together: engine ~10-16k tok/s,
-generators ~5-8k tok/s (a thread pool of generators ~6k tok/s). 16 closed-loop clients, half
-asking 8 tokens and half 128: about equal throughput (engine 3.8-4.0k, generators 2.5-3.7k
-tok/s), but time to first token p50 64-70 ms (engine) vs 10-17 ms (generators). Through the
-actor spine (2 replicas, 64 concurrent x 64 tokens): engine ~0.5x the serial time, generators
-~1x. Hence the engine by default; "generators" where time to first token under mixed load
-matters more than throughput.
+  each per round: no batching (every forward pass has batch size 1), but a new request joins at
+  the next round whatever else runs; seeded sampling and logprobs work. One thread on purpose:
+  ORT GenAI 0.18 holds the GIL while it computes, so more stepping threads add no speed and starve
+  the process's other threads.
+Measured on this shared 2-core CPU, tiny-llama, one ORT thread, greedy 32-token requests from
+closed-loop clients (`scripts/bench/batching.py`, medians of rounds, ratios within a round):
+tokens/s against "generators" at concurrency 1 / 4 / 16: batch 0.9x / 1.6x / 4.8x, engine
+1.4x / 1.7x / 2.1x; p50 latency at concurrency 1 rose by ~2 ms with "batch" (under its 5 ms
+wait). Hence "batch" by default.
 
 Token accounting: EOS is not a completion token and has no chunk; `usage.completion_tokens`
 equals the sum of chunk `token_count`s and, with logprobs, the number of logprob entries. A stop
@@ -62,13 +66,18 @@ from atomr.core.errors import (
 )
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, TokenLogprob, Usage
+from runners.common.batching import BatchCollector
 from runners.common.model_files import model_root
 from runners.common.stops import StopMatcher
 
 if TYPE_CHECKING:
     from atomr.core.deployment import Deployment
 
-DEFAULT_MAX_PARALLEL = 16
+SCHEDULERS = ("engine", "batch", "generators")
+DEFAULT_SCHEDULER = "batch"
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_WAIT_MS = 5
+ENGINE_OPTIONS = frozenset({"scheduler", "max_batch_size", "max_wait_ms", "intra_op_threads"})
 DEFAULT_INTRA_OP_THREADS = 1
 
 
@@ -111,6 +120,7 @@ class _Model:
     context_length: int
     bos_id: int | None
     eos_ids: frozenset[int]
+    pad_id: int
     vocab_size: int
 
 
@@ -156,6 +166,7 @@ def _open_model(folder: Path, intra_op_threads: int, engine_batch: int | None = 
         context_length=context,
         bos_id=int(bos) if bos is not None else None,
         eos_ids=eos_ids,
+        pad_id=int(mcfg.get("pad_token_id", min(eos_ids))),
         vocab_size=int(mcfg.get("vocab_size") or 0),
     )
 
@@ -562,6 +573,130 @@ class _EngineDriver:
         self._on_done(job)
 
 
+def _batch_key(job: _Job) -> tuple[Any, ...]:
+    """Rows of one batched generator share its search options: batch only alike requests."""
+    p = job.request.params
+    return (True,) if p.greedy else (False, p.temperature, p.top_p, p.top_k)
+
+
+class _BatchWorker:
+    """Dynamic batching: runs batches from a `BatchCollector`, one batched og.Generator each.
+
+    The prompts of a batch are right-padded into one tensor; every step makes one token for each
+    row. A row whose request ends (EOS, stop sequence, its own max_tokens, caller gone) is answered
+    at once and its later tokens are ignored; the batch ends when its last row does. Requests that
+    arrive meanwhile wait for the next batch (static batching: og.Generator cannot add rows).
+    """
+
+    def __init__(self, m: _Model, on_done: Callable[[_Job], None], max_batch_size: int, max_wait_s: float) -> None:
+        self._m = m
+        self._on_done = on_done
+        self._collector: BatchCollector[_Job] = BatchCollector(max_batch_size, max_wait_s, key=_batch_key)
+        self._thread = threading.Thread(target=self._main, name="atomr-ort-batches", daemon=True)
+        self.batches = 0  # batches run, and requests in them: rows / batches is the mean batch size
+        self.rows = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: _Job) -> None:
+        if not self.alive:
+            raise UnavailableError("the ORT batching thread has stopped")
+        self._collector.submit(job)
+
+    def cancel(self, job: _Job) -> None:
+        self._collector.wake()  # a waiting job is dropped when the next batch is formed
+
+    def stop(self) -> None:
+        for job in self._collector.close():
+            self._on_done(job)
+        self._thread.join()
+
+    def _drop_cancelled(self, job: _Job) -> bool:
+        if job.cancel.is_set():
+            self._on_done(job)
+            return True
+        return False
+
+    def _main(self) -> None:
+        while (batch := self._collector.next_batch(self._drop_cancelled)) is not None:
+            try:
+                self._run(batch)
+            except Exception as exc:  # noqa: BLE001 - answer every row with the engine's reason
+                error = InternalError(f"ORT GenAI failed on a batch: {type(exc).__name__}: {exc}")
+                for job in batch:
+                    if not job.decoding.finished:
+                        job.channel.put(error)
+                        job.decoding.finished = True
+                        self._on_done(job)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        import numpy as np
+
+        m, og = self._m, self._m.og
+        self.batches += 1
+        self.rows += len(jobs)
+        width = max(len(j.ids) for j in jobs)
+        tokens_in = np.full((len(jobs), width), m.pad_id, dtype=np.int32)
+        for row, job in enumerate(jobs):
+            tokens_in[row, : len(job.ids)] = job.ids
+        params = jobs[0].request.params
+        search: dict[str, Any] = {
+            "batch_size": len(jobs),
+            "max_length": width + max(j.request.params.max_tokens for j in jobs),
+            "min_length": 0,
+        }
+        if params.greedy:
+            search["do_sample"] = False
+        else:
+            search.update(
+                do_sample=True,
+                temperature=float(params.temperature),
+                top_p=float(params.top_p),
+                top_k=int(params.top_k),
+                random_seed=secrets.randbelow(2**31 - 1),
+            )
+        gp = og.GeneratorParams(m.model)
+        gp.set_search_options(**search)
+        gen = og.Generator(m.model, gp)
+        gen.append_tokens(tokens_in)
+        live = list(range(len(jobs)))
+        want_logits = any(j.request.params.logprobs for j in jobs)
+        while live:
+            logits = gen.get_logits() if want_logits else None
+            gen.generate_next_token()
+            next_tokens = gen.get_next_tokens()
+            ended = gen.is_done()
+            still: list[int] = []
+            for row in live:
+                job = jobs[row]
+                if job.cancel.is_set():
+                    self._on_done(job)
+                elif self._advance(job, int(next_tokens[row]), logits, row, ended):
+                    self._on_done(job)
+                else:
+                    still.append(row)
+            live = still
+
+    def _advance(self, job: _Job, token: int, logits: Any, row: int, ended: bool) -> bool:
+        """Feed one row's token to its request; True when that request is finished."""
+        decoding = job.decoding
+        if token in self._m.eos_ids:
+            decoding.finish("stop")
+            return True
+        row_logits = logits[row] if logits is not None and job.request.params.logprobs else None
+        if decoding.token(token, row_logits):
+            return True
+        if decoding.generated >= job.request.params.max_tokens or ended:
+            decoding.finish("length")
+            return True
+        return False
+
+
 class OrtRunner(ModelRunner):
     """Serves one ORT GenAI model; many `generate` calls run at once."""
 
@@ -574,16 +709,25 @@ class OrtRunner(ModelRunner):
         super().__init__(deployment)
         options = dict(getattr(deployment, "engine", None) or {})
         self.intra_op_threads = _int_option(options, "intra_op_threads", DEFAULT_INTRA_OP_THREADS, 1, 256)
-        self.max_parallel = _int_option(options, "max_parallel", DEFAULT_MAX_PARALLEL, 1, 256)
-        scheduler = options.get("scheduler", "engine")
-        if scheduler not in ("engine", "generators"):
+        self.max_batch_size = _int_option(options, "max_batch_size", DEFAULT_MAX_BATCH_SIZE, 1, 256)
+        self.max_wait_ms = _int_option(options, "max_wait_ms", DEFAULT_MAX_WAIT_MS, 0, 10_000)
+        scheduler = options.get("scheduler", DEFAULT_SCHEDULER)
+        if scheduler not in SCHEDULERS:
             raise ConfigError(
-                f"engine.scheduler must be 'engine' or 'generators', got {scheduler!r}", field="engine.scheduler"
+                f"engine.scheduler must be one of {', '.join(map(repr, SCHEDULERS))}, got {scheduler!r}",
+                field="engine.scheduler",
+            )
+        unknown = sorted(set(options) - ENGINE_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"engine.{unknown[0]} is not an ORT engine option; known: {', '.join(sorted(ENGINE_OPTIONS))}",
+                field=f"engine.{unknown[0]}",
             )
         self.scheduler: str = scheduler
         self._m: _Model | None = None
         self._stepper: _Stepper | None = None
         self._engine: _EngineDriver | None = None
+        self._batcher: _BatchWorker | None = None
         self._jobs: set[_Job] = set()
         self._active = 0
         self._active_lock = threading.Lock()
@@ -595,12 +739,16 @@ class OrtRunner(ModelRunner):
 
     async def load(self) -> None:
         folder = _resolve_model_dir(self.deployment)
-        batch = self.max_parallel if self.scheduler == "engine" else None
+        batch = self.max_batch_size if self.scheduler == "engine" else None
         m = await asyncio.to_thread(_open_model, folder, self.intra_op_threads, batch)
         if self.scheduler == "engine":
             driver = _EngineDriver(m, self._job_done)
             await asyncio.to_thread(driver.start)
             self._engine = driver
+        elif self.scheduler == "batch":
+            batcher = _BatchWorker(m, self._job_done, self.max_batch_size, self.max_wait_ms / 1000.0)
+            batcher.start()
+            self._batcher = batcher
         stepper = _Stepper(m, self._job_done)
         stepper.start()
         self._stepper = stepper
@@ -609,23 +757,28 @@ class OrtRunner(ModelRunner):
     async def health(self) -> bool:
         if self._m is None or self._stepper is None or not self._stepper.alive:
             return False
-        return self._engine is None or self._engine.alive
+        return all(w is None or w.alive for w in (self._engine, self._batcher))
 
     async def unload(self) -> None:
         for job in list(self._jobs):  # callers still reading get an error, not a truncated stream
             job.channel.put(UnavailableError("the ORT runner was unloaded during the generation"))
             job.cancel.set()
-        engine, self._engine = self._engine, None
-        stepper, self._stepper = self._stepper, None
-        if engine is not None:
-            await asyncio.to_thread(engine.stop)
-        if stepper is not None:
-            await asyncio.to_thread(stepper.stop)
+        workers = (self._engine, self._batcher, self._stepper)
+        self._engine = self._batcher = self._stepper = None
+        for worker in workers:
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
         self._m = None
 
     @property
     def context_length(self) -> int:
         return self._loaded().context_length
+
+    @property
+    def batch_counts(self) -> tuple[int, int]:
+        """(batches run, requests in them) by the "batch" scheduler; (0, 0) for the others."""
+        b = self._batcher
+        return (b.batches, b.rows) if b is not None else (0, 0)
 
     @property
     def active_generations(self) -> int:
@@ -661,8 +814,7 @@ class OrtRunner(ModelRunner):
         _check_context(m, request, len(ids))
         channel = _Channel(asyncio.get_running_loop())
         job = _Job(request, channel, threading.Event(), ids, _Decoding(m, request, len(ids), channel))
-        engine = self._engine if _uses_engine(request) else None
-        worker: _EngineDriver | _Stepper = engine if engine is not None else stepper
+        worker = self._worker_for(request, stepper)
         with self._active_lock:
             self._active += 1
         self._jobs.add(job)
@@ -687,6 +839,13 @@ class OrtRunner(ModelRunner):
             if not done:  # the caller went away (aclose, cancelled task) or an error: stop the work
                 job.cancel.set()
                 worker.cancel(job)
+
+    def _worker_for(self, request: InferenceRequest, stepper: _Stepper) -> _EngineDriver | _BatchWorker | _Stepper:
+        if self._engine is not None and _uses_engine(request):
+            return self._engine
+        if self._batcher is not None and (request.params.greedy or request.params.seed is None):
+            return self._batcher
+        return stepper
 
 
 def _check_context(m: _Model, request: InferenceRequest, n_prompt: int) -> None:

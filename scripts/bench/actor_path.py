@@ -34,7 +34,7 @@ DEPLOYMENT = {
     "model": "builtin:tiny-llama",
     "replicas": 1,
     "limits": {"max_inflight_per_replica": 64, "max_queue": 4096},
-    "engine": {"intra_op_threads": 1, "max_parallel": 32},
+    "engine": {"intra_op_threads": 1, "max_batch_size": 32},
 }
 
 
