@@ -87,7 +87,9 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     def render(st: dict[str, Any]) -> str:
         lines = ["nodes:"]
         lines += [
-            f"  {n.node_id:24} {n.role:5} {n.host}:{n.port} gpus={','.join(n.gpu_ids) or '-'}" for n in st["nodes"]
+            f"  {n.node_id:24} {n.role:5} {n.host}:{n.port} gpus={','.join(n.gpu_ids) or '-'} "
+            f"runtimes={','.join(n.runtimes) or '-'}"
+            for n in st["nodes"]
         ]
         lines.append("deployments:")
         for d in st["deployments"]:

@@ -67,3 +67,20 @@ def local_node() -> Iterator[Node]:
     node = Node(config=REPO / "system_config" / "local.yaml")
     yield node
     assert node.stop() == []
+
+
+def require_engine(module: str, extra: str) -> None:
+    """Skip the calling test when an engine package is missing, naming the extra that installs it.
+
+    Where ``$ATOMR_REQUIRE_ENGINES`` lists the module (CI installs every CPU engine), a missing
+    engine fails the test instead, so that an install problem can never pass as a skip.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return
+    required = {m.strip() for m in os.environ.get("ATOMR_REQUIRE_ENGINES", "").split(",") if m.strip()}
+    reason = f"{module} is not installed (pip install 'atomr[{extra}]')"
+    if module in required:
+        pytest.fail(reason + " but ATOMR_REQUIRE_ENGINES requires it")
+    pytest.skip(reason)

@@ -179,14 +179,24 @@ def test_deploy_errors_name_the_problem_and_the_node_keeps_serving(local_node: N
         with pytest.raises(ConfigError) as runtime:
             client.deploy({"name": "x", "model": "builtin:tiny-llama", "runtime": "quantum"})
         assert runtime.value.field == "runtime"
+        # a runtime no node has installed is refused up front, saying what to install
+        assert "ort" in client.status()["nodes"][0].runtimes
+        if "tensorrt" not in client.status()["nodes"][0].runtimes:
+            with pytest.raises(ConfigError) as absent:
+                client.deploy({"name": "trt", "model": "builtin:tiny-llama", "runtime": "tensorrt"})
+            assert absent.value.field == "runtime" and "pip install 'atomr[tensorrt]'" in absent.value.message
         broken = tmp_path / "broken"
         broken.mkdir()
         (broken / "genai_config.json").write_text('{"model": {"type": "llama"}}')
         with pytest.raises(InternalError) as load:
             client.deploy({"name": "broken", "model": str(broken), "runtime": "ort"}, timeout=60)
         assert "broken" in load.value.message or "load" in load.value.message
-        assert [d.name for d in client.list_deployments()] == ["tiny"]
+        listed = {d.name: d for d in client.list_deployments()}
+        assert listed["tiny"].state == "ready"
+        assert listed["broken"].state == "failed" and listed["broken"].error == load.value.message
         assert client.generate("tiny", prompt="The actor", max_tokens=4).text
+        assert client.undeploy("broken").state == "failed"
+        assert [d.name for d in client.list_deployments()] == ["tiny"]
 
 
 def test_a_full_queue_answers_overloaded_and_loses_nothing(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.deployment import Deployment
 from atomr.core.errors import ConfigError, InferenceError, InternalError, NotFoundError, UnavailableError
+from atomr.core.runner import install_hint
 
 log = structlog.get_logger("atomr.manager")
 
@@ -71,6 +72,9 @@ class DeploymentManager(SidecarActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.nodes: dict[str, NodeInfo] = {}
+        # Deployments whose deploy failed: shown (state "failed", the engine's reason) until they
+        # are deployed again or undeployed, so a failure at startup is visible in status.
+        self.failed: dict[str, DeploymentInfo] = {}
         self.last_seen: dict[str, float] = {}
         self.records: dict[str, Record] = {}
         self.registry: Address = None
@@ -156,6 +160,7 @@ class DeploymentManager(SidecarActor):
         except InferenceError as exc:
             self.send(sender, Reply(False, error=exc.info()))
             return
+        self.failed.pop(dep.name, None)
         coordinator = self.createActor(Coordinator)
         info = DeploymentInfo(dep.name, dep.model, dep.runtime, dep.version, "deploying", aliases=list(dep.aliases))
         rec = Record(dep, coordinator, info)
@@ -192,6 +197,12 @@ class DeploymentManager(SidecarActor):
             if (want_role is None or n.role == want_role)
             and all(_node_capability(n, k) == v for k, v in dep.placement.require.items())
         ]
+        if found and not any(dep.runtime in n.runtimes for n in found):
+            raise ConfigError(
+                f"no node that matches the placement of {dep.name!r} can run it: {install_hint(dep.runtime)}",
+                field="runtime",
+            )
+        found = [n for n in found if dep.runtime in n.runtimes]
         if dep.gpus_per_replica > 0:
             found = [n for n in found if n.gpu_ids]
         if not found:
@@ -280,6 +291,10 @@ class DeploymentManager(SidecarActor):
 
     def receiveMsg_Undeploy(self, msg: Undeploy, sender: Address) -> None:
         rec = self.records.get(msg.name)
+        gone = self.failed.pop(msg.name, None)
+        if rec is None and gone is not None:
+            self.send(sender, Reply(True, gone))
+            return
         if rec is None:
             err = NotFoundError(f"no deployment named {msg.name!r}", field="name")
             self.send(sender, Reply(False, error=err.info()))
@@ -300,6 +315,9 @@ class DeploymentManager(SidecarActor):
         del self.records[msg.name]
         self.send(sender, ActorExitRequest())
         self._answer(rec.undeploy_waiters, Reply(True, rec.info))
+        if rec.info.state == "failed" and not rec.undeploy_waiters:
+            rec.info.replicas = []
+            self.failed[msg.name] = rec.info
         if rec.deploy_waiters:  # a failed deploy: its replicas are gone now
             err = InternalError(rec.info.error or "deployment failed", field="model", details={"deployment": msg.name})
             self._answer(rec.deploy_waiters, Reply(False, rec.info, err.info()))
@@ -314,11 +332,14 @@ class DeploymentManager(SidecarActor):
     # ---- queries ----
 
     def receiveMsg_ListDeployments(self, msg: ListDeployments, sender: Address) -> None:
-        self.send(sender, Reply(True, [r.info for r in self.records.values()]))
+        self.send(sender, Reply(True, self._infos()))
 
     def receiveMsg_GetStatus(self, msg: GetStatus, sender: Address) -> None:
         nodes = list(self.nodes.values())
-        self.send(sender, Reply(True, {"nodes": nodes, "deployments": [r.info for r in self.records.values()]}))
+        self.send(sender, Reply(True, {"nodes": nodes, "deployments": self._infos()}))
+
+    def _infos(self) -> list[DeploymentInfo]:
+        return [r.info for r in self.records.values()] + list(self.failed.values())
 
     def _answer(self, waiters: list[Address], reply: Reply) -> None:
         for w in waiters:

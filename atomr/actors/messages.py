@@ -114,6 +114,7 @@ class NodeInfo:
     port: int
     address: Address = None
     pid: int = 0
+    runtimes: list[str] = field(default_factory=list)  # runtimes whose package this node has
 
 
 @dataclass(slots=True)

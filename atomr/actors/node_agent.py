@@ -32,6 +32,7 @@ from atomr.actors.messages import (
 )
 from atomr.actors.runner_host import RunnerHost
 from atomr.actors.sidecar import SidecarActor
+from atomr.core.runner import installed_runtimes
 
 log = structlog.get_logger("atomr.node_agent")
 
@@ -52,7 +53,9 @@ class NodeAgent(SidecarActor):
         self.init_requester: Address = None
 
     def receiveMsg_NodeInit(self, msg: NodeInit, sender: Address) -> None:
-        self.info = NodeInfo(msg.node_id, msg.role, msg.gpu_ids, msg.host, msg.port, self.myAddress, os.getpid())
+        self.info = NodeInfo(
+            msg.node_id, msg.role, msg.gpu_ids, msg.host, msg.port, self.myAddress, os.getpid(), installed_runtimes()
+        )
         self.heartbeat_s = msg.heartbeat_s
         if msg.manager is not None:
             self.manager = msg.manager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -64,6 +65,17 @@ RUNTIMES: dict[str, str] = {
     "gemini": "runners.remote.gemini:GeminiRunner",
     "litellm": "runners.remote.litellm:LiteLLMRunner",
 }
+# runtime -> (the package its runner needs, the atomr extra that installs it)
+RUNTIME_PACKAGES: dict[str, tuple[str, str]] = {
+    "ort": ("onnxruntime_genai", "ort"),
+    "vllm": ("vllm", "vllm"),
+    "mistralrs": ("mistralrs", "mistralrs"),
+    "tensorrt": ("tensorrt_llm", "tensorrt"),
+    "openai": ("openai", "remote"),
+    "anthropic": ("anthropic", "remote"),
+    "gemini": ("google.genai", "remote"),
+    "litellm": ("litellm", "remote"),
+}
 LOCAL_RUNTIMES = frozenset({"ort", "vllm", "mistralrs", "tensorrt"})
 REMOTE_RUNTIMES = frozenset({"openai", "anthropic", "gemini", "litellm"})
 KNOWN_RUNTIMES = LOCAL_RUNTIMES | REMOTE_RUNTIMES
@@ -82,3 +94,21 @@ def runner_class(runtime: str) -> type[ModelRunner]:
     cls = getattr(module, class_name)
     assert isinstance(cls, type) and issubclass(cls, ModelRunner)
     return cls
+
+
+def installed_runtimes() -> list[str]:
+    """Runtimes whose package is installed in this Python, found without importing any engine."""
+    found = []
+    for runtime, (package, _) in sorted(RUNTIME_PACKAGES.items()):
+        try:
+            if importlib.util.find_spec(package) is not None:
+                found.append(runtime)
+        except (ImportError, ValueError):  # a parent package missing (google.genai without google)
+            continue
+    return found
+
+
+def install_hint(runtime: str) -> str:
+    """How to install what `runtime` needs, for error messages."""
+    package, extra = RUNTIME_PACKAGES.get(runtime, (runtime, runtime))
+    return f"the {runtime} runtime needs the {package} package: pip install 'atomr[{extra}]'"
