@@ -104,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         node.start()
         print(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}", flush=True)
         for dep in deployments if node.join is None else []:
-            infos = node.deploy(dep)
+            try:
+                infos = node.deploy(dep)
+            except InferenceError as exc:  # one bad deployment must not take the node down
+                print(f"deploy of {dep.name} failed: {exc.kind}: {exc.message}", flush=True)
+                log.error("deploy failed", deployment=dep.name, error=exc.message)
+                continue
             print(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}", flush=True)
         print("ready", flush=True)
         stop.wait()

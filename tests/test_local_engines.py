@@ -173,3 +173,25 @@ def test_broken_model_fails_with_the_engine_message_and_others_keep_serving(node
             assert "broken" not in {d.name for d in client.status()["deployments"]}
         finally:
             client.undeploy("good")
+
+
+def test_a_broken_deployment_in_the_head_config_leaves_the_node_serving_the_others(tmp_path: Path) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "genai_config.json").write_text("not json at all")
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text(
+        "deployments:\n"
+        f"  - {{name: broken, model: {broken}, runtime: ort, supervision: {{max_restarts: 1}}}}\n"
+        "  - {name: good, model: builtin:tiny-llama}\n"
+    )
+    node = Node(config=cfg)
+    try:
+        assert "deploy of broken failed" in node.output()
+        with Client(node.address) as client:
+            status = {d.name: d for d in client.status()["deployments"]}
+            assert status["broken"].state == "failed" and "genai_config.json" in (status["broken"].error or "")
+            assert status["good"].state == "ready"
+            assert client.generate("good", prompt=COMPLETION, max_tokens=8).text
+    finally:
+        assert node.stop() == []
