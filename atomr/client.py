@@ -36,12 +36,7 @@ from atomr.actors.messages import (
     reply_value,
 )
 from atomr.core.deployment import Deployment, deployment_from_dict, load_deployments
-from atomr.core.errors import (
-    InferenceError,
-    InferenceTimeoutError,
-    RunnerCrashedError,
-    UnavailableError,
-)
+from atomr.core.errors import InferenceError, UnavailableError
 from atomr.core.types import (
     Chunk,
     InferenceRequest,
@@ -52,12 +47,12 @@ from atomr.core.types import (
     Usage,
     make_messages,
 )
+from atomr.stream_assembly import StreamAssembler
 from atomr.system import connect_system, disconnect_system
 
 log = structlog.get_logger("atomr.client")
 
 DEFAULT_PORT = 19500
-LATE_CHUNK_WAIT_S = 2.0
 ADDRESS_ENV = "ATOMR_ADDRESS"
 
 
@@ -227,11 +222,7 @@ class Client:
         rid = request.request_id
         q: queue.SimpleQueue[StreamEvent] = queue.SimpleQueue()
         self._streams[rid] = q
-        finished = False
-        streamed_from = ""  # replica instance that sent this request's first chunk
-        received = 0  # chunks received so far
-        final: StreamEvent | None = None  # a final that overtook some of its chunks
-        resends = 0
+        assembler = StreamAssembler(rid)
         try:
             if send:
                 self._send_many([WorkItem(request, self._reply_to)])
@@ -239,56 +230,22 @@ class Client:
                 yield StreamEvent(rid)
             deadline = request.deadline or (time.time() + self.default_timeout)
             while True:
-                # Chunks come straight from the replica, the final through the coordinator: a final
-                # may overtake its last chunks. Wait briefly for them; if they never come (the
-                # replica died in between), the answer is incomplete and says so.
-                wait = LATE_CHUNK_WAIT_S if final is not None else max(0.0, deadline - time.time()) + 0.5
                 try:
-                    ev = q.get(timeout=wait)
+                    steps = assembler.on_event(q.get(timeout=assembler.wait_time(deadline - time.time())))
                 except queue.Empty:
-                    if final is not None and received == 0 and resends < 1:
-                        # Its chunks died with their replica and the caller has seen nothing:
-                        # asking again cannot duplicate text.
-                        resends += 1
-                        final, streamed_from = None, ""
+                    steps = [assembler.on_timeout()]
+                for step in steps:
+                    if step.resend:
                         self._send_many([WorkItem(request, self._reply_to)])
-                        continue
-                    if final is not None:
-                        finished = True
-                        raise RunnerCrashedError(
-                            f"{rid}: {final.seq - received} chunk(s) were lost with their replica"
-                        ) from None
-                    raise InferenceTimeoutError(f"no answer within the deadline for {rid}") from None
-                if ev.final and ev.seq > received and ev.error is None:
-                    final = ev
-                    continue
-                if streamed_from and ev.replica and ev.replica != streamed_from:
-                    # The coordinator re-dispatched a request whose first replica had already
-                    # streamed to us before dying: never show the text twice.
-                    finished = True
-                    raise RunnerCrashedError(f"replica {streamed_from} died while streaming {rid}")
-                if ev.chunk is not None:
-                    streamed_from = streamed_from or ev.replica
-                    received += 1
-                    if final is not None and received >= final.seq:
-                        yield ev
-                        ev = final
-                if ev.final and ev.error is not None and ev.error.kind == "runner_crashed" and received == 0:
-                    if resends < 1:  # the replica died before the caller saw any text: ask again
-                        resends += 1
-                        final, streamed_from = None, ""
-                        self._send_many([WorkItem(request, self._reply_to)])
-                        continue
-                if ev.final:
-                    finished = True
-                    if ev.error is not None:
-                        raise InferenceError.from_info(ev.error)
-                    yield ev
-                    return
-                yield ev
+                    elif step.error is not None:
+                        raise step.error
+                    elif step.event is not None:
+                        yield step.event
+                        if step.final:
+                            return
         finally:
             self._streams.pop(rid, None)
-            if not finished and not self._closed.is_set():
+            if not assembler.finished and not self._closed.is_set():
                 self._tell(self._gateway, Cancel([rid], request.model))
 
     def _send_many(self, items: list[WorkItem]) -> None:
