@@ -22,10 +22,12 @@ import structlog
 from atomr.actors.messages import (
     GATEWAY_NAME,
     MANAGER_NAME,
+    METRICS_NAME,
     Cancel,
     Deploy,
     DeploymentInfo,
     Events,
+    GetMetrics,
     GetStatus,
     Hello,
     HelloReply,
@@ -44,10 +46,9 @@ from atomr.core.types import (
     Message,
     SamplingParams,
     StreamEvent,
-    Usage,
     make_messages,
 )
-from atomr.stream_assembly import StreamAssembler
+from atomr.stream_assembly import StreamAssembler, assemble_result
 from atomr.system import connect_system, disconnect_system
 
 log = structlog.get_logger("atomr.client")
@@ -289,9 +290,17 @@ class Client:
         result: dict[str, Any] = self._admin(GetStatus(), 30)
         return result
 
-    def _admin(self, msg: Any, timeout: float) -> Any:
+    def metrics(self) -> str:
+        """The cluster's Prometheus metrics (text exposition), as the head's /metrics serves them."""
+        from atomr.actors.metrics_collector import MetricsCollector
+
+        collector = self._asys.createActor(MetricsCollector, globalName=METRICS_NAME)
+        text: bytes = self._admin(GetMetrics(), 30, to=collector)
+        return text.decode()
+
+    def _admin(self, msg: Any, timeout: float, to: Any = None) -> Any:
         with self._asys.private() as endpoint:
-            reply = endpoint.ask(self._manager, msg, timeout)
+            reply = endpoint.ask(to if to is not None else self._manager, msg, timeout)
         return reply_value(reply, type(msg).__name__, timeout)
 
 
@@ -325,20 +334,9 @@ class ChunkStream:
 def _collect(request: InferenceRequest, events: Iterator[StreamEvent]) -> InferenceResult:
     """The whole answer from a request's events (raises the request's error)."""
     chunks: list[Chunk] = []
-    meta = StreamEvent(request.request_id)
+    last = StreamEvent(request.request_id)
     for ev in events:
         if ev.chunk is not None:
             chunks.append(ev.chunk)
-        meta = ev
-    whole = Chunk.merge(chunks) if chunks else Chunk("", 0, finish_reason="stop", usage=Usage())
-    return InferenceResult(
-        request_id=request.request_id,
-        model=request.model,
-        text=whole.text,
-        finish_reason=whole.finish_reason or "stop",
-        usage=whole.usage or Usage(completion_tokens=whole.token_count),
-        logprobs=whole.logprobs,
-        deployment=meta.deployment,
-        version=meta.version,
-        replica=meta.replica,
-    )
+        last = ev
+    return assemble_result(request, chunks, last)

@@ -26,6 +26,8 @@ from typing import Any
 from atomr.client import DEFAULT_PORT
 from atomr.core.deployment import load_deployments, load_yaml
 from atomr.core.errors import InferenceError
+from atomr.core.tenants import tenants_from_config
+from atomr.http.settings import HttpSettings, http_settings_from_config
 from atomr.logs import configure_logging, get_logger
 from atomr.thespian_setup import DEFAULT_BIND
 
@@ -44,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--node-id", default=None, help="name of this node (default: hostname-port)")
     p.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    p.add_argument(
+        "--http-port", type=int, default=None, help="serve the OpenAI-compatible HTTP front here (0: any free port)"
+    )
     return p.parse_args(argv)
 
 
@@ -73,11 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings: dict[str, Any] = {}
     deployments = []
+    raw: Any = {}
     try:
         if args.config:
             raw = load_yaml(args.config)
             settings = dict(raw.get("node") or {}) if isinstance(raw, dict) else {}
             deployments = load_deployments(args.config) if isinstance(raw, dict) and raw.get("deployments") else []
+        raw = raw if isinstance(raw, dict) else {}
+        where = str(args.config or "command line")
+        http = http_settings_from_config(raw.get("http"), where)
+        if args.http_port is not None:
+            http = (http or HttpSettings()).model_copy(update={"port": args.http_port})
+        tenants = tenants_from_config(raw.get("tenants"), where)
     except InferenceError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2
@@ -103,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node.start()
         print(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}", flush=True)
+        if http is not None and node.join is None:
+            http_port = node.start_http(http, tenants.tenants)
+            print(f"http front on http://{http.bind}:{http_port}", flush=True)
         for dep in deployments if node.join is None else []:
             try:
                 infos = node.deploy(dep)

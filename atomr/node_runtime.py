@@ -10,11 +10,13 @@ from typing import Any
 from atomr.actors.messages import (
     GATEWAY_NAME,
     MANAGER_NAME,
+    METRICS_NAME,
     REGISTRY_NAME,
     Deploy,
     DeploymentInfo,
     NodeInfo,
     NodeInit,
+    StartHttp,
     node_agent_name,
     reply_value,
 )
@@ -49,6 +51,7 @@ class NodeRuntime:
         """
         from atomr.actors.deployment_manager import DeploymentManager
         from atomr.actors.gateway import Gateway
+        from atomr.actors.metrics_collector import MetricsCollector
         from atomr.actors.node_agent import NodeAgent
         from atomr.actors.registry import Registry
 
@@ -63,6 +66,7 @@ class NodeRuntime:
         if self.join is not None:
             return
         self.asys.createActor(Registry, globalName=REGISTRY_NAME)
+        self.asys.createActor(MetricsCollector, globalName=METRICS_NAME)
         manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
@@ -80,6 +84,14 @@ class NodeRuntime:
             self.asys.ask(manager, Deploy(dep, True), timeout), f"deploy of {dep.name}", timeout
         )
         return value
+
+    def start_http(self, settings: Any, tenants: list[Any], timeout: float = 30.0) -> int:
+        """Have the head's gateway serve the HTTP front; returns the port it listens on."""
+        from atomr.actors.gateway import Gateway
+
+        gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
+        port: int = reply_value(self.asys.ask(gateway, StartHttp(settings, tenants), timeout), "HTTP start", timeout)
+        return port
 
     def stop(self) -> list[int]:
         """Stop the actor system; returns PIDs of leftover processes that had to be ended."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from atomr.core.errors import InferenceError, InferenceTimeoutError, RunnerCrashedError
-from atomr.core.types import StreamEvent
+from atomr.core.types import Chunk, InferenceRequest, InferenceResult, StreamEvent, Usage
 
 LATE_CHUNK_WAIT_S = 2.0  # how long a final that overtook its chunks waits for them
 MAX_RESENDS = 1
@@ -97,3 +97,19 @@ class StreamAssembler:
     def _end(self, error: InferenceError) -> Step:
         self.finished = True
         return Step(error=error)
+
+
+def assemble_result(request: InferenceRequest, chunks: list[Chunk], last: StreamEvent) -> InferenceResult:
+    """The whole answer of a request from its chunks and its final event."""
+    whole = Chunk.merge(chunks) if chunks else Chunk("", 0, finish_reason="stop", usage=Usage())
+    return InferenceResult(
+        request_id=request.request_id,
+        model=request.model,
+        text=whole.text,
+        finish_reason=whole.finish_reason or "stop",
+        usage=whole.usage or Usage(completion_tokens=whole.token_count),
+        logprobs=whole.logprobs,
+        deployment=last.deployment,
+        version=last.version,
+        replica=last.replica,
+    )

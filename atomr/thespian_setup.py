@@ -3,12 +3,16 @@
 Thespian binds every listening socket to 0.0.0.0 and unpickles what arrives. atomr binds the
 address the operator chose (loopback by default) by adjusting Thespian's IP address class once,
 at import of the process that starts the system; forked admin and actor processes inherit it.
+The same setup applies atomr's wire-compatible transport speed patches
+(``atomr.thespian_patches``; ``ATOMR_THESPIAN_PATCHES=0`` turns them off).
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from atomr.thespian_patches import apply_patches
 
 DEFAULT_BIND = "127.0.0.1"
 # Thespian waits 35 s (times the attempt number) before re-sending a message whose delivery was
@@ -39,6 +43,7 @@ def configure_thespian(bind_host: str = DEFAULT_BIND) -> None:
 
     IPBase.IPActorAddress.__init__ = bound_init
     _shorten_transmit_retry()
+    apply_patches()
     _applied_bind = bind_host
 
 

@@ -28,6 +28,7 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 
 from atomr.actors.messages import (
     GATEWAY_NAME,
+    METRICS_NAME,
     RATE_LIMITER_NAME,
     Address,
     Cancel,
@@ -36,6 +37,8 @@ from atomr.actors.messages import (
     Dispatch,
     Drain,
     Drained,
+    MetricsDrop,
+    MetricsSnapshot,
     NodeLost,
     PlaceReplica,
     ReplicaExited,
@@ -63,12 +66,14 @@ from atomr.core.errors import (
     UnavailableError,
 )
 from atomr.core.types import StreamEvent
+from atomr.metrics import DeploymentMetrics
 
 log = structlog.get_logger("atomr.coordinator")
 
 # Load failures that a restart cannot fix: the replica is isolated at once.
 PERMANENT_KINDS = frozenset({"config", "not_found", "invalid_request", "auth"})
 MAX_FALLBACK_HOPS = 3
+METRICS_PERIOD_S = 1.0
 LIVE = ("starting", "ready", "restarting")
 
 
@@ -118,11 +123,16 @@ class Coordinator(SidecarActor):
         self._dispatch: dict[str, list[WorkItem]] = {}
         self._gateway: Address = None
         self._limiter: Address = None
+        self._collector: Address = None
+        self.metrics: DeploymentMetrics | None = None
+        self.arrived: dict[str, float] = {}  # request id -> when it was admitted here (monotonic)
 
     # ---- replica lifecycle ----
 
     def receiveMsg_StartCoordinator(self, msg: StartCoordinator, sender: Address) -> None:
         self.dep, self.manager = msg.deployment, msg.manager
+        self.metrics = DeploymentMetrics(self.dep.name, self.dep.version, self.dep.runtime)
+        self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
         for p in msg.placements:
             r = Replica(p.slot)
             self.replicas[p.slot] = r
@@ -201,12 +211,18 @@ class Coordinator(SidecarActor):
             return
         r.restart_times.append(now)
         r.restarts += 1
+        if self.metrics is not None:
+            self.metrics.restarted(r.slot)
         r.state, r.error, r.address = "restarting", reason, None
         self.wakeupAfter(timedelta(seconds=sup.backoff(len(r.restart_times))), payload=("restart", r.slot))
         self._changed()
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         kind, slot = msg.payload
+        if kind == "metrics":
+            self._ship_metrics()
+            self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
+            return
         r = self.replicas.get(slot)
         if kind != "restart" or r is None or r.state != "restarting" or self.state == "draining":
             return
@@ -256,7 +272,9 @@ class Coordinator(SidecarActor):
             self._answer(rid, RunnerCrashedError("deployment stopped").info())
         while self.queue:
             item = self.queue.popleft()
-            self.emit(item.reply_to, _error_event(item, NotFoundError(f"deployment {self._name} stopped")))
+            self._finish(item, _error_event(item, NotFoundError(f"deployment {self._name} stopped")))
+        if self.metrics is not None:
+            self.send(self._metrics_collector(), MetricsDrop(self.metrics.source))
 
     def _changed(self) -> None:
         """Recompute the deployment state, serve what waits, and tell the manager."""
@@ -283,17 +301,20 @@ class Coordinator(SidecarActor):
 
     def receiveMsg_Submit(self, msg: Submit, sender: Address) -> None:
         assert self.dep is not None
+        now = time.monotonic()
+        for item in msg.items:
+            self.arrived.setdefault(item.request.request_id, now)
         if self.state in ("draining", "failed"):
             for item in msg.items:
                 gone = NotFoundError(f"model {item.request.model!r} is being removed", field="model")
-                self.emit(item.reply_to, _error_event(item, gone))
+                self._finish(item, _error_event(item, gone))
             return
         limit = self.dep.limits.max_queue
         for item in msg.items:
             if self.queue or not self._assign(item):
                 if len(self.queue) >= limit:
                     err = OverloadedError(f"deployment {self._name} is full ({limit} requests queued)", retry_after=1.0)
-                    self.emit(item.reply_to, _error_event(item, err))
+                    self._finish(item, _error_event(item, err))
                 else:
                     self.queue.append(item)
         self._pump()
@@ -305,10 +326,14 @@ class Coordinator(SidecarActor):
         if msg.health is not None:
             r.health = msg.health
             self._report()
+        now = time.monotonic()
         for rid in msg.started:
             f = self.inflight.get(rid)
             if f is not None and f.instance == msg.replica_id:
                 f.started = True
+                t0 = self.arrived.get(rid)
+                if t0 is not None and self.metrics is not None:
+                    self.metrics.first_token(f.item.request.tenant, r.slot, now - t0)
         for reply_to, event in msg.finals:
             f = self.inflight.get(event.request_id)
             if f is not None and f.instance == msg.replica_id:
@@ -316,8 +341,9 @@ class Coordinator(SidecarActor):
                 r.inflight.discard(event.request_id)
                 self._settle(f.item, event)
                 if _retryable(event) and event.seq == 0 and self._forward(f.item):
+                    self._finish(f.item, event, replica=r.slot, outcome="fallback")
                     continue  # nothing reached the caller yet: the fallback answers instead
-                self.emit(reply_to, event)
+                self._finish(f.item, event, replica=r.slot, reply_to=reply_to)
         self._pump()
         self._maybe_drained()
 
@@ -348,7 +374,7 @@ class Coordinator(SidecarActor):
             return False
         rid = item.request.request_id
         if item.request.deadline is not None and time.time() > item.request.deadline:
-            self.emit(item.reply_to, _error_event(item, InferenceTimeoutError("deadline passed in queue")))
+            self._finish(item, _error_event(item, InferenceTimeoutError("deadline passed in queue")))
             return True
         best.inflight.add(rid)
         self.inflight[rid] = InFlight(item, best.slot, best.instance)
@@ -367,7 +393,9 @@ class Coordinator(SidecarActor):
         for item in items:
             if not self._forward(item):
                 err = UnavailableError(f"deployment {self._name} has no live replica", retry_after=1.0)
-                self.emit(item.reply_to, _error_event(item, err))
+                self._finish(item, _error_event(item, err))
+            else:
+                self._finish(item, None, outcome="fallback")
 
     def _forward(self, item: WorkItem) -> bool:
         """Send `item` to the next deployment of its fallback list; False when there is none."""
@@ -405,7 +433,7 @@ class Coordinator(SidecarActor):
         for f in reversed(pending):
             if f.started:
                 err = RunnerCrashedError(f"replica {r.instance} of {self._name} died while streaming")
-                self.emit(f.item.reply_to, _error_event(f.item, err))
+                self._finish(f.item, _error_event(f.item, err), replica=r.slot)
             else:
                 self.queue.appendleft(f.item)
         self._pump()
@@ -413,7 +441,7 @@ class Coordinator(SidecarActor):
     def _answer(self, rid: str, info: ErrorInfo) -> None:
         f = self.inflight.pop(rid, None)
         if f is not None:
-            self.emit(f.item.reply_to, StreamEvent(rid, error=info, final=True, deployment=self._name))
+            self._finish(f.item, StreamEvent(rid, error=info, final=True, deployment=self._name), replica=f.slot)
 
     def after_drain(self) -> None:
         if self._dispatch:
@@ -421,6 +449,60 @@ class Coordinator(SidecarActor):
             for slot, items in batches.items():
                 self.send(self.replicas[slot].address, Dispatch(items))
         super().after_drain()
+
+    def _finish(
+        self,
+        item: WorkItem,
+        event: StreamEvent | None,
+        *,
+        replica: str = "",
+        outcome: str | None = None,
+        reply_to: Address = None,
+    ) -> None:
+        """A request's end here: record it, log its one line, and send its final event (if any)."""
+        req = item.request
+        t0 = self.arrived.pop(req.request_id, None)
+        latency = time.monotonic() - t0 if t0 is not None else 0.0
+        if outcome is None:
+            outcome = "ok" if event is None or event.error is None else event.error.kind
+        usage = event.usage if event is not None else None
+        if self.metrics is not None:
+            self.metrics.request_done(req.tenant, replica, outcome, latency, usage)
+        log.info(
+            "request",
+            request_id=req.request_id,
+            tenant=req.tenant,
+            deployment=self._name,
+            replica=replica,
+            latency_ms=round(latency * 1000, 2),
+            outcome=outcome,
+            prompt_tokens=usage.prompt_tokens if usage is not None else None,
+            completion_tokens=usage.completion_tokens if usage is not None else None,
+        )
+        if event is not None:
+            self.emit(reply_to if reply_to is not None else item.reply_to, event)
+
+    def _metrics_collector(self) -> Address:
+        if self._collector is None:
+            from atomr.actors.metrics_collector import MetricsCollector
+
+            self._collector = self.createActor(MetricsCollector, globalName=METRICS_NAME)
+        return self._collector
+
+    def _ship_metrics(self) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        m.replicas(
+            len(self.queue),
+            [
+                (r.slot, r.state == "ready", len(r.inflight), (r.health.get("circuit") or {}).get("state"))
+                for r in self.replicas.values()
+            ],
+        )
+        families = m.take_snapshot()
+        if families is not None:
+            self.send(self._metrics_collector(), MetricsSnapshot(m.source, families))
 
     # ---- reporting ----
 

@@ -2,7 +2,10 @@
 
 It validates each request, resolves the model name through its copy of the registry, admits
 rate-limited deployments against leases from the rate limiter, and forwards requests to their
-coordinators, one message per coordinator per batch. Chunks do not come back through here.
+coordinators, one message per coordinator per batch. Chunks of clients' requests do not come
+back through here. A gateway may also serve the OpenAI-compatible HTTP front (`StartHttp`): its
+server runs on this actor's sidecar loop and its requests enter through `accept` like any other,
+with this gateway as their requester (`atomr.http.lane`).
 """
 
 from __future__ import annotations
@@ -17,25 +20,31 @@ from typing import Any
 from thespian.actors import WakeupMessage
 
 from atomr.actors.messages import (
+    MANAGER_NAME,
+    METRICS_NAME,
     RATE_LIMITER_NAME,
     REGISTRY_NAME,
     AcquireLease,
     Address,
     Cancel,
+    Events,
     Hello,
     HelloReply,
     Lease,
     Lookup,
+    MetricsSnapshot,
     ReleaseLease,
+    Reply,
     Route,
     RouteTable,
+    StartHttp,
     Submit,
     Subscribe,
     WorkItem,
 )
 from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
-from atomr.core.errors import InferenceError, NotFoundError, RateLimitedError
+from atomr.core.errors import ConfigError, InferenceError, NotFoundError, RateLimitedError
 from atomr.core.ratelimit import estimate_tokens
 from atomr.core.types import StreamEvent
 
@@ -59,6 +68,9 @@ class Gateway(SidecarActor):
         self.waiting: dict[str, list[WorkItem]] = {}  # model name -> items awaiting a lookup
         self.leases: dict[str, LocalLease] = {}
         self._out: dict[str, tuple[Address, list[WorkItem]]] = {}
+        self.http: Any = None  # atomr.http.lane.GatewayLane, when this gateway serves HTTP
+        self._manager: Address = None
+        self._collector: Address = None
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -78,7 +90,11 @@ class Gateway(SidecarActor):
         self.send(sender, HelloReply(sender))
 
     def receiveMsg_Submit(self, msg: Submit, sender: Address) -> None:
-        for item in msg.items:
+        self.accept(msg.items)
+
+    def accept(self, items: list[WorkItem]) -> None:
+        """Validate, resolve and admit requests (from clients, coordinators or the HTTP front)."""
+        for item in items:
             req = item.request
             try:
                 req.validate()
@@ -155,6 +171,10 @@ class Gateway(SidecarActor):
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         kind, key = msg.payload
+        if kind == "metrics":
+            self.ship_metrics()
+            self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
+            return
         lease = self.leases.get(key)
         if lease is None:
             return
@@ -192,6 +212,75 @@ class Gateway(SidecarActor):
                     self.emit(item.reply_to, StreamEvent(item.request.request_id, error=err.info(), final=True))
 
     def receiveMsg_Cancel(self, msg: Cancel, sender: Address) -> None:
-        route = self.routes.get(msg.model)
+        self.cancel_requests(msg.request_ids, msg.model)
+
+    def cancel_requests(self, request_ids: list[str], model: str) -> None:
+        route = self.routes.get(model)
         if route is not None:
-            self.send(route.coordinator, msg)
+            self.send(route.coordinator, Cancel(request_ids, model))
+
+    # ---- the HTTP front (atomr.http): its server runs on this actor's sidecar loop ----
+
+    def receiveMsg_StartHttp(self, msg: StartHttp, sender: Address) -> None:
+        from atomr.core.errors import as_error_info
+        from atomr.core.tenants import TenantTable
+        from atomr.http.lane import GatewayLane
+
+        if self.http is not None:
+            self.send(sender, Reply(False, error=ConfigError("this gateway already serves HTTP").info()))
+            return
+        self._registry()
+        lane = GatewayLane(self, msg.settings, TenantTable(list(msg.tenants)))
+        self.http = lane
+
+        def started(fut: Any) -> None:
+            exc = fut.exception()
+            reply = Reply(False, error=as_error_info(exc)) if exc is not None else Reply(True, fut.result())
+            if exc is not None:
+                self.http = None
+            self.sidecar.post(lambda: self.send(sender, reply))
+
+        self.sidecar.spawn(lane.start()).add_done_callback(started)
+        self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
+
+    def receiveMsg_Events(self, msg: Events, sender: Address) -> None:
+        if self.http is not None:
+            self.http.deliver(msg.events)
+
+    def ask_admin(self, kind: str, msg: Any) -> None:
+        """Send a status or metrics question; the Reply comes back to receiveMsg_Reply."""
+        if kind == "status":
+            if self._manager is None:
+                from atomr.actors.deployment_manager import DeploymentManager
+
+                self._manager = self.createActor(DeploymentManager, globalName=MANAGER_NAME)
+            self.send(self._manager, msg)
+        else:
+            self.send(self._metrics_collector(), msg)
+
+    def receiveMsg_Reply(self, msg: Reply, sender: Address) -> None:
+        if self.http is None:
+            return
+        self.http.answered("status" if sender == self._manager else "metrics", msg)
+
+    def _metrics_collector(self) -> Address:
+        if self._collector is None:
+            from atomr.actors.metrics_collector import MetricsCollector
+
+            self._collector = self.createActor(MetricsCollector, globalName=METRICS_NAME)
+        return self._collector
+
+    def ship_metrics(self) -> None:
+        if self.http is None:
+            return
+        families = self.http.http_metrics.take_snapshot()
+        if families is not None:
+            self.send(self._metrics_collector(), MetricsSnapshot(self.http.http_metrics.source, families))
+
+    def on_exit(self) -> None:
+        if self.http is not None and self._sidecar is not None:
+            try:
+                self.sidecar.spawn(self.http.stop()).result(timeout=3)
+            except Exception:  # noqa: BLE001 - the process is ending anyway
+                pass
+        super().on_exit()

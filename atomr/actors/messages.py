@@ -21,6 +21,7 @@ MANAGER_NAME = "atomr-deployment-manager"
 REGISTRY_NAME = "atomr-registry"
 GATEWAY_NAME = "atomr-gateway"
 RATE_LIMITER_NAME = "atomr-rate-limiter"
+METRICS_NAME = "atomr-metrics"
 
 
 def node_agent_name(node_id: str) -> str:
@@ -366,3 +367,29 @@ class Settle:
     key: str
     estimated: int
     actual: int
+
+
+@dataclass(slots=True)
+class MetricsSnapshot:
+    """A process's metric families (absolute values) for the head's /metrics."""
+
+    source: str
+    families: list[Any]
+
+
+@dataclass(slots=True)
+class MetricsDrop:
+    source: str
+
+
+@dataclass(slots=True)
+class GetMetrics:
+    """Asks the metrics collector for the Prometheus text exposition (answered with a Reply)."""
+
+
+@dataclass(slots=True)
+class StartHttp:
+    """Asks a gateway to serve the OpenAI-compatible HTTP front (answered with Reply(port))."""
+
+    settings: Any  # atomr.http.app.HttpSettings
+    tenants: list[Any]  # atomr.core.tenants.Tenant

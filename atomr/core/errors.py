@@ -109,6 +109,13 @@ class AuthError(InferenceError):
     http_status = 401
 
 
+class PermissionDeniedError(InferenceError):
+    """The caller is known but may not do this (a tenant asking for a model it is not allowed)."""
+
+    kind = "permission_denied"
+    http_status = 403
+
+
 class ContentFilteredError(InferenceError):
     kind = "content_filtered"
     http_status = 400
@@ -153,6 +160,7 @@ ERROR_CLASSES: dict[str, type[InferenceError]] = {
         InvalidRequestError,
         ContextLengthError,
         AuthError,
+        PermissionDeniedError,
         ContentFilteredError,
         NotFoundError,
         RunnerCrashedError,

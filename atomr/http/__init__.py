@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP front, served from a gateway process."""

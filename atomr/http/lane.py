@@ -1,0 +1,167 @@
+"""The HTTP front's way into the cluster: an `InferenceBackend` living inside a gateway actor.
+
+The HTTP server runs on the gateway's sidecar loop. A request is handed to the gateway's actor
+thread (`Sidecar.post`), which admits and forwards it exactly as it does a `Client`'s request,
+with the gateway itself as the requester; the request's events come back to the gateway actor
+and are passed to the loop (one hand-off per arriving message), where `StreamAssembler` puts
+them in order just as the `Client` does. Status and metrics questions are actor messages whose
+replies resolve futures on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from atomr.actors.messages import GetMetrics, GetStatus, Reply, WorkItem
+from atomr.core.errors import InferenceError, InternalError, UnavailableError
+from atomr.core.tenants import TenantTable
+from atomr.core.types import InferenceRequest, StreamEvent
+from atomr.http.app import make_app
+from atomr.http.settings import HttpSettings
+from atomr.metrics import HttpMetrics
+from atomr.stream_assembly import StreamAssembler
+
+if TYPE_CHECKING:
+    from atomr.actors.gateway import Gateway
+
+ASK_TIMEOUT_S = 10.0
+
+
+class GatewayLane:
+    """Runs the HTTP server on the gateway's loop and carries its requests through the gateway."""
+
+    def __init__(self, actor: Gateway, settings: HttpSettings, tenants: TenantTable) -> None:
+        self.actor = actor
+        self.settings = settings
+        self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}")
+        self._queues: dict[str, asyncio.Queue[StreamEvent]] = {}
+        self._asks: dict[str, collections.deque[asyncio.Future[Any]]] = {
+            "status": collections.deque(),
+            "metrics": collections.deque(),
+        }
+        self._server: uvicorn.Server | None = None
+        self._app = make_app(self, tenants, settings, self.http_metrics)
+
+    # ---- server lifecycle (loop thread) ----
+
+    async def start(self) -> int:
+        """Start listening; returns the port (useful when settings.port is 0)."""
+        config = uvicorn.Config(
+            self._app,
+            host=self.settings.bind,
+            port=self.settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="none",
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:
+            if task.done():
+                exc = task.exception()
+                raise UnavailableError(
+                    f"the HTTP front could not listen on {self.settings.bind}:{self.settings.port}: {exc}"
+                )
+            await asyncio.sleep(0.01)
+        sockets = [s for srv in server.servers for s in srv.sockets]
+        return int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    # ---- InferenceBackend (loop thread) ----
+
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamEvent]:
+        rid = request.request_id
+        q: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self._queues[rid] = q
+        assembler = StreamAssembler(rid)
+        deadline = request.deadline or (time.time() + 600.0)
+        self._send(request)
+        try:
+            while True:
+                try:
+                    ev = await asyncio.wait_for(q.get(), assembler.wait_time(deadline - time.time()))
+                    steps = assembler.on_event(ev)
+                except TimeoutError:
+                    steps = [assembler.on_timeout()]
+                for step in steps:
+                    if step.resend:
+                        self._send(request)
+                    elif step.error is not None:
+                        raise step.error
+                    elif step.event is not None:
+                        yield step.event
+                        if step.final:
+                            return
+        finally:
+            self._queues.pop(rid, None)
+            if not assembler.finished:
+                model = request.model
+                self.actor.sidecar.post(lambda: self.actor.cancel_requests([rid], model))
+
+    def _send(self, request: InferenceRequest) -> None:
+        item = WorkItem(request, self.actor.myAddress)
+        self.actor.sidecar.post(lambda: self.actor.accept([item]))
+
+    def model_names(self) -> list[str]:
+        return list(self.actor.routes)
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        status = await self._ask("status", GetStatus())
+        states = {d.name: d.state for d in status["deployments"]}
+        ready_names = {d.name for d in status["deployments"] if any(r.state == "ready" for r in d.replicas)}
+        return bool(states) and set(states) <= ready_names, states
+
+    async def metrics(self) -> bytes:
+        self.actor.sidecar.post(self.actor.ship_metrics)  # our own counters first, then the ask
+        text: bytes = await self._ask("metrics", GetMetrics())
+        return text
+
+    async def _ask(self, kind: str, msg: Any) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._asks[kind].append(fut)
+        self.actor.sidecar.post(lambda: self.actor.ask_admin(kind, msg))
+        try:
+            reply = await asyncio.wait_for(fut, ASK_TIMEOUT_S)
+        except TimeoutError:
+            raise UnavailableError(f"no {kind} answer within {ASK_TIMEOUT_S:g} s", retry_after=1.0) from None
+        if not isinstance(reply, Reply):
+            raise InternalError(f"unexpected {kind} answer: {type(reply).__name__}")
+        if not reply.ok:
+            raise InferenceError.from_info(reply.error) if reply.error else InternalError(f"{kind} failed")
+        return reply.value
+
+    # ---- from the actor thread ----
+
+    def deliver(self, events: list[StreamEvent]) -> None:
+        self.actor.sidecar.call_soon(self._deliver, events)
+
+    def answered(self, kind: str, reply: Any) -> None:
+        self.actor.sidecar.call_soon(self._answered, kind, reply)
+
+    # ---- loop thread ----
+
+    def _deliver(self, events: list[StreamEvent]) -> None:
+        for ev in events:
+            q = self._queues.get(ev.request_id)
+            if q is not None:
+                q.put_nowait(ev)
+
+    def _answered(self, kind: str, reply: Any) -> None:
+        waiting = self._asks[kind]
+        while waiting:
+            fut = waiting.popleft()
+            if not fut.done():
+                fut.set_result(reply)
+                return

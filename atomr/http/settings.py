@@ -1,0 +1,33 @@
+"""Settings of the HTTP front (the ``http:`` section of a node config), validated with pydantic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from atomr.core.errors import ConfigError
+
+
+class HttpSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (printed at start)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    default_max_tokens: int = Field(default=128, ge=1)  # when a request gives no max_tokens
+    request_timeout_s: float = Field(default=600.0, gt=0)
+
+
+def http_settings_from_config(raw: Any, where: str = "config") -> HttpSettings | None:
+    """The ``http:`` section; None when there is none (no HTTP front)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: http: must be a mapping", field="http")
+    try:
+        return HttpSettings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = "http." + ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{where}: {field}: {err['msg']}", field=field) from None

@@ -1,0 +1,184 @@
+"""Prometheus metrics: their names, the recorders that keep them, and how they reach one /metrics.
+
+Every process records into its own `prometheus_client` registry (no global state, no
+multiprocess files): a coordinator records its deployment's requests, latencies, tokens, queue,
+in-flight, replica health, restarts and circuit-breaker states; a gateway records its HTTP
+requests. Each recorder ships a snapshot of its registry (the collected metric families, which
+pickle) to the metrics collector actor on the head about once a second when something changed;
+the head's `/metrics` renders the newest snapshot of every source as one exposition. A snapshot
+carries absolute values, so a lost or repeated one does no harm; a source that stops reporting
+(its deployment was removed) is dropped after `STALE_AFTER_S`.
+
+Label sets: deployment, version, runtime, tenant, replica (and outcome / kind where they apply).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.metrics_core import Metric
+
+disable_created_metrics()  # the *_created series double every snapshot and no dashboard uses them
+
+STALE_AFTER_S = 120.0
+
+# Seconds; spans a local tiny model (~1 ms) to a slow remote API (~minutes).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+DEPLOYMENT_LABELS = ("deployment", "version", "runtime")
+# Metric names the dashboard and the docs rely on (the tests check the dashboard against them).
+REQUESTS = "atomr_requests"  # counter, exposed as atomr_requests_total
+REQUEST_LATENCY = "atomr_request_latency_seconds"
+TIME_TO_FIRST_TOKEN = "atomr_time_to_first_token_seconds"
+PROMPT_TOKENS = "atomr_prompt_tokens"
+COMPLETION_TOKENS = "atomr_completion_tokens"
+QUEUE_DEPTH = "atomr_queue_depth"
+INFLIGHT = "atomr_inflight_requests"
+REPLICA_UP = "atomr_replica_up"
+REPLICA_RESTARTS = "atomr_replica_restarts"
+CIRCUIT_STATE = "atomr_circuit_state"
+HTTP_REQUESTS = "atomr_http_requests"
+
+
+class DeploymentMetrics:
+    """What one coordinator records about its deployment."""
+
+    def __init__(self, deployment: str, version: str, runtime: str) -> None:
+        self.source = f"deployment:{deployment}@{version}"
+        self._base = (deployment, version, runtime)
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        lab = DEPLOYMENT_LABELS
+        self.requests = Counter(
+            REQUESTS, "Requests answered, by outcome (ok or error kind)", [*lab, "tenant", "outcome"], registry=r
+        )
+        self.latency = Histogram(
+            REQUEST_LATENCY,
+            "Time from admission to the final answer",
+            [*lab, "tenant", "replica"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            TIME_TO_FIRST_TOKEN,
+            "Time from admission to the first chunk",
+            [*lab, "tenant", "replica"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(PROMPT_TOKENS, "Prompt tokens of answered requests", [*lab, "tenant"], registry=r)
+        self.completion_tokens = Counter(COMPLETION_TOKENS, "Completion tokens generated", [*lab, "tenant"], registry=r)
+        self.queue = Gauge(QUEUE_DEPTH, "Requests waiting for a replica", lab, registry=r)
+        self.inflight = Gauge(INFLIGHT, "Requests being generated, per replica", [*lab, "replica"], registry=r)
+        self.up = Gauge(REPLICA_UP, "1 when the replica is ready and healthy", [*lab, "replica"], registry=r)
+        self.restarts = Counter(REPLICA_RESTARTS, "Replica restarts", [*lab, "replica"], registry=r)
+        self.circuit = Gauge(
+            CIRCUIT_STATE, "Circuit breaker: 0 closed, 1 half-open, 2 open", [*lab, "replica"], registry=r
+        )
+        self.dirty = True
+
+    def request_done(self, tenant: str, replica: str, outcome: str, latency_s: float, usage: Any = None) -> None:
+        b = self._base
+        self.requests.labels(*b, tenant, outcome).inc()
+        if replica:
+            self.latency.labels(*b, tenant, replica).observe(latency_s)
+        if usage is not None:
+            self.prompt_tokens.labels(*b, tenant).inc(usage.prompt_tokens)
+            self.completion_tokens.labels(*b, tenant).inc(usage.completion_tokens)
+        self.dirty = True
+
+    def first_token(self, tenant: str, replica: str, ttft_s: float) -> None:
+        self.ttft.labels(*self._base, tenant, replica).observe(ttft_s)
+        self.dirty = True
+
+    def replicas(self, queued: int, states: Iterable[tuple[str, bool, int, str | None]]) -> None:
+        """Queue depth and, per replica: (slot, up, in flight, circuit state or None)."""
+        b = self._base
+        self.queue.labels(*b).set(queued)
+        for slot, up, inflight, circuit in states:
+            self.up.labels(*b, slot).set(1 if up else 0)
+            self.inflight.labels(*b, slot).set(inflight)
+            if circuit is not None:
+                self.circuit.labels(*b, slot).set(CIRCUIT_STATES.get(circuit, 0))
+        self.dirty = True
+
+    def restarted(self, slot: str) -> None:
+        self.restarts.labels(*self._base, slot).inc()
+        self.dirty = True
+
+    def take_snapshot(self) -> list[Metric] | None:
+        """The registry's families when something changed since the last call, else None."""
+        if not self.dirty:
+            return None
+        self.dirty = False
+        return list(self.registry.collect())
+
+
+class HttpMetrics:
+    """What an HTTP front records: its requests by route and status."""
+
+    def __init__(self, gateway: str) -> None:
+        self.source = f"http:{gateway}"
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            HTTP_REQUESTS, "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.dirty = True
+
+    def record(self, route: str, status: int) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.dirty = True
+
+    def take_snapshot(self) -> list[Metric] | None:
+        if not self.dirty:
+            return None
+        self.dirty = False
+        return list(self.registry.collect())
+
+
+class SnapshotStore:
+    """The newest snapshot of every source, rendered as one Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple[float, list[Metric]]] = {}
+
+    def put(self, source: str, families: list[Metric]) -> None:
+        self._sources[source] = (time.monotonic(), families)
+
+    def drop(self, source: str) -> None:
+        self._sources.pop(source, None)
+
+    def sources(self) -> list[str]:
+        return sorted(self._sources)
+
+    def merged(self) -> list[Metric]:
+        now = time.monotonic()
+        for source in [s for s, (t, _) in self._sources.items() if now - t > STALE_AFTER_S]:
+            del self._sources[source]
+        out: dict[str, Metric] = {}
+        for _, families in self._sources.values():
+            for fam in families:
+                into = out.get(fam.name)
+                if into is None:
+                    into = out[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                into.samples.extend(fam.samples)
+        return list(out.values())
+
+    def exposition(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(self.merged()))
+        return generate_latest(registry)
+
+
+class _Fixed:
+    """A prometheus_client collector that yields given families."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
