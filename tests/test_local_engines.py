@@ -96,9 +96,12 @@ def test_one_line_of_yaml_moves_the_model_between_engines(node: Node, tmp_path: 
             assert chunks[-1].finish_reason in ("stop", "length")
             completion_text, _ = stream_text(client, "tiny", prompt=COMPLETION)
             assert completion_text == expected_completion
-            result = client.generate("tiny", prompt=COMPLETION, max_tokens=MAX_TOKENS, logprobs=True)
-            assert result.text == expected_completion
-            if runtime in ("ort", "vllm"):  # per-token logprobs through the whole path
+            # per-token logprobs and the confidence summary through the whole path (mistral.rs
+            # gives logprobs for chat only; its completion API has none)
+            asks = [{"messages": CHAT}] + ([] if runtime == "mistralrs" else [{"prompt": COMPLETION}])
+            for ask in asks:
+                result = client.generate("tiny", max_tokens=MAX_TOKENS, logprobs=True, **ask)
+                assert result.text == (expected_chat if "messages" in ask else expected_completion)
                 assert result.logprobs is not None and len(result.logprobs) == result.usage.completion_tokens
                 assert all(math.isfinite(lp.logprob) and lp.logprob <= 0 for lp in result.logprobs)
                 conf = result.confidence

@@ -147,7 +147,7 @@ def infer_runtime(model: str, path: Path | None = None) -> str:
     folder = path if path is not None else Path(model)
     if (folder / "genai_config.json").is_file():
         return "ort"
-    if any(folder.glob("*.engine")) or _is_trt_engine_dir(folder):
+    if is_trt_engine_dir(folder):
         return "tensorrt"
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return "vllm"
@@ -157,13 +157,13 @@ def infer_runtime(model: str, path: Path | None = None) -> str:
     )
 
 
-def _is_trt_engine_dir(folder: Path) -> bool:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return False
+def is_trt_engine_dir(folder: Path) -> bool:
+    """Whether `folder` holds a built TensorRT-LLM engine (rather than a Hugging Face checkpoint)."""
+    if any(folder.glob("*.engine")):
+        return True
     try:
-        return "build_config" in json.loads(cfg.read_text())
-    except (OSError, ValueError):
+        return "build_config" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
         return False
 
 
