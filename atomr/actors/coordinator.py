@@ -341,7 +341,7 @@ class Coordinator(SidecarActor):
                 r.inflight.discard(event.request_id)
                 self._settle(f.item, event)
                 if _retryable(event) and event.seq == 0 and self._forward(f.item):
-                    self._finish(f.item, event, replica=r.slot, outcome="fallback")
+                    self._finish(f.item, None, replica=r.slot, outcome="fallback")
                     continue  # nothing reached the caller yet: the fallback answers instead
                 self._finish(f.item, event, replica=r.slot, reply_to=reply_to)
         self._pump()
