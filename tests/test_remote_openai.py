@@ -89,12 +89,12 @@ def deployment(
     )
 
 
-def chat(**params: Any) -> InferenceRequest:
-    return InferenceRequest(model="remote", messages=CHAT, params=SamplingParams(**params))
+def chat(stream: bool = True, **params: Any) -> InferenceRequest:
+    return InferenceRequest(model="remote", messages=CHAT, params=SamplingParams(**params), stream=stream)
 
 
-def completion(prompt: str = "Once upon a time", **params: Any) -> InferenceRequest:
-    return InferenceRequest(model="remote", prompt=prompt, params=SamplingParams(**params))
+def completion(prompt: str = "Once upon a time", stream: bool = True, **params: Any) -> InferenceRequest:
+    return InferenceRequest(model="remote", prompt=prompt, params=SamplingParams(**params), stream=stream)
 
 
 def with_runner(runner: RemoteRunner, body: Callable[[RemoteRunner], Awaitable[None]]) -> None:
@@ -188,6 +188,22 @@ def test_chat_and_completion_stream_what_the_fake_served(fake: FakeOpenAI, key: 
         assert fake.calls[-1].path == "/v1/completions" and fake.calls[-1].body["prompt"] == "Once upon a time"
         check_whole(chunks, fake.served[-1])
         assert fake.served[-1].prompt_tokens == 4
+
+    with_runner(runner_for(fake), body)
+
+
+def test_a_caller_waiting_for_the_whole_answer_gets_one_json_answer(fake: FakeOpenAI) -> None:
+    async def body(r: RemoteRunner) -> None:
+        for request in (chat(stream=False, max_tokens=64, logprobs=True), completion(stream=False, logprobs=True)):
+            chunks, err = await collect(r, request)
+            assert err is None
+            served, sent = fake.served[-1], fake.calls[-1].body
+            assert not served.stream and "stream" not in sent and "stream_options" not in sent
+            assert "".join(c.text for c in chunks) == served.text and chunks[-1].finish_reason == "stop"
+            assert sum(c.token_count for c in chunks) == served.completion_tokens
+            lps = [lp for c in chunks for lp in (c.logprobs or ())]
+            assert len(lps) == served.completion_tokens and chunks[-1].usage is not None
+            assert chunks[-1].usage.prompt_tokens == served.prompt_tokens
 
     with_runner(runner_for(fake), body)
 
@@ -414,7 +430,7 @@ def test_client_errors_are_never_retried(fake: FakeOpenAI, status: int) -> None:
 def test_deadline_bounds_a_stalled_provider(key: str) -> None:
     async def body(r: RemoteRunner) -> None:
         started = time.monotonic()
-        request = InferenceRequest(model="remote", messages=CHAT, deadline=time.time() + 2)
+        request = InferenceRequest(model="remote", messages=CHAT, deadline=time.time() + 2, stream=True)
         chunks, err = await collect(r, request)
         elapsed = time.monotonic() - started
         assert chunks == [] and err is not None and err.kind == "timeout"

@@ -2,8 +2,11 @@
 
 One `AsyncOpenAI` client per replica (`base_url` from `engine.api_base`, the SDK's retries off:
 atomr retries, see `resilience.py`). Chat requests go to `chat.completions.create`, prompt
-requests to the legacy `completions.create`; both always stream with
-`stream_options={"include_usage": True}`, so the last chunk carries the provider's own usage.
+requests to the legacy `completions.create`. Streaming requests stream from the provider too, with
+`stream_options={"include_usage": True}`, so the last chunk carries the provider's own usage;
+requests whose caller waits for the whole answer get it as one JSON body (cheaper on both sides).
+The SDK sends each request and maps HTTP errors; its raw streaming response is read line by line
+here, which spares the pydantic object the SDK would build per SSE event.
 
 Chunks: one per SSE delta that holds text (token_count 1, or the number of logprob entries when
 logprobs were asked for), then a last chunk with no text carrying the finish_reason (mapped to
@@ -168,12 +171,9 @@ class OpenAIRunner(RemoteRunner):
 
     def common_args(self, request: InferenceRequest) -> dict[str, Any]:
         p = request.params
-        args: dict[str, Any] = {
-            "model": self.model_name,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "temperature": p.temperature,
-        }
+        args: dict[str, Any] = {"model": self.model_name, "temperature": p.temperature}
+        if request.stream:  # a caller that waits for the whole answer gets it as one JSON body
+            args.update(stream=True, stream_options={"include_usage": True})
         if p.top_p < 1.0:
             args["top_p"] = p.top_p
         if p.seed is not None:
@@ -334,15 +334,19 @@ def _logprob_values(raw: Any, chat: bool) -> tuple[TokenLogprob, ...]:
 
 
 async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The data of each server-sent event, until ``[DONE]`` (comments and other fields skipped)."""
+    """The data of each server-sent event before ``[DONE]`` (comments and other fields skipped)."""
     parts: list[str] = []
-    async for line in lines:
+    done = False
+    async for line in lines:  # read to the end even after [DONE], so the connection is reused
+        if done:
+            continue
         if line.startswith("data:"):
             parts.append(line[5:].lstrip(" "))
         elif not line and parts:
             data, parts = "\n".join(parts), []
             if data == "[DONE]":
-                return
+                done = True
+                continue
             yield data
     if parts and "\n".join(parts) != "[DONE]":
         yield "\n".join(parts)
