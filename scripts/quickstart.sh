@@ -15,9 +15,10 @@ python -m pip install --quiet -e '.[ort]'
 
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 port="${ATOMR_PORT:-19500}"
+http_port="${ATOMR_HTTP_PORT:-8080}"
 export ATOMR_ADDRESS="127.0.0.1:${port}"
 log="$(mktemp -t atomr-node.XXXXXX.log)"
-python -m atomr.node --config system_config/local.yaml --port "$port" >"$log" 2>&1 &
+python -m atomr.node --config system_config/local.yaml --port "$port" --http-port "$http_port" >"$log" 2>&1 &
 node_pid=$!
 trap 'kill -TERM "$node_pid" 2>/dev/null; wait "$node_pid" 2>/dev/null || true' EXIT
 
@@ -31,7 +32,12 @@ grep -qx ready "$log" || { cat "$log"; exit 1; }
 echo "atomr node ready on ${ATOMR_ADDRESS} (log: $log)"
 echo "> Hello"
 atomr-chat tiny "Hello"
+echo "> (over HTTP) What is an actor?"
+curl -s "http://127.0.0.1:${http_port}/v1/chat/completions" \
+  -d '{"model": "tiny", "messages": [{"role": "user", "content": "What is an actor?"}], "max_tokens": 48}'
+echo
 if [ "${1:-}" = "--serve" ]; then
   echo "serving; try: ATOMR_ADDRESS=${ATOMR_ADDRESS} .venv/bin/atomr-chat tiny 'What is an actor?'  (Ctrl-C stops)"
+  echo "or any OpenAI SDK with base_url http://127.0.0.1:${http_port}/v1"
   wait "$node_pid"
 fi

@@ -64,7 +64,7 @@ def leak_guard() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def local_node() -> Iterator[Node]:
     """A head node serving system_config/local.yaml (the embedded tiny model)."""
-    node = Node(config=REPO / "system_config" / "local.yaml")
+    node = Node("--http-port", "0", config=REPO / "system_config" / "local.yaml")
     yield node
     assert node.stop() == []
 

@@ -1,8 +1,10 @@
 """Runner host actor: one replica. Owns one ModelRunner on its sidecar loop.
 
 Requests arrive in `Dispatch` batches from the coordinator; each becomes a session task on the
-loop. Chunks are coalesced per session and sent straight to the requester; which requests
-started streaming or finished is reported to the coordinator once per wake-up, in one message.
+loop. Chunks are coalesced per session and sent straight to the requester, and so is a successful
+final event; which requests started streaming or finished is reported to the coordinator once
+per wake-up, in one message, and the coordinator forwards every final too (the copy that counts
+when this process dies; callers keep whichever end arrives first).
 GPU pinning happens here, before the runner class (and so its engine) is imported.
 """
 
@@ -172,7 +174,16 @@ class RunnerHost(SidecarActor):
         self.sidecar.post(deliver)
 
     def _post_final(self, reply_to: Address, event: StreamEvent) -> None:
-        self.sidecar.post(lambda: self.finals.append((reply_to, event)))
+        def deliver() -> None:
+            if event.error is None:
+                # The caller's copy of a successful end leaves with the last chunks (no extra
+                # hop); the coordinator still forwards its own copy, which is what guarantees an
+                # answer if this process dies now. Callers keep the first end and drop the other.
+                # Errors go through the coordinator only: it may hand the request to a fallback.
+                self.emit(reply_to, event)
+            self.finals.append((reply_to, event))
+
+        self.sidecar.post(deliver)
 
     def after_drain(self) -> None:
         # Chunks leave first, straight to their requesters; then finals and progress go to the
