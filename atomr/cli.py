@@ -62,8 +62,16 @@ def deploy_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("file", help="YAML file with 'deployments:' or one deployment")
     p.add_argument("--no-wait", action="store_true", help="return before replicas are ready")
     args = p.parse_args(argv)
+
+    def show(info: Any) -> None:
+        print(
+            f"  ... {_deployment_line(info)}" + (f"  [{info.swap}]" if info.swap else ""), file=sys.stderr, flush=True
+        )
+
     return _run(
-        args, lambda c: c.deploy(args.file, wait=not args.no_wait), lambda r: "\n".join(map(_deployment_line, r))
+        args,
+        lambda c: c.deploy(args.file, wait=not args.no_wait, progress=show),
+        lambda r: "\n".join(map(_deployment_line, r)),
     )
 
 

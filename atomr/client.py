@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -266,16 +266,52 @@ class Client:
     # ---- administration ----
 
     def deploy(
-        self, deployment: Deployment | Mapping[str, Any] | str | Path, *, wait: bool = True, timeout: float = 300.0
+        self,
+        deployment: Deployment | Mapping[str, Any] | str | Path,
+        *,
+        wait: bool = True,
+        timeout: float = 300.0,
+        progress: Callable[[DeploymentInfo], None] | None = None,
     ) -> list[DeploymentInfo]:
-        """Deploy a Deployment, a mapping, or every deployment in a YAML file."""
+        """Deploy a Deployment, a mapping, or every deployment in a YAML file.
+
+        Deploying a new version of a serving deployment switches to it without dropping a request
+        (or rolls it back, raising the reason). While waiting, `progress` is called with the
+        deployment's status whenever it changes (replicas ready, version switch phase).
+        """
         if isinstance(deployment, Deployment):
             deps = [deployment]
         elif isinstance(deployment, Mapping):
             deps = [deployment_from_dict(deployment)]
         else:
             deps = load_deployments(deployment)
-        return [self._admin(Deploy(d, wait), timeout) for d in deps]
+        out = []
+        for d in deps:
+            stop = threading.Event()
+            watcher = None
+            if progress is not None and wait:
+                watcher = threading.Thread(target=self._watch, args=(d.name, progress, stop), daemon=True)
+                watcher.start()
+            try:
+                out.append(self._admin(Deploy(d, wait), timeout))
+            finally:
+                stop.set()
+                if watcher is not None:
+                    watcher.join(5)
+        return out
+
+    def _watch(self, name: str, progress: Callable[[DeploymentInfo], None], stop: threading.Event) -> None:
+        last: tuple[Any, ...] | None = None
+        while not stop.wait(0.25):
+            try:
+                infos = [i for i in self.list_deployments() if i.name == name]
+            except InferenceError:
+                continue
+            for info in infos:
+                seen = (info.state, info.version, info.swap, tuple((r.replica_id, r.state) for r in info.replicas))
+                if seen != last:
+                    last = seen
+                    progress(info)
 
     def undeploy(self, name: str, *, wait: bool = True, timeout: float = 300.0) -> DeploymentInfo:
         """Remove a deployment: no new requests, in-flight ones finish, then replicas exit."""

@@ -140,3 +140,17 @@ def test_no_node_is_a_clear_error() -> None:
         timeout=60,
     )
     assert proc.returncode == 1 and "no atomr node is listening" in proc.stderr
+
+
+def test_deploying_a_new_version_shows_the_switch_and_then_serves_it(empty_node: Node, tmp_path: Path) -> None:
+    cfg = tmp_path / "swap.yaml"
+    text = "deployments:\n  - {name: cli-swap, model: builtin:tiny-llama, version: '1'}\n"
+    cfg.write_text(text)
+    assert "v1" in cli(empty_node, "deploy", str(cfg)).stdout
+    cfg.write_text(text.replace("version: '1'", "version: '2'"))
+    out = cli(empty_node, "deploy", str(cfg))
+    assert "cli-swap" in out.stdout and "v2" in out.stdout and "ready" in out.stdout
+    assert "[starting version 2" in out.stderr or "[serving version 2" in out.stderr, out.stderr
+    listed = json.loads(cli(empty_node, "list", "--json").stdout)
+    assert [(d["name"], d["version"], d["swap"]) for d in listed] == [("cli-swap", "2", None)]
+    cli(empty_node, "undeploy", "cli-swap")

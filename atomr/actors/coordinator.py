@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -51,6 +52,8 @@ from atomr.actors.messages import (
     StartCoordinator,
     StopReplica,
     Submit,
+    SwapEnded,
+    SwapVersion,
     WorkItem,
 )
 from atomr.actors.sidecar import SidecarActor
@@ -85,6 +88,7 @@ def is_permanent(err: ErrorInfo) -> bool:
 @dataclass(slots=True)
 class Replica:
     slot: str  # stable name of the replica ("name-v1-r0")
+    version: str = ""  # the deployment version it runs
     instance: str = ""  # current incarnation ("name-v1-r0.2"); messages about others are stale
     node_agent: Address = None
     node_id: str = ""
@@ -108,6 +112,16 @@ class InFlight:
     started: bool = False
 
 
+@dataclass(slots=True)
+class Switch:
+    """A version switch in course: the new version's replicas start beside the serving ones, then
+    take a canary share of new requests (if configured), then all of them while the old drain."""
+
+    dep: Deployment
+    old_version: str
+    phase: str = "starting"  # starting | canary | draining
+
+
 class Coordinator(SidecarActor):
     defer_flush = True
 
@@ -125,16 +139,18 @@ class Coordinator(SidecarActor):
         self._limiter: Address = None
         self._collector: Address = None
         self.metrics: DeploymentMetrics | None = None
+        self.metrics_by_version: dict[str, DeploymentMetrics] = {}
         self.arrived: dict[str, float] = {}  # request id -> when it was admitted here (monotonic)
+        self.switch: Switch | None = None
 
     # ---- replica lifecycle ----
 
     def receiveMsg_StartCoordinator(self, msg: StartCoordinator, sender: Address) -> None:
         self.dep, self.manager = msg.deployment, msg.manager
-        self.metrics = DeploymentMetrics(self.dep.name, self.dep.version, self.dep.runtime)
+        self._use_metrics(self.dep)
         self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
         for p in msg.placements:
-            r = Replica(p.slot)
+            r = Replica(p.slot, self.dep.version)
             self.replicas[p.slot] = r
             self._placed(r, p)
 
@@ -152,11 +168,13 @@ class Coordinator(SidecarActor):
         if r is None:
             return
         r.address, r.node_id, r.pid, r.visible_devices = msg.address, msg.node_id, msg.pid, msg.visible_devices
-        if r.state == "stopping" or self.state == "draining":
+        if r.state == "stopping" or self.state == "draining" or self._retiring(r):
             self._stop(r)
             return
         r.state, r.error = "ready", None
         log.info("replica ready", deployment=self._name, replica=r.instance, node=r.node_id, pid=r.pid)
+        if self._is_new(r):
+            self._switch_progress()
         self._changed()
 
     def receiveMsg_ReplicaFailed(self, msg: ReplicaFailed, sender: Address) -> None:
@@ -166,6 +184,10 @@ class Coordinator(SidecarActor):
         log.warning("replica failed to load", deployment=self._name, replica=r.instance, error=msg.error.message)
         # The runner host process is still alive: stop it, and do not count its exit again.
         self.send(r.node_agent, StopReplica(r.instance))
+        if self._is_new(r):
+            r.state = "exited"
+            self._roll_back(f"replica {r.instance} failed to load: {msg.error.message}")
+            return
         if is_permanent(msg.error):
             self._isolate(r, msg.error.message)
         else:
@@ -186,12 +208,18 @@ class Coordinator(SidecarActor):
     def _replica_gone(self, r: Replica, why: str) -> None:
         if r.state in ("restarting", "isolated", "exited"):
             return  # this instance's end was already handled (it failed to load, or was replaced)
-        stopping = r.state == "stopping" or self.state == "draining"
+        if self._is_new(r):
+            r.state, r.address = "exited", None
+            self._fail_over(r)
+            self._roll_back(f"replica {r.instance} died while the new version started: {why}")
+            return
+        stopping = r.state == "stopping" or self.state == "draining" or self._retiring(r)
         # Not ready any more before its requests are re-queued, so none goes back to it.
         r.state, r.address = ("exited" if stopping else "restarting"), None
         self._fail_over(r)
         if stopping:
             self._maybe_drained()
+            self._switch_progress()
         else:
             log.warning("replica died", deployment=self._name, replica=r.instance, why=why)
             self._restart_later(r, why)
@@ -211,8 +239,9 @@ class Coordinator(SidecarActor):
             return
         r.restart_times.append(now)
         r.restarts += 1
-        if self.metrics is not None:
-            self.metrics.restarted(r.slot)
+        m = self._metrics_for(r.slot)
+        if m is not None:
+            m.restarted(r.slot)
         r.state, r.error, r.address = "restarting", reason, None
         self.wakeupAfter(timedelta(seconds=sup.backoff(len(r.restart_times))), payload=("restart", r.slot))
         self._changed()
@@ -222,6 +251,15 @@ class Coordinator(SidecarActor):
         if kind == "metrics":
             self._ship_metrics()
             self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
+            return
+        if kind in ("switch-timeout", "switch-canary"):
+            sw = self.switch
+            if sw is None or sw.dep.version != slot:
+                return
+            if kind == "switch-timeout" and sw.phase == "starting":
+                self._roll_back(f"the new replicas were not ready within {sw.dep.rollout.ready_timeout_s:g} s")
+            elif kind == "switch-canary" and sw.phase == "canary":
+                self._switch_traffic()
             return
         r = self.replicas.get(slot)
         if kind != "restart" or r is None or r.state != "restarting" or self.state == "draining":
@@ -273,8 +311,8 @@ class Coordinator(SidecarActor):
         while self.queue:
             item = self.queue.popleft()
             self._finish(item, _error_event(item, NotFoundError(f"deployment {self._name} stopped")))
-        if self.metrics is not None:
-            self.send(self._metrics_collector(), MetricsDrop(self.metrics.source))
+        for m in self.metrics_by_version.values():
+            self.send(self._metrics_collector(), MetricsDrop(m.source))
 
     def _changed(self) -> None:
         """Recompute the deployment state, serve what waits, and tell the manager."""
@@ -332,8 +370,9 @@ class Coordinator(SidecarActor):
             if f is not None and f.instance == msg.replica_id:
                 f.started = True
                 t0 = self.arrived.get(rid)
-                if t0 is not None and self.metrics is not None:
-                    self.metrics.first_token(f.item.request.tenant, r.slot, now - t0)
+                m = self._metrics_for(r.slot)
+                if t0 is not None and m is not None:
+                    m.first_token(f.item.request.tenant, r.slot, now - t0)
         for reply_to, event in msg.finals:
             f = self.inflight.get(event.request_id)
             if f is not None and f.instance == msg.replica_id:
@@ -344,6 +383,8 @@ class Coordinator(SidecarActor):
                     self._finish(f.item, None, replica=r.slot, outcome="fallback")
                     continue  # nothing reached the caller yet: the fallback answers instead
                 self._finish(f.item, event, replica=r.slot, reply_to=reply_to)
+        if self._retiring(r) and not r.inflight:
+            self._stop(r)
         self._pump()
         self._maybe_drained()
 
@@ -365,11 +406,7 @@ class Coordinator(SidecarActor):
     def _assign(self, item: WorkItem) -> bool:
         """Give `item` to the least-loaded ready replica with a free credit, if any."""
         assert self.dep is not None
-        cap = self.dep.limits.max_inflight_per_replica
-        best: Replica | None = None
-        for r in self.replicas.values():
-            if r.state == "ready" and len(r.inflight) < cap and (best is None or len(r.inflight) < len(best.inflight)):
-                best = r
+        best = self._least_loaded(self._target_version()) or self._least_loaded(self.dep.version)
         if best is None:
             return False
         rid = item.request.request_id
@@ -380,6 +417,28 @@ class Coordinator(SidecarActor):
         self.inflight[rid] = InFlight(item, best.slot, best.instance)
         self._dispatch.setdefault(best.slot, []).append(item)
         return True
+
+    def _least_loaded(self, version: str) -> Replica | None:
+        assert self.dep is not None
+        cap = self.dep.limits.max_inflight_per_replica
+        best: Replica | None = None
+        for r in self.replicas.values():
+            if (
+                r.version == version
+                and r.state == "ready"
+                and len(r.inflight) < cap
+                and (best is None or len(r.inflight) < len(best.inflight))
+            ):
+                best = r
+        return best
+
+    def _target_version(self) -> str:
+        """The version a new request goes to: the serving one, or during a canary the new one by share."""
+        assert self.dep is not None
+        sw = self.switch
+        if sw is not None and sw.phase == "canary" and random.random() < sw.dep.rollout.canary_share:
+            return sw.dep.version
+        return self.dep.version
 
     def _pump(self) -> None:
         while self.queue and self._assign(self.queue[0]):
@@ -466,8 +525,9 @@ class Coordinator(SidecarActor):
         if outcome is None:
             outcome = "ok" if event is None or event.error is None else event.error.kind
         usage = event.usage if event is not None else None
-        if self.metrics is not None:
-            self.metrics.request_done(req.tenant, replica, outcome, latency, usage)
+        m = self._metrics_for(replica)
+        if m is not None:
+            m.request_done(req.tenant, replica, outcome, latency, usage)
         log.info(
             "request",
             request_id=req.request_id,
@@ -490,19 +550,112 @@ class Coordinator(SidecarActor):
         return self._collector
 
     def _ship_metrics(self) -> None:
-        m = self.metrics
-        if m is None:
+        for version, m in self.metrics_by_version.items():
+            m.replicas(
+                len(self.queue) if m is self.metrics else 0,
+                [
+                    (r.slot, r.state == "ready", len(r.inflight), (r.health.get("circuit") or {}).get("state"))
+                    for r in self.replicas.values()
+                    if r.version == version
+                ],
+            )
+            families = m.take_snapshot()
+            if families is not None:
+                self.send(self._metrics_collector(), MetricsSnapshot(m.source, families))
+
+    # ---- version switch (hot swap) ----
+
+    def receiveMsg_SwapVersion(self, msg: SwapVersion, sender: Address) -> None:
+        assert self.dep is not None
+        new = msg.deployment
+        self.switch = Switch(new, self.dep.version)
+        for p in msg.placements:
+            r = Replica(p.slot, new.version)
+            self.replicas[p.slot] = r
+            self._placed(r, p)
+        log.info("version switch", deployment=self._name, old=self.dep.version, new=new.version)
+        self.wakeupAfter(timedelta(seconds=new.rollout.ready_timeout_s), payload=("switch-timeout", new.version))
+        self._report()
+
+    def _is_new(self, r: Replica) -> bool:
+        """A replica of the version being started (before traffic moved to it)."""
+        sw = self.switch
+        return sw is not None and sw.phase in ("starting", "canary") and r.version == sw.dep.version
+
+    def _retiring(self, r: Replica) -> bool:
+        """A replica of the old version after traffic moved to the new one."""
+        sw = self.switch
+        return sw is not None and sw.phase == "draining" and r.version == sw.old_version
+
+    def _switch_progress(self) -> None:
+        sw = self.switch
+        if sw is None:
             return
-        m.replicas(
-            len(self.queue),
-            [
-                (r.slot, r.state == "ready", len(r.inflight), (r.health.get("circuit") or {}).get("state"))
-                for r in self.replicas.values()
-            ],
-        )
-        families = m.take_snapshot()
-        if families is not None:
-            self.send(self._metrics_collector(), MetricsSnapshot(m.source, families))
+        if sw.phase == "starting":
+            new = [r for r in self.replicas.values() if r.version == sw.dep.version]
+            if new and all(r.state == "ready" for r in new):
+                rollout = sw.dep.rollout
+                if rollout.canary_share > 0 and rollout.canary_s > 0:
+                    sw.phase = "canary"
+                    log.info("canary", deployment=self._name, version=sw.dep.version, share=rollout.canary_share)
+                    self.wakeupAfter(timedelta(seconds=rollout.canary_s), payload=("switch-canary", sw.dep.version))
+                    self._report()
+                else:
+                    self._switch_traffic()
+        elif sw.phase == "draining":
+            old = [r for r in self.replicas.values() if r.version == sw.old_version]
+            if all(r.state in ("exited", "isolated") for r in old):
+                for r in old:
+                    del self.replicas[r.slot]
+                self.switch = None
+                log.info("version switch done", deployment=self._name, version=sw.dep.version)
+                self._changed()
+                released = [r.slot for r in old]
+                self.send(self.manager, SwapEnded(self._name, sw.dep.version, True, "", released, self.info()))
+
+    def _switch_traffic(self) -> None:
+        """Every new request now goes to the new version; the old replicas stop once idle."""
+        sw = self.switch
+        assert sw is not None
+        sw.phase = "draining"
+        self.dep = sw.dep
+        self._use_metrics(sw.dep)
+        log.info("traffic switched", deployment=self._name, version=sw.dep.version)
+        for r in list(self.replicas.values()):
+            if r.version == sw.old_version:
+                if r.state in LIVE and not r.inflight:
+                    self._stop(r)
+                elif r.state not in LIVE and r.state != "stopping":
+                    r.state = "exited"
+        self._pump()
+        self._switch_progress()
+        self._report()
+
+    def _roll_back(self, reason: str) -> None:
+        """The new version failed before taking all traffic: stop it; the old one keeps serving."""
+        sw = self.switch
+        if sw is None:
+            return
+        log.error("version switch rolled back", deployment=self._name, version=sw.dep.version, reason=reason)
+        gone = [r for r in self.replicas.values() if r.version == sw.dep.version]
+        for r in gone:
+            self._stop(r)
+            self._fail_over(r)  # canary requests that had not started go back to the old version
+            del self.replicas[r.slot]
+        self.switch = None
+        self._changed()
+        released = [r.slot for r in gone]
+        self.send(self.manager, SwapEnded(self._name, sw.dep.version, False, reason, released, self.info()))
+
+    def _use_metrics(self, dep: Deployment) -> None:
+        m = self.metrics_by_version.get(dep.version)
+        if m is None:
+            m = self.metrics_by_version[dep.version] = DeploymentMetrics(dep.name, dep.version, dep.runtime)
+        self.metrics = m
+
+    def _metrics_for(self, slot: str) -> DeploymentMetrics | None:
+        r = self.replicas.get(slot)
+        return self.metrics_by_version.get(r.version, self.metrics) if r is not None else self.metrics
 
     # ---- reporting ----
 
@@ -536,7 +689,21 @@ class Coordinator(SidecarActor):
             queued=len(self.queue),
             aliases=list(self.dep.aliases),
             error=self.error,
+            swap=self._switch_text(),
         )
+
+    def _switch_text(self) -> str | None:
+        sw = self.switch
+        if sw is None:
+            return None
+        new = [r for r in self.replicas.values() if r.version == sw.dep.version]
+        if sw.phase == "starting":
+            ready = sum(1 for r in new if r.state == "ready")
+            return f"starting version {sw.dep.version}: {ready}/{len(new)} replicas ready"
+        if sw.phase == "canary":
+            return f"canary: {sw.dep.rollout.canary_share:.0%} of new requests to version {sw.dep.version}"
+        left = sum(1 for r in self.replicas.values() if r.version == sw.old_version and r.state not in ("exited",))
+        return f"serving version {sw.dep.version}; version {sw.old_version} draining ({left} replica(s) left)"
 
     def _report(self) -> None:
         if self.manager is not None and self.dep is not None:

@@ -44,6 +44,8 @@ from atomr.actors.messages import (
     SetRoutes,
     SpawnReplica,
     StartCoordinator,
+    SwapEnded,
+    SwapVersion,
     Undeploy,
 )
 from atomr.actors.registry import Registry
@@ -66,6 +68,7 @@ class Record:
     slots: dict[str, tuple[str, list[str], str]] = field(default_factory=dict)  # slot -> (node, GPUs, instance)
     deploy_waiters: list[Address] = field(default_factory=list)
     undeploy_waiters: list[Address] = field(default_factory=list)
+    swap_to: Deployment | None = None  # the new version being started beside the serving one
 
 
 class DeploymentManager(SidecarActor):
@@ -154,6 +157,10 @@ class DeploymentManager(SidecarActor):
 
     def receiveMsg_Deploy(self, msg: Deploy, sender: Address) -> None:
         dep = msg.deployment
+        current = self.records.get(dep.name)
+        if current is not None and current.dep.version != dep.version:
+            self._swap(current, dep, msg.wait, sender)
+            return
         try:
             self._check_names_free(dep)
             plan = self._plan(dep)
@@ -175,14 +182,70 @@ class DeploymentManager(SidecarActor):
         else:
             self.send(sender, Reply(True, info))
 
-    def _spawn(self, rec: Record, slot: str, instance: str, node_id: str, gpus: list[str]) -> ReplicaPlaced:
+    def _spawn(
+        self, rec: Record, slot: str, instance: str, node_id: str, gpus: list[str], dep: Deployment | None = None
+    ) -> ReplicaPlaced:
         node = self.nodes[node_id]
         rec.slots[slot] = (node_id, gpus, instance)
-        self.send(node.address, SpawnReplica(rec.dep, instance, rec.coordinator, gpus))
+        self.send(node.address, SpawnReplica(dep or rec.dep, instance, rec.coordinator, gpus))
         return ReplicaPlaced(slot, instance, node_id, node.address, gpus)
 
-    def _check_names_free(self, dep: Deployment) -> None:
-        taken = {n: r.dep.name for r in self.records.values() for n in r.dep.names}
+    # ---- hot swap: a new version of a deployment that is serving ----
+
+    def _swap(self, rec: Record, dep: Deployment, wait: bool, sender: Address) -> None:
+        """Start `dep`'s replicas beside the serving ones; its coordinator switches when they are ready."""
+        try:
+            if rec.info.state not in ("ready", "degraded") or rec.swap_to is not None:
+                busy = "already switching versions" if rec.swap_to is not None else rec.info.state
+                raise ConfigError(
+                    f"{dep.name!r} is {busy}; a new version can replace a serving deployment only",
+                    field="version",
+                )
+            self._check_names_free(dep, ignore=dep.name)
+            plan = self._plan(dep)
+        except InferenceError as exc:
+            self.send(sender, Reply(False, error=exc.info()))
+            return
+        rec.swap_to = dep
+        placements = []
+        for i, (node_id, gpus) in enumerate(plan):
+            slot = f"{dep.name}-v{dep.version}-r{i}"
+            placements.append(self._spawn(rec, slot, f"{slot}.0", node_id, gpus, dep))
+        log.info("version switch started", deployment=dep.name, old=rec.dep.version, new=dep.version)
+        self.send(rec.coordinator, SwapVersion(dep, placements))
+        if wait:
+            rec.deploy_waiters.append(sender)
+        else:
+            self.send(sender, Reply(True, rec.info))
+
+    def receiveMsg_SwapEnded(self, msg: SwapEnded, sender: Address) -> None:
+        rec = self.records.get(msg.name)
+        if rec is None or rec.coordinator != sender or rec.swap_to is None:
+            return
+        new, rec.swap_to = rec.swap_to, None
+        if msg.info is not None:
+            rec.info = msg.info
+        for slot in msg.released_slots:
+            rec.slots.pop(slot, None)
+        if msg.ok:
+            old_names = set(rec.dep.names) - set(new.names)
+            rec.dep = new
+            if old_names:
+                self.send(self._registry(), SetRoutes(sorted(old_names), None))
+            self._publish_route(rec)
+            log.info("version switch done", deployment=msg.name, version=msg.version)
+            self._answer(rec.deploy_waiters, Reply(True, rec.info))
+        else:
+            log.error("version switch rolled back", deployment=msg.name, version=msg.version, reason=msg.reason)
+            err = InternalError(
+                f"version {msg.version} of {msg.name!r} was rolled back; version {rec.dep.version} keeps serving: "
+                f"{msg.reason}",
+                field="version",
+            )
+            self._answer(rec.deploy_waiters, Reply(False, rec.info, err.info()))
+
+    def _check_names_free(self, dep: Deployment, ignore: str | None = None) -> None:
+        taken = {n: r.dep.name for r in self.records.values() if r.dep.name != ignore for n in r.dep.names}
         for n in dep.names:
             if n in taken:
                 raise ConfigError(
@@ -247,7 +310,7 @@ class DeploymentManager(SidecarActor):
             return
         node_id, gpus, _ = rec.slots.get(msg.slot, ("", [], ""))
         if node_id in self.nodes:
-            self.send(sender, self._spawn(rec, msg.slot, msg.instance, node_id, gpus))
+            self.send(sender, self._spawn(rec, msg.slot, msg.instance, node_id, gpus, msg.deployment))
             return
         rec.slots[msg.slot] = ("", [], msg.instance)
         try:
@@ -261,7 +324,7 @@ class DeploymentManager(SidecarActor):
         node = min(fits, key=lambda n: (self._replicas_on(n.node_id), n.node_id))
         gpus = self._free_gpus(node.node_id)[: rec.dep.gpus_per_replica]
         log.info("replica re-placed", replica=msg.instance, node=node.node_id, gpus=gpus)
-        self.send(sender, self._spawn(rec, msg.slot, msg.instance, node.node_id, gpus))
+        self.send(sender, self._spawn(rec, msg.slot, msg.instance, node.node_id, gpus, msg.deployment))
 
     def receiveMsg_DeploymentState(self, msg: DeploymentState, sender: Address) -> None:
         rec = self.records.get(msg.info.name)
@@ -273,13 +336,17 @@ class DeploymentManager(SidecarActor):
             node = self.nodes.get(r.node_id)
             r.host = node.host if node is not None else ""
         if previous == "deploying" and msg.info.state in ("ready", "degraded"):
-            rl = rec.dep.rate_limits
-            limit = (rec.dep.rate_key, rl.rpm, rl.tpm, rl.window_s) if rl is not None and (rl.rpm or rl.tpm) else None
-            route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, sender, limit)
-            self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
+            self._publish_route(rec)
         elif previous == "deploying" and msg.info.state == "failed":
             # Stop what did start; the deploy is answered (with the engine's reason) once it is gone.
             self.send(rec.coordinator, Drain())
+
+    def _publish_route(self, rec: Record) -> None:
+        """Point the deployment's names (and aliases) at its coordinator in the registry."""
+        rl = rec.dep.rate_limits
+        limit = (rec.dep.rate_key, rl.rpm, rl.tpm, rl.window_s) if rl is not None and (rl.rpm or rl.tpm) else None
+        route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, rec.coordinator, limit)
+        self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:
         # The registry acknowledged a change: answer the deploys that it made visible.

@@ -229,6 +229,7 @@ class DeploymentInfo:
     queued: int = 0
     aliases: list[str] = field(default_factory=list)
     error: str | None = None
+    swap: str | None = None  # progress of a version switch in course, e.g. "v2: 1/2 replicas ready"
 
 
 @dataclass(slots=True)
@@ -393,3 +394,23 @@ class StartHttp:
 
     settings: Any  # atomr.http.app.HttpSettings
     tenants: list[Any]  # atomr.core.tenants.Tenant
+
+
+@dataclass(slots=True)
+class SwapVersion:
+    """Manager -> coordinator: start the new version's replicas beside the old, then switch."""
+
+    deployment: Deployment
+    placements: list[ReplicaPlaced]
+
+
+@dataclass(slots=True)
+class SwapEnded:
+    """Coordinator -> manager: a version switch finished (ok) or was rolled back."""
+
+    name: str
+    version: str
+    ok: bool
+    reason: str = ""
+    released_slots: list[str] = field(default_factory=list)  # slots whose replicas are gone
+    info: DeploymentInfo | None = None  # the deployment as it stands after the switch

@@ -69,6 +69,16 @@ class RateLimits(BaseModel):
     window_s: float = Field(60.0, gt=0.0)  # the "minute" (shorter windows help tests and bursts)
 
 
+class Rollout(BaseModel):
+    """How a new version replaces the serving one (deploying the same name with a new version)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    canary_share: float = Field(0.0, ge=0.0, le=1.0)  # share of new requests the new version gets first...
+    canary_s: float = Field(0.0, ge=0.0, le=3600.0)  # ...for this long, before all traffic moves
+    ready_timeout_s: float = Field(600.0, gt=0.0)  # the new replicas must be ready within this, else roll back
+
+
 class Placement(BaseModel):
     """Where replicas may run: a node role and/or required node capabilities."""
 
@@ -97,6 +107,7 @@ class Deployment(BaseModel):
     limits: Limits = Limits()
     supervision: Supervision = Supervision()
     rate_limits: RateLimits | None = None
+    rollout: Rollout = Rollout()
     engine: dict[str, Any] = Field(default_factory=dict)
     # Resolved folder of a local model (None for remote APIs); set by the loader.
     model_path: Path | None = None
