@@ -345,7 +345,7 @@ class DeploymentManager(SidecarActor):
         """Point the deployment's names (and aliases) at its coordinator in the registry."""
         rl = rec.dep.rate_limits
         limit = (rec.dep.rate_key, rl.rpm, rl.tpm, rl.window_s) if rl is not None and (rl.rpm or rl.tpm) else None
-        route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, rec.coordinator, limit)
+        route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, rec.coordinator, limit, spec=rec.dep)
         self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:

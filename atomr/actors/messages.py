@@ -11,6 +11,7 @@ from typing import Any
 
 from atomr.core.deployment import Deployment
 from atomr.core.errors import ErrorInfo
+from atomr.core.policies import Cascade, Policies, RoutePolicy
 from atomr.core.types import InferenceRequest, StreamEvent
 
 # Thespian ActorAddress objects are typed Any here: they are opaque handles.
@@ -309,6 +310,8 @@ class Route:
     coordinator: Address
     # (key, rpm, tpm, window_s) when the deployment is rate limited
     limit: tuple[str, int | None, int | None, float] | None = None
+    # The deployment itself: what routing policies and cascades weigh (cost, quality, limits)
+    spec: Deployment | None = None
 
 
 @dataclass(slots=True)
@@ -333,6 +336,52 @@ class RouteTable:
 @dataclass(slots=True)
 class Lookup:
     names: list[str]
+
+
+@dataclass(slots=True)
+class SetPolicies:
+    """Routes and cascades to add or replace (by name) in the registry; `remove` drops names.
+
+    Answered with a `Reply` (its error names the field when a name is already a deployment's).
+    """
+
+    policies: Policies
+    remove: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PolicyTable:
+    """Registry -> gateways: every route and cascade, by name (sent whole on each change)."""
+
+    routes: dict[str, RoutePolicy]
+    cascades: dict[str, Cascade]
+
+
+@dataclass(slots=True)
+class DeploymentStats:
+    """What routing policies know of a deployment besides its `Route` (the registry refreshes it).
+
+    `ready`: some replica is ready; `circuit_open`: every ready replica's breaker is open;
+    `saturated`: its queue is full; `ttft_s` / `latency_s`: moving averages of what its
+    coordinator measured (None until it served a request).
+    """
+
+    ready: bool = True
+    circuit_open: bool = False
+    saturated: bool = False
+    ttft_s: float | None = None
+    latency_s: float | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.ready and not self.circuit_open and not self.saturated
+
+
+@dataclass(slots=True)
+class RouteStats:
+    """Registry -> gateways: deployment name -> its stats (sent when something changed)."""
+
+    stats: dict[str, DeploymentStats]
 
 
 # ---- rate limiting ------------------------------------------------------------------------

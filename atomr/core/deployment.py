@@ -79,6 +79,19 @@ class Rollout(BaseModel):
     ready_timeout_s: float = Field(600.0, gt=0.0)  # the new replicas must be ready within this, else roll back
 
 
+class Cost(BaseModel):
+    """What a deployment's tokens cost, in USD per million (0 for local engines unless told)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: float = Field(0.0, ge=0.0, le=1_000_000.0)  # USD per 1M prompt tokens
+    completion: float = Field(0.0, ge=0.0, le=1_000_000.0)  # USD per 1M completion tokens
+
+    def usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The price of a request that used these tokens."""
+        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1_000_000
+
+
 class Placement(BaseModel):
     """Where replicas may run: a node role and/or required node capabilities."""
 
@@ -108,6 +121,9 @@ class Deployment(BaseModel):
     supervision: Supervision = Supervision()
     rate_limits: RateLimits | None = None
     rollout: Rollout = Rollout()
+    # What routing policies and cascades weigh: price per token, and a quality tier (higher: better).
+    cost: Cost = Cost()
+    quality: int = Field(0, ge=0, le=1000)
     engine: dict[str, Any] = Field(default_factory=dict)
     # Resolved folder of a local model (None for remote APIs); set by the loader.
     model_path: Path | None = None
