@@ -23,6 +23,7 @@ from atomr.actors.messages import (
     GATEWAY_NAME,
     MANAGER_NAME,
     METRICS_NAME,
+    REGISTRY_NAME,
     Cancel,
     Deploy,
     DeploymentInfo,
@@ -32,6 +33,7 @@ from atomr.actors.messages import (
     Hello,
     HelloReply,
     ListDeployments,
+    SetPolicies,
     Submit,
     Undeploy,
     WorkItem,
@@ -39,6 +41,7 @@ from atomr.actors.messages import (
 )
 from atomr.core.deployment import Deployment, deployment_from_dict, load_deployments
 from atomr.core.errors import InferenceError, UnavailableError
+from atomr.core.policies import Policies, load_policies, policies_from_config
 from atomr.core.types import (
     Chunk,
     InferenceRequest,
@@ -279,12 +282,14 @@ class Client:
         (or rolls it back, raising the reason). While waiting, `progress` is called with the
         deployment's status whenever it changes (replicas ready, version switch phase).
         """
+        policies = Policies()
         if isinstance(deployment, Deployment):
             deps = [deployment]
         elif isinstance(deployment, Mapping):
             deps = [deployment_from_dict(deployment)]
         else:
             deps = load_deployments(deployment)
+            policies = load_policies(deployment, deps)  # a file's routes and cascades, checked first
         out = []
         for d in deps:
             stop = threading.Event()
@@ -298,7 +303,24 @@ class Client:
                 stop.set()
                 if watcher is not None:
                     watcher.join(5)
+        if policies:
+            self.set_policies(policies)
         return out
+
+    def set_policies(self, policies: Policies | Mapping[str, Any] | str | Path) -> list[str]:
+        """Add or replace routes and cascades (a `Policies`, a config mapping, or a YAML file).
+
+        Returns every route and cascade name the cluster now holds.
+        """
+        if isinstance(policies, Mapping):
+            policies = policies_from_config(policies)
+        elif not isinstance(policies, Policies):
+            policies = load_policies(policies)
+        from atomr.actors.registry import Registry
+
+        registry = self._asys.createActor(Registry, globalName=REGISTRY_NAME)
+        names: list[str] = self._admin(SetPolicies(policies), 30, to=registry)
+        return names
 
     def _watch(self, name: str, progress: Callable[[DeploymentInfo], None], stop: threading.Event) -> None:
         last: tuple[Any, ...] | None = None
@@ -348,6 +370,7 @@ class ChunkStream:
         self.deployment = ""
         self.version = ""
         self.replica = ""
+        self.tier = 0  # the cascade tier that answered (0 outside cascades)
         self._events = events
 
     def __iter__(self) -> ChunkStream:
@@ -358,6 +381,7 @@ class ChunkStream:
             ev = next(self._events)
             if ev.replica:
                 self.deployment, self.version, self.replica = ev.deployment, ev.version, ev.replica
+                self.tier = ev.tier
             if ev.chunk is not None:
                 return ev.chunk
 

@@ -42,6 +42,13 @@ REPLICA_UP = "atomr_replica_up"
 REPLICA_RESTARTS = "atomr_replica_restarts"
 CIRCUIT_STATE = "atomr_circuit_state"
 HTTP_REQUESTS = "atomr_http_requests"
+ROUTE_REQUESTS = "atomr_route_requests"
+CASCADE_REQUESTS = "atomr_cascade_requests"
+CASCADE_ESCALATIONS = "atomr_cascade_escalations"
+CASCADE_COST = "atomr_cascade_cost_usd"
+CASCADE_BASELINE_COST = "atomr_cascade_baseline_cost_usd"
+CASCADE_COST_SAVED = "atomr_cascade_cost_saved_usd"
+CASCADE_COST_OVERSPENT = "atomr_cascade_cost_overspent_usd"
 
 
 class DeploymentMetrics:
@@ -131,6 +138,63 @@ class HttpMetrics:
 
     def record(self, route: str, status: int) -> None:
         self.requests.labels(route, str(status)).inc()
+        self.dirty = True
+
+    def take_snapshot(self) -> list[Metric] | None:
+        if not self.dirty:
+            return None
+        self.dirty = False
+        return list(self.registry.collect())
+
+
+class OrchestrationMetrics:
+    """What a gateway records about routing policies and cascades.
+
+    Per cascade request: which tier answered, each escalation and why (``low_confidence`` or
+    ``error``), what the tiers tried cost, and what the last tier alone would have cost. Saved
+    and overspent are that difference per request, split by sign so both stay counters (net
+    saving = saved - overspent = baseline - cost).
+    """
+
+    def __init__(self, gateway: str) -> None:
+        self.source = f"orchestration:{gateway}"
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.routed = Counter(
+            ROUTE_REQUESTS, "Requests a routing policy sent, by deployment chosen", ["route", "deployment"], registry=r
+        )
+        self.answered = Counter(
+            CASCADE_REQUESTS, "Cascade requests by the tier answering", ["cascade", "tier", "deployment"], registry=r
+        )
+        self.escalations = Counter(
+            CASCADE_ESCALATIONS, "Cascade requests passed up, by reason", ["cascade", "tier", "reason"], registry=r
+        )
+        self.cost = Counter(CASCADE_COST, "USD spent on every tier a cascade request tried", ["cascade"], registry=r)
+        self.baseline = Counter(
+            CASCADE_BASELINE_COST, "USD the last tier alone would have cost (estimated)", ["cascade"], registry=r
+        )
+        self.saved = Counter(
+            CASCADE_COST_SAVED, "USD saved against sending every request to the last tier", ["cascade"], registry=r
+        )
+        self.overspent = Counter(
+            CASCADE_COST_OVERSPENT, "USD spent beyond the last tier alone (escalated requests)", ["cascade"], registry=r
+        )
+        self.dirty = False
+
+    def route(self, route: str, deployment: str) -> None:
+        self.routed.labels(route, deployment).inc()
+        self.dirty = True
+
+    def escalated(self, cascade: str, tier: int, reason: str) -> None:
+        self.escalations.labels(cascade, str(tier), reason).inc()
+        self.dirty = True
+
+    def cascade_done(self, cascade: str, tier: int, deployment: str, cost_usd: float, baseline_usd: float) -> None:
+        self.answered.labels(cascade, str(tier), deployment).inc()
+        self.cost.labels(cascade).inc(cost_usd)
+        self.baseline.labels(cascade).inc(baseline_usd)
+        diff = baseline_usd - cost_usd
+        (self.saved if diff >= 0 else self.overspent).labels(cascade).inc(abs(diff))
         self.dirty = True
 
     def take_snapshot(self) -> list[Metric] | None:

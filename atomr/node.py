@@ -26,6 +26,7 @@ from typing import Any
 from atomr.client import DEFAULT_PORT
 from atomr.core.deployment import load_deployments, load_yaml
 from atomr.core.errors import InferenceError
+from atomr.core.policies import Policies, load_policies
 from atomr.core.tenants import tenants_from_config
 from atomr.http.settings import HttpSettings, http_settings_from_config
 from atomr.logs import configure_logging, get_logger
@@ -78,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings: dict[str, Any] = {}
     deployments = []
+    policies = Policies()
     raw: Any = {}
     try:
         if args.config:
             raw = load_yaml(args.config)
             settings = dict(raw.get("node") or {}) if isinstance(raw, dict) else {}
             deployments = load_deployments(args.config) if isinstance(raw, dict) and raw.get("deployments") else []
+            policies = load_policies(args.config, deployments if deployments else None)
         raw = raw if isinstance(raw, dict) else {}
         where = str(args.config or "command line")
         http = http_settings_from_config(raw.get("http"), where)
@@ -126,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("deploy failed", deployment=dep.name, error=exc.message)
                 continue
             print(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}", flush=True)
+        if policies and node.join is None:
+            from atomr.actors.registry import publish_policies
+
+            try:
+                publish_policies(node.asys, policies)
+                print(f"routes and cascades: {', '.join(policies.names)}", flush=True)
+            except InferenceError as exc:
+                print(f"routes and cascades refused: {exc.kind}: {exc.message}", flush=True)
         print("ready", flush=True)
         stop.wait()
     except InferenceError as exc:

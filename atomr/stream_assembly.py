@@ -112,4 +112,5 @@ def assemble_result(request: InferenceRequest, chunks: list[Chunk], last: Stream
         deployment=last.deployment,
         version=last.version,
         replica=last.replica,
+        tier=last.tier,
     )

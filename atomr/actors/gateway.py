@@ -6,6 +6,12 @@ coordinators, one message per coordinator per batch. Chunks of clients' requests
 back through here. A gateway may also serve the OpenAI-compatible HTTP front (`StartHttp`): its
 server runs on this actor's sidecar loop and its requests enter through `accept` like any other,
 with this gateway as their requester (`atomr.http.lane`).
+
+Model names may also be routes or cascades (the registry's `PolicyTable`). A route's deployment
+is chosen per request by `atomr.routing.Router` from this gateway's copy of the routes and of the
+deployments' stats (`RouteStats`, refreshed by the registry), with no extra message; the route's
+other deployments become the request's fallbacks. A cascade's requests are run here, with the
+gateway as requester of each tier (`atomr.actors.cascade_lane`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 from thespian.actors import WakeupMessage
 
+from atomr.actors.cascade_lane import TICK_S, CascadeLane
 from atomr.actors.messages import (
     MANAGER_NAME,
     METRICS_NAME,
@@ -27,15 +34,18 @@ from atomr.actors.messages import (
     AcquireLease,
     Address,
     Cancel,
+    DeploymentStats,
     Events,
     Hello,
     HelloReply,
     Lease,
     Lookup,
     MetricsSnapshot,
+    PolicyTable,
     ReleaseLease,
     Reply,
     Route,
+    RouteStats,
     RouteTable,
     StartHttp,
     Submit,
@@ -45,8 +55,11 @@ from atomr.actors.messages import (
 from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.errors import ConfigError, InferenceError, NotFoundError, RateLimitedError
+from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.ratelimit import estimate_tokens
 from atomr.core.types import StreamEvent
+from atomr.metrics import OrchestrationMetrics
+from atomr.routing import Router
 
 LEASE_TTL_S = 1.0  # unused lease parts go back to the limiter after this long
 
@@ -71,6 +84,14 @@ class Gateway(SidecarActor):
         self.http: Any = None  # atomr.http.lane.GatewayLane, when this gateway serves HTTP
         self._manager: Address = None
         self._collector: Address = None
+        self.route_policies: dict[str, RoutePolicy] = {}
+        self.cascades: dict[str, Cascade] = {}
+        self.stats: dict[str, DeploymentStats] = {}
+        self.router = Router()
+        self._orchestration: OrchestrationMetrics | None = None
+        self._cascade_lane: CascadeLane | None = None
+        self._ticking = False
+        self._shipping = False
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -101,6 +122,16 @@ class Gateway(SidecarActor):
             except InferenceError as exc:
                 self.emit(item.reply_to, StreamEvent(req.request_id, error=exc.info(), final=True))
                 continue
+            if self.route_policies or self.cascades:
+                cascade = self.cascades.get(req.model)
+                if cascade is not None:
+                    self.cascade_lane.start(item, cascade)
+                    self._tick_soon()
+                    continue
+                policy = self.route_policies.get(req.model)
+                if policy is not None:
+                    item = self._choose(item, policy)
+                    req = item.request
             route = self.routes.get(req.model)
             if route is None:
                 first = req.model not in self.waiting
@@ -109,6 +140,17 @@ class Gateway(SidecarActor):
                     self.send(self._registry(), Lookup([req.model]))
                 continue
             self._admit(item, route)
+
+    def _choose(self, item: WorkItem, policy: RoutePolicy) -> WorkItem:
+        """The request sent to the deployment its route's policy picks; the others are its fallbacks."""
+        plan = self.router.plan(policy, self.routes, self.stats, item.request)
+        if not plan:  # no deployment of the route is known here yet: look up its first one
+            return dataclasses.replace(item, request=dataclasses.replace(item.request, model=policy.names[0]))
+        self.orchestration.route(policy.name, plan[0])
+        chain = (*plan[1:], *(item.fallbacks or ()))
+        return dataclasses.replace(
+            item, request=dataclasses.replace(item.request, model=plan[0]), fallbacks=chain or item.fallbacks
+        )
 
     def _admit(self, item: WorkItem, route: Route) -> None:
         if route.limit is None:
@@ -175,6 +217,12 @@ class Gateway(SidecarActor):
             self.ship_metrics()
             self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
             return
+        if kind == "cascade":
+            self._ticking = False
+            if self._cascade_lane is not None:
+                self._cascade_lane.tick()
+            self._tick_soon()
+            return
         lease = self.leases.get(key)
         if lease is None:
             return
@@ -190,11 +238,57 @@ class Gateway(SidecarActor):
         box[1].append(item)
 
     def after_drain(self) -> None:
+        # Events for this gateway itself (tiers of its cascades, answers for its HTTP front) are
+        # handed over here rather than sent to itself; handling them may produce more.
+        mine = str(self.myAddress)
+        for _ in range(8):
+            box = self._outbox.pop(mine, None)
+            if box is None:
+                break
+            self._own_events(box[1])
         if self._out:
             out, self._out = self._out, {}
             for coordinator, items in out.values():
                 self.send(coordinator, Submit(items))
         super().after_drain()
+
+    def receiveMsg_PolicyTable(self, msg: PolicyTable, sender: Address) -> None:
+        self.route_policies, self.cascades = dict(msg.routes), dict(msg.cascades)
+        if not self._shipping:
+            self._shipping = True
+            self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
+
+    def receiveMsg_RouteStats(self, msg: RouteStats, sender: Address) -> None:
+        self.stats = msg.stats
+
+    @property
+    def orchestration(self) -> OrchestrationMetrics:
+        if self._orchestration is None:
+            self._orchestration = OrchestrationMetrics(str(self.myAddress))
+        return self._orchestration
+
+    @property
+    def cascade_lane(self) -> CascadeLane:
+        if self._cascade_lane is None:
+            self._cascade_lane = CascadeLane(self, self.orchestration)
+        return self._cascade_lane
+
+    def _tick_soon(self) -> None:
+        """Keep a periodic check of cascade sessions' timeouts while there are any."""
+        if not self._ticking and self._cascade_lane is not None and len(self._cascade_lane):
+            self._ticking = True
+            self.wakeupAfter(timedelta(seconds=TICK_S), payload=("cascade", ""))
+
+    def _own_events(self, events: list[StreamEvent]) -> None:
+        lane = self._cascade_lane
+        others = []
+        for ev in events:
+            if lane is not None and lane.owns(ev.request_id):
+                lane.on_event(ev)
+            else:
+                others.append(ev)
+        if others and self.http is not None:
+            self.http.deliver(others)
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:
         if msg.full:
@@ -203,6 +297,9 @@ class Gateway(SidecarActor):
             self.routes.update(msg.routes)
         for name in list(self.waiting):
             items = self.waiting.pop(name)
+            if name in self.route_policies or name in self.cascades:
+                self.accept(items)  # a route or cascade (its table came just before this answer)
+                continue
             route = msg.routes.get(name) or self.routes.get(name)
             for item in items:
                 if route is not None:
@@ -215,6 +312,15 @@ class Gateway(SidecarActor):
         self.cancel_requests(msg.request_ids, msg.model)
 
     def cancel_requests(self, request_ids: list[str], model: str) -> None:
+        if model in self.cascades:
+            self.cascade_lane.cancel(request_ids)
+            return
+        policy = self.route_policies.get(model)
+        if policy is not None:  # which deployment took it is not kept: tell each (few) of them
+            for name in policy.names:
+                if name in self.routes:
+                    self.send(self.routes[name].coordinator, Cancel(request_ids, name))
+            return
         route = self.routes.get(model)
         if route is not None:
             self.send(route.coordinator, Cancel(request_ids, model))
@@ -241,11 +347,12 @@ class Gateway(SidecarActor):
             self.sidecar.post(lambda: self.send(sender, reply))
 
         self.sidecar.spawn(lane.start()).add_done_callback(started)
-        self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
+        if not self._shipping:
+            self._shipping = True
+            self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
 
     def receiveMsg_Events(self, msg: Events, sender: Address) -> None:
-        if self.http is not None:
-            self.http.deliver(msg.events)
+        self._own_events(msg.events)
 
     def ask_admin(self, kind: str, msg: Any) -> None:
         """Send a status or metrics question; the Reply comes back to receiveMsg_Reply."""
@@ -271,11 +378,13 @@ class Gateway(SidecarActor):
         return self._collector
 
     def ship_metrics(self) -> None:
-        if self.http is None:
-            return
-        families = self.http.http_metrics.take_snapshot()
-        if families is not None:
-            self.send(self._metrics_collector(), MetricsSnapshot(self.http.http_metrics.source, families))
+        recorders: list[Any] = [self.http.http_metrics] if self.http is not None else []
+        if self._orchestration is not None:
+            recorders.append(self._orchestration)
+        for recorder in recorders:
+            families = recorder.take_snapshot()
+            if families is not None:
+                self.send(self._metrics_collector(), MetricsSnapshot(recorder.source, families))
 
     def on_exit(self) -> None:
         if self.http is not None and self._sidecar is not None:

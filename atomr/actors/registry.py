@@ -2,14 +2,48 @@
 
 Gateways subscribe and keep a copy; a gateway that misses a name asks once before answering
 `not_found`, so a request sent right after a deploy finds its model.
+
+It also holds the routing policies and cascades (`SetPolicies`) and, while there are any, what
+they weigh besides a route: each deployment's health, load and speed (`atomr.route_stats`). It
+reads them from the deployment manager (replica states, circuit breakers) every
+`STATS_PERIOD_S` and from the metrics collector (queue depth, time to first token, latency)
+every second, and sends gateways a `RouteStats` when something changed. So a gateway chooses a
+deployment per request from its own copy, with no round trip.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from datetime import timedelta
 from typing import Any
 
-from atomr.actors.messages import Address, Lookup, Route, RouteTable, SetRoutes, Subscribe
+from thespian.actors import WakeupMessage
+
+from atomr.actors.messages import (
+    MANAGER_NAME,
+    METRICS_NAME,
+    Address,
+    DeploymentStats,
+    GetMetrics,
+    ListDeployments,
+    Lookup,
+    PolicyTable,
+    Reply,
+    Route,
+    RouteStats,
+    RouteTable,
+    SetPolicies,
+    SetRoutes,
+    Subscribe,
+)
 from atomr.actors.sidecar import SidecarActor
+from atomr.core.errors import ConfigError
+from atomr.core.policies import Cascade, RoutePolicy
+from atomr.route_stats import StatsTracker
+
+STATS_PERIOD_ENV = "ATOMR_STATS_PERIOD_S"
+METRICS_EVERY_S = 1.0
 
 
 class Registry(SidecarActor):
@@ -17,6 +51,15 @@ class Registry(SidecarActor):
         super().__init__(*args, **kwargs)
         self.routes: dict[str, Route] = {}
         self.subscribers: list[Address] = []
+        self.route_policies: dict[str, RoutePolicy] = {}
+        self.cascades: dict[str, Cascade] = {}
+        self.tracker = StatsTracker()
+        self.stats: dict[str, DeploymentStats] = {}
+        self.period_s = float(os.environ.get(STATS_PERIOD_ENV, "0.5"))
+        self._polling = False
+        self._metrics_at = 0.0
+        self._manager: Address = None
+        self._collector: Address = None
 
     def receiveMsg_SetRoutes(self, msg: SetRoutes, sender: Address) -> None:
         for name in msg.names:
@@ -28,11 +71,102 @@ class Registry(SidecarActor):
         for sub in self.subscribers:
             self.send(sub, table)
         self.send(sender, table)  # acknowledges the change
+        if self._polling:
+            self._publish_stats()
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Address) -> None:
         if sender not in self.subscribers:
             self.subscribers.append(sender)
+        if self.route_policies or self.cascades:  # before the routes: their arrival settles waiting requests
+            self.send(sender, PolicyTable(dict(self.route_policies), dict(self.cascades)))
+            self.send(sender, RouteStats(dict(self.stats)))
         self.send(sender, RouteTable(dict(self.routes)))
 
     def receiveMsg_Lookup(self, msg: Lookup, sender: Address) -> None:
+        if any(n in self.route_policies or n in self.cascades for n in msg.names):
+            self.send(sender, PolicyTable(dict(self.route_policies), dict(self.cascades)))  # arrives first
         self.send(sender, RouteTable({n: self.routes[n] for n in msg.names if n in self.routes}, full=False))
+
+    # ---- routing policies and cascades ----
+
+    def receiveMsg_SetPolicies(self, msg: SetPolicies, sender: Address) -> None:
+        for name in msg.policies.names:
+            if name in self.routes:
+                err = ConfigError(f"{name!r} is already the name of a deployment", field="name")
+                self.send(sender, Reply(False, error=err.info()))
+                return
+        for name in msg.remove:
+            self.route_policies.pop(name, None)
+            self.cascades.pop(name, None)
+        for r in msg.policies.routes:
+            self.cascades.pop(r.name, None)
+            self.route_policies[r.name] = r
+        for c in msg.policies.cascades:
+            self.route_policies.pop(c.name, None)
+            self.cascades[c.name] = c
+        table = PolicyTable(dict(self.route_policies), dict(self.cascades))
+        for sub in self.subscribers:
+            self.send(sub, table)
+        self.send(sender, Reply(True, sorted([*self.route_policies, *self.cascades])))
+        if (self.route_policies or self.cascades) and not self._polling:
+            self._polling = True
+            self._poll()
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
+        if msg.payload == "poll":
+            self._poll()
+
+    def _poll(self) -> None:
+        """Ask for fresh health (and, once a second, metrics); stop when no policy is left."""
+        if not (self.route_policies or self.cascades):
+            self._polling = False
+            return
+        self.send(self._manager_address(), ListDeployments())
+        now = time.monotonic()
+        if now - self._metrics_at >= METRICS_EVERY_S:
+            self._metrics_at = now
+            self.send(self._collector_address(), GetMetrics())
+        self.wakeupAfter(timedelta(seconds=self.period_s), payload="poll")
+
+    def receiveMsg_Reply(self, msg: Reply, sender: Address) -> None:
+        if not msg.ok:
+            return
+        if isinstance(msg.value, bytes):
+            self.tracker.on_metrics(msg.value.decode(errors="replace"), time.monotonic())
+        elif isinstance(msg.value, list):
+            self.tracker.on_deployments(msg.value)
+        else:
+            return
+        self._publish_stats()
+
+    def _publish_stats(self) -> None:
+        stats = self.tracker.stats(self.routes, time.monotonic())
+        if stats == self.stats:
+            return
+        self.stats = stats
+        update = RouteStats(dict(stats))
+        for sub in self.subscribers:
+            self.send(sub, update)
+
+    def _manager_address(self) -> Address:
+        if self._manager is None:
+            from atomr.actors.deployment_manager import DeploymentManager
+
+            self._manager = self.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        return self._manager
+
+    def _collector_address(self) -> Address:
+        if self._collector is None:
+            from atomr.actors.metrics_collector import MetricsCollector
+
+            self._collector = self.createActor(MetricsCollector, globalName=METRICS_NAME)
+        return self._collector
+
+
+def publish_policies(asys: Any, policies: Any, timeout: float = 30.0) -> list[str]:
+    """Send routes and cascades to the registry of the system `asys` talks to; returns every name it holds."""
+    from atomr.actors.messages import REGISTRY_NAME, reply_value
+
+    registry = asys.createActor(Registry, globalName=REGISTRY_NAME)
+    names: list[str] = reply_value(asys.ask(registry, SetPolicies(policies), timeout), "policies", timeout)
+    return names

@@ -168,6 +168,7 @@ class InferenceResult:
     deployment: str = ""
     version: str = ""
     replica: str = ""
+    tier: int = 0  # the cascade tier (1-based) whose answer this is; 0 outside cascades
 
     @property
     def confidence(self) -> dict[str, float] | None:
@@ -192,6 +193,7 @@ class StreamEvent:
     replica: str = ""
     deployment: str = ""
     version: str = ""
+    tier: int = 0  # the cascade tier (1-based) whose answer this is; 0 outside cascades
 
 
 def make_messages(raw: Iterable[Mapping[str, Any] | Message]) -> tuple[Message, ...]:
