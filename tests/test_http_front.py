@@ -239,9 +239,7 @@ def test_request_id_is_logged_and_the_key_never_is(front: tuple[Node, str]) -> N
     assert KEY_A not in out and KEY_B not in out and KEY_B[:-1] not in out and KEY_OPS not in out
 
 
-def test_client_disconnect_cancels_the_request(
-    front: tuple[Node, str], provider: FakeOpenAI
-) -> None:
+def test_client_disconnect_cancels_the_request(front: tuple[Node, str], provider: FakeOpenAI) -> None:
     node, base = front
     host, _, port = base.removeprefix("http://").partition(":")
     provider.stall_next(3.0)  # the provider is slow: the caller leaves while its request is running
