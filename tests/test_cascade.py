@@ -10,8 +10,10 @@ tier answered; the metrics count answers per tier, escalations and the money sav
 
 from __future__ import annotations
 
+import json
 import random
 import re
+import socket
 import string
 import time
 from collections.abc import Iterator
@@ -228,6 +230,35 @@ def test_the_http_front_serves_a_cascade(node: tuple[Node, str]) -> None:
         model="smart", messages=[{"role": "user", "content": "Wie spät ist es?"}], max_tokens=MAX_TOKENS, stream=True
     )
     assert "".join(e.choices[0].delta.content or "" for e in chat if e.choices) == _large()
+
+
+def test_a_caller_that_leaves_cancels_the_tier_in_flight(node: tuple[Node, str], large: FakeOpenAI) -> None:
+    n, base = node
+    host, _, port = base.removeprefix("http://").partition(":")
+    large.stall_next(3.0)  # tier 2 is slow: the caller leaves while it runs
+    body = json.dumps({"model": "smart", "prompt": OUT_OF_DOMAIN[2], "max_tokens": 8, "stream": True}).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = conn.recv(65536).decode(errors="replace")
+        rid = re.search(r"x-request-id: (\w+)", head, re.I)
+        assert rid and "200" in head.splitlines()[0], head
+        deadline = time.time() + 10
+        while large.count("/completions") == 0 and time.time() < deadline:
+            time.sleep(0.02)  # tier 1 passed it up; tier 2 is running
+    deadline = time.time() + 10
+    outcome = None
+    while time.time() < deadline and outcome is None:
+        for line in n.output().splitlines():
+            if f'"{rid.group(1)}:t2"' in line and '"event": "request"' in line:
+                outcome = json.loads(line)["outcome"]
+        time.sleep(0.05)
+    assert outcome == "cancelled"  # long before the provider would have answered
+    with Client(n.address) as client:  # and the cascade keeps serving
+        assert client.generate("smart", prompt=OUT_OF_DOMAIN[2], max_tokens=4).tier == 2
 
 
 # ---- the decisions, without actors ----
