@@ -60,7 +60,9 @@ class Router:
         if kind == "quality":
             return sorted(good, key=lambda n: -_quality(routes[n])) + sorted(bad, key=lambda n: -_quality(routes[n]))
         if kind == "fastest":
-            return self._fastest(good, stats, time.monotonic() if now is None else now) + bad
+            return self._fastest(good, stats, time.monotonic() if now is None else now) + sorted(
+                bad, key=lambda n: _speed_key(stats.get(n, _UNKNOWN))
+            )
         return good + bad  # fixed
 
     def _weighted(self, policy: RoutePolicy, names: list[str]) -> list[str]:
@@ -84,7 +86,7 @@ class Router:
     def _fastest(self, names: list[str], stats: Mapping[str, DeploymentStats], now: float) -> list[str]:
         measured = [n for n in names if _speed(stats.get(n, _UNKNOWN)) is not None]
         unmeasured = [n for n in names if n not in measured]
-        measured.sort(key=lambda n: _speed(stats[n]) or 0.0)
+        measured.sort(key=lambda n: _speed_key(stats[n]))
         for n in unmeasured:
             if now - self._probed.get(n, -PROBE_INTERVAL_S) >= PROBE_INTERVAL_S:
                 self._probed[n] = now
@@ -94,6 +96,12 @@ class Router:
 
 def _speed(s: DeploymentStats) -> float | None:
     return s.ttft_s if s.ttft_s is not None else s.latency_s
+
+
+def _speed_key(s: DeploymentStats) -> tuple[bool, float]:
+    """Measured first, fastest first."""
+    speed = _speed(s)
+    return (speed is None, speed or 0.0)
 
 
 def _quality(route: Route) -> int:

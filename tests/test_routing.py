@@ -319,6 +319,9 @@ def test_fastest_probes_unmeasured_deployments_then_keeps_to_the_fastest() -> No
     # latency stands in where no time to first token was seen
     stats = {"a": DeploymentStats(latency_s=0.02), "b": DeploymentStats(latency_s=0.5)}
     assert router.plan(policy, routes, stats, REQ, now=1.0)[0] == "a"
+    # with none usable, the fastest measured still comes first (and gets its own error)
+    down = {"a": DeploymentStats(ready=False, ttft_s=0.3), "b": DeploymentStats(ready=False, ttft_s=0.1)}
+    assert router.plan(policy, routes, down, REQ, now=1.0) == ["b", "a"]
     # a deployment whose measurement went stale is probed again, once per interval
     stats = {"a": DeploymentStats(ttft_s=0.01)}
     assert router.plan(policy, routes, stats, REQ, now=10.0)[0] == "b"
