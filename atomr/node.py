@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node.start()
         print(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}", flush=True)
+        if node.join is None and tenants.tenants:
+            node.set_tenants(tenants.tenants)
         if http is not None and node.join is None:
             http_port = node.start_http(http, tenants.tenants)
             print(f"http front on http://{http.bind}:{http_port}", flush=True)

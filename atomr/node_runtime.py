@@ -16,6 +16,7 @@ from atomr.actors.messages import (
     DeploymentInfo,
     NodeInfo,
     NodeInit,
+    SetTenants,
     StartHttp,
     node_agent_name,
     reply_value,
@@ -84,6 +85,13 @@ class NodeRuntime:
             self.asys.ask(manager, Deploy(dep, True), timeout), f"deploy of {dep.name}", timeout
         )
         return value
+
+    def set_tenants(self, tenants: list[Any], timeout: float = 30.0) -> None:
+        """Give the deployment manager the tenants (weights, quotas) for every coordinator's queue."""
+        from atomr.actors.deployment_manager import DeploymentManager
+
+        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        reply_value(self.asys.ask(manager, SetTenants(list(tenants)), timeout), "tenants", timeout)
 
     def start_http(self, settings: Any, tenants: list[Any], timeout: float = 30.0) -> int:
         """Have the head's gateway serve the HTTP front; returns the port it listens on."""

@@ -21,7 +21,9 @@ from runners.local.ort import ort_greedy_reference
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = builtin_model_dir("tiny-llama")
-HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "tokenizers"))
+HAS_TORCH = all(
+    importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "tokenizers", "onnx", "onnx_ir")
+)
 
 # Completion prompts (a corpus paragraph's first words) and the greedy text that follows them.
 COMPLETIONS = {
@@ -93,7 +95,7 @@ def test_ort_greedy_chat(question: str, system: str | None) -> None:
     assert ort_greedy_reference(MODEL, messages, 60) == CHATS[question]
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="torch/transformers not installed")
+@pytest.mark.skipif(not HAS_TORCH, reason="the make-model extra (torch, transformers, onnx, onnx-ir) is not installed")
 def test_transformers_greedy_equals_ort() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -127,7 +129,7 @@ def test_transformers_greedy_equals_ort() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_TORCH, reason="torch/transformers not installed")
+@pytest.mark.skipif(not HAS_TORCH, reason="the make-model extra (torch, transformers, onnx, onnx-ir) is not installed")
 def test_remaking_is_byte_identical(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     manifests = []

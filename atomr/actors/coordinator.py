@@ -68,6 +68,8 @@ from atomr.core.errors import (
     RunnerCrashedError,
     UnavailableError,
 )
+from atomr.core.fair_queue import FairQueue
+from atomr.core.tenants import Tenant
 from atomr.core.types import StreamEvent
 from atomr.metrics import DeploymentMetrics
 
@@ -130,7 +132,7 @@ class Coordinator(SidecarActor):
         self.dep: Deployment | None = None
         self.manager: Address = None
         self.replicas: dict[str, Replica] = {}
-        self.queue: collections.deque[WorkItem] = collections.deque()
+        self.queue: FairQueue[WorkItem] = FairQueue(_queue_key, capacity=0)  # sized at StartCoordinator
         self.inflight: dict[str, InFlight] = {}
         self.state = "deploying"
         self.error: str | None = None
@@ -142,11 +144,13 @@ class Coordinator(SidecarActor):
         self.metrics_by_version: dict[str, DeploymentMetrics] = {}
         self.arrived: dict[str, float] = {}  # request id -> when it was admitted here (monotonic)
         self.switch: Switch | None = None
+        self._reported_load: tuple[Any, ...] = ()
 
     # ---- replica lifecycle ----
 
     def receiveMsg_StartCoordinator(self, msg: StartCoordinator, sender: Address) -> None:
         self.dep, self.manager = msg.deployment, msg.manager
+        self.queue = self._new_queue(self.dep, msg.tenants)
         self._use_metrics(self.dep)
         self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
         for p in msg.placements:
@@ -250,6 +254,10 @@ class Coordinator(SidecarActor):
         kind, slot = msg.payload
         if kind == "metrics":
             self._ship_metrics()
+            load = (len(self.queue), tuple(len(r.inflight) for r in self.replicas.values()))
+            if load != self._reported_load:  # queue depth and in-flight counts in status stay fresh
+                self._reported_load = load
+                self._report()
             self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
             return
         if kind in ("switch-timeout", "switch-canary"):
@@ -298,7 +306,7 @@ class Coordinator(SidecarActor):
         self._maybe_drained()
 
     def _maybe_drained(self) -> None:
-        if self.state != "draining" or self.inflight or self.queue:
+        if self.state != "draining" or self.inflight or len(self.queue):
             return
         for r in self.replicas.values():
             self._stop(r)
@@ -308,8 +316,7 @@ class Coordinator(SidecarActor):
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Address) -> None:
         for rid in list(self.inflight):
             self._answer(rid, RunnerCrashedError("deployment stopped").info())
-        while self.queue:
-            item = self.queue.popleft()
+        for item in self.queue.drain():
             self._finish(item, _error_event(item, NotFoundError(f"deployment {self._name} stopped")))
         for m in self.metrics_by_version.values():
             self.send(self._metrics_collector(), MetricsDrop(m.source))
@@ -347,14 +354,16 @@ class Coordinator(SidecarActor):
                 gone = NotFoundError(f"model {item.request.model!r} is being removed", field="model")
                 self._finish(item, _error_event(item, gone))
             return
-        limit = self.dep.limits.max_queue
         for item in msg.items:
-            if self.queue or not self._assign(item):
-                if len(self.queue) >= limit:
-                    err = OverloadedError(f"deployment {self._name} is full ({limit} requests queued)", retry_after=1.0)
-                    self._finish(item, _error_event(item, err))
-                else:
-                    self.queue.append(item)
+            tenant = item.request.tenant
+            # Straight to a replica when nothing waits and the tenant is under its quota.
+            if not len(self.queue) and self.queue.can_start(tenant) and self._assign(item):
+                self.queue.started(tenant)
+                continue
+            try:
+                self.queue.push(item)
+            except OverloadedError as err:
+                self._finish(item, _error_event(item, err))
         self._pump()
 
     def receiveMsg_ReplicaProgress(self, msg: ReplicaProgress, sender: Address) -> None:
@@ -378,6 +387,7 @@ class Coordinator(SidecarActor):
             if f is not None and f.instance == msg.replica_id:
                 del self.inflight[event.request_id]
                 r.inflight.discard(event.request_id)
+                self.queue.finished(f.item.request.tenant)
                 self._settle(f.item, event)
                 if _retryable(event) and event.seq == 0 and self._forward(f.item):
                     self._finish(f.item, None, replica=r.slot, outcome="fallback")
@@ -398,21 +408,16 @@ class Coordinator(SidecarActor):
             r = self.replicas[slot]
             if r.address is not None:
                 self.send(r.address, Cancel(rids))
-        gone = set(msg.request_ids)
-        kept = [i for i in self.queue if i.request.request_id not in gone]
-        if len(kept) != len(self.queue):
-            self.queue = collections.deque(kept)
+        for item in self.queue.remove(msg.request_ids):  # waiting ones: the caller is gone
+            self._finish(item, None, outcome="cancelled")
 
-    def _assign(self, item: WorkItem) -> bool:
+    def _assign(self, item: WorkItem, best: Replica | None = None) -> bool:
         """Give `item` to the least-loaded ready replica with a free credit, if any."""
         assert self.dep is not None
-        best = self._least_loaded(self._target_version()) or self._least_loaded(self.dep.version)
+        best = best or self._least_loaded(self._target_version()) or self._least_loaded(self.dep.version)
         if best is None:
             return False
         rid = item.request.request_id
-        if item.request.deadline is not None and time.time() > item.request.deadline:
-            self._finish(item, _error_event(item, InferenceTimeoutError("deadline passed in queue")))
-            return True
         best.inflight.add(rid)
         self.inflight[rid] = InFlight(item, best.slot, best.instance)
         self._dispatch.setdefault(best.slot, []).append(item)
@@ -441,11 +446,20 @@ class Coordinator(SidecarActor):
         return self.dep.version
 
     def _pump(self) -> None:
-        while self.queue and self._assign(self.queue[0]):
-            self.queue.popleft()
-        if self.queue and not any(r.state in LIVE for r in self.replicas.values()):
-            items, self.queue = list(self.queue), collections.deque()
-            self._elsewhere(items)
+        """Serve waiting requests in fair order while a replica has a free credit."""
+        assert self.dep is not None
+        while len(self.queue):
+            best = self._least_loaded(self._target_version()) or self._least_loaded(self.dep.version)
+            if best is None:
+                break
+            item = self.queue.pop()
+            if item is None:  # every waiting tenant is at its concurrency quota
+                break
+            self._assign(item, best)
+        for expired in self.queue.take_expired():  # dropped before they reach an engine
+            self._finish(expired, _error_event(expired, InferenceTimeoutError("deadline passed in queue")))
+        if len(self.queue) and not any(r.state in LIVE for r in self.replicas.values()):
+            self._elsewhere(self.queue.drain())
 
     def _elsewhere(self, items: list[WorkItem]) -> None:
         """No replica is alive: hand requests to the fallback deployment, or answer unavailable."""
@@ -491,15 +505,18 @@ class Coordinator(SidecarActor):
         self._dispatch.pop(r.slot, None)
         for f in reversed(pending):
             if f.started:
+                self.queue.finished(f.item.request.tenant)
                 err = RunnerCrashedError(f"replica {r.instance} of {self._name} died while streaming")
                 self._finish(f.item, _error_event(f.item, err), replica=r.slot)
             else:
-                self.queue.appendleft(f.item)
+                self.queue.finished(f.item.request.tenant)
+                self.queue.push_front(f.item)
         self._pump()
 
     def _answer(self, rid: str, info: ErrorInfo) -> None:
         f = self.inflight.pop(rid, None)
         if f is not None:
+            self.queue.finished(f.item.request.tenant)
             self._finish(f.item, StreamEvent(rid, error=info, final=True, deployment=self._name), replica=f.slot)
 
     def after_drain(self) -> None:
@@ -647,6 +664,18 @@ class Coordinator(SidecarActor):
         released = [r.slot for r in gone]
         self.send(self.manager, SwapEnded(self._name, sw.dep.version, False, reason, released, self.info()))
 
+    def _new_queue(self, dep: Deployment, tenants: list[Tenant]) -> FairQueue[WorkItem]:
+        """The waiting room: priority classes, then weighted fair shares, within tenant quotas."""
+        limits = dep.limits
+        return FairQueue(
+            _queue_key,
+            capacity=limits.max_queue,
+            max_per_tenant=limits.max_queue_per_tenant,
+            weights={t.name: t.weight for t in tenants},
+            max_inflight={t.name: t.max_concurrency for t in tenants},
+            name=f"deployment {dep.name}",
+        )
+
     def _use_metrics(self, dep: Deployment) -> None:
         m = self.metrics_by_version.get(dep.version)
         if m is None:
@@ -708,6 +737,11 @@ class Coordinator(SidecarActor):
     def _report(self) -> None:
         if self.manager is not None and self.dep is not None:
             self.send(self.manager, DeploymentState(self.info()))
+
+
+def _queue_key(item: WorkItem) -> tuple[str, int, float | None, str]:
+    req = item.request
+    return req.tenant, req.priority, req.deadline, req.request_id
 
 
 def _retryable(event: StreamEvent) -> bool:

@@ -42,6 +42,7 @@ from atomr.actors.messages import (
     Route,
     RouteTable,
     SetRoutes,
+    SetTenants,
     SpawnReplica,
     StartCoordinator,
     SwapEnded,
@@ -78,6 +79,7 @@ class DeploymentManager(SidecarActor):
         # Deployments whose deploy failed: shown (state "failed", the engine's reason) until they
         # are deployed again or undeployed, so a failure at startup is visible in status.
         self.failed: dict[str, DeploymentInfo] = {}
+        self.tenants: list[Any] = []  # from the node config: weights and quotas for fair queues
         self.last_seen: dict[str, float] = {}
         self.records: dict[str, Record] = {}
         self.registry: Address = None
@@ -141,6 +143,11 @@ class DeploymentManager(SidecarActor):
     def receiveMsg_Reply(self, msg: Reply, sender: Address) -> None:
         """A joined node's agent finished registering (nothing else to do)."""
 
+    def receiveMsg_SetTenants(self, msg: SetTenants, sender: Address) -> None:
+        """Tenants for the fair queues of deployments started from now on."""
+        self.tenants = list(msg.tenants)
+        self.send(sender, Reply(True))
+
     def _node_lost(self, node_id: str, why: str) -> None:
         self.nodes.pop(node_id, None)
         self.last_seen.pop(node_id, None)
@@ -176,7 +183,7 @@ class DeploymentManager(SidecarActor):
         for i, (node_id, gpus) in enumerate(plan):
             slot = f"{dep.name}-v{dep.version}-r{i}"
             placements.append(self._spawn(rec, slot, f"{slot}.0", node_id, gpus))
-        self.send(coordinator, StartCoordinator(dep, self.myAddress, placements))
+        self.send(coordinator, StartCoordinator(dep, self.myAddress, placements, list(self.tenants)))
         if msg.wait:
             rec.deploy_waiters.append(sender)
         else:

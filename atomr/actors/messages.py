@@ -282,6 +282,14 @@ class StartCoordinator:
     deployment: Deployment
     manager: Address
     placements: list[ReplicaPlaced]  # where each replica slot's first instance is starting
+    tenants: list[Any] = field(default_factory=list)  # atomr.core.tenants.Tenant: weights and quotas
+
+
+@dataclass(slots=True)
+class SetTenants:
+    """Head start -> manager: the tenants of the node config, for every coordinator's fair queue."""
+
+    tenants: list[Any]
 
 
 @dataclass(slots=True)

@@ -37,6 +37,7 @@ class Limits(BaseModel):
 
     max_inflight_per_replica: int = Field(32, ge=1, le=4096)
     max_queue: int = Field(256, ge=0, le=100_000)
+    max_queue_per_tenant: int | None = Field(None, ge=0, le=100_000)  # one tenant's share of max_queue
     chunk_max_tokens: int = Field(16, ge=1, le=4096)
     chunk_max_delay_ms: float = Field(20.0, ge=0.0, le=10_000.0)
     request_timeout_s: float = Field(300.0, gt=0.0)
@@ -76,7 +77,8 @@ class Rollout(BaseModel):
 
     canary_share: float = Field(0.0, ge=0.0, le=1.0)  # share of new requests the new version gets first...
     canary_s: float = Field(0.0, ge=0.0, le=3600.0)  # ...for this long, before all traffic moves
-    ready_timeout_s: float = Field(600.0, gt=0.0)  # the new replicas must be ready within this, else roll back
+    # the new replicas must be ready within this, else roll back (bounded: it becomes an actor timer)
+    ready_timeout_s: float = Field(600.0, gt=0.0, le=86_400.0)
 
 
 class Cost(BaseModel):
@@ -172,12 +174,15 @@ def infer_runtime(model: str, path: Path | None = None) -> str:
     if sep and prefix in PROVIDER_PREFIXES and (path is None or not path.exists()):
         return PROVIDER_PREFIXES[prefix]
     folder = path if path is not None else Path(model)
-    if (folder / "genai_config.json").is_file():
-        return "ort"
-    if is_trt_engine_dir(folder):
-        return "tensorrt"
-    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
-        return "vllm"
+    try:
+        if (folder / "genai_config.json").is_file():
+            return "ort"
+        if is_trt_engine_dir(folder):
+            return "tensorrt"
+        if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+            return "vllm"
+    except (OSError, ValueError) as exc:  # a name too long for a path, a NUL byte, no permission
+        raise ValueError(f"model: cannot look into {model!r}: {getattr(exc, 'strerror', None) or exc}") from None
     raise ValueError(
         f"model: cannot infer the runtime of {model!r}; name one with 'runtime:' "
         f"or use a provider prefix ({', '.join(sorted(PROVIDER_PREFIXES))}/...)"
@@ -234,26 +239,32 @@ def deployment_from_dict(
 ) -> Deployment:
     """Validate one deployment mapping; errors name `where`, the field and the problem."""
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be a mapping of fields, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: must be a mapping of fields, got {type(raw).__name__}", field="deployment")
     data = dict(raw)
     base = base_dir or Path.cwd()
     model = data.get("model")
-    runtime = data.get("runtime") or None
+    runtime = data.get("runtime")
+    runtime = runtime if isinstance(runtime, str) and runtime else None  # anything else: pydantic names it below
     try:
         if isinstance(model, str) and "model_path" not in data:
             data["model_path"] = resolve_model_path(model, runtime, base)
     except FileNotFoundError as exc:
         raise ConfigError(f"{where}.model: {exc}", field="model") from None
+    except (OSError, RuntimeError, ValueError) as exc:  # a path too long, a NUL byte, '~user' with no such user
+        problem = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"{where}.model: not a usable path: {problem}", field="model") from None
     try:
         dep = Deployment.model_validate(data)
     except ValidationError as exc:
         raise _config_error(where, exc) from None
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}", field="deployment") from None
     try:
         check_model_files(dep)
     except ConfigError as exc:
         raise ConfigError(f"{where}.{exc.field}: {exc.message}", field=exc.field) from None
+    except OSError as exc:
+        raise ConfigError(f"{where}.model: cannot read the model files: {exc.strerror or exc}", field="model") from None
     return dep
 
 
@@ -267,7 +278,7 @@ def _config_error(where: str, exc: ValidationError) -> ConfigError:
             loc, _, msg = msg.partition(": ")
         first_field = first_field or loc or None
         problems.append(f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}")
-    return ConfigError("; ".join(problems), field=first_field)
+    return ConfigError("; ".join(problems), field=first_field or "deployment")
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -277,6 +288,8 @@ def load_yaml(path: str | Path) -> Any:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}", field="file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text: {exc.reason} at byte {exc.start}", field="file") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -284,6 +297,10 @@ def load_yaml(path: str | Path) -> Any:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{p}: invalid YAML{at}: {problem}", field="file") from None
+    except (ValueError, OverflowError) as exc:  # a value YAML's constructors refuse, e.g. the date 2001-13-01
+        raise ConfigError(f"{p}: invalid YAML: {exc}", field="file") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML: nested too deeply", field="file") from None
 
 
 def load_deployments(path: str | Path) -> list[Deployment]:

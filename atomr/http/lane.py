@@ -115,7 +115,8 @@ class GatewayLane:
         self.actor.sidecar.post(lambda: self.actor.accept([item]))
 
     def model_names(self) -> list[str]:
-        return list(self.actor.routes)
+        """Deployments and their aliases, routes and cascades: every name a request may use."""
+        return sorted({*self.actor.routes, *self.actor.route_policies, *self.actor.cascades})
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         status = await self._ask("status", GetStatus())
