@@ -113,4 +113,7 @@ def tenants_from_config(raw: Any, where: str = "config") -> TenantTable:
             loc = ".".join(str(x) for x in err["loc"])
             field = f"tenants[{i}].{loc}" if loc else f"tenants[{i}]"
             raise ConfigError(f"{where}: {field}: {err['msg']}", field=field) from None
-    return TenantTable(out)
+    try:
+        return TenantTable(out)
+    except ConfigError as exc:  # repeated names: the message names the file too
+        raise ConfigError(f"{where}: {exc.message}", field=exc.field) from None

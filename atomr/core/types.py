@@ -57,15 +57,16 @@ class SamplingParams:
         _check(_is_number(self.top_p), "top_p", "must be a number")
         _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(
-            isinstance(self.top_k, int) and self.top_k >= 0,
+            _is_int(self.top_k) and self.top_k >= 0,
             "top_k",
             f"must be an integer >= 0, got {self.top_k!r}",
         )
         _check(
-            self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
+            self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**63),
             "seed",
-            f"must be a non-negative integer, got {self.seed!r}",
+            f"must be a non-negative 64-bit integer, got {self.seed!r}",
         )
+        _check(isinstance(self.stop, tuple | list), "stop", "must be a list of strings")
         _check(len(self.stop) <= 8, "stop", f"at most 8 stop sequences, got {len(self.stop)}")
         for s in self.stop:
             _check(isinstance(s, str) and s != "", "stop", "stop sequences must be non-empty strings")
@@ -98,6 +99,7 @@ class InferenceRequest:
         if self.messages is not None and self.prompt is not None:
             raise InvalidRequestError("give messages or prompt, not both", field="prompt")
         if self.messages is not None:
+            _check(isinstance(self.messages, tuple | list), "messages", "must be a list of messages")
             _check(len(self.messages) > 0, "messages", "must not be empty")
             for i, m in enumerate(self.messages):
                 _check(isinstance(m, Message), f"messages[{i}]", "must be a message")
@@ -105,6 +107,7 @@ class InferenceRequest:
                 _check(isinstance(m.content, str), f"messages[{i}].content", "must be a string")
         if self.prompt is not None:
             _check(isinstance(self.prompt, str), "prompt", "must be a string")
+        _check(isinstance(self.params, SamplingParams), "params", "must be SamplingParams")
         self.params.validate()
 
     def with_id(self, request_id: str) -> InferenceRequest:
@@ -210,6 +213,10 @@ def make_messages(raw: Iterable[Mapping[str, Any] | Message]) -> tuple[Message, 
         _check(isinstance(content, str), f"messages[{i}].content", "is required and must be a string")
         out.append(Message(str(role), str(content)))
     return tuple(out)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v: object) -> bool:

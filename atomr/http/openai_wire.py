@@ -99,9 +99,11 @@ def _invalid(exc: ValidationError) -> InvalidRequestError:
     err = exc.errors(include_url=False)[0]
     if err["type"] == "json_invalid":
         return InvalidRequestError(f"the body is not valid JSON: {err['msg']}", field="body")
-    if err["type"] == "model_type":
-        return InvalidRequestError("the body must be a JSON object", field="body")
     param = _param(tuple(err["loc"]))
+    if err["type"] == "model_type":  # an object was expected: the body itself, or a message, stream_options...
+        if not param:
+            return InvalidRequestError("the body must be a JSON object", field="body")
+        return InvalidRequestError(f"'{param}' must be an object", field=param)
     if err["type"] == "missing":
         return InvalidRequestError(f"'{param}' is required", field=param)
     return InvalidRequestError(f"'{param}': {err['msg']}", field=param or "body")
