@@ -31,6 +31,7 @@ from atomr.core.errors import InferenceError, InternalError, InvalidRequestError
 from atomr.core.tenants import Tenant, TenantTable
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent
 from atomr.http import openai_wire as wire
+from atomr.http.openapi import openapi_document
 from atomr.http.settings import HttpSettings
 from atomr.metrics import HttpMetrics
 from atomr.stream_assembly import assemble_result
@@ -219,6 +220,9 @@ def make_app(
             return _error(exc)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    async def openapi_route(request: Request) -> Response:
+        return JSONResponse(openapi_document(sorted(backend.model_names()), auth=not tenants.open))
+
     async def not_found(request: Request, exc: Exception) -> Response:
         from atomr.core.errors import NotFoundError
 
@@ -239,6 +243,7 @@ def make_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/openapi.json", openapi_route, methods=["GET"]),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         404: not_found,
