@@ -63,6 +63,7 @@ from atomr.core.errors import (
     ErrorInfo,
     InferenceError,
     InferenceTimeoutError,
+    InvalidRequestError,
     NotFoundError,
     OverloadedError,
     RunnerCrashedError,
@@ -355,10 +356,17 @@ class Coordinator(SidecarActor):
                 self._finish(item, _error_event(item, gone))
             return
         for item in msg.items:
-            tenant = item.request.tenant
+            req = item.request
+            if req.deadline is not None and time.time() > req.deadline:
+                self._finish(item, _error_event(item, InferenceTimeoutError("deadline passed before admission")))
+                continue
+            if req.request_id in self.inflight or req.request_id in self.queue:
+                dup = InvalidRequestError(f"request {req.request_id} is already being served", field="request_id")
+                self._finish(item, _error_event(item, dup))
+                continue
             # Straight to a replica when nothing waits and the tenant is under its quota.
-            if not len(self.queue) and self.queue.can_start(tenant) and self._assign(item):
-                self.queue.started(tenant)
+            if not len(self.queue) and self.queue.can_start(req.tenant) and self._assign(item):
+                self.queue.started(req.tenant)
                 continue
             try:
                 self.queue.push(item)
