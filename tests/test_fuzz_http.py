@@ -168,18 +168,13 @@ def test_the_served_document_is_the_built_one(fuzz_front: tuple[Node, str, set[i
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runners/local/ort.py hands seed and top_k to ORT GenAI, whose parameters are 32-bit: RuntimeError, "
-    "500. The fuzzer finds it when the chat example samples (temperature > 0); the fix belongs in the runner",
-)
 @pytest.mark.parametrize(
     "extra", [{"seed": 2**31}, {"seed": 2**63 - 1}, {"top_k": 2**31}], ids=["seed-2^31", "seed-2^63-1", "top_k-2^31"]
 )
 def test_valid_sampling_values_at_their_bounds_are_not_a_server_error(
     fuzz_front: tuple[Node, str, set[int]], extra: dict[str, int]
 ) -> None:
-    _, base, _ = fuzz_front  # (after the survival test: this one leaves 5xx in the metrics while it fails)
+    _, base, _ = fuzz_front
     body: dict[str, Any] = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     r = requests.post(
         base + "/v1/chat/completions", headers=AUTH, json={**body, "temperature": 1.0, **extra}, timeout=60

@@ -234,7 +234,7 @@ def make_app(
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         err = InvalidRequestError(f"{request.method} is not allowed on {request.url.path}", field="method")
-        return JSONResponse(wire.error_body(err), status_code=405)
+        return JSONResponse(wire.error_body(err), status_code=405, headers=getattr(exc, "headers", None))
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

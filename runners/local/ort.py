@@ -188,6 +188,19 @@ def _prompt_ids(m: _Model, messages: Sequence[Message] | None, prompt: str | Non
     return ids
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _seed(seed: int | None) -> int:
+    """ORT GenAI takes a 31-bit seed; requests may give any 64-bit one (as OpenAI allows)."""
+    return secrets.randbelow(_INT32_MAX) if seed is None else seed % _INT32_MAX
+
+
+def _top_k(top_k: int, vocab_size: int) -> int:
+    """ORT GenAI refuses a top_k past the vocabulary; such a top_k means no limit (0) anyway."""
+    return 0 if vocab_size and top_k >= vocab_size else int(top_k)
+
+
 def _log_softmax_at(logits: Any, index: int) -> float:
     import numpy as np
 
@@ -308,8 +321,8 @@ class _GenState:
                 do_sample=True,
                 temperature=float(params.temperature),
                 top_p=float(params.top_p),
-                top_k=int(params.top_k),  # 0 disables top-k in ORT GenAI
-                random_seed=params.seed if params.seed is not None else secrets.randbelow(2**31 - 1),
+                top_k=_top_k(params.top_k, m.vocab_size),  # 0 disables top-k in ORT GenAI
+                random_seed=_seed(params.seed),
             )
         gp.set_search_options(**search)
         self.gen = m.og.Generator(m.model, gp)
@@ -547,7 +560,7 @@ class _EngineDriver:
                 opts.set_do_sample(True)
                 opts.set_temperature(float(p.temperature))
                 opts.set_top_p(float(p.top_p))
-                opts.set_top_k(int(p.top_k))  # 0 disables top-k
+                opts.set_top_k(_top_k(p.top_k, self._m.vocab_size))  # 0 disables top-k
             job.turn_id = int(req.begin_turn(np.asarray(job.ids, dtype=np.int32), opts))
         except (RuntimeError, ValueError) as exc:
             job.channel.put(InternalError(f"ORT GenAI engine refused the request: {exc}"))
@@ -657,8 +670,8 @@ class _BatchWorker:
                 do_sample=True,
                 temperature=float(params.temperature),
                 top_p=float(params.top_p),
-                top_k=int(params.top_k),
-                random_seed=secrets.randbelow(2**31 - 1),
+                top_k=_top_k(params.top_k, m.vocab_size),
+                random_seed=_seed(None),
             )
         gp = og.GeneratorParams(m.model)
         gp.set_search_options(**search)
