@@ -1,7 +1,8 @@
 """Coordinator actor: one per deployment. Owns the replica set and every request it admitted.
 
 Requests go to the ready replica with the fewest outstanding while it has in-flight credits left
-(`max_inflight_per_replica`), wait in a bounded FIFO queue when all are busy, and are answered
+(`max_inflight_per_replica`), wait in a bounded fair queue (`atomr.core.fair_queue`: priority
+classes, then tenants by weight, within tenant quotas) when all are busy, and are answered
 `overloaded` when the queue is full. Every dispatched request is remembered until its replica
 reports it finished, so that when a replica dies each request still gets exactly one final
 answer: re-dispatched if it had not started streaming, `runner_crashed` if it had.
@@ -12,6 +13,10 @@ restart intensity (N restarts within T seconds), or at once for failures a resta
 (missing files, bad config, out of memory), it is isolated and the deployment is degraded. With
 no replica left alive, or when a request fails retryably before its first chunk, it goes to the
 next deployment in the `fallbacks` list; the caller never sees the switch.
+
+A new version of the deployment (hot swap) starts its replicas beside the serving ones, takes a
+canary share of new requests if configured, then all of them while the old replicas drain and
+stop; if it fails to start it is rolled back and the old version never stops serving.
 """
 
 from __future__ import annotations
