@@ -2,7 +2,8 @@
 
 Each provider fake (OpenAI, Anthropic, Gemini) subclasses `FakeProvider` and implements its wire
 format in `handle`. The knobs script failures for the next calls: `fail_next(status, body,
-headers)`, `stall_next(seconds)`, `cut_next_after(n_chunks)`, `malformed_next()`. Calls are
+headers)`, `stall_next(seconds)`, `cut_next_after(n_chunks)`, `malformed_next()`,
+`drip_next(seconds)` (a stream sends its events that far apart). Calls are
 counted per path so tests assert on what reached the "provider".
 """
 
@@ -25,6 +26,7 @@ class Fault:
     stall_s: float = 0.0
     cut_after: int | None = None  # streams: drop the connection after this many events
     malformed: bool = False
+    event_delay_s: float = 0.0  # streams: wait this long before each event after the first
 
 
 @dataclass
@@ -99,6 +101,10 @@ class FakeProvider:
     def malformed_next(self) -> None:
         self.faults.append(Fault(malformed=True))
 
+    def drip_next(self, seconds_per_event: float, times: int = 1) -> None:
+        for _ in range(times):
+            self.faults.append(Fault(event_delay_s=seconds_per_event))
+
     def count(self, path_part: str = "") -> int:
         with self.lock:
             return sum(1 for c in self.calls if path_part in c.path)
@@ -148,7 +154,7 @@ class FakeProvider:
                 elif reply.events is None:
                     self._send_json(reply.status, reply.json_body)
                 else:
-                    self._send_events(reply.events, fault.cut_after)
+                    self._send_events(reply.events, fault.cut_after, fault.event_delay_s)
 
             def _send_json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
@@ -163,7 +169,7 @@ class FakeProvider:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _send_events(self, events: list[str], cut_after: int | None) -> None:
+            def _send_events(self, events: list[str], cut_after: int | None, delay_s: float) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("cache-control", "no-cache")
@@ -175,6 +181,8 @@ class FakeProvider:
                         self.close_connection = True
                         self.connection.shutdown(2)  # the provider drops the stream mid-way
                         return
+                    if delay_s and i:
+                        time.sleep(delay_s)
                     self.wfile.write(ev.encode())
                     self.wfile.flush()
                 self.close_connection = True
