@@ -260,9 +260,7 @@ class Coordinator(SidecarActor):
         kind, slot = msg.payload
         if kind == "metrics":
             self._ship_metrics()
-            load = (len(self.queue), tuple(len(r.inflight) for r in self.replicas.values()))
-            if load != self._reported_load:  # queue depth and in-flight counts in status stay fresh
-                self._reported_load = load
+            if self._load() != self._reported_load:  # queue depth and in-flight counts in status stay fresh
                 self._report()
             self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
             return
@@ -747,8 +745,12 @@ class Coordinator(SidecarActor):
         left = sum(1 for r in self.replicas.values() if r.version == sw.old_version and r.state not in ("exited",))
         return f"serving version {sw.dep.version}; version {sw.old_version} draining ({left} replica(s) left)"
 
+    def _load(self) -> tuple[Any, ...]:
+        return len(self.queue), tuple(len(r.inflight) for r in self.replicas.values())
+
     def _report(self) -> None:
         if self.manager is not None and self.dep is not None:
+            self._reported_load = self._load()  # what the manager now shows
             self.send(self.manager, DeploymentState(self.info()))
 
 

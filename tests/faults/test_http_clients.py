@@ -146,6 +146,7 @@ def test_callers_leaving_mid_stream_are_cancelled_once(node: Node, fake: FakeOpe
                 wait_until(lambda rid=rid: request_lines(node, rid), 10, f"a final for {rid}")
                 (line,) = request_lines(node, rid)  # exactly one end, at the coordinator
                 assert line["outcome"] == "cancelled", line
+            # and nothing stays in flight (status shows the coordinator's counts within a second)
             wait_until(lambda: deployment(client, "remote").replicas[0].inflight == 0, 5, "nothing left in flight")
             # the provider is healthy again: a full stream through the front, then the load goes on
             conn, resp = open_stream(base, "remote", 8)
