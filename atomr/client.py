@@ -4,6 +4,12 @@ A `Client` connects to a running node as an external Thespian endpoint. Requests
 gateway (requests queued by several threads at once leave in one message); answers arrive on a
 second, private endpoint read by one background thread, which hands each request's events to
 its caller. Failures raise the matching `InferenceError` subclass.
+
+A gateway process may die holding requests (Thespian drops messages to a dead actor without
+telling the sender). While a request has heard nothing, the client looks its gateway up again by
+global name, at most once per `GATEWAY_CHECK_S`; Thespian frees the name of a dead actor, so the
+lookup finds (or starts) its successor, and requests sent before that are sent again, marked as
+resent so that a coordinator already serving one ignores the copy.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ log = structlog.get_logger("atomr.client")
 
 DEFAULT_PORT = 19500
 ADDRESS_ENV = "ATOMR_ADDRESS"
+GATEWAY_CHECK_S = 1.0  # a request that heard nothing for this long has the gateway looked up again
 
 
 def parse_address(address: str | None) -> tuple[str, int]:
@@ -83,7 +90,11 @@ class Client:
         from atomr.actors.deployment_manager import DeploymentManager
         from atomr.actors.gateway import Gateway
 
-        self._gateway = self._asys.createActor(Gateway, globalName=gateway or GATEWAY_NAME)
+        self._gateway_name = gateway or GATEWAY_NAME
+        self._gateway = self._asys.createActor(Gateway, globalName=self._gateway_name)
+        self._gateway_since = 0.0  # when the gateway in use was found to replace a dead one (time.time())
+        self._gateway_checked = time.monotonic()
+        self._check_lock = threading.Lock()
         self._manager = self._asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         self._send_lock = threading.Lock()
         self._outgoing: collections.deque[WorkItem] = collections.deque()
@@ -232,15 +243,27 @@ class Client:
                 self._send_many([WorkItem(request, self._reply_to)])
             else:
                 yield StreamEvent(rid)
+            sent_at = time.time()
+            heard = False
             deadline = request.deadline or (time.time() + self.default_timeout)
             while True:
+                wait = assembler.wait_time(deadline - time.time())
+                checking = not heard and wait > GATEWAY_CHECK_S
                 try:
-                    steps = assembler.on_event(q.get(timeout=assembler.wait_time(deadline - time.time())))
+                    ev = q.get(timeout=GATEWAY_CHECK_S if checking else wait)
                 except queue.Empty:
+                    if checking:
+                        if self._gateway_found_at() > sent_at:  # its gateway died, maybe holding it
+                            sent_at = time.time()
+                            self._send_many([WorkItem(request, self._reply_to, resent=True)])
+                        continue
                     steps = [assembler.on_timeout()]
+                else:
+                    heard = True
+                    steps = assembler.on_event(ev)
                 for step in steps:
                     if step.resend:
-                        self._send_many([WorkItem(request, self._reply_to)])
+                        self._send_many([WorkItem(request, self._reply_to, resent=True)])
                     elif step.error is not None:
                         raise step.error
                     elif step.event is not None:
@@ -261,6 +284,29 @@ class Client:
                 batch.append(self._outgoing.popleft())
             if batch:
                 self._asys.tell(self._gateway, Submit(batch))
+
+    def _gateway_found_at(self) -> float:
+        """Look the gateway up again by its global name (at most once per GATEWAY_CHECK_S).
+
+        Returns when the gateway in use was found to replace a dead one (time.time(); 0 for the
+        first): requests sent before then may have died with its predecessor.
+        """
+        with self._check_lock:
+            if time.monotonic() - self._gateway_checked < GATEWAY_CHECK_S or self._closed.is_set():
+                return self._gateway_since
+            self._gateway_checked = time.monotonic()
+            from atomr.actors.gateway import Gateway
+
+            with self._send_lock:
+                try:
+                    address = self._asys.createActor(Gateway, globalName=self._gateway_name)
+                except Exception as exc:  # noqa: BLE001 - the node may be restarting: try again later
+                    log.warning("gateway lookup failed", error=f"{type(exc).__name__}: {exc}")
+                    return self._gateway_since
+                if address != self._gateway:
+                    log.warning("gateway replaced", gateway=self._gateway_name, new=str(address))
+                    self._gateway, self._gateway_since = address, time.time()
+            return self._gateway_since
 
     def _tell(self, address: Any, msg: Any) -> None:
         with self._send_lock:
@@ -324,7 +370,7 @@ class Client:
 
     def _watch(self, name: str, progress: Callable[[DeploymentInfo], None], stop: threading.Event) -> None:
         last: tuple[Any, ...] | None = None
-        while not stop.wait(0.25):
+        while not stop.wait(0.1):
             try:
                 infos = [i for i in self.list_deployments() if i.name == name]
             except InferenceError:

@@ -147,10 +147,11 @@ def test_deploying_a_new_version_shows_the_switch_and_then_serves_it(empty_node:
     text = "deployments:\n  - {name: cli-swap, model: builtin:tiny-llama, version: '1'}\n"
     cfg.write_text(text)
     assert "v1" in cli(empty_node, "deploy", str(cfg)).stdout
-    cfg.write_text(text.replace("version: '1'", "version: '2'"))
+    # a canary phase keeps the switch visible long enough to be seen (the tiny model starts in ~0.2 s)
+    cfg.write_text(text.replace("version: '1'", "version: '2', rollout: {canary_share: 0.5, canary_s: 1.0}"))
     out = cli(empty_node, "deploy", str(cfg))
     assert "cli-swap" in out.stdout and "v2" in out.stdout and "ready" in out.stdout
-    assert "[starting version 2" in out.stderr or "[serving version 2" in out.stderr, out.stderr
+    assert "[canary: 50% of new requests to version 2]" in out.stderr, out.stderr
     listed = json.loads(cli(empty_node, "list", "--json").stdout)
     assert [(d["name"], d["version"], d["swap"]) for d in listed] == [("cli-swap", "2", None)]
     cli(empty_node, "undeploy", "cli-swap")
