@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from thespian.actors import ActorSystemFailure
 
 from atomr.actors.messages import (
     GATEWAY_NAME,
@@ -273,7 +274,7 @@ class Client:
         finally:
             self._streams.pop(rid, None)
             if not assembler.finished and not self._closed.is_set():
-                self._tell(self._gateway, Cancel([rid], request.model))
+                self._tell(Cancel([rid], request.model))
 
     def _send_many(self, items: list[WorkItem]) -> None:
         # Threads that queue while another holds the lock have their items sent by that thread.
@@ -283,7 +284,34 @@ class Client:
             while self._outgoing:
                 batch.append(self._outgoing.popleft())
             if batch:
-                self._asys.tell(self._gateway, Submit(batch))
+                self._to_gateway(Submit(batch))
+
+    def _to_gateway(self, msg: Any) -> None:
+        """Send `msg` to the gateway (holding the send lock); to its successor if it is dead."""
+        for attempt in range(3):
+            try:
+                self._asys.tell(self._gateway, msg)
+                return
+            except ActorSystemFailure as exc:  # the gateway's process is gone
+                log.warning("gateway unreachable", error=str(exc))
+                if attempt:
+                    time.sleep(0.1 * attempt)  # Thespian frees the dead actor's name within moments
+                self._lookup_gateway()
+        # Still unreachable: requests wait for their next check (or their deadline).
+
+    def _lookup_gateway(self) -> None:
+        """Find the gateway by its global name again (holding the send lock)."""
+        from atomr.actors.gateway import Gateway
+
+        self._gateway_checked = time.monotonic()
+        try:
+            address = self._asys.createActor(Gateway, globalName=self._gateway_name)
+        except Exception as exc:  # noqa: BLE001 - the node may be restarting: try again later
+            log.warning("gateway lookup failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if address != self._gateway:
+            log.warning("gateway replaced", gateway=self._gateway_name, new=str(address))
+            self._gateway, self._gateway_since = address, time.time()
 
     def _gateway_found_at(self) -> float:
         """Look the gateway up again by its global name (at most once per GATEWAY_CHECK_S).
@@ -292,25 +320,14 @@ class Client:
         first): requests sent before then may have died with its predecessor.
         """
         with self._check_lock:
-            if time.monotonic() - self._gateway_checked < GATEWAY_CHECK_S or self._closed.is_set():
-                return self._gateway_since
-            self._gateway_checked = time.monotonic()
-            from atomr.actors.gateway import Gateway
-
-            with self._send_lock:
-                try:
-                    address = self._asys.createActor(Gateway, globalName=self._gateway_name)
-                except Exception as exc:  # noqa: BLE001 - the node may be restarting: try again later
-                    log.warning("gateway lookup failed", error=f"{type(exc).__name__}: {exc}")
-                    return self._gateway_since
-                if address != self._gateway:
-                    log.warning("gateway replaced", gateway=self._gateway_name, new=str(address))
-                    self._gateway, self._gateway_since = address, time.time()
+            if time.monotonic() - self._gateway_checked >= GATEWAY_CHECK_S and not self._closed.is_set():
+                with self._send_lock:
+                    self._lookup_gateway()
             return self._gateway_since
 
-    def _tell(self, address: Any, msg: Any) -> None:
+    def _tell(self, msg: Any) -> None:
         with self._send_lock:
-            self._asys.tell(address, msg)
+            self._to_gateway(msg)
 
     # ---- administration ----
 

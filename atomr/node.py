@@ -33,6 +33,7 @@ from atomr.logs import configure_logging, get_logger
 from atomr.thespian_setup import DEFAULT_BIND
 
 log = get_logger("atomr.node")
+WATCH_PERIOD_S = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -140,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             except InferenceError as exc:
                 print(f"routes and cascades refused: {exc.kind}: {exc.message}", flush=True)
         print("ready", flush=True)
-        stop.wait()
+        while not stop.wait(WATCH_PERIOD_S):
+            try:
+                node.watch()  # the head's gateway and node agent are started again if they died
+            except InferenceError as exc:
+                log.error("restarting a dead actor failed; trying again", error=exc.message)
     except InferenceError as exc:
         print(f"atomr node: {exc}", file=sys.stderr, flush=True)
         return 1

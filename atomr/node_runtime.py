@@ -1,11 +1,20 @@
 """A node's actor system and its top-level actors, started and stopped as one unit.
 
 Used by `python -m atomr.node` and by tests that need a node inside the test process tree.
+
+The head's own top-level actors are children of its actor system's admin, so no atomr actor hears
+of their death. `watch` (called periodically by the node process) looks the gateway and the
+head's node agent up by global name; Thespian frees the name of an actor whose process died, so a
+lookup that returns a new address has just started a successor, which is then set up as its
+predecessor was (the agent registers again; the gateway serves the HTTP front again on the same
+port).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import structlog
 
 from atomr.actors.messages import (
     GATEWAY_NAME,
@@ -26,6 +35,8 @@ from atomr.core.errors import InferenceTimeoutError
 from atomr.system import start_system, stop_system
 from atomr.thespian_setup import DEFAULT_BIND
 
+log = structlog.get_logger("atomr.node")
+
 
 class NodeRuntime:
     def __init__(
@@ -43,6 +54,10 @@ class NodeRuntime:
         self.join = join
         self.asys: Any = None
         self.info: NodeInfo | None = None
+        self.host = ""
+        self.gateway: Any = None
+        self.agent: Any = None
+        self.http: tuple[Any, list[Any]] | None = None  # HTTP settings (with the port bound) and tenants
 
     def start(self) -> None:
         """Start this node's actor system; the head also starts the global actors and its agent.
@@ -56,7 +71,7 @@ class NodeRuntime:
         from atomr.actors.node_agent import NodeAgent
         from atomr.actors.registry import Registry
 
-        host = self.bind if self.bind not in ("", "0.0.0.0") else "127.0.0.1"
+        host = self.host = self.bind if self.bind not in ("", "0.0.0.0") else "127.0.0.1"
         caps = {
             "atomr.role": self.role,
             "atomr.node_id": self.node_id,
@@ -68,14 +83,20 @@ class NodeRuntime:
             return
         self.asys.createActor(Registry, globalName=REGISTRY_NAME)
         self.asys.createActor(MetricsCollector, globalName=METRICS_NAME)
+        self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        self.gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
+        self.agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
+        self.info = self._init_agent(self.agent)
+
+    def _init_agent(self, agent: Any, timeout: float = 30.0) -> NodeInfo:
+        from atomr.actors.deployment_manager import DeploymentManager
+
         manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
-        self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
-        agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
-        init = NodeInit(self.node_id, self.role, self.gpu_ids, host, self.port, manager=manager)
-        info = self.asys.ask(agent, init, 30)
+        init = NodeInit(self.node_id, self.role, self.gpu_ids, self.host, self.port, manager=manager)
+        info = self.asys.ask(agent, init, timeout)
         if not isinstance(info, NodeInfo):
             raise InferenceTimeoutError("node agent did not start")
-        self.info = info
+        return info
 
     def deploy(self, dep: Deployment, timeout: float = 600.0) -> DeploymentInfo:
         from atomr.actors.deployment_manager import DeploymentManager
@@ -99,7 +120,32 @@ class NodeRuntime:
 
         gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         port: int = reply_value(self.asys.ask(gateway, StartHttp(settings, tenants), timeout), "HTTP start", timeout)
+        self.http = (settings.model_copy(update={"port": port}), list(tenants))  # a successor binds the same port
         return port
+
+    def watch(self, timeout: float = 30.0) -> list[str]:
+        """Start again the head's gateway and node agent if their processes died; returns which."""
+        from atomr.actors.gateway import Gateway
+        from atomr.actors.node_agent import NodeAgent
+
+        if self.asys is None or self.join is not None:
+            return []
+        restarted = []
+        gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
+        if gateway != self.gateway:
+            log.error("gateway process died; starting it again")
+            if self.http is not None:
+                settings, tenants = self.http
+                reply_value(self.asys.ask(gateway, StartHttp(settings, tenants), timeout), "HTTP start", timeout)
+            self.gateway = gateway  # set up: not done again by the next call
+            restarted.append("gateway")
+        agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
+        if agent != self.agent:
+            log.error("node agent process died; starting it again", node=self.node_id)
+            self.info = self._init_agent(agent, timeout)
+            self.agent = agent
+            restarted.append("node agent")
+        return restarted
 
     def stop(self) -> list[int]:
         """Stop the actor system; returns PIDs of leftover processes that had to be ended."""

@@ -350,6 +350,7 @@ class Coordinator(SidecarActor):
 
     def receiveMsg_Submit(self, msg: Submit, sender: Address) -> None:
         assert self.dep is not None
+        self._gateway = sender  # requests come from gateways: fallbacks go back through a live one
         now = time.monotonic()
         for item in msg.items:
             self.arrived.setdefault(item.request.request_id, now)
@@ -364,6 +365,8 @@ class Coordinator(SidecarActor):
                 self._finish(item, _error_event(item, InferenceTimeoutError("deadline passed before admission")))
                 continue
             if req.request_id in self.inflight or req.request_id in self.queue:
+                if item.resent:  # its caller asked again, unsure it arrived: it is in hand already
+                    continue
                 dup = InvalidRequestError(f"request {req.request_id} is already being served", field="request_id")
                 self._finish(item, _error_event(item, dup))
                 continue

@@ -39,6 +39,9 @@ class WorkItem:
     hops: int = 0  # fallback forwards so far (bounded, so fallbacks cannot loop)
     fallbacks: tuple[str, ...] | None = None  # what is left of the first deployment's fallback list
     debit: tuple[str, int] | None = None  # (rate-limit key, tokens estimated) to settle when done
+    # Sent again by its caller, who may have lost it to a dead process: a coordinator already
+    # serving this request id ignores it (a new request reusing an id in service is refused).
+    resent: bool = False
 
 
 @dataclass(slots=True)
