@@ -85,6 +85,7 @@ class DeploymentManager(SidecarActor):
         self.registry: Address = None
         self.watching = False
         self.node_timeout_s = float(os.environ.get(NODE_TIMEOUT_ENV, "5"))
+        self.exiting = False
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -94,10 +95,16 @@ class DeploymentManager(SidecarActor):
     # ---- nodes ----
 
     def receiveMsg_RegisterNode(self, msg: RegisterNode, sender: Address) -> None:
+        before = self.nodes.get(msg.info.node_id)
         self.nodes[msg.info.node_id] = msg.info
         self.last_seen[msg.info.node_id] = time.monotonic()
         self.send(sender, Reply(True))
         log.info("node registered", node=msg.info.node_id, role=msg.info.role, gpus=msg.info.gpu_ids)
+        if before is not None and before.address != msg.info.address:
+            # A new agent on a known node: its predecessor died, and the runner hosts it had
+            # started end with it (they exit when orphaned). Their coordinators start them again,
+            # here: the node is alive.
+            self._replicas_lost(msg.info.node_id, "its node agent died", keep_node=True)
         if not self.watching:
             self.watching = True
             self.notifyOnSystemRegistrationChanges(True)
@@ -152,13 +159,31 @@ class DeploymentManager(SidecarActor):
         self.nodes.pop(node_id, None)
         self.last_seen.pop(node_id, None)
         log.error("node lost", node=node_id, why=why)
+        self._replicas_lost(node_id, why)
+
+    def _replicas_lost(self, node_id: str, why: str, keep_node: bool = False) -> None:
+        """Tell coordinators that their replicas on `node_id` are gone (placed anew unless `keep_node`)."""
         for rec in self.records.values():
             lost = [inst for node, _, inst in rec.slots.values() if node == node_id]
-            for slot, (node, _, inst) in list(rec.slots.items()):
-                if node == node_id:
-                    rec.slots[slot] = ("", [], inst)
+            if not keep_node:
+                for slot, (node, _, inst) in list(rec.slots.items()):
+                    if node == node_id:
+                        rec.slots[slot] = ("", [], inst)
             if lost:
+                log.warning("replicas lost", node=node_id, why=why, replicas=lost)
                 self.send(rec.coordinator, NodeLost(node_id, lost))
+
+    def _agent_died(self, node: NodeInfo) -> None:
+        """A joined node's agent (our child, on that node's actor system) died: start another there.
+
+        The node's actor system is alive (a dead node is noticed by its missing heartbeats); the
+        new agent registers like the first, which restarts the replicas the old one hosted.
+        """
+        from atomr.actors.node_agent import NodeAgent
+
+        log.error("node agent died; starting another", node=node.node_id)
+        agent = self.createActor(NodeAgent, targetActorRequirements={"atomr.node_id": node.node_id})
+        self.send(agent, NodeInit(node.node_id, node.role, node.gpu_ids, node.host, node.port, manager=self.myAddress))
 
     # ---- deploy ----
 
@@ -397,11 +422,20 @@ class DeploymentManager(SidecarActor):
             self._answer(rec.deploy_waiters, Reply(False, rec.info, err.info()))
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Address) -> None:
+        if self.exiting:
+            return
+        for node in list(self.nodes.values()):
+            if node.address == msg.childAddress:
+                self._agent_died(node)
         for name, rec in list(self.records.items()):
             if rec.coordinator == msg.childAddress:
                 log.warning("coordinator exited", deployment=name)
                 del self.records[name]
                 self.send(self._registry(), SetRoutes(list(rec.dep.names), None))
+
+    def on_exit(self) -> None:
+        self.exiting = True  # children that exit now are not replaced
+        super().on_exit()
 
     # ---- queries ----
 

@@ -6,6 +6,11 @@ final event; which requests started streaming or finished is reported to the coo
 per wake-up, in one message, and the coordinator forwards every final too (the copy that counts
 when this process dies; callers keep whichever end arrives first).
 GPU pinning happens here, before the runner class (and so its engine) is imported.
+
+A runner host is a child process of its node agent, which supervises it. If the agent dies, the
+host would live on unsupervised and out of reach of the node's shutdown: it notices that its
+parent process changed and exits (the agent's successor registers again, and the coordinator
+starts the replica anew).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from typing import Any
 
 import structlog
+from thespian.actors import ActorExitRequest
 
 from atomr.actors.coalesce import ChunkCoalescer
 from atomr.actors.messages import (
@@ -34,6 +40,8 @@ from atomr.core.runner import ModelRunner, runner_class
 from atomr.core.types import Chunk, StreamEvent, Usage
 
 log = structlog.get_logger("atomr.runner_host")
+
+ORPHAN_CHECK_S = 0.2  # how often a runner host checks that its node agent is alive
 
 
 class RunnerHost(SidecarActor):
@@ -54,7 +62,16 @@ class RunnerHost(SidecarActor):
         self.load_msg = msg
         if msg.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(msg.gpu_ids)
+        self.sidecar.spawn(self._watch_parent(os.getppid()))
         self.sidecar.spawn(self._load(msg))
+
+    async def _watch_parent(self, parent: int) -> None:
+        """Exit once orphaned: the node agent that started this process has died."""
+        while os.getppid() == parent:
+            await asyncio.sleep(ORPHAN_CHECK_S)
+        replica = self.load_msg.replica_id if self.load_msg is not None else "?"
+        log.error("node agent died: replica exits", replica=replica)
+        self.sidecar.post(lambda: self.send(self.myAddress, ActorExitRequest()))
 
     async def _load(self, msg: LoadRunner) -> None:
         try:
