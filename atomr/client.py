@@ -5,11 +5,15 @@ gateway (requests queued by several threads at once leave in one message); answe
 second, private endpoint read by one background thread, which hands each request's events to
 its caller. Failures raise the matching `InferenceError` subclass.
 
-A gateway process may die holding requests (Thespian drops messages to a dead actor without
-telling the sender). While a request has heard nothing, the client looks its gateway up again by
-global name, at most once per `GATEWAY_CHECK_S`; Thespian frees the name of a dead actor, so the
-lookup finds (or starts) its successor, and requests sent before that are sent again, marked as
-resent so that a coordinator already serving one ignores the copy.
+A gateway or a coordinator process may die holding requests (Thespian drops messages to a dead
+actor without telling the sender). While a request has heard nothing, the client checks, at most
+once per `CHECK_S`, that neither was replaced since it was sent: it looks its gateway up again by
+global name (Thespian frees the name of a dead actor, so the lookup finds or starts its
+successor) and asks the registry when the coordinator of the request's deployment started (a
+route's `since`). A request sent before either (or within `SETTLE_S` after, while the news
+spreads) is sent again, marked as resent, so that a
+coordinator already serving it ignores the copy. (A route or cascade name has no coordinator of
+its own: only its gateway is checked.)
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ from atomr.actors.messages import (
     DeploymentInfo,
     Events,
     GetMetrics,
+    GetRoutes,
     GetStatus,
     Hello,
     HelloReply,
     ListDeployments,
+    Reply,
     SetPolicies,
     Submit,
     Undeploy,
@@ -65,7 +71,10 @@ log = structlog.get_logger("atomr.client")
 
 DEFAULT_PORT = 19500
 ADDRESS_ENV = "ATOMR_ADDRESS"
-GATEWAY_CHECK_S = 1.0  # a request that heard nothing for this long has the gateway looked up again
+CHECK_S = 1.0  # a request that heard nothing for this long has its gateway and coordinator checked
+# Gateways learn of a replaced coordinator moments after it started: a request sent that soon
+# after may still have gone to the dead one.
+SETTLE_S = 1.0
 
 
 def parse_address(address: str | None) -> tuple[str, int]:
@@ -96,6 +105,8 @@ class Client:
         self._gateway_since = 0.0  # when the gateway in use was found to replace a dead one (time.time())
         self._gateway_checked = time.monotonic()
         self._check_lock = threading.Lock()
+        self._registry: Any = None
+        self._coordinator_since: dict[str, tuple[float, float]] = {}  # model -> (checked, route.since)
         self._manager = self._asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         self._send_lock = threading.Lock()
         self._outgoing: collections.deque[WorkItem] = collections.deque()
@@ -249,12 +260,12 @@ class Client:
             deadline = request.deadline or (time.time() + self.default_timeout)
             while True:
                 wait = assembler.wait_time(deadline - time.time())
-                checking = not heard and wait > GATEWAY_CHECK_S
+                checking = not heard and wait > CHECK_S
                 try:
-                    ev = q.get(timeout=GATEWAY_CHECK_S if checking else wait)
+                    ev = q.get(timeout=CHECK_S if checking else wait)
                 except queue.Empty:
                     if checking:
-                        if self._gateway_found_at() > sent_at:  # its gateway died, maybe holding it
+                        if self._replaced_at(request.model) + SETTLE_S > sent_at:  # what held it may have died
                             sent_at = time.time()
                             self._send_many([WorkItem(request, self._reply_to, resent=True)])
                         continue
@@ -313,17 +324,40 @@ class Client:
             log.warning("gateway replaced", gateway=self._gateway_name, new=str(address))
             self._gateway, self._gateway_since = address, time.time()
 
-    def _gateway_found_at(self) -> float:
-        """Look the gateway up again by its global name (at most once per GATEWAY_CHECK_S).
+    def _replaced_at(self, model: str) -> float:
+        """When the gateway, or the coordinator serving `model`, last replaced a dead one.
 
-        Returns when the gateway in use was found to replace a dead one (time.time(); 0 for the
-        first): requests sent before then may have died with its predecessor.
+        (time.time(); 0 when never.) Requests sent before then may have died with it. Each is
+        checked at most once per CHECK_S.
         """
         with self._check_lock:
-            if time.monotonic() - self._gateway_checked >= GATEWAY_CHECK_S and not self._closed.is_set():
+            if self._closed.is_set():
+                return 0.0
+            now = time.monotonic()
+            if now - self._gateway_checked >= CHECK_S:
                 with self._send_lock:
                     self._lookup_gateway()
-            return self._gateway_since
+            checked, since = self._coordinator_since.get(model, (0.0, 0.0))
+            if now - checked >= CHECK_S:
+                since = self._route_since(model, since)
+                self._coordinator_since[model] = (time.monotonic(), since)
+            return max(self._gateway_since, since)
+
+    def _route_since(self, model: str, known: float) -> float:
+        """When the coordinator of `model`'s deployment started, as the registry says."""
+        from atomr.actors.registry import Registry
+
+        try:
+            if self._registry is None:
+                with self._send_lock:
+                    self._registry = self._asys.createActor(Registry, globalName=REGISTRY_NAME)
+            with self._asys.private() as endpoint:
+                reply = endpoint.ask(self._registry, GetRoutes([model]), 2)
+            route = reply.value.get(model) if isinstance(reply, Reply) and reply.ok else None
+        except Exception as exc:  # noqa: BLE001 - the registry may be busy: keep what is known
+            log.warning("route lookup failed", model=model, error=f"{type(exc).__name__}: {exc}")
+            return known
+        return float(route.since) if route is not None else known
 
     def _tell(self, msg: Any) -> None:
         with self._send_lock:

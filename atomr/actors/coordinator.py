@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from atomr.actors.messages import (
     METRICS_NAME,
     RATE_LIMITER_NAME,
     Address,
+    AdoptReplica,
     Cancel,
     DeploymentInfo,
     DeploymentState,
@@ -159,10 +161,31 @@ class Coordinator(SidecarActor):
         self.queue = self._new_queue(self.dep, msg.tenants)
         self._use_metrics(self.dep)
         self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
+        before = {ri.replica_id: ri for ri in (msg.previous.replicas if msg.previous is not None else [])}
+        if msg.adopt and msg.previous is not None and msg.previous.state in ("ready", "degraded"):
+            self.state = msg.previous.state  # serving: requests wait for the adopted replicas
         for p in msg.placements:
             r = Replica(p.slot, self.dep.version)
             self.replicas[p.slot] = r
             self._placed(r, p)
+            if msg.adopt:
+                self._adopt(r, p, before.get(p.slot))
+        if msg.adopt:
+            log.warning("coordinator replaced: adopting replicas", deployment=self._name, replicas=len(self.replicas))
+            self._changed()
+
+    def _adopt(self, r: Replica, p: ReplicaPlaced, before: ReplicaInfo | None) -> None:
+        """Take over a replica of the coordinator this one replaces (its runner host lives on)."""
+        if before is not None:
+            r.restarts, r.error = before.restarts, before.error
+            if before.state == "isolated":
+                r.state = "isolated"
+                return
+        if p.node_agent is None:  # it was waiting for a node: place it now
+            r.state = "restarting"
+            self.wakeupAfter(timedelta(seconds=0.01), payload=("restart", r.slot))
+            return
+        self.send(p.node_agent, AdoptReplica(p.instance, self.myAddress))  # answered by ReplicaReady
 
     def _placed(self, r: Replica, p: ReplicaPlaced) -> None:
         r.instance, r.node_agent, r.node_id, r.gpu_ids = p.instance, p.node_agent, p.node_id or "", list(p.gpu_ids)
@@ -178,6 +201,7 @@ class Coordinator(SidecarActor):
         if r is None:
             return
         r.address, r.node_id, r.pid, r.visible_devices = msg.address, msg.node_id, msg.pid, msg.visible_devices
+        self._take_over(r, msg.inflight, msg.finals)
         if r.state == "stopping" or self.state == "draining" or self._retiring(r):
             self._stop(r)
             return
@@ -186,6 +210,32 @@ class Coordinator(SidecarActor):
         if self._is_new(r):
             self._switch_progress()
         self._changed()
+
+    def _take_over(
+        self, r: Replica, inflight: list[tuple[WorkItem, bool]], finals: list[tuple[WorkItem, StreamEvent]]
+    ) -> None:
+        """An adopted replica's requests in progress become ours; its recent errors reach their callers.
+
+        Those errors went to the dead coordinator and may have been lost with it; each is handled
+        as it would have been (a fallback, else the caller), and a caller that already had it
+        drops the copy.
+        """
+        now = time.monotonic()
+        for item, started in inflight:
+            rid = item.request.request_id
+            if rid in self.inflight:
+                continue
+            self.queue.remove([rid])  # a copy its caller sent again: the replica has it already
+            r.inflight.add(rid)
+            self.inflight[rid] = InFlight(item, r.slot, r.instance, started)
+            self.arrived.setdefault(rid, now)
+            self.queue.started(item.request.tenant)
+        for item, event in finals:
+            rid = item.request.request_id
+            if rid in self.inflight or rid in self.queue:
+                continue  # sent again meanwhile, and being served
+            if not (_retryable(event) and event.seq == 0 and self._forward(item, resent=True)):
+                self.emit(item.reply_to, event)
 
     def receiveMsg_ReplicaFailed(self, msg: ReplicaFailed, sender: Address) -> None:
         r = self._by_instance(msg.replica_id)
@@ -484,7 +534,7 @@ class Coordinator(SidecarActor):
             else:
                 self._finish(item, None, outcome="fallback")
 
-    def _forward(self, item: WorkItem) -> bool:
+    def _forward(self, item: WorkItem, resent: bool = False) -> bool:
         """Send `item` to the next deployment of its fallback list; False when there is none."""
         assert self.dep is not None
         chain = item.fallbacks if item.fallbacks is not None else self.dep.fallbacks
@@ -497,7 +547,8 @@ class Coordinator(SidecarActor):
             self._gateway = self.createActor(Gateway, globalName=GATEWAY_NAME)
         req = dataclasses.replace(item.request, model=chain[0])
         log.info("request to fallback", deployment=self._name, fallback=chain[0], request=req.request_id)
-        self.send(self._gateway, Submit([WorkItem(req, item.reply_to, item.hops + 1, tuple(chain[1:]))]))
+        forward = WorkItem(req, item.reply_to, item.hops + 1, tuple(chain[1:]), resent=resent)
+        self.send(self._gateway, Submit([forward]))
         return True
 
     def _settle(self, item: WorkItem, event: StreamEvent) -> None:
@@ -733,6 +784,7 @@ class Coordinator(SidecarActor):
             aliases=list(self.dep.aliases),
             error=self.error,
             swap=self._switch_text(),
+            coordinator_pid=os.getpid(),
         )
 
     def _switch_text(self) -> str | None:

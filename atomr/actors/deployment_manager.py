@@ -45,6 +45,7 @@ from atomr.actors.messages import (
     SetTenants,
     SpawnReplica,
     StartCoordinator,
+    StopReplica,
     SwapEnded,
     SwapVersion,
     Undeploy,
@@ -70,6 +71,7 @@ class Record:
     deploy_waiters: list[Address] = field(default_factory=list)
     undeploy_waiters: list[Address] = field(default_factory=list)
     swap_to: Deployment | None = None  # the new version being started beside the serving one
+    since: float = field(default_factory=time.time)  # when its coordinator started
 
 
 class DeploymentManager(SidecarActor):
@@ -377,7 +379,7 @@ class DeploymentManager(SidecarActor):
         """Point the deployment's names (and aliases) at its coordinator in the registry."""
         rl = rec.dep.rate_limits
         limit = (rec.dep.rate_key, rl.rpm, rl.tpm, rl.window_s) if rl is not None and (rl.rpm or rl.tpm) else None
-        route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, rec.coordinator, limit, spec=rec.dep)
+        route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, rec.coordinator, limit, rec.dep, rec.since)
         self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:
@@ -427,11 +429,49 @@ class DeploymentManager(SidecarActor):
         for node in list(self.nodes.values()):
             if node.address == msg.childAddress:
                 self._agent_died(node)
-        for name, rec in list(self.records.items()):
+        for rec in list(self.records.values()):
             if rec.coordinator == msg.childAddress:
-                log.warning("coordinator exited", deployment=name)
-                del self.records[name]
-                self.send(self._registry(), SetRoutes(list(rec.dep.names), None))
+                self._coordinator_died(rec)
+
+    def _coordinator_died(self, rec: Record) -> None:
+        """Start another coordinator that adopts the running replicas, and route to it.
+
+        The requests the dead one held in flight are still on their replicas, which report them
+        to the new one; those it held in its queue are sent again by their callers (the route's
+        `since` tells them). A deployment being removed is finished here instead.
+        """
+        name = rec.dep.name
+        if rec.info.state in ("draining", "failed"):
+            log.warning("coordinator exited while draining", deployment=name)
+            for node_id, _, instance in rec.slots.values():
+                if node_id in self.nodes:
+                    self.send(self.nodes[node_id].address, StopReplica(instance))
+            self.receiveMsg_Drained(Drained(name), rec.coordinator)  # the usual end of a removal
+            return
+        log.error("coordinator died; starting another", deployment=name)
+        if rec.swap_to is not None:  # the new version was not serving yet: give it up
+            new = rec.swap_to
+            for slot in [s for s in rec.slots if s.startswith(f"{name}-v{new.version}-")]:
+                node_id, _, instance = rec.slots.pop(slot)
+                if node_id in self.nodes:
+                    self.send(self.nodes[node_id].address, StopReplica(instance))
+            rec.swap_to = None
+            err = InternalError(
+                f"version {new.version} of {name!r} was rolled back: its coordinator died", field="version"
+            )
+            self._answer(rec.deploy_waiters, Reply(False, rec.info, err.info()))
+        rec.coordinator = self.createActor(Coordinator)
+        rec.since = time.time()
+        placements = [
+            ReplicaPlaced(
+                slot, instance, node_id or None, self.nodes[node_id].address if node_id in self.nodes else None, gpus
+            )
+            for slot, (node_id, gpus, instance) in rec.slots.items()
+        ]
+        start = StartCoordinator(rec.dep, self.myAddress, placements, list(self.tenants), adopt=True, previous=rec.info)
+        self.send(rec.coordinator, start)
+        if rec.info.state in ("ready", "degraded"):
+            self._publish_route(rec)
 
     def on_exit(self) -> None:
         self.exiting = True  # children that exit now are not replaced

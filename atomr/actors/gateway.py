@@ -291,10 +291,17 @@ class Gateway(SidecarActor):
             self.http.deliver(others)
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:
+        replaced = {
+            name
+            for name, route in msg.routes.items()
+            if name in self.routes and self.routes[name].coordinator != route.coordinator
+        }
         if msg.full:
             self.routes = dict(msg.routes)
         else:
             self.routes.update(msg.routes)
+        if replaced and self.http is not None:  # a coordinator died and was replaced (or redeployed)
+            self.http.coordinators_replaced(replaced)
         for name in list(self.waiting):
             items = self.waiting.pop(name)
             if name in self.route_policies or name in self.cascades:

@@ -152,6 +152,22 @@ class ReplicaReady:
     pid: int
     gpu_ids: list[str]
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES as the runner host process sees it
+    # Answering `AdoptReplica`: the requests in progress (and whether each has sent a chunk), and
+    # the error finals of the last moments, which may have died with the previous coordinator.
+    inflight: list[tuple[WorkItem, bool]] = field(default_factory=list)
+    finals: list[tuple[WorkItem, StreamEvent]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class AdoptReplica:
+    """A new coordinator (its predecessor died) -> node agent -> runner host: report to me now.
+
+    The runner host answers with `ReplicaReady` once it is loaded; a node agent that no longer
+    has the instance answers `ReplicaExited`.
+    """
+
+    replica_id: str
+    coordinator: Address
 
 
 @dataclass(slots=True)
@@ -234,6 +250,7 @@ class DeploymentInfo:
     aliases: list[str] = field(default_factory=list)
     error: str | None = None
     swap: str | None = None  # progress of a version switch in course, e.g. "v2: 1/2 replicas ready"
+    coordinator_pid: int = 0  # the process of its coordinator
 
 
 @dataclass(slots=True)
@@ -286,6 +303,10 @@ class StartCoordinator:
     manager: Address
     placements: list[ReplicaPlaced]  # where each replica slot's first instance is starting
     tenants: list[Any] = field(default_factory=list)  # atomr.core.tenants.Tenant: weights and quotas
+    # Set when this coordinator replaces one that died: the placements are running replicas to
+    # adopt (node_agent None: a replica that was waiting for a node), `previous` what was known.
+    adopt: bool = False
+    previous: DeploymentInfo | None = None
 
 
 @dataclass(slots=True)
@@ -323,6 +344,9 @@ class Route:
     limit: tuple[str, int | None, int | None, float] | None = None
     # The deployment itself: what routing policies and cascades weigh (cost, quality, limits)
     spec: Deployment | None = None
+    # When its coordinator started (time.time()): requests sent before a later value may have died
+    # with the coordinator it replaced.
+    since: float = 0.0
 
 
 @dataclass(slots=True)
@@ -346,6 +370,13 @@ class RouteTable:
 
 @dataclass(slots=True)
 class Lookup:
+    names: list[str]
+
+
+@dataclass(slots=True)
+class GetRoutes:
+    """Asks the registry for the routes of these names (a Reply: name -> Route, known ones only)."""
+
     names: list[str]
 
 

@@ -5,7 +5,7 @@ the deployment manager on that node's actor system (placed there by its `atomr.n
 capability). The agent registers the node's role and GPU ids, sends heartbeats to the manager,
 creates one runner host child per replica instance placed here, and tells the replica's
 coordinator when a runner host process exits (Thespian reports a dead child within
-milliseconds).
+milliseconds). When a coordinator dies, its successor adopts the replicas through their agents.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 from atomr.actors.messages import (
     MANAGER_NAME,
     Address,
+    AdoptReplica,
     Heartbeat,
     LoadRunner,
     NodeInfo,
@@ -82,6 +83,15 @@ class NodeAgent(SidecarActor):
         child = self.createActor(RunnerHost)
         self.replicas[msg.replica_id] = (child, msg.coordinator)
         self.send(child, LoadRunner(msg.deployment, msg.replica_id, msg.coordinator, msg.gpu_ids, self.info.node_id))
+
+    def receiveMsg_AdoptReplica(self, msg: AdoptReplica, sender: Address) -> None:
+        """A new coordinator replaces the replica's dead one: its exit and reports now go there."""
+        entry = self.replicas.get(msg.replica_id)
+        if entry is None:
+            self.send(msg.coordinator, ReplicaExited(msg.replica_id))
+            return
+        self.replicas[msg.replica_id] = (entry[0], msg.coordinator)
+        self.send(entry[0], msg)
 
     def receiveMsg_StopReplica(self, msg: StopReplica, sender: Address) -> None:
         entry = self.replicas.get(msg.replica_id)

@@ -26,6 +26,7 @@ from atomr.actors.messages import (
     Address,
     DeploymentStats,
     GetMetrics,
+    GetRoutes,
     ListDeployments,
     Lookup,
     PolicyTable,
@@ -81,6 +82,9 @@ class Registry(SidecarActor):
             self.send(sender, PolicyTable(dict(self.route_policies), dict(self.cascades)))
             self.send(sender, RouteStats(dict(self.stats)))
         self.send(sender, RouteTable(dict(self.routes)))
+
+    def receiveMsg_GetRoutes(self, msg: GetRoutes, sender: Address) -> None:
+        self.send(sender, Reply(True, {n: self.routes[n] for n in msg.names if n in self.routes}))
 
     def receiveMsg_Lookup(self, msg: Lookup, sender: Address) -> None:
         if any(n in self.route_policies or n in self.cascades for n in msg.names):

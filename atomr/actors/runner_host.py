@@ -7,6 +7,11 @@ per wake-up, in one message, and the coordinator forwards every final too (the c
 when this process dies; callers keep whichever end arrives first).
 GPU pinning happens here, before the runner class (and so its engine) is imported.
 
+If its coordinator dies, the deployment manager starts another, which adopts the running
+replicas (`AdoptReplica`): the host reports to it from then on, telling it the requests in
+progress and the error finals of the last `RECENT_FINALS_S` (which may have died with the old
+coordinator, the only way an error reaches its caller).
+
 A runner host is a child process of its node agent, which supervises it. If the agent dies, the
 host would live on unsupervised and out of reach of the node's shutdown: it notices that its
 parent process changed and exits (the agent's successor registers again, and the coordinator
@@ -16,6 +21,8 @@ starts the replica anew).
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import os
 import time
 from typing import Any
@@ -26,6 +33,7 @@ from thespian.actors import ActorExitRequest
 from atomr.actors.coalesce import ChunkCoalescer
 from atomr.actors.messages import (
     Address,
+    AdoptReplica,
     Cancel,
     Dispatch,
     LoadRunner,
@@ -35,13 +43,14 @@ from atomr.actors.messages import (
     WorkItem,
 )
 from atomr.actors.sidecar import SidecarActor
-from atomr.core.errors import CancelledRequestError, InferenceTimeoutError, as_error_info
+from atomr.core.errors import CancelledRequestError, ErrorInfo, InferenceTimeoutError, as_error_info
 from atomr.core.runner import ModelRunner, runner_class
 from atomr.core.types import Chunk, StreamEvent, Usage
 
 log = structlog.get_logger("atomr.runner_host")
 
 ORPHAN_CHECK_S = 0.2  # how often a runner host checks that its node agent is alive
+RECENT_FINALS_S = 30.0  # error finals kept this long, for a coordinator that adopts this replica
 
 
 class RunnerHost(SidecarActor):
@@ -53,6 +62,11 @@ class RunnerHost(SidecarActor):
         self.started: list[str] = []
         self.finals: list[tuple[Address, StreamEvent]] = []
         self.last_health: dict[str, Any] | None = None
+        self.load_error: ErrorInfo | None = None
+        # On the loop thread: requests in progress, those that sent a chunk, recent error finals
+        self.items: dict[str, WorkItem] = {}
+        self.streaming: set[str] = set()
+        self.recent: collections.deque[tuple[float, WorkItem, StreamEvent]] = collections.deque(maxlen=4096)
 
     # ---- lifecycle ----
 
@@ -80,9 +94,20 @@ class RunnerHost(SidecarActor):
         except BaseException as exc:  # noqa: BLE001 - any load failure is reported, never raised
             info = as_error_info(exc)
             log.warning("replica load failed", replica=msg.replica_id, error=info.message)
-            self.sidecar.post(lambda: self.send(msg.coordinator, ReplicaFailed(msg.replica_id, info)))
+            self.sidecar.post(lambda: self._load_failed(info))
             return
         self.runner = runner
+        self.sidecar.post(lambda: self._ready([], []))
+
+    def _load_failed(self, info: ErrorInfo) -> None:
+        assert self.load_msg is not None
+        self.load_error = info
+        self.send(self.load_msg.coordinator, ReplicaFailed(self.load_msg.replica_id, info))
+
+    def _ready(self, inflight: list[tuple[WorkItem, bool]], finals: list[tuple[WorkItem, StreamEvent]]) -> None:
+        """Tell the coordinator (the current one: it may have changed while loading) we serve."""
+        msg = self.load_msg
+        assert msg is not None
         ready = ReplicaReady(
             msg.replica_id,
             self.myAddress,
@@ -90,8 +115,31 @@ class RunnerHost(SidecarActor):
             os.getpid(),
             list(msg.gpu_ids),
             os.environ.get("CUDA_VISIBLE_DEVICES"),
+            inflight,
+            finals,
         )
-        self.sidecar.post(lambda: self.send(msg.coordinator, ready))
+        self.send(msg.coordinator, ready)
+
+    def receiveMsg_AdoptReplica(self, msg: AdoptReplica, sender: Address) -> None:
+        """A new coordinator replaces a dead one: report to it from now on."""
+        if self.load_msg is None or msg.replica_id != self.load_msg.replica_id:
+            return
+        self.load_msg = dataclasses.replace(self.load_msg, coordinator=msg.coordinator)
+        log.warning("adopted by a new coordinator", replica=msg.replica_id)
+        if self.load_error is not None:
+            self._load_failed(self.load_error)
+        elif self.runner is not None:
+            self.sidecar.call_soon(self._report_adoption)
+        # still loading: the new coordinator hears of it when the load ends
+
+    def _report_adoption(self) -> None:
+        """(loop thread) What the new coordinator must know: requests in progress, recent errors."""
+        horizon = time.monotonic() - RECENT_FINALS_S
+        while self.recent and self.recent[0][0] < horizon:
+            self.recent.popleft()
+        inflight = [(item, rid in self.streaming) for rid, item in self.items.items()]
+        finals = [(item, event) for _, item, event in self.recent]
+        self.sidecar.post(lambda: self._ready(inflight, finals))
 
     def on_exit(self) -> None:
         runner = self.runner
@@ -119,6 +167,7 @@ class RunnerHost(SidecarActor):
     def _start_sessions(self, items: list[WorkItem]) -> None:
         for item in items:
             rid = item.request.request_id
+            self.items[rid] = item
             self.tasks[rid] = asyncio.get_running_loop().create_task(self._session(item))
 
     def _cancel(self, request_ids: list[str]) -> None:
@@ -141,6 +190,8 @@ class RunnerHost(SidecarActor):
         def send_chunk(chunk: Chunk) -> None:
             nonlocal sent, usage
             usage = chunk.usage or usage
+            if sent == 0:
+                self.streaming.add(req.request_id)
             self._post_chunk(item.reply_to, ev.chunk(chunk, sent), first=sent == 0)
             sent += 1
 
@@ -172,15 +223,17 @@ class RunnerHost(SidecarActor):
             rest = co.take()
             if rest is not None:
                 send_chunk(rest)
-            self._post_final(item.reply_to, ev.final(sent, usage))
+            self._post_final(item, ev.final(sent, usage))
         except asyncio.CancelledError:
-            self._post_final(item.reply_to, ev.cancelled(sent))
+            self._post_final(item, ev.cancelled(sent))
         except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
-            self._post_final(item.reply_to, ev.error(exc, sent))
+            self._post_final(item, ev.error(exc, sent))
         finally:
             if timer is not None:
                 timer.cancel()
             self.tasks.pop(req.request_id, None)
+            self.items.pop(req.request_id, None)
+            self.streaming.discard(req.request_id)
 
     def _post_chunk(self, reply_to: Address, event: StreamEvent, first: bool) -> None:
         def deliver() -> None:
@@ -190,7 +243,11 @@ class RunnerHost(SidecarActor):
 
         self.sidecar.post(deliver)
 
-    def _post_final(self, reply_to: Address, event: StreamEvent) -> None:
+    def _post_final(self, item: WorkItem, event: StreamEvent) -> None:
+        reply_to = item.reply_to
+        if event.error is not None:
+            self.recent.append((time.monotonic(), item, event))
+
         def deliver() -> None:
             if event.error is None:
                 # The caller's copy of a successful end leaves with the last chunks (no extra

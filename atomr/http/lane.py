@@ -6,6 +6,11 @@ with the gateway itself as the requester; the request's events come back to the 
 and are passed to the loop (one hand-off per arriving message), where `StreamAssembler` puts
 them in order just as the `Client` does. Status and metrics questions are actor messages whose
 replies resolve futures on the loop.
+
+When the gateway learns that a deployment's coordinator was replaced (its predecessor died,
+perhaps holding requests in its queue), the requests of that deployment that have heard nothing
+yet are sent again, marked as resent: the new coordinator ignores those its adopted replicas
+already serve.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class GatewayLane:
         self.settings = settings
         self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}")
         self._queues: dict[str, asyncio.Queue[StreamEvent]] = {}
+        self._silent: dict[str, InferenceRequest] = {}  # sent, and nothing heard yet
         self._asks: dict[str, collections.deque[asyncio.Future[Any]]] = {
             "status": collections.deque(),
             "metrics": collections.deque(),
@@ -88,16 +94,18 @@ class GatewayLane:
         assembler = StreamAssembler(rid)
         deadline = request.deadline or (time.time() + 600.0)
         self._send(request)
+        self._silent[rid] = request
         try:
             while True:
                 try:
                     ev = await asyncio.wait_for(q.get(), assembler.wait_time(deadline - time.time()))
+                    self._silent.pop(rid, None)
                     steps = assembler.on_event(ev)
                 except TimeoutError:
                     steps = [assembler.on_timeout()]
                 for step in steps:
                     if step.resend:
-                        self._send(request)
+                        self._send(request, resent=True)
                     elif step.error is not None:
                         raise step.error
                     elif step.event is not None:
@@ -106,12 +114,13 @@ class GatewayLane:
                             return
         finally:
             self._queues.pop(rid, None)
+            self._silent.pop(rid, None)
             if not assembler.finished:
                 model = request.model
                 self.actor.sidecar.post(lambda: self.actor.cancel_requests([rid], model))
 
-    def _send(self, request: InferenceRequest) -> None:
-        item = WorkItem(request, self.actor.myAddress)
+    def _send(self, request: InferenceRequest, resent: bool = False) -> None:
+        item = WorkItem(request, self.actor.myAddress, resent=resent)
         self.actor.sidecar.post(lambda: self.actor.accept([item]))
 
     def model_names(self) -> list[str]:
@@ -151,7 +160,16 @@ class GatewayLane:
     def answered(self, kind: str, reply: Any) -> None:
         self.actor.sidecar.call_soon(self._answered, kind, reply)
 
+    def coordinators_replaced(self, names: set[str]) -> None:
+        """These model names now route to new coordinators: what they may have lost is sent again."""
+        self.actor.sidecar.call_soon(self._resend_silent, names)
+
     # ---- loop thread ----
+
+    def _resend_silent(self, names: set[str]) -> None:
+        for request in list(self._silent.values()):
+            if request.model in names:
+                self._send(request, resent=True)
 
     def _deliver(self, events: list[StreamEvent]) -> None:
         for ev in events:
