@@ -71,7 +71,7 @@ class Record:
     deploy_waiters: list[Address] = field(default_factory=list)
     undeploy_waiters: list[Address] = field(default_factory=list)
     swap_to: Deployment | None = None  # the new version being started beside the serving one
-    since: float = field(default_factory=time.time)  # when its coordinator started
+    since: float = 0.0  # when its coordinator replaced one that died (time.time(); 0: the first)
 
 
 class DeploymentManager(SidecarActor):
