@@ -36,6 +36,12 @@ log = get_logger("atomr.node")
 WATCH_PERIOD_S = 0.5
 
 
+def say(line: str) -> None:
+    """One status line on stdout, in one write (actor processes share the stream and log to it)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m atomr.node", description=__doc__.splitlines()[0])
     p.add_argument("--role", choices=("head", "gpu", "cpu"), default="head")
@@ -118,29 +124,29 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         node.start()
-        print(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}", flush=True)
+        say(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}")
         if node.join is None and tenants.tenants:
             node.set_tenants(tenants.tenants)
         if http is not None and node.join is None:
             http_port = node.start_http(http, tenants.tenants)
-            print(f"http front on http://{http.bind}:{http_port}", flush=True)
+            say(f"http front on http://{http.bind}:{http_port}")
         for dep in deployments if node.join is None else []:
             try:
                 infos = node.deploy(dep)
             except InferenceError as exc:  # one bad deployment must not take the node down
-                print(f"deploy of {dep.name} failed: {exc.kind}: {exc.message}", flush=True)
+                say(f"deploy of {dep.name} failed: {exc.kind}: {exc.message}")
                 log.error("deploy failed", deployment=dep.name, error=exc.message)
                 continue
-            print(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}", flush=True)
+            say(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}")
         if policies and node.join is None:
             from atomr.actors.registry import publish_policies
 
             try:
                 publish_policies(node.asys, policies)
-                print(f"routes and cascades: {', '.join(policies.names)}", flush=True)
+                say(f"routes and cascades: {', '.join(policies.names)}")
             except InferenceError as exc:
-                print(f"routes and cascades refused: {exc.kind}: {exc.message}", flush=True)
-        print("ready", flush=True)
+                say(f"routes and cascades refused: {exc.kind}: {exc.message}")
+        say("ready")
         while not stop.wait(WATCH_PERIOD_S):
             try:
                 node.watch()  # the head's gateway and node agent are started again if they died
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         ended = node.stop()
         if ended:
             log.warning("ended leftover processes", pids=ended)
-        print("atomr node stopped", flush=True)
+        say("atomr node stopped")
     return 0
 
 

@@ -134,7 +134,8 @@ def test_a_higher_priority_class_always_goes_first(node: Node, provider: FakeOpe
     order = served_tenants(provider, since)
     provider.forget_calls()
     first_high, last_high = order.index("high"), len(order) - 1 - order[::-1].index("high")
-    assert order[first_high : last_high + 1].count("low") <= 10 * 4  # never waits behind the backlog
+    # never waits behind the backlog: only the few low requests taking a free slot in between
+    assert order[first_high : last_high + 1].count("low") <= 10 * 6
     assert order[last_high + 1 :].count("low") >= 100  # the backlog was still there afterwards
     assert statistics.median(high) < 0.5
 

@@ -131,6 +131,9 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 def test_cheapest_and_quality_pick_by_price_and_tier(node: Node, fakes: dict[str, FakeOpenAI]) -> None:
     with Client(node.address) as client:
+        deadline = time.time() + 15  # the gateway learns both deployments' health within a second or two
+        while client.generate("cheap", prompt="Hello", max_tokens=4).deployment != "slow":
+            assert time.time() < deadline, "cheapest never chose the cheaper deployment"
         assert _answered_by(client, "cheap", 4) == ["slow"] * 4
         assert _answered_by(client, "best", 4) == ["fast"] * 4
         served = len(fakes["slow"].served)
