@@ -254,7 +254,9 @@ def test_intra_op_threads_and_bad_options() -> None:
 
 def test_unload_during_generation_is_an_error() -> None:
     async def go() -> None:
-        r = OrtRunner(deployment())
+        # round-robin generators: slow enough that the 16 are still running when the runner unloads
+        # (a batched run of 16 can finish them all in the time it takes to read their first chunks)
+        r = OrtRunner(deployment(scheduler="generators"))
         await r.load()
         streams = [r.generate(completion("", max_tokens=250, temperature=2.0)) for _ in range(16)]
         firsts = [await stream.__anext__() for stream in streams]
