@@ -9,14 +9,27 @@
    streams one greedy chat request and prints the text, load time, time to first chunk and
    tokens/s, then unloads. One child per engine, so the two never share GPU memory, each with a
    time limit (--timeout, default 110 s).
+4. With --node: atomr's own pinning path. Starts a real head node (`python -m atomr.node --role
+   head --gpus IDS`, IDS from nvidia-smi; without a GPU listed, this process's
+   CUDA_VISIBLE_DEVICES, for a dry run with fake ids), deploys the built-in tiny model on ONNX
+   Runtime GenAI's CPU build with `gpus_per_replica: 1`, and prints the replica's GPU ids, the
+   CUDA_VISIBLE_DEVICES its runner host reports from its own environment (set there after the
+   fork, before the engine is imported: /proc/PID/environ, the environment the process was
+   started with, holds the node's value instead; that is printed too), and what torch sees in a
+   child started with the runner host's /proc environment plus that CUDA_VISIBLE_DEVICES: one
+   device, the one nvidia-smi names for the replica's GPU id. The ORT runner itself runs on the
+   CPU: this step proves placement and pinning, not GPU inference. Then one chat request through
+   atomr.Client (its text is printed), undeploy; the node is stopped with SIGTERM and no process
+   of it (the runner host included) may be left. Needs atomr's requirements and the `ort` extra.
 
 What is not installed is skipped and said so; the exit status is 1 when something that is
-present fails, else 0. This parent process imports neither torch nor an engine. An engine check
-should take well under its limit on a current GPU (not measured: this script was written on a
-machine without one; the vLLM child ran through on vLLM's CPU build); with every limit reached
-the whole run still ends before 5 minutes.
+present fails, else 0. This parent process imports neither torch nor an engine (--node imports
+atomr's client, no engine). An engine check should take well under its limit on a current GPU
+(not measured: this script was written on a machine without one; the vLLM child ran through on
+vLLM's CPU build); with every limit reached the whole run still ends before 5 minutes, plus
+--node's limits (--timeout for the node's start and for the deploy, 60 s for the request).
 
-    python scripts/gpu_check.py [--engines vllm,tensorrt] [--timeout 110] [--max-tokens 48]
+    python scripts/gpu_check.py [--engines vllm,tensorrt] [--timeout 110] [--max-tokens 48] [--node]
 """
 
 from __future__ import annotations
@@ -225,6 +238,144 @@ async def engine_child(runtime: str, max_tokens: int) -> dict[str, Any]:
     }
 
 
+NODE_NAME = "gpu-check-node"
+NODE_DEPLOYMENT: dict[str, Any] = {
+    "name": NODE_NAME,
+    "model": "builtin:tiny-llama",
+    "runtime": "ort",
+    "gpus_per_replica": 1,
+}
+
+
+def start_environ(pid: int) -> dict[str, str]:
+    """The environment `pid` was started with (/proc/PID/environ; later changes in it are not seen)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {k: v for k, _, v in pairs}
+
+
+def check_node(gpus: list[tuple[str, str]], timeout: float, max_tokens: int) -> bool | None:
+    """A real head node, a 1-GPU deployment, its runner host's pinning, one chat. None when skipped."""
+    missing = [
+        m for m in ("thespian", "structlog", "pydantic", "onnxruntime_genai") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        print(f"node: skipped ({', '.join(missing)} not installed: pip install -e '.[ort]')")
+        return None
+    names = dict(gpus)
+    ids = list(names)
+    if not ids:
+        env = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        ids = [g.strip() for g in env.split(",") if g.strip()]
+        if not ids:
+            print("node: skipped (no GPU listed; set CUDA_VISIBLE_DEVICES=0 for a dry run with a fake id)")
+            return None
+        print(f"node: no GPU listed: a dry run with the fake GPU ids {','.join(ids)} (torch is not checked)")
+    from atomr.client import Client
+    from atomr.node_process import NodeProcess
+    from atomr.system import system_processes
+
+    started = time.perf_counter()
+    try:  # a node that does not become ready is stopped by NodeProcess, its output in the error
+        node = NodeProcess(["--role", "head", "--gpus", ",".join(ids)], env=child_env(), cwd=REPO, timeout=timeout)
+    except RuntimeError as exc:
+        print(f"node: FAILED: {exc}")
+        return False
+    ok = True
+    runner_pid = 0
+    try:
+        print(
+            f"node: head at {node.address} with --gpus {','.join(ids)} ready in {time.perf_counter() - started:.1f} s"
+        )
+        with Client(node.address) as client:
+            started = time.perf_counter()
+            (info,) = client.deploy(dict(NODE_DEPLOYMENT), timeout=timeout)
+            try:
+                print(
+                    f"node: deployed {info.name} ({info.runtime}, gpus_per_replica 1): {info.state} "
+                    f"in {time.perf_counter() - started:.1f} s"
+                )
+                (replica,) = info.replicas
+                runner_pid = replica.pid
+                gpu = replica.gpu_ids[0] if replica.gpu_ids else None
+                visible = replica.visible_devices
+                pinned = info.state == "ready" and len(replica.gpu_ids) == 1 and visible == gpu
+                ok = ok and pinned
+                print(
+                    f"node: runner host PID {replica.pid} on node {replica.node_id}: GPU ids {replica.gpu_ids}, "
+                    f"CUDA_VISIBLE_DEVICES={visible} (its own environment): {'ok' if pinned else 'FAILED'}"
+                )
+                environ = start_environ(replica.pid)
+                print(
+                    "node: runner host's /proc environ (as started, the node's; pinned after): CUDA_VISIBLE_DEVICES="
+                    f"{environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}"
+                )
+                if gpu is not None and visible is not None and gpu in names:
+                    ok = probe_runner_env(environ, visible, names[gpu]) and ok
+                result = client.generate(
+                    NODE_NAME, [{"role": "user", "content": QUESTION}], max_tokens=max_tokens, timeout=60
+                )
+                answered = bool(result.text)
+                ok = ok and answered
+                print(
+                    f"node: chat {QUESTION!r} -> {result.usage.completion_tokens} tokens, "
+                    f"finish {result.finish_reason}: {'ok' if answered else 'FAILED (empty answer)'}\n"
+                    f"  text: {result.text!r}"
+                )
+            finally:
+                client.undeploy(NODE_NAME)
+    except Exception as exc:  # noqa: BLE001 - reported, then the node is still stopped
+        print(f"node: FAILED: {type(exc).__name__}: {exc}")
+        ok = False
+    finally:
+        forced = node.stop()
+        left = [p.pid for p in system_processes(node.port)]
+        runner_alive = bool(runner_pid) and psutil_alive(runner_pid)
+        clean = not forced and not left and not runner_alive
+        ok = ok and clean
+        print(
+            f"node: stopped; processes ended by force: {forced or 'none'}, still running: {left or 'none'}, "
+            f"runner host {runner_pid} {'ALIVE' if runner_alive else 'gone'}: {'ok' if clean else 'FAILED'}"
+        )
+        if not ok:
+            print(f"node log (last 3000 characters):\n{node.output()[-3000:]}")
+        node.log_path.unlink(missing_ok=True)
+    return ok
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def probe_runner_env(environ: dict[str, str], visible: str, expected: str) -> bool:
+    """torch in a child with the runner host's start environment plus its CUDA_VISIBLE_DEVICES."""
+    if importlib.util.find_spec("torch") is None:
+        print("node: torch check skipped (torch is not installed)")
+        return True
+    env = dict(environ)
+    env["CUDA_VISIBLE_DEVICES"] = visible
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PIN_PROBE], capture_output=True, text=True, env=env, timeout=PIN_TIMEOUT_S
+        )
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
+        print(f"node: torch in the runner host's environment: FAILED ({type(exc).__name__}: {exc})")
+        return False
+    good = seen["count"] == 1 and seen["name"] == expected
+    verdict = "ok" if good else f"FAILED (expected 1 device, {expected!r})"
+    print(
+        f"node: torch in the runner host's environment (CUDA_VISIBLE_DEVICES={visible}) sees "
+        f"{seen['count']} device(s), {seen['name']!r}: {verdict}"
+    )
+    return good
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Check GPUs, CUDA_VISIBLE_DEVICES pinning and atomr's GPU engines (vLLM, TensorRT-LLM) "
@@ -235,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=110.0, help="seconds allowed per engine (default 110)")
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens to generate (default 48)")
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="also start a head node, deploy the tiny model with 1 GPU and check its runner host's pinning",
+    )
     parser.add_argument("--engine-child", metavar="RUNTIME", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -259,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         outcome = check_engine(runtime, gpus[0][0], args.timeout, args.max_tokens)
         if outcome is None:
             skipped.append(runtime)
+        failed = failed or outcome is False
+    if args.node:
+        outcome = check_node(gpus, args.timeout, args.max_tokens)
+        if outcome is None:
+            skipped.append("node")
         failed = failed or outcome is False
     print(f"skipped: {', '.join(skipped) or 'nothing'}; result: {'FAILED' if failed else 'ok'}")
     return 1 if failed else 0
