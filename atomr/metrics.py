@@ -52,10 +52,10 @@ CASCADE_COST_OVERSPENT = "atomr_cascade_cost_overspent_usd"
 
 
 class DeploymentMetrics:
-    """What one coordinator records about its deployment."""
+    """What one coordinator (or a gateway serving the deployment itself) records about it."""
 
-    def __init__(self, deployment: str, version: str, runtime: str) -> None:
-        self.source = f"deployment:{deployment}@{version}"
+    def __init__(self, deployment: str, version: str, runtime: str, where: str = "") -> None:
+        self.source = f"deployment:{deployment}@{version}{where}"
         self._base = (deployment, version, runtime)
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
@@ -102,10 +102,11 @@ class DeploymentMetrics:
         self.ttft.labels(*self._base, tenant, replica).observe(ttft_s)
         self.dirty = True
 
-    def replicas(self, queued: int, states: Iterable[tuple[str, bool, int, str | None]]) -> None:
-        """Queue depth and, per replica: (slot, up, in flight, circuit state or None)."""
+    def replicas(self, queued: int | None, states: Iterable[tuple[str, bool, int, str | None]]) -> None:
+        """Queue depth (None: no queue here) and, per replica: (slot, up, in flight, circuit state or None)."""
         b = self._base
-        self.queue.labels(*b).set(queued)
+        if queued is not None:
+            self.queue.labels(*b).set(queued)
         for slot, up, inflight, circuit in states:
             self.up.labels(*b, slot).set(1 if up else 0)
             self.inflight.labels(*b, slot).set(inflight)
@@ -220,16 +221,32 @@ class SnapshotStore:
         return sorted(self._sources)
 
     def merged(self) -> list[Metric]:
+        """Every source's families as one set. A series that several sources report (a deployment
+        served by its replicas and, for HTTP requests, inside a gateway) is added up; its
+        `_created` time is the earliest."""
         now = time.monotonic()
         for source in [s for s, (t, _) in self._sources.items() if now - t > STALE_AFTER_S]:
             del self._sources[source]
         out: dict[str, Metric] = {}
+        index: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         for _, families in self._sources.values():
             for fam in families:
                 into = out.get(fam.name)
                 if into is None:
                     into = out[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
-                into.samples.extend(fam.samples)
+                for sample in fam.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    at = index.get(key)
+                    if at is None:
+                        index[key] = len(into.samples)
+                        into.samples.append(sample)
+                        continue
+                    seen = into.samples[at]
+                    if sample.name.endswith("_created"):
+                        value = min(seen.value, sample.value)
+                    else:
+                        value = seen.value + sample.value
+                    into.samples[at] = seen._replace(value=value)
         return list(out.values())
 
     def exposition(self) -> bytes:

@@ -132,6 +132,7 @@ class StatsTracker:
                 ready=health.ready if health is not None else True,
                 circuit_open=health.circuit_open if health is not None else False,
                 saturated=self._saturated(name, route, health),
+                queued=self._queued.get(name, 0.0) > 0,
                 ttft_s=ttft.current(now) if ttft is not None else None,
                 latency_s=latency.current(now) if latency is not None else None,
             )

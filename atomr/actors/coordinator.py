@@ -63,10 +63,10 @@ from atomr.actors.messages import (
     SwapVersion,
     WorkItem,
 )
+from atomr.actors.session import record_end
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.deployment import Deployment
 from atomr.core.errors import (
-    ERROR_CLASSES,
     ErrorInfo,
     InferenceError,
     InferenceTimeoutError,
@@ -607,20 +607,7 @@ class Coordinator(SidecarActor):
         if outcome is None:
             outcome = "ok" if event is None or event.error is None else event.error.kind
         usage = event.usage if event is not None else None
-        m = self._metrics_for(replica)
-        if m is not None:
-            m.request_done(req.tenant, replica, outcome, latency, usage)
-        log.info(
-            "request",
-            request_id=req.request_id,
-            tenant=req.tenant,
-            deployment=self._name,
-            replica=replica,
-            latency_ms=round(latency * 1000, 2),
-            outcome=outcome,
-            prompt_tokens=usage.prompt_tokens if usage is not None else None,
-            completion_tokens=usage.completion_tokens if usage is not None else None,
-        )
+        record_end(self._metrics_for(replica), req, self._name, replica, outcome, latency, usage)
         if event is not None:
             self.emit(reply_to if reply_to is not None else item.reply_to, event)
 
@@ -815,10 +802,7 @@ def _queue_key(item: WorkItem) -> tuple[str, int, float | None, str]:
 
 
 def _retryable(event: StreamEvent) -> bool:
-    if event.error is None:
-        return False
-    cls = ERROR_CLASSES.get(event.error.kind)
-    return cls is not None and cls.retryable
+    return event.error is not None and event.error.retryable
 
 
 def _error_event(item: WorkItem, err: InferenceError) -> StreamEvent:

@@ -300,8 +300,10 @@ class Gateway(SidecarActor):
             self.routes = dict(msg.routes)
         else:
             self.routes.update(msg.routes)
-        if replaced and self.http is not None:  # a coordinator died and was replaced (or redeployed)
-            self.http.coordinators_replaced(replaced)
+        if self.http is not None:
+            self.http.routes_changed(dict(self.routes))
+            if replaced:  # a coordinator died and was replaced (or redeployed)
+                self.http.coordinators_replaced(replaced)
         for name in list(self.waiting):
             items = self.waiting.pop(name)
             if name in self.route_policies or name in self.cascades:
@@ -385,7 +387,7 @@ class Gateway(SidecarActor):
         return self._collector
 
     def ship_metrics(self) -> None:
-        recorders: list[Any] = [self.http.http_metrics] if self.http is not None else []
+        recorders: list[Any] = [self.http.http_metrics, *self.http.inline.recorders()] if self.http is not None else []
         if self._orchestration is not None:
             recorders.append(self._orchestration)
         for recorder in recorders:

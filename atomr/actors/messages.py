@@ -404,13 +404,14 @@ class DeploymentStats:
     """What routing policies know of a deployment besides its `Route` (the registry refreshes it).
 
     `ready`: some replica is ready; `circuit_open`: every ready replica's breaker is open;
-    `saturated`: its queue is full; `ttft_s` / `latency_s`: moving averages of what its
-    coordinator measured (None until it served a request).
+    `saturated`: its queue is full; `queued`: requests wait in its queue; `ttft_s` /
+    `latency_s`: moving averages of what its coordinator measured (None until it served a request).
     """
 
     ready: bool = True
     circuit_open: bool = False
     saturated: bool = False
+    queued: bool = False
     ttft_s: float | None = None
     latency_s: float | None = None
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -30,7 +31,6 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest
 
-from atomr.actors.coalesce import ChunkCoalescer
 from atomr.actors.messages import (
     Address,
     AdoptReplica,
@@ -42,10 +42,11 @@ from atomr.actors.messages import (
     ReplicaReady,
     WorkItem,
 )
+from atomr.actors.session import run_session
 from atomr.actors.sidecar import SidecarActor
-from atomr.core.errors import CancelledRequestError, ErrorInfo, InferenceTimeoutError, as_error_info
+from atomr.core.errors import ErrorInfo, as_error_info
 from atomr.core.runner import ModelRunner, runner_class
-from atomr.core.types import Chunk, StreamEvent, Usage
+from atomr.core.types import StreamEvent
 
 log = structlog.get_logger("atomr.runner_host")
 
@@ -178,62 +179,21 @@ class RunnerHost(SidecarActor):
 
     async def _session(self, item: WorkItem) -> None:
         assert self.load_msg is not None
-        req = item.request
-        dep = self.load_msg.deployment
-        ev = _EventMaker(req.request_id, self.load_msg.replica_id, dep.name, dep.version)
-        loop = asyncio.get_running_loop()
-        co = ChunkCoalescer(dep.limits.chunk_max_tokens, dep.limits.chunk_max_delay_ms / 1000.0)
-        timer: asyncio.TimerHandle | None = None
-        sent = 0
-        usage: Usage | None = None
+        rid = item.request.request_id
 
-        def send_chunk(chunk: Chunk) -> None:
-            nonlocal sent, usage
-            usage = chunk.usage or usage
-            if sent == 0:
-                self.streaming.add(req.request_id)
-            self._post_chunk(item.reply_to, ev.chunk(chunk, sent), first=sent == 0)
-            sent += 1
-
-        def on_timer() -> None:
-            nonlocal timer
-            timer = None
-            merged = co.take()
-            if merged is not None:
-                send_chunk(merged)
+        def send_chunk(event: StreamEvent) -> None:
+            if event.seq == 0:
+                self.streaming.add(rid)
+            self._post_chunk(item.reply_to, event, first=event.seq == 0)
 
         try:
-            if self.runner is None:
-                raise RuntimeError("runner not loaded")
-            agen = self.runner.generate(req)
-            try:
-                async for chunk in agen:
-                    if req.deadline is not None and time.time() > req.deadline:
-                        raise InferenceTimeoutError("deadline passed while generating", field="deadline")
-                    out = co.add(chunk, loop.time())
-                    if out is not None:
-                        if timer is not None:
-                            timer.cancel()
-                            timer = None
-                        send_chunk(out)
-                    elif timer is None:
-                        timer = loop.call_later(co.max_delay, on_timer)
-            finally:
-                await agen.aclose()  # type: ignore[attr-defined]
-            rest = co.take()
-            if rest is not None:
-                send_chunk(rest)
-            self._post_final(item, ev.final(sent, usage))
-        except asyncio.CancelledError:
-            self._post_final(item, ev.cancelled(sent))
-        except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
-            self._post_final(item, ev.error(exc, sent))
+            msg = self.load_msg
+            final = functools.partial(self._post_final, item)
+            await run_session(self.runner, item.request, msg.deployment, msg.replica_id, send_chunk, final)
         finally:
-            if timer is not None:
-                timer.cancel()
-            self.tasks.pop(req.request_id, None)
-            self.items.pop(req.request_id, None)
-            self.streaming.discard(req.request_id)
+            self.tasks.pop(rid, None)
+            self.items.pop(rid, None)
+            self.streaming.discard(rid)
 
     def _post_chunk(self, reply_to: Address, event: StreamEvent, first: bool) -> None:
         def deliver() -> None:
@@ -279,28 +239,3 @@ class RunnerHost(SidecarActor):
             return None
         self.last_health = now
         return dict(now)
-
-
-class _EventMaker:
-    """Builds the stream events of one request, stamped with where it ran."""
-
-    def __init__(self, request_id: str, replica: str, deployment: str, version: str) -> None:
-        self.base: dict[str, Any] = {
-            "request_id": request_id,
-            "replica": replica,
-            "deployment": deployment,
-            "version": version,
-        }
-
-    def chunk(self, chunk: Chunk, seq: int) -> StreamEvent:
-        return StreamEvent(chunk=chunk, seq=seq, **self.base)
-
-    def final(self, chunks_sent: int, usage: Usage | None) -> StreamEvent:
-        return StreamEvent(final=True, seq=chunks_sent, usage=usage, **self.base)
-
-    def error(self, exc: BaseException, chunks_sent: int) -> StreamEvent:
-        return StreamEvent(final=True, error=as_error_info(exc), seq=chunks_sent, **self.base)
-
-    def cancelled(self, chunks_sent: int) -> StreamEvent:
-        info = CancelledRequestError("request cancelled").info()
-        return StreamEvent(final=True, error=info, seq=chunks_sent, **self.base)

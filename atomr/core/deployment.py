@@ -127,6 +127,10 @@ class Deployment(BaseModel):
     cost: Cost = Cost()
     quality: int = Field(0, ge=0, le=1000)
     engine: dict[str, Any] = Field(default_factory=dict)
+    # A remote-API deployment is also served inside the process of each gateway that serves HTTP,
+    # for that front's requests (no hop to a replica process; see atomr.http.inline). Default:
+    # on for remote runtimes without placement constraints.
+    serve_in_gateway: bool | None = None
     # Resolved folder of a local model (None for remote APIs); set by the loader.
     model_path: Path | None = None
 
@@ -150,7 +154,18 @@ class Deployment(BaseModel):
             object.__setattr__(self, "runtime", infer_runtime(self.model, self.model_path))
         if self.runtime not in KNOWN_RUNTIMES:
             raise ValueError(f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(sorted(KNOWN_RUNTIMES))}")
+        if self.serve_in_gateway and self.is_local:
+            raise ValueError(
+                f"serve_in_gateway: only remote-API runtimes can be served in the gateway, not {self.runtime!r}"
+            )
         return self
+
+    @property
+    def in_gateway(self) -> bool:
+        """Whether gateways serving HTTP also run this deployment's runner themselves."""
+        if self.serve_in_gateway is not None:
+            return self.serve_in_gateway
+        return not self.is_local and self.placement == Placement()
 
     @property
     def is_local(self) -> bool:

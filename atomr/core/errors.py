@@ -22,6 +22,12 @@ class ErrorInfo:
     retry_after: float | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt (elsewhere, or later) may succeed."""
+        cls = ERROR_CLASSES.get(self.kind)
+        return cls is not None and cls.retryable
+
 
 class InferenceError(Exception):
     """Base of every error atomr reports to a caller."""

@@ -7,6 +7,9 @@ and are passed to the loop (one hand-off per arriving message), where `StreamAss
 them in order just as the `Client` does. Status and metrics questions are actor messages whose
 replies resolve futures on the loop.
 
+Requests for a remote deployment that this gateway also serves itself (`atomr.http.inline`) skip
+the gateway actor: they run on the loop, and their events go straight into their queue.
+
 When the gateway learns that a deployment's coordinator was replaced (its predecessor died,
 perhaps holding requests in its queue), the requests of that deployment that have heard nothing
 yet are sent again, marked as resent: the new coordinator ignores those its adopted replicas
@@ -23,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from atomr.actors.messages import GetMetrics, GetStatus, Reply, WorkItem
+from atomr.actors.messages import GetMetrics, GetStatus, Reply, Route, WorkItem
 from atomr.core.errors import InferenceError, InternalError, UnavailableError
 from atomr.core.tenants import TenantTable
 from atomr.core.types import InferenceRequest, StreamEvent
 from atomr.http.app import make_app
+from atomr.http.inline import InlineRunners
 from atomr.http.settings import HttpSettings
 from atomr.metrics import HttpMetrics
 from atomr.stream_assembly import StreamAssembler
@@ -53,6 +57,7 @@ class GatewayLane:
         }
         self._server: uvicorn.Server | None = None
         self._app = make_app(self, tenants, settings, self.http_metrics)
+        self.inline = InlineRunners(str(actor.myAddress))
 
     # ---- server lifecycle (loop thread) ----
 
@@ -70,6 +75,7 @@ class GatewayLane:
         )
         server = uvicorn.Server(config)
         self._server = server
+        self.inline.refresh(dict(self.actor.routes))
         task = asyncio.get_running_loop().create_task(server.serve())
         while not server.started:
             if task.done():
@@ -84,6 +90,7 @@ class GatewayLane:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
+        await self.inline.close()
 
     # ---- InferenceBackend (loop thread) ----
 
@@ -93,8 +100,20 @@ class GatewayLane:
         self._queues[rid] = q
         assembler = StreamAssembler(rid)
         deadline = request.deadline or (time.time() + 600.0)
-        self._send(request)
-        self._silent[rid] = request
+        model = request.model  # where a cancel goes, when it goes through the gateway actor
+        here: asyncio.Task[None] | None = None
+
+        def forward(fallback: InferenceRequest, rest: tuple[str, ...]) -> None:
+            nonlocal model
+            model = fallback.model
+            self._send_item(WorkItem(fallback, self.actor.myAddress, 1, rest))
+
+        served = self.inline.take(request, self.actor.stats, self._routed_by_actor)
+        if served is not None:
+            here = self.inline.start(served, request, q.put_nowait, forward)
+        else:
+            self._send(request)
+            self._silent[rid] = request
         try:
             while True:
                 try:
@@ -116,11 +135,19 @@ class GatewayLane:
             self._queues.pop(rid, None)
             self._silent.pop(rid, None)
             if not assembler.finished:
-                model = request.model
-                self.actor.sidecar.post(lambda: self.actor.cancel_requests([rid], model))
+                if here is not None and not here.done():
+                    here.cancel()
+                else:
+                    self.actor.sidecar.post(lambda: self.actor.cancel_requests([rid], model))
+
+    def _routed_by_actor(self, model: str) -> bool:
+        """Route and cascade names: the gateway actor chooses or runs their deployments."""
+        return model in self.actor.route_policies or model in self.actor.cascades
 
     def _send(self, request: InferenceRequest, resent: bool = False) -> None:
-        item = WorkItem(request, self.actor.myAddress, resent=resent)
+        self._send_item(WorkItem(request, self.actor.myAddress, resent=resent))
+
+    def _send_item(self, item: WorkItem) -> None:
         self.actor.sidecar.post(lambda: self.actor.accept([item]))
 
     def model_names(self) -> list[str]:
@@ -159,6 +186,9 @@ class GatewayLane:
 
     def answered(self, kind: str, reply: Any) -> None:
         self.actor.sidecar.call_soon(self._answered, kind, reply)
+
+    def routes_changed(self, routes: dict[str, Route]) -> None:
+        self.actor.sidecar.call_soon(self.inline.refresh, routes)
 
     def coordinators_replaced(self, names: set[str]) -> None:
         """These model names now route to new coordinators: what they may have lost is sent again."""

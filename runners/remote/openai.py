@@ -1,12 +1,11 @@
 """OpenAI, and any server speaking its API (vLLM, llama.cpp, a proxy), through the official SDK.
 
 One `AsyncOpenAI` client per replica (`base_url` from `engine.api_base`, the SDK's retries off:
-atomr retries, see `resilience.py`). Chat requests go to `chat.completions.create`, prompt
-requests to the legacy `completions.create`. Streaming requests stream from the provider too, with
+atomr retries, see `resilience.py`). Chat requests go to `/chat/completions`, prompt
+requests to the legacy `/completions`. Streaming requests stream from the provider too, with
 `stream_options={"include_usage": True}`, so the last chunk carries the provider's own usage;
 requests whose caller waits for the whole answer get it as one JSON body (cheaper on both sides).
-The SDK sends each request and maps HTTP errors; its raw streaming response is read line by line
-here, which spares the pydantic object the SDK would build per SSE event.
+Requests go through the SDK's generic `post` with plain JSON bodies and answers (see `stream`).
 
 Chunks: one per SSE delta that holds text (token_count 1, or the number of logprob entries when
 logprobs were asked for), then a last chunk with no text carrying the finish_reason (mapped to
@@ -35,6 +34,7 @@ removed from every message.
 Engine options, besides those of `RemoteRunner`:
   max_tokens_param  "max_tokens" (default) or "max_completion_tokens"
   organization, project  sent as OpenAI's organization / project headers
+  http_client       "aiohttp" (default: the SDK's aiohttp transport) or "httpx" (the SDK's default)
 Without any key, a deployment with `api_base` sends the placeholder key "EMPTY" (what
 OpenAI-compatible servers without auth expect); one without `api_base` fails to load (`auth`).
 """
@@ -158,6 +158,11 @@ class OpenAIRunner(RemoteRunner):
                 f"engine.max_tokens_param must be max_tokens or max_completion_tokens, got {param!r}",
                 field="engine.max_tokens_param",
             )
+        transport = self.options.get("http_client", "aiohttp")
+        if transport not in ("aiohttp", "httpx"):
+            raise ConfigError(
+                f"engine.http_client must be aiohttp or httpx, got {transport!r}", field="engine.http_client"
+            )
         return openai.AsyncOpenAI(
             api_key=key,
             base_url=self.api_base,
@@ -165,6 +170,9 @@ class OpenAIRunner(RemoteRunner):
             project=self.options.get("project"),
             timeout=self.timeout_s,
             max_retries=0,
+            # httpx's connection pool checks every pooled connection on each request (a cost that
+            # grows with concurrency); the SDK's aiohttp transport does not.
+            http_client=openai.DefaultAioHttpClient(timeout=self.timeout_s) if transport == "aiohttp" else None,
         )
 
     # ---- requests ----
@@ -200,30 +208,35 @@ class OpenAIRunner(RemoteRunner):
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         chat = request.is_chat
-        # The SDK sends the request and maps HTTP errors; its raw streaming response spares the
-        # pydantic object it would build per SSE event (most of its cost on a fast backend).
-        if chat:
-            opened = self.client.chat.completions.with_streaming_response.create(**self.chat_args(request))
-        else:
-            opened = self.client.completions.with_streaming_response.create(**self.completion_args(request))
+        args = self.chat_args(request) if chat else self.completion_args(request)
+        path = "/chat/completions" if chat else "/completions"
         want_lp = request.params.logprobs
-        async with opened as response:
-            ctype = str(response.headers.get("content-type", ""))
+        # The SDK's generic `post` (its documented way to any endpoint): it sends the request,
+        # maps HTTP errors to its exception classes and decodes JSON and SSE, but skips the typed
+        # parameter transform and the pydantic objects of `chat.completions.create`, which cost
+        # more CPU than everything else atomr does per request on a fast backend.
+        if not request.stream:
+            answer = await self.client.post(path, body=args, cast_to=object)
+            async for chunk in self.whole_answer(answer, chat, want_lp):
+                yield chunk
+            return
+        events = await self.client.post(
+            path, body=args, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+        )
+        async with events:
+            ctype = str(events.response.headers.get("content-type", ""))
             if not ctype.startswith("text/event-stream"):
                 # the server ignored stream=true (or sent something else): one whole answer
-                async for chunk in self.whole_answer(await response.read(), ctype, chat, want_lp):
+                body = await events.response.aread()
+                async for chunk in self.whole_answer(_json_or_text(body), chat, want_lp):
                     yield chunk
                 return
             finish: str | None = None
             usage: Usage | None = None
             deltas = 0
-            async for data in _sse_data(response.iter_lines()):
-                event = json.loads(data)
+            async for event in events:  # the SDK raises APIError for an `error` event
                 if not isinstance(event, Mapping):
                     raise malformed(self.provider, "an SSE event that is not a JSON object")
-                if isinstance(event.get("error"), Mapping):
-                    said = redact(str(event["error"].get("message") or event["error"]), [self.api_key])
-                    raise UnavailableError(f"{self.provider}: the provider reported an error mid-stream: {said}")
                 raw_usage = event.get("usage")
                 if isinstance(raw_usage, Mapping):
                     usage = Usage(
@@ -250,15 +263,11 @@ class OpenAIRunner(RemoteRunner):
                 )
             yield Chunk("", 0, () if want_lp else None, finish, usage or Usage(0, deltas))
 
-    async def whole_answer(self, body: bytes, ctype: str, chat: bool, want_lp: bool) -> AsyncIterator[Chunk]:
-        """Chunks of a non-streamed JSON answer (a compatible server that ignores `stream`)."""
-        try:
-            data = json.loads(body)
-        except ValueError:
-            shown = redact(body[:200].decode(errors="replace"), [self.api_key])
-            raise malformed(
-                self.provider, f"expected an SSE stream or JSON, got {ctype or 'no content type'}: {shown!r}"
-            ) from None
+    async def whole_answer(self, data: object, chat: bool, want_lp: bool) -> AsyncIterator[Chunk]:
+        """Chunks of a JSON answer (decoded by the SDK; a body that was not JSON comes as its text)."""
+        if isinstance(data, str):
+            shown = redact(data[:200], [self.api_key])
+            raise malformed(self.provider, f"expected JSON or an SSE stream, got: {shown!r}")
         if not isinstance(data, Mapping) or not isinstance(data.get("choices"), list) or not data["choices"]:
             if isinstance(data, Mapping) and isinstance(data.get("error"), Mapping):
                 said = redact(str(data["error"].get("message") or data["error"]), [self.api_key])
@@ -296,12 +305,14 @@ class OpenAIRunner(RemoteRunner):
                 secrets=secrets,
             )
             return refine(err, code)
-        if isinstance(exc, openai.APITimeoutError):
+        refused = _connection_error_in(exc)
+        if isinstance(exc, openai.APITimeoutError) and refused is None:
             return InferenceTimeoutError(
                 f"{self.provider}: no answer within {self.timeout_s:g} s (engine.timeout_s)", details={"status": None}
             )
         if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc.__context__
+            # (the aiohttp transport reports a refused connection as a connect timeout)
+            cause = refused or exc.__cause__ or exc.__context__
             reason = f"{exc.message} ({type(cause).__name__}: {cause})" if cause else exc.message
             return error_for_status(None, reason, provider=self.provider, secrets=secrets)
         if isinstance(exc, openai.APIResponseValidationError):
@@ -333,23 +344,23 @@ def _logprob_values(raw: Any, chat: bool) -> tuple[TokenLogprob, ...]:
     return tuple(TokenLogprob(str(t), float(v)) for t, v in zip(tokens, values, strict=False) if v is not None)
 
 
-async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The data of each server-sent event before ``[DONE]`` (comments and other fields skipped)."""
-    parts: list[str] = []
-    done = False
-    async for line in lines:  # read to the end even after [DONE], so the connection is reused
-        if done:
-            continue
-        if line.startswith("data:"):
-            parts.append(line[5:].lstrip(" "))
-        elif not line and parts:
-            data, parts = "\n".join(parts), []
-            if data == "[DONE]":
-                done = True
-                continue
-            yield data
-    if parts and "\n".join(parts) != "[DONE]":
-        yield "\n".join(parts)
+def _connection_error_in(exc: BaseException) -> ConnectionError | None:
+    """A refused or reset connection among the causes of `exc`, if any."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ConnectionError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _json_or_text(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")
 
 
 def _usage_of(raw: Any) -> Usage | None:

@@ -1,0 +1,218 @@
+"""Remote-API deployments served inside the gateway that runs the HTTP front.
+
+A remote deployment's runner is an SDK client, not an engine. For a request that arrives on this
+process's HTTP front, the hops to a replica process and back (gateway actor, coordinator, runner
+host, and the answer's way home) cost more than the provider call itself on a fast backend. So
+the gateway keeps its own runner for each deployment marked `serve_in_gateway` (on by default for
+remote runtimes without placement constraints) and runs such requests on its loop: HTTP in,
+runner, HTTP out, no actor message. Only requests of this front are served here: their caller is
+connected to this very process, so if it dies they see their connection drop (a `Client`'s
+requests keep the coordinator's guarantees).
+
+A request is served here when all of these hold, else it takes the usual path through the
+gateway actor and the deployment's coordinator, which also takes the overflow:
+- its model names the deployment (or an alias), not a route or a cascade;
+- the deployment has no rate limit (the distributed limiter's leases are the gateway actor's);
+- the runner here has loaded the version the route names and has a free slot
+  (`limits.max_inflight_per_replica` per gateway);
+- the coordinator reports nothing waiting in its queue (its fair order is not jumped).
+
+What is the same on both paths: validation, tenant checks and quotas (the front's), the runner
+and its retries and circuit breaker (`run_session`), fallbacks on a retryable failure before the
+first chunk (handed to the gateway actor), metrics (the deployment's own families, replica label
+`gateway-<pid>`, added up with the coordinator's by the collector) and the one log line per
+request (`record_end`). A new version named by the route gets a new runner; the old one is
+unloaded once its requests end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from atomr.actors.messages import DeploymentStats, Route
+from atomr.actors.session import record_end, run_session
+from atomr.core.deployment import Deployment
+from atomr.core.runner import ModelRunner, runner_class
+from atomr.core.types import InferenceRequest, StreamEvent
+from atomr.metrics import DeploymentMetrics
+
+log = structlog.get_logger("atomr.http.inline")
+
+
+@dataclass
+class ServedHere:
+    """One deployment version whose runner lives in this process."""
+
+    deployment: Deployment
+    metrics: DeploymentMetrics
+    runner: ModelRunner | None = None  # None while loading (or after a failed load)
+    failed: str | None = None
+    inflight: int = 0
+    retired: bool = False
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def ready(self) -> bool:
+        return self.runner is not None and not self.retired
+
+
+class InlineRunners:
+    """The runners this gateway keeps for its HTTP front (all methods on the gateway's loop)."""
+
+    def __init__(self, where: str) -> None:
+        self.replica = f"gateway-{os.getpid()}"
+        self._where = where
+        self._served: dict[str, ServedHere] = {}  # deployment name -> current version
+        self._retiring: list[ServedHere] = []
+        self._names: dict[str, str] = {}  # model name (name or alias) -> deployment name
+
+    # ---- which deployments (on route changes) ----
+
+    def refresh(self, routes: Mapping[str, Route]) -> None:
+        """Load runners for the deployments the routes name; retire those no longer named."""
+        wanted: dict[str, Deployment] = {}
+        for route in routes.values():
+            spec = route.spec
+            if spec is not None and spec.in_gateway and spec.rate_limits is None and spec.version == route.version:
+                wanted[spec.name] = spec
+        self._names = {name: route.deployment for name, route in routes.items() if route.deployment in wanted}
+        for name, spec in wanted.items():
+            current = self._served.get(name)
+            if current is not None and current.deployment == spec:
+                continue
+            if current is not None:
+                self._retire(current)
+            served = ServedHere(spec, DeploymentMetrics(spec.name, spec.version, spec.runtime, f"@{self._where}"))
+            self._served[name] = served
+            asyncio.get_running_loop().create_task(self._load(served))
+        for name in [n for n in self._served if n not in wanted]:
+            self._retire(self._served.pop(name))
+
+    async def _load(self, served: ServedHere) -> None:
+        dep = served.deployment
+        try:
+            runner = runner_class(dep.runtime)(dep)
+            await runner.load()
+        except Exception as exc:  # noqa: BLE001 - requests keep the coordinator's path
+            served.failed = f"{type(exc).__name__}: {exc}"
+            log.warning("inline runner failed to load", deployment=dep.name, error=served.failed)
+            return
+        served.runner = runner
+        if served.retired:
+            await self._unload(served)
+
+    def _retire(self, served: ServedHere) -> None:
+        served.retired = True
+        if served.inflight == 0:
+            asyncio.get_running_loop().create_task(self._unload(served))
+        else:
+            self._retiring.append(served)
+
+    async def _unload(self, served: ServedHere) -> None:
+        runner, served.runner = served.runner, None
+        if served in self._retiring:
+            self._retiring.remove(served)
+        if runner is not None:
+            try:
+                await runner.unload()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("inline runner unload failed", deployment=served.deployment.name, error=str(exc))
+
+    async def close(self) -> None:
+        for served in [*self._served.values(), *self._retiring]:
+            for task in list(served.tasks):
+                task.cancel()
+            served.retired = True
+            await self._unload(served)
+        self._served.clear()
+
+    # ---- requests ----
+
+    def take(
+        self, request: InferenceRequest, stats: Mapping[str, DeploymentStats], elsewhere: Callable[[str], bool]
+    ) -> ServedHere | None:
+        """The deployment to serve `request` here, or None for the usual path.
+
+        `elsewhere(model)`: whether the name is a route or cascade (handled by the gateway actor).
+        """
+        name = self._names.get(request.model)
+        if name is None or elsewhere(request.model):
+            return None
+        served = self._served.get(name)
+        if served is None or not served.ready:
+            return None
+        if served.inflight >= served.deployment.limits.max_inflight_per_replica:
+            return None
+        s = stats.get(name)
+        if s is not None and s.queued:
+            return None
+        return served
+
+    def start(
+        self,
+        served: ServedHere,
+        request: InferenceRequest,
+        deliver: Callable[[StreamEvent], None],
+        forward: Callable[[InferenceRequest, tuple[str, ...]], None],
+    ) -> asyncio.Task[None]:
+        """Run `request` here; its events go to `deliver`, or on an early retryable failure the
+        request goes to its first fallback through `forward(request, remaining fallbacks)`."""
+        served.inflight += 1
+        task = asyncio.get_running_loop().create_task(self._run(served, request, deliver, forward))
+        served.tasks.add(task)
+        task.add_done_callback(served.tasks.discard)
+        return task
+
+    async def _run(
+        self,
+        served: ServedHere,
+        request: InferenceRequest,
+        deliver: Callable[[StreamEvent], None],
+        forward: Callable[[InferenceRequest, tuple[str, ...]], None],
+    ) -> None:
+        dep = served.deployment
+        t0 = time.monotonic()
+        ends: list[StreamEvent] = []
+
+        def chunk(event: StreamEvent) -> None:
+            if event.seq == 0:
+                served.metrics.first_token(request.tenant, self.replica, time.monotonic() - t0)
+            deliver(event)
+
+        try:
+            await run_session(served.runner, request, dep, self.replica, chunk, ends.append)
+        finally:
+            served.inflight -= 1
+            if served.retired and served.inflight == 0:
+                asyncio.get_running_loop().create_task(self._unload(served))
+        end = ends[0]
+        latency = time.monotonic() - t0
+        usage = end.usage
+        if end.error is not None and end.seq == 0 and dep.fallbacks and end.error.retryable:
+            record_end(served.metrics, request, dep.name, self.replica, "fallback", latency, usage)
+            log.info("request to fallback", deployment=dep.name, fallback=dep.fallbacks[0], request=request.request_id)
+            forward(dataclasses.replace(request, model=dep.fallbacks[0]), dep.fallbacks[1:])
+            return
+        outcome = "ok" if end.error is None else end.error.kind
+        record_end(served.metrics, request, dep.name, self.replica, outcome, latency, usage)
+        deliver(end)
+
+    # ---- metrics (the gateway ships them with its own) ----
+
+    def recorders(self) -> list[DeploymentMetrics]:
+        out = []
+        for served in [*self._served.values(), *self._retiring]:
+            circuit = None
+            status = getattr(served.runner, "status", None)
+            if status is not None:
+                circuit = (status().get("circuit") or {}).get("state")
+            served.metrics.replicas(None, [(self.replica, served.ready, served.inflight, circuit)])
+            out.append(served.metrics)
+        return out
