@@ -82,6 +82,43 @@ class InProcess:
     def call(self) -> str:
         return asyncio.run_coroutine_threadsafe(self._one(), self.loop).result()
 
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.unload(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+PATHS = ("in-process runner", "actor path")
+CONCURRENCY = (1, 32)
+
+
+def run(requests: int = 200, rounds: int = 3, max_tokens: int = 4) -> dict[tuple[str, int], tuple[float, float, float]]:
+    """Medians over rounds of (p50 s, p99 s, requests/s) per (path, concurrency); paths are `PATHS`."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = Path(tempfile.mkdtemp()) / "bench.yaml"
+    cfg.write_text(yaml.safe_dump({"deployments": [DEPLOYMENT]}))
+    direct = InProcess(max_tokens)
+    with NodeProcess(config=cfg) as node, Client(node.address) as client:
+
+        def via_actors() -> str:
+            return client.generate("bench", prompt=PROMPT, max_tokens=max_tokens).text
+
+        assert via_actors() == direct.call(), "the two paths disagree"
+        rows: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        for _ in range(rounds):
+            for conc in CONCURRENCY:
+                for name, call in zip(PATHS, (direct.call, via_actors), strict=True):
+                    run_load(call, min(20, requests), conc)  # warm-up
+                    lat, wall = run_load(call, requests, conc)
+                    rows.setdefault((name, conc), []).append(
+                        (statistics.median(lat), percentile(lat, 0.99), requests / wall)
+                    )
+    direct.close()
+    out: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for key, samples in rows.items():
+        p50s, p99s, rates = zip(*samples, strict=True)
+        out[key] = (statistics.median(p50s), statistics.median(p99s), statistics.median(rates))
+    return out
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,36 +126,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=4)
     args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-    cfg = Path(tempfile.mkdtemp()) / "bench.yaml"
-    cfg.write_text(yaml.safe_dump({"deployments": [DEPLOYMENT]}))
-    direct = InProcess(args.max_tokens)
-    with NodeProcess(config=cfg) as node, Client(node.address) as client:
-
-        def via_actors() -> str:
-            return client.generate("bench", prompt=PROMPT, max_tokens=args.max_tokens).text
-
-        assert via_actors() == direct.call(), "the two paths disagree"
-        rows: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
-        for _ in range(args.rounds):
-            for conc in (1, 32):
-                for name, call in (("in-process runner", direct.call), ("actor path", via_actors)):
-                    run_load(call, min(20, args.requests), conc)  # warm-up
-                    lat, wall = run_load(call, args.requests, conc)
-                    rows.setdefault((name, conc), []).append(
-                        (statistics.median(lat), percentile(lat, 0.99), args.requests / wall)
-                    )
+    med = run(args.requests, args.rounds, args.max_tokens)
 
     print(
         f"\nactor path vs in-process runner; tiny model, max_tokens={args.max_tokens}, "
         f"{args.requests} requests x {args.rounds} rounds (medians over rounds)\n"
     )
     print(f"{'path':20} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'added p50 ms':>13} {'req/s ratio':>11}")
-    for conc in (1, 32):
-        base = [statistics.median(x) for x in zip(*rows[("in-process runner", conc)], strict=True)]
-        for name in ("in-process runner", "actor path"):
-            p50, p99, rps = (statistics.median(x) for x in zip(*rows[(name, conc)], strict=True))
+    for conc in CONCURRENCY:
+        base = med[(PATHS[0], conc)]
+        for name in PATHS:
+            p50, p99, rps = med[(name, conc)]
             print(
                 f"{name:20} {conc:>4} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f} {rps:>8.0f} "
                 f"{(p50 - base[0]) * 1e3:>13.2f} {rps / base[2]:>11.2f}"

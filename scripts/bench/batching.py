@@ -65,6 +65,51 @@ async def drive(runner: OrtRunner, concurrency: int, n: int, max_tokens: int) ->
     return Sample(n / wall, tokens / wall, statistics.median(latencies) * 1000)
 
 
+NAMES = ("off", "batch", "engine")
+
+
+@dataclass
+class Cell:
+    """Medians over rounds for one scheduler at one concurrency; `gain`: tokens/s vs "off" (same round)."""
+
+    req_s: float
+    tok_s: float
+    p50_ms: float
+    gain: float
+
+
+def run(rounds: int = 3, requests: int = 64, max_tokens: int = 32, max_wait_ms: int = 5) -> dict[tuple[str, int], Cell]:
+    """Every scheduler of `NAMES` at every concurrency of `CONCURRENCY`, interleaved in rounds."""
+    runners: dict[str, OrtRunner] = {}
+    results: dict[tuple[str, int], list[Sample]] = {}
+    ratios: dict[tuple[str, int], list[float]] = {}
+    try:
+        for name in NAMES:
+            dep = Deployment(name="bench", model="builtin:tiny-llama", engine=scheduler_options(name, max_wait_ms))
+            runners[name] = OrtRunner(dep)
+            asyncio.run(runners[name].load())
+        for name in NAMES:  # warm-up: the first requests of a fresh runner are slower
+            asyncio.run(drive(runners[name], 4, 8, max_tokens))
+        for _ in range(rounds):
+            for c in CONCURRENCY:
+                this_round = {n: asyncio.run(drive(runners[n], c, requests, max_tokens)) for n in NAMES}
+                for name, sample in this_round.items():
+                    results.setdefault((name, c), []).append(sample)
+                    ratios.setdefault((name, c), []).append(sample.tok_s / this_round["off"].tok_s)
+    finally:
+        for r in runners.values():
+            asyncio.run(r.unload())
+    return {
+        key: Cell(
+            statistics.median(x.req_s for x in s),
+            statistics.median(x.tok_s for x in s),
+            statistics.median(x.p50_ms for x in s),
+            statistics.median(ratios[key]),
+        )
+        for key, s in results.items()
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -72,25 +117,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=int, default=5)
     args = ap.parse_args()
-
-    names = ("off", "batch", "engine")
-    runners: dict[str, OrtRunner] = {}
-    for name in names:
-        dep = Deployment(name="bench", model="builtin:tiny-llama", engine=scheduler_options(name, args.max_wait_ms))
-        runners[name] = OrtRunner(dep)
-        asyncio.run(runners[name].load())
-    results: dict[tuple[str, int], list[Sample]] = {}
-    ratios: dict[tuple[str, int], list[float]] = {}
-    try:
-        for _ in range(args.rounds):
-            for c in CONCURRENCY:
-                this_round = {n: asyncio.run(drive(runners[n], c, args.requests, args.max_tokens)) for n in names}
-                for name, sample in this_round.items():
-                    results.setdefault((name, c), []).append(sample)
-                    ratios.setdefault((name, c), []).append(sample.tok_s / this_round["off"].tok_s)
-    finally:
-        for r in runners.values():
-            asyncio.run(r.unload())
+    cells = run(args.rounds, args.requests, args.max_tokens, args.max_wait_ms)
 
     print(
         f"\nORT GenAI tiny-llama, greedy, {args.max_tokens} tokens/request, {args.requests} requests/cell, "
@@ -99,13 +126,9 @@ def main() -> None:
     print("| scheduler | concurrency | req/s | tokens/s | p50 latency ms | tokens/s vs off (same round) |")
     print("|---|---:|---:|---:|---:|---:|")
     for c in CONCURRENCY:
-        for name in names:
-            s = results[(name, c)]
-            print(
-                f"| {name} | {c} | {statistics.median(x.req_s for x in s):.0f} "
-                f"| {statistics.median(x.tok_s for x in s):.0f} | {statistics.median(x.p50_ms for x in s):.1f} "
-                f"| {statistics.median(ratios[(name, c)]):.2f}x |"
-            )
+        for name in NAMES:
+            cell = cells[(name, c)]
+            print(f"| {name} | {c} | {cell.req_s:.0f} | {cell.tok_s:.0f} | {cell.p50_ms:.1f} | {cell.gain:.2f}x |")
 
 
 if __name__ == "__main__":

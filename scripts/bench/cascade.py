@@ -137,27 +137,47 @@ def metric(text: str, name: str, cascade: str) -> float:
     return sum(float(v) for v in found)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--thresholds", default="0,-0.01,-0.05,-0.2,-1,-100")
-    ap.add_argument("--rule", choices=("mean", "min"), default="min")
-    ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--large-delay-ms", type=float, default=150.0)
-    ap.add_argument("--random-prompts", type=int, default=8)
-    ap.add_argument("--agree-words", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--verbose", action="store_true", help="also print every prompt's tier and agreement")
-    args = ap.parse_args()
-    thresholds = [float(t) for t in args.thresholds.split(",")]
+@dataclass
+class ThresholdRow:
+    """One cascade threshold's outcome over the labelled prompt set (shares in 0..1)."""
+
+    threshold: float
+    tier1: float  # share answered by tier 1
+    in_at_tier1: float  # share of in-domain prompts answered by tier 1
+    out_at_tier2: float  # share of out-of-domain prompts sent on to tier 2
+    cost: float | None  # spent / cost of sending everything to tier 2 (the node's own counters)
+    agreement: float  # share whose first words agree with tier 2's answer
+    p50_s: float
+
+
+@dataclass
+class CascadeResult:
+    n_in: int
+    n_out: int
+    reference_p50_s: float  # everything sent straight to tier 2
+    rows: list[ThresholdRow]
+    details: list[str]  # one line per prompt and threshold: tier, agreement, prompt and answer
+
+
+def run(
+    thresholds: list[float],
+    rule: str = "min",
+    max_tokens: int = 16,
+    large_delay_ms: float = 150.0,
+    random_prompts: int = 8,
+    agree_words: int = 6,
+    seed: int = 0,
+) -> CascadeResult:
+    """One cascade per threshold over the labelled prompts, and the same prompts sent straight to tier 2."""
     docs = training_documents()
     labelled = [(p, "in") for p in in_domain_prompts(docs)] + [
-        (p, "out") for p in out_of_domain_prompts(args.random_prompts, args.seed)
+        (p, "out") for p in out_of_domain_prompts(random_prompts, seed)
     ]
 
-    with OracleOpenAI(docs, args.large_delay_ms / 1000) as large, tempfile.TemporaryDirectory() as tmp:
+    with OracleOpenAI(docs, large_delay_ms / 1000) as large, tempfile.TemporaryDirectory() as tmp:
         names = {t: f"cascade-{i}" for i, t in enumerate(thresholds)}
         cfg = Path(tmp) / "cascade.yaml"
-        large_tier, rule = {"deployment": "large"}, args.rule
+        large_tier = {"deployment": "large"}
         engine = {"api_base": large.url + "/v1", "api_key_env": "ATOMR_BENCH_UNUSED_KEY", "retry": {"max_attempts": 1}}
         cfg.write_text(
             yaml.safe_dump(
@@ -179,7 +199,7 @@ def main() -> int:
 
             def ask(model: str, prompt: str) -> tuple[int, str, float]:
                 t0 = time.perf_counter()
-                r = client.generate(model, prompt=prompt, max_tokens=args.max_tokens)
+                r = client.generate(model, prompt=prompt, max_tokens=max_tokens)
                 return r.tier, r.text, time.perf_counter() - t0
 
             for p, _ in labelled[:3]:  # warm-up: engines, connections
@@ -197,16 +217,65 @@ def main() -> int:
                     break
                 time.sleep(0.5)
 
-    if args.verbose:
-        for t in thresholds:
-            for o in results[t]:
-                ok = agree(o.text, reference[o.prompt][1], args.agree_words)
-                print(f"{t:g}\t{o.label}\ttier {o.tier}\t{'agree' if ok else 'differ'}\t{o.prompt!r} -> {o.text!r}")
+    def agrees(o: Outcome) -> bool:
+        return agree(o.text, reference[o.prompt][1], agree_words)
+
+    details = [
+        f"{t:g}\t{o.label}\ttier {o.tier}\t{'agree' if agrees(o) else 'differ'}\t{o.prompt!r} -> {o.text!r}"
+        for t in thresholds
+        for o in results[t]
+    ]
     n_in = sum(1 for _, label in labelled if label == "in")
     n_out = len(labelled) - n_in
+    rows = []
+    for t in thresholds:
+        outcomes = results[t]
+        t1 = [o for o in outcomes if o.tier == 1]
+        spent = metric(metrics, "atomr_cascade_cost_usd_total", names[t])
+        baseline = metric(metrics, "atomr_cascade_baseline_cost_usd_total", names[t])
+        rows.append(
+            ThresholdRow(
+                threshold=t,
+                tier1=len(t1) / len(outcomes),
+                in_at_tier1=sum(1 for o in t1 if o.label == "in") / n_in,
+                out_at_tier2=sum(1 for o in outcomes if o.tier == 2 and o.label == "out") / n_out,
+                cost=spent / baseline if baseline else None,
+                agreement=sum(1 for o in outcomes if agrees(o)) / len(outcomes),
+                p50_s=statistics.median(o.latency_s for o in outcomes),
+            )
+        )
+    ref_p50 = statistics.median(v[2] for v in reference.values())
+    return CascadeResult(n_in, n_out, ref_p50, rows, details)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--thresholds", default="0,-0.01,-0.05,-0.2,-1,-100")
+    ap.add_argument("--rule", choices=("mean", "min"), default="min")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--large-delay-ms", type=float, default=150.0)
+    ap.add_argument("--random-prompts", type=int, default=8)
+    ap.add_argument("--agree-words", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verbose", action="store_true", help="also print every prompt's tier and agreement")
+    args = ap.parse_args()
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    res = run(
+        thresholds,
+        args.rule,
+        args.max_tokens,
+        args.large_delay_ms,
+        args.random_prompts,
+        args.agree_words,
+        args.seed,
+    )
+
+    if args.verbose:
+        for line in res.details:
+            print(line)
     print(
-        f"\n{len(labelled)} prompts ({n_in} in-domain, {n_out} out-of-domain), max_tokens {args.max_tokens}, "
-        f"rule {args.rule!r}, tier 2 delay {args.large_delay_ms:g} ms, tier 2 price "
+        f"\n{res.n_in + res.n_out} prompts ({res.n_in} in-domain, {res.n_out} out-of-domain), max_tokens "
+        f"{args.max_tokens}, rule {args.rule!r}, tier 2 delay {args.large_delay_ms:g} ms, tier 2 price "
         f"${LARGE_COST['prompt']}/${LARGE_COST['completion']} per 1M prompt/completion tokens\n"
     )
     print(
@@ -214,21 +283,12 @@ def main() -> int:
         "| agreement with tier 2 | p50 latency |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    ref_p50 = statistics.median(v[2] for v in reference.values())
-    print(f"| (all tier 2) | 0% | 100% | - | 100% | 100% | 100% | {ref_p50 * 1000:.0f} ms |")
-    for t in thresholds:
-        rows = results[t]
-        t1 = [o for o in rows if o.tier == 1]
-        in_t1 = sum(1 for o in t1 if o.label == "in")
-        out_t2 = sum(1 for o in rows if o.tier == 2 and o.label == "out")
-        spent = metric(metrics, "atomr_cascade_cost_usd_total", names[t])
-        baseline = metric(metrics, "atomr_cascade_baseline_cost_usd_total", names[t])
-        agreed = sum(1 for o in rows if agree(o.text, reference[o.prompt][1], args.agree_words))
-        p50 = statistics.median(o.latency_s for o in rows)
-        cost = f"{spent / baseline:.0%}" if baseline else "-"
+    print(f"| (all tier 2) | 0% | 100% | - | 100% | 100% | 100% | {res.reference_p50_s * 1000:.0f} ms |")
+    for row in res.rows:
+        cost = f"{row.cost:.0%}" if row.cost is not None else "-"
         print(
-            f"| {t:g} | {len(t1) / len(rows):.0%} | {1 - len(t1) / len(rows):.0%} | {in_t1 / n_in:.0%} "
-            f"| {out_t2 / n_out:.0%} | {cost} | {agreed / len(rows):.0%} | {p50 * 1000:.0f} ms |"
+            f"| {row.threshold:g} | {row.tier1:.0%} | {1 - row.tier1:.0%} | {row.in_at_tier1:.0%} "
+            f"| {row.out_at_tier2:.0%} | {cost} | {row.agreement:.0%} | {row.p50_s * 1000:.0f} ms |"
         )
     return 0
 

@@ -1,11 +1,12 @@
 """A zero-delay OpenAI-compatible backend for benchmarks (raw ASGI on uvicorn, one process).
 
-`POST /v1/chat/completions` and `/v1/completions` answer at once: a short JSON completion, or
+`POST /v1/chat/completions` and `/v1/completions` answer at once (or after `--delay-s`, an asyncio
+sleep, so thousands of requests can wait at the same time): a short JSON completion, or
 with ``"stream": true`` exactly `--chunks` SSE events (one word each), a usage event when asked,
 and ``data: [DONE]``. It does as little as possible per request, so that what a benchmark measures
 is the path in front of it. Not a test fake (see tests/fakes for the protocol-faithful ones).
 
-    python scripts/bench/fake_openai_backend.py --port 0 [--chunks 20]   # prints "port N"
+    python scripts/bench/fake_openai_backend.py --port 0 [--chunks 20] [--delay-s 0]   # prints "port N"
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import uvicorn
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon")
 
 
-def make_app(chunks: int) -> Any:
+def make_app(chunks: int, delay_s: float = 0.0) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
@@ -32,6 +33,8 @@ def make_app(chunks: int) -> Any:
             raw += msg.get("body", b"")
             more = msg.get("more_body", False)
         req = json.loads(raw or b"{}")
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         chat = scope["path"].endswith("/chat/completions")
         model = req.get("model", "fake")
         if not req.get("stream"):
@@ -82,13 +85,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--chunks", type=int, default=20)
+    ap.add_argument("--delay-s", type=float, default=0.0, help="wait this long before answering")
     args = ap.parse_args()
     # proto IPPROTO_TCP, so that asyncio sets TCP_NODELAY on accepted connections (with proto 0
     # it does not, and Nagle + delayed ACKs add ~40 ms to every keep-alive response)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", args.port))
     print(f"port {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(make_app(args.chunks), log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        make_app(args.chunks, args.delay_s), log_level="warning", access_log=False, lifespan="off", backlog=4096
+    )
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
 
 

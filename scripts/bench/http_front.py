@@ -7,9 +7,10 @@ run, interleaved in rounds (medians over rounds; this machine is shared and nois
   remote runner pointed at the backend (HTTP front -> gateway -> coordinator -> runner host ->
   backend, and back).
 Reported: p50 / p99 latency at concurrency 1 and what atomr adds, requests/s at concurrency 64,
-and the total time of a 20-chunk stream with what atomr adds.
+and the total time of a 20-chunk stream with what atomr adds. With ``--litellm-venv PATH``, LiteLLM's
+proxy (`litellm_proxy.py`, its own venv) on the same backend is a third path, measured alike.
 
-    python scripts/bench/http_front.py [--rounds 3] [--requests 400]
+    python scripts/bench/http_front.py [--rounds 3] [--requests 400] [--litellm-venv .bench-venvs/litellm]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from http_load import LoadResult, run_load  # noqa: E402
+from litellm_proxy import LiteLLMProxy  # noqa: E402
 
 from atomr.node_process import NodeProcess  # noqa: E402
 
@@ -37,21 +39,31 @@ CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "Say hello"}], 
 STREAM = {**CHAT, "stream": True}
 
 
-def start_backend() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "fake_openai_backend.py"), "--port", "0", "--chunks", "20"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def start_backend(chunks: int = 20, delay_s: float = 0.0) -> tuple[subprocess.Popen[str], int]:
+    """The fake backend in its own process, and its port."""
+    cmd = [sys.executable, str(HERE / "fake_openai_backend.py"), "--port", "0", "--chunks", str(chunks)]
+    proc = subprocess.Popen([*cmd, "--delay-s", str(delay_s)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     return proc, int(line.split()[1])
 
 
-def start_node(backend_port: int, folder: Path) -> tuple[NodeProcess, int]:
+def stop_backend(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+def start_node(
+    backend_port: int,
+    folder: Path,
+    limits: dict[str, object] | None = None,
+    replicas: int = 1,
+    engine: dict[str, object] | None = None,
+) -> tuple[NodeProcess, int]:
+    """A head node with an HTTP front and deployment "gpt": the `openai` runner on the backend."""
     (folder / "key").write_text("sk-bench")
     cfg = folder / "front.yaml"
-    engine = {"api_base": f"http://127.0.0.1:{backend_port}/v1", "api_key_file": str(folder / "key")}
+    engine = {"api_base": f"http://127.0.0.1:{backend_port}/v1", "api_key_file": str(folder / "key"), **(engine or {})}
     cfg.write_text(
         yaml.safe_dump(
             {
@@ -61,8 +73,9 @@ def start_node(backend_port: int, folder: Path) -> tuple[NodeProcess, int]:
                     {
                         "name": "gpt",
                         "model": "openai/fake",
+                        "replicas": replicas,
                         "engine": engine,
-                        "limits": {"max_inflight_per_replica": 256, "max_queue": 4096},
+                        "limits": limits or {"max_inflight_per_replica": 256, "max_queue": 4096},
                     }
                 ],
             }
@@ -81,57 +94,89 @@ def measure(port: int, body: dict[str, object], n: int, concurrency: int) -> Loa
     return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--requests", type=int, default=400)
-    args = ap.parse_args()
-    backend, backend_port = start_backend()
-    folder = Path(tempfile.mkdtemp(prefix="atomr-bench-"))
-    node, front_port = start_node(backend_port, folder)
-    ports = {"direct": backend_port, "atomr": front_port}
+def compare(ports: dict[str, int], rounds: int, requests: int) -> dict[str, float]:
+    """Each target measured alike, interleaved in rounds; medians over rounds.
+
+    `ports` maps names to HTTP ports and must include "direct" (the backend itself). Keys of the
+    result: "<name> p50", "<name> p99", "<name> stream" (ms, c=1), "<name> req/s" (c=64), and for
+    every other name "<name> added p50", "<name> added p99", "<name> added stream" (ms over
+    direct, taken within each round).
+    """
     rows: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
         rows.setdefault(key, []).append(value)
 
-    try:
-        for port in ports.values():  # warm-up: connections, the runner's client, caches
-            measure(port, CHAT, 100, 4)
-            measure(port, STREAM, 20, 1)
-        for _ in range(args.rounds):
-            unary = {name: measure(port, CHAT, args.requests, 1) for name, port in ports.items()}
-            for name, r in unary.items():
-                add(f"{name} p50", r.p50_ms)
-                add(f"{name} p99", r.percentile(0.99) * 1000)
-            add("added p50", unary["atomr"].p50_ms - unary["direct"].p50_ms)
-            add("added p99", (unary["atomr"].percentile(0.99) - unary["direct"].percentile(0.99)) * 1000)
-            busy = {name: measure(port, CHAT, args.requests * 4, 64) for name, port in ports.items()}
-            for name, r in busy.items():
-                add(f"{name} req/s", r.req_s)
-            streams = {name: measure(port, STREAM, max(20, args.requests // 4), 1) for name, port in ports.items()}
-            for name, r in streams.items():
-                add(f"{name} stream", r.p50_ms)
-            add("added stream", streams["atomr"].p50_ms - streams["direct"].p50_ms)
-    finally:
-        node.stop()
-        backend.terminate()
-        backend.wait(10)
+    for port in ports.values():  # warm-up: connections, the runner's client, caches
+        measure(port, CHAT, 100, 4)
+        measure(port, STREAM, 20, 1)
+    others = [name for name in ports if name != "direct"]
+    for _ in range(rounds):
+        unary = {name: measure(port, CHAT, requests, 1) for name, port in ports.items()}
+        for name, r in unary.items():
+            add(f"{name} p50", r.p50_ms)
+            add(f"{name} p99", r.percentile(0.99) * 1000)
+        for name in others:
+            add(f"{name} added p50", unary[name].p50_ms - unary["direct"].p50_ms)
+            add(f"{name} added p99", (unary[name].percentile(0.99) - unary["direct"].percentile(0.99)) * 1000)
+        busy = {name: measure(port, CHAT, requests * 4, 64) for name, port in ports.items()}
+        for name, r in busy.items():
+            add(f"{name} req/s", r.req_s)
+        streams = {name: measure(port, STREAM, max(20, requests // 4), 1) for name, port in ports.items()}
+        for name, r in streams.items():
+            add(f"{name} stream", r.p50_ms)
+        for name in others:
+            add(f"{name} added stream", streams[name].p50_ms - streams["direct"].p50_ms)
+    return {k: statistics.median(v) for k, v in rows.items()}
 
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    print(f"\nHTTP front vs direct, zero-delay OpenAI-compatible backend, medians of {args.rounds} rounds\n")
-    print("| measure | direct | atomr front | atomr adds | target |")
-    print("|---|---:|---:|---:|---|")
+
+def run(rounds: int = 3, requests: int = 400, litellm_venv: Path | None = None) -> dict[str, float]:
+    """Direct vs the atomr front (vs LiteLLM's proxy when `litellm_venv` is given): `compare`'s medians."""
+    backend, backend_port = start_backend()
+    folder = Path(tempfile.mkdtemp(prefix="atomr-bench-"))
+    proxy: LiteLLMProxy | None = None
+    node: NodeProcess | None = None
+    try:
+        node, front_port = start_node(backend_port, folder)
+        ports = {"direct": backend_port, "atomr": front_port}
+        if litellm_venv is not None:
+            proxy = LiteLLMProxy(litellm_venv, backend_port)
+            ports["litellm"] = proxy.port
+        return compare(ports, rounds, requests)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if node is not None:
+            node.stop()
+        stop_backend(backend)
+
+
+def print_table(med: dict[str, float], rounds: int) -> None:
+    names = [("atomr", "atomr front")] + ([("litellm", "LiteLLM proxy")] if "litellm p50" in med else [])
+    print(f"\nHTTP front vs direct, zero-delay OpenAI-compatible backend, medians of {rounds} rounds\n")
+    print("| measure | direct | " + " | ".join(f"{title} | {title} adds" for _, title in names) + " | target |")
+    print("|---|---:|" + "---:|---:|" * len(names) + "---|")
     rows_out = [
         ("p50 latency, c=1 (ms)", "p50", "adds <= 1.5"),
         ("p99 latency, c=1 (ms)", "p99", ""),
         ("20-chunk stream, total (ms)", "stream", "adds <= 4"),
     ]
     for title, key, target in rows_out:
-        direct, atomr, added = med["direct " + key], med["atomr " + key], med["added " + key]
-        print(f"| {title} | {direct:.2f} | {atomr:.2f} | {added:.2f} | {target} |")
-    ratio = med["atomr req/s"] / med["direct req/s"]
-    print(f"| requests/s, c=64 | {med['direct req/s']:.0f} | {med['atomr req/s']:.0f} | {ratio:.2f}x | >= 400 |")
+        cells = " | ".join(f"{med[f'{n} {key}']:.2f} | {med[f'{n} added {key}']:.2f}" for n, _ in names)
+        print(f"| {title} | {med['direct ' + key]:.2f} | {cells} | {target} |")
+    cells = " | ".join(f"{med[f'{n} req/s']:.0f} | {med[f'{n} req/s'] / med['direct req/s']:.2f}x" for n, _ in names)
+    print(f"| requests/s, c=64 | {med['direct req/s']:.0f} | {cells} | >= 400 |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument(
+        "--litellm-venv", type=Path, default=None, help="also measure LiteLLM's proxy from this venv (made if missing)"
+    )
+    args = ap.parse_args()
+    print_table(run(args.rounds, args.requests, args.litellm_venv), args.rounds)
 
 
 if __name__ == "__main__":
