@@ -5,6 +5,10 @@ gateway (requests queued by several threads at once leave in one message); answe
 second, private endpoint read by one background thread, which hands each request's events to
 its caller. Failures raise the matching `InferenceError` subclass.
 
+Frames are signed with the cluster key (``atomr.cluster_auth``): `cluster_key_file` or
+`cluster_key`, else ``$ATOMR_CLUSTER_KEY_FILE`` / ``$ATOMR_CLUSTER_KEY``, else (for a node on
+loopback) the per-user default key. A node that refuses the key raises `AuthError` at once.
+
 A gateway or a coordinator process may die holding requests (Thespian drops messages to a dead
 actor without telling the sender). While a request has heard nothing, the client checks, at most
 once per `CHECK_S`, that neither was replaced since it was sent: it looks its gateway up again by
@@ -52,6 +56,7 @@ from atomr.actors.messages import (
     WorkItem,
     reply_value,
 )
+from atomr.cluster_auth import resolve_key
 from atomr.core.deployment import Deployment, deployment_from_dict, load_deployments
 from atomr.core.errors import InferenceError, UnavailableError
 from atomr.core.policies import Policies, load_policies, policies_from_config
@@ -92,11 +97,24 @@ def parse_address(address: str | None) -> tuple[str, int]:
 class Client:
     """Connect to the atomr node at `address` ("host:port")."""
 
-    def __init__(self, address: str | None = None, *, timeout: float = 300.0, gateway: str | None = None) -> None:
-        """`gateway` names a gateway process of its own (started on first use) instead of the default."""
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float = 300.0,
+        gateway: str | None = None,
+        cluster_key_file: str | Path | None = None,
+        cluster_key: str | bytes | None = None,
+    ) -> None:
+        """`gateway` names a gateway process of its own (started on first use) instead of the default.
+
+        `cluster_key_file` / `cluster_key`: the cluster's key (see the module docstring). A process
+        uses one key at a time: a client given another key switches the whole process to it.
+        """
         self.host, self.port = parse_address(address)
         self.default_timeout = timeout
-        self._asys = connect_system(self.port, self.host)
+        key = resolve_key(self.host, key_file=cluster_key_file, key=cluster_key)
+        self._asys = connect_system(self.port, self.host, cluster_key=key)
         from atomr.actors.deployment_manager import DeploymentManager
         from atomr.actors.gateway import Gateway
 

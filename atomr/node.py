@@ -4,6 +4,11 @@ The head runs the deployment manager, registry and gateway and deploys what its 
 every node runs a node agent that reports its capabilities and hosts runner processes. The node
 binds loopback unless told otherwise, prints where it listens, and on SIGINT/SIGTERM stops its
 actor system and ends every process it started.
+
+Every frame between the processes of a cluster carries an HMAC with the cluster key
+(``atomr.cluster_auth``): ``--cluster-key-file`` (or ``node.cluster_key_file`` in the config, or
+``$ATOMR_CLUSTER_KEY_FILE`` / ``$ATOMR_CLUSTER_KEY``) is required with a ``--bind`` beyond loopback.
+A joining node first checks that the head accepts its key and exits (status 1) if it does not.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from atomr.client import DEFAULT_PORT
+from atomr.cluster_auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, probe, resolve_key
 from atomr.core.deployment import load_deployments, load_yaml
 from atomr.core.errors import InferenceError
 from atomr.core.policies import Policies, load_policies
@@ -34,6 +41,7 @@ from atomr.thespian_setup import DEFAULT_BIND
 
 log = get_logger("atomr.node")
 WATCH_PERIOD_S = 0.5
+JOIN_CHECK_S = 2.0  # while the head is not reachable yet, ask it this often whether it accepts our key
 
 
 def say(line: str) -> None:
@@ -48,6 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help=f"admin port (default {DEFAULT_PORT}, or the config's)")
     p.add_argument("--bind", default=None, help=f"address to listen on (default {DEFAULT_BIND})")
     p.add_argument("--join", default=None, metavar="HOST:PORT", help="the head node to join")
+    p.add_argument(
+        "--cluster-key-file",
+        default=None,
+        metavar="PATH",
+        help=f"the cluster key shared by every node and client (required with a --bind beyond loopback;"
+        f" default ${KEY_FILE_ENV}, else a per-user key on loopback)",
+    )
     p.add_argument("--config", default=None, help="YAML file: node settings and deployments")
     p.add_argument(
         "--gpus", default=None, help="GPU ids of this node, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES or nvidia-smi)"
@@ -82,6 +97,20 @@ def detect_gpus(flag: str | None) -> list[str]:
     return []
 
 
+def check_join(join: tuple[str, int], key: ClusterKey, quiet: bool = False) -> bool | None:
+    """Whether the head accepts this node's cluster key (None: it gave no verdict yet).
+
+    A refusal is printed on stderr. A head that is not reachable yet is asked again while the node
+    runs (Thespian keeps trying to register with it meanwhile).
+    """
+    check = probe(join[0], join[1], key)
+    if check.accepted is False:
+        print(f"atomr node: could not join {join[0]}:{join[1]}: {check.detail}", file=sys.stderr, flush=True)
+    elif check.accepted is None and not quiet:
+        log.warning("head not reachable yet; will join when it is", head=f"{join[0]}:{join[1]}", detail=check.detail)
+    return check.accepted
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings: dict[str, Any] = {}
@@ -109,10 +138,27 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level or settings.get("log_level", "info"))
     port = args.port or int(settings.get("port", DEFAULT_PORT))
     bind = args.bind or settings.get("bind", DEFAULT_BIND)
+    key_file = args.cluster_key_file
+    if not key_file and settings.get("cluster_key_file"):  # relative to the config file
+        key_file = os.path.join(
+            os.path.dirname(str(args.config)), os.path.expanduser(str(settings["cluster_key_file"]))
+        )
+    try:
+        key = resolve_key(bind, key_file=key_file)
+    except ClusterKeyError as exc:
+        print(f"atomr node: {exc.message}", file=sys.stderr)
+        return 2
+    if key_file:  # the actor system (started further down) resolves the same key
+        os.environ[KEY_FILE_ENV] = os.path.abspath(os.path.expanduser(str(key_file)))
+        os.environ.pop(KEY_ENV, None)
     join = None
+    joined: bool | None = True
     if args.join:
         host, _, jport = args.join.rpartition(":")
         join = (host or "127.0.0.1", int(jport))
+        joined = check_join(join, key)
+        if joined is False:
+            return 1
     node_id = args.node_id or f"{socket.gethostname()}-{port}"
     gpus = detect_gpus(args.gpus)
 
@@ -125,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node.start()
         say(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}")
+        say(f"cluster key id {key.key_id} ({key.source})")
         if node.join is None and tenants.tenants:
             node.set_tenants(tenants.tenants)
         if http is not None and node.join is None:
@@ -147,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             except InferenceError as exc:
                 say(f"routes and cascades refused: {exc.kind}: {exc.message}")
         say("ready")
+        next_join_check = time.monotonic() + JOIN_CHECK_S
         while not stop.wait(WATCH_PERIOD_S):
+            if joined is None and join is not None and time.monotonic() >= next_join_check:
+                joined = check_join(join, key, quiet=True)
+                if joined is False:
+                    return 1
+                next_join_check = time.monotonic() + JOIN_CHECK_S
             try:
                 node.watch()  # the head's gateway and node agent are started again if they died
             except InferenceError as exc:

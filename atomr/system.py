@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from atomr.cluster_auth import ClusterKey, probe, resolve_key
 from atomr.thespian_setup import DEFAULT_BIND, configure_thespian
 
 SYSTEM_BASE = "multiprocTCPBase"
@@ -51,9 +52,13 @@ def start_system(
     bind: str = DEFAULT_BIND,
     capabilities: dict[str, Any] | None = None,
     join: tuple[str, int] | None = None,
+    cluster_key: ClusterKey | None = None,
 ) -> Any:
-    """Start this node's actor system admin on `port` (joining a convention if `join`)."""
-    configure_thespian(bind)
+    """Start this node's actor system admin on `port` (joining a convention if `join`).
+
+    Frames are signed with `cluster_key` (default: ``atomr.cluster_auth.resolve_key(bind)``).
+    """
+    configure_thespian(bind, cluster_key)
     from thespian.actors import ActorSystem
 
     if port_open(bind if bind not in ("", "0.0.0.0") else "127.0.0.1", port):
@@ -64,13 +69,24 @@ def start_system(
     return ActorSystem(SYSTEM_BASE, caps, logDefs=thespian_log_defs(), transientUnique=True)
 
 
-def connect_system(port: int, host: str = DEFAULT_BIND) -> Any:
-    """Connect to a running node's actor system as an external client."""
-    from atomr.core.errors import UnavailableError
+def connect_system(port: int, host: str = DEFAULT_BIND, cluster_key: ClusterKey | None = None) -> Any:
+    """Connect to a running node's actor system as an external client.
 
-    if not port_open(host, port):
-        raise UnavailableError(f"no atomr node is listening on {host}:{port}")
-    configure_thespian(host)
+    The node is first asked whether it accepts the cluster key (`cluster_key`, default
+    ``atomr.cluster_auth.resolve_key(host)``): a wrong key raises AuthError at once.
+    """
+    from atomr.core.errors import AuthError, UnavailableError
+
+    key = cluster_key or resolve_key(host)
+    check = probe(host, port, key)
+    if not check.reachable:
+        raise UnavailableError(f"no atomr node is listening on {host}:{port} ({check.detail})")
+    if check.accepted is False:
+        raise AuthError(
+            f"the node at {host}:{port} refused this client's cluster key: {check.detail}; use the node's key"
+            " (Client(cluster_key_file=PATH) or $ATOMR_CLUSTER_KEY_FILE)"
+        )
+    configure_thespian(host, key)
     from thespian.actors import ActorSystem
 
     return ActorSystem(SYSTEM_BASE, {"Admin Port": port}, logDefs=thespian_log_defs(), transientUnique=True)

@@ -2,9 +2,11 @@
 
 Thespian binds every listening socket to 0.0.0.0 and unpickles what arrives. atomr binds the
 address the operator chose (loopback by default) by adjusting Thespian's IP address class once,
-at import of the process that starts the system; forked admin and actor processes inherit it.
-The same setup applies atomr's wire-compatible transport speed patches
-(``atomr.thespian_patches``; ``ATOMR_THESPIAN_PATCHES=0`` turns them off).
+in the process that starts (or connects to) the system, before the first ActorSystem; the admin,
+logger and actor processes it forks inherit it. The same setup applies atomr's wire-compatible
+transport speed patches (``atomr.thespian_patches``; ``ATOMR_THESPIAN_PATCHES=0`` turns them off)
+and then authenticates every frame with the cluster key (``atomr.cluster_auth``; always on: a key
+is required beyond loopback, a per-user default serves loopback).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from atomr.cluster_auth import ClusterKey, install, resolve_key
 from atomr.thespian_patches import apply_patches
 
 DEFAULT_BIND = "127.0.0.1"
@@ -22,15 +25,22 @@ TRANSMIT_RETRY_S = 0.5
 _applied_bind: str | None = None
 
 
-def configure_thespian(bind_host: str = DEFAULT_BIND) -> None:
-    """Make Thespian listen on `bind_host` only. Idempotent; call before `ActorSystem(...)`."""
+def configure_thespian(bind_host: str = DEFAULT_BIND, cluster_key: ClusterKey | None = None) -> ClusterKey:
+    """Make Thespian listen on `bind_host` only and sign/check frames with the cluster key.
+
+    `cluster_key` defaults to what ``atomr.cluster_auth.resolve_key`` finds for `bind_host` (it
+    raises ``ClusterKeyError`` beyond loopback when none is configured). Idempotent; call before
+    ``ActorSystem(...)``. Returns the key in use.
+    """
     global _applied_bind
+    key = cluster_key or resolve_key(bind_host)  # before anything changes: a refused key changes nothing
     os.environ["ATOMR_BIND"] = bind_host
     if bind_host not in ("", "0.0.0.0"):
         os.environ["THESPIAN_BASE_IPADDR"] = bind_host
     if _applied_bind is not None:
         _applied_bind = bind_host
-        return
+        install(key)
+        return key
     from thespian.system.transport import IPBase
 
     original_init = IPBase.IPActorAddress.__init__
@@ -44,7 +54,9 @@ def configure_thespian(bind_host: str = DEFAULT_BIND) -> None:
     IPBase.IPActorAddress.__init__ = bound_init
     _shorten_transmit_retry()
     apply_patches()
+    install(key)  # after the speed patches: they check Thespian's own code before replacing it
     _applied_bind = bind_host
+    return key
 
 
 def _shorten_transmit_retry() -> None:

@@ -1,11 +1,16 @@
 """Shared fixtures: real atomr nodes in their own processes, and a leak guard that ends by PID
-every process a test run left behind (found through an environment marker every node inherits)."""
+every process a test run left behind (found through an environment marker every node inherits).
+
+The run keeps its own per-user state (``XDG_STATE_HOME``, where the default loopback cluster key
+is created) in a temporary folder, so tests neither need nor touch the user's own key."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
@@ -18,6 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 SESSION_MARK = "ATOMR_TEST_SESSION"
 SESSION_ID = uuid.uuid4().hex
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# One state folder per test run, shared by every process of the run (processes that import this
+# module again, e.g. `python -c "from tests... import main"`, find it in the environment).
+_OWN_STATE_DIR = "ATOMR_TEST_STATE_DIR" not in os.environ
+STATE_DIR = os.environ.setdefault(
+    "ATOMR_TEST_STATE_DIR", tempfile.mkdtemp(prefix="atomr-test-state-") if _OWN_STATE_DIR else ""
+)
+os.environ["XDG_STATE_HOME"] = STATE_DIR  # this process and every process it starts
 
 
 def node_env(**extra: str) -> dict[str, str]:
@@ -48,9 +60,15 @@ class Node(NodeProcess):
     """A node for tests: its processes carry the session marker the leak guard looks for."""
 
     def __init__(
-        self, *args: str, config: str | Path | None = None, timeout: float = 120.0, python: str | None = None
+        self,
+        *args: str,
+        config: str | Path | None = None,
+        timeout: float = 120.0,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(args, config=config, env=node_env(), cwd=REPO, timeout=timeout, python=python)
+        """`env`: variables set in the node's environment besides node_env()'s."""
+        super().__init__(args, config=config, env=node_env(**dict(env or {})), cwd=REPO, timeout=timeout, python=python)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,6 +76,8 @@ def leak_guard() -> Iterator[None]:
     yield
     left = session_processes()
     pids = end_processes(left)
+    if _OWN_STATE_DIR:
+        shutil.rmtree(STATE_DIR, ignore_errors=True)
     assert not pids, f"processes left behind by the test run (ended now): {pids}"
 
 
