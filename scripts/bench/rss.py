@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -36,12 +37,29 @@ def node_processes(node: NodeProcess) -> list[psutil.Process]:
     return list(found.values())
 
 
+def label(p: psutil.Process, node: NodeProcess) -> str:
+    """What a node process is, roughly: the node's own, the actor system's admin, or an actor
+    (marked "ORT" when it has ONNX Runtime loaded: a local engine's runner)."""
+    if p.pid == node.proc.pid:
+        return "node"
+    try:
+        if p.ppid() == 1:
+            return "actor system admin"
+        maps = Path(f"/proc/{p.pid}/maps")
+        engine = maps.exists() and "onnxruntime" in maps.read_text(errors="replace")
+    except (psutil.Error, OSError):
+        return "?"
+    return "actor, ORT" if engine else "actor"
+
+
 def rss_of(procs: list[psutil.Process]) -> dict[int, int]:
     """RSS in bytes per PID, for the processes still alive."""
     out: dict[int, int] = {}
     for p in procs:
         with contextlib.suppress(psutil.Error):
-            out[p.pid] = p.memory_info().rss
+            rss = p.memory_info().rss
+            if rss:  # 0: a zombie, already gone
+                out[p.pid] = rss
     return out
 
 
