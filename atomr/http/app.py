@@ -269,17 +269,28 @@ async def _whole(backend: InferenceBackend, req: InferenceRequest) -> Any:
 
 async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     """`work`'s result, or None when the client disconnects first (the work is then cancelled)."""
-    task = asyncio.ensure_future(work)
+    handler = asyncio.current_task()
+    assert handler is not None
     watcher = asyncio.ensure_future(_disconnected(request))
+    gone = False
+
+    def on_disconnect(w: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if not w.cancelled() and w.exception() is None:
+            gone = True
+            handler.cancel()
+
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        handler.uncancel()
+        return None
     finally:
+        watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return None
 
 
 async def _disconnected(request: Request) -> None:

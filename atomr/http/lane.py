@@ -49,7 +49,7 @@ class GatewayLane:
         self.actor = actor
         self.settings = settings
         self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}")
-        self._queues: dict[str, asyncio.Queue[StreamEvent]] = {}
+        self._queues: dict[str, asyncio.Queue[StreamEvent | None]] = {}
         self._silent: dict[str, InferenceRequest] = {}  # sent, and nothing heard yet
         self._asks: dict[str, collections.deque[asyncio.Future[Any]]] = {
             "status": collections.deque(),
@@ -96,12 +96,16 @@ class GatewayLane:
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamEvent]:
         rid = request.request_id
-        q: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        q: asyncio.Queue[StreamEvent | None] = asyncio.Queue()  # None: waited long enough
         self._queues[rid] = q
         assembler = StreamAssembler(rid)
         deadline = request.deadline or (time.time() + 600.0)
         model = request.model  # where a cancel goes, when it goes through the gateway actor
         here: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        # One timer per request (re-armed only when the assembler's wait changes), rather than a
+        # wait_for per event: the timer puts None in the queue.
+        timer: asyncio.TimerHandle | None = None
 
         def forward(fallback: InferenceRequest, rest: tuple[str, ...]) -> None:
             nonlocal model
@@ -116,12 +120,18 @@ class GatewayLane:
             self._silent[rid] = request
         try:
             while True:
-                try:
-                    ev = await asyncio.wait_for(q.get(), assembler.wait_time(deadline - time.time()))
+                expiry = loop.time() + assembler.wait_time(deadline - time.time())
+                if timer is None or abs(timer.when() - expiry) > 0.05:
+                    if timer is not None:
+                        timer.cancel()
+                    timer = loop.call_at(expiry, q.put_nowait, None)
+                ev = await q.get()
+                if ev is None:
+                    timer = None
+                    steps = [assembler.on_timeout()]
+                else:
                     self._silent.pop(rid, None)
                     steps = assembler.on_event(ev)
-                except TimeoutError:
-                    steps = [assembler.on_timeout()]
                 for step in steps:
                     if step.resend:
                         self._send(request, resent=True)
@@ -132,6 +142,8 @@ class GatewayLane:
                         if step.final:
                             return
         finally:
+            if timer is not None:
+                timer.cancel()
             self._queues.pop(rid, None)
             self._silent.pop(rid, None)
             if not assembler.finished:

@@ -134,32 +134,43 @@ async def resilient_stream(
         except Exception as inner:  # noqa: BLE001 - a mapping bug must still give the caller an answer
             return InternalError(f"{type(exc).__name__} (unmapped: {inner})")
 
-    retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(policy.max_attempts),
-        wait=_wait_for(policy, deadline),
-        retry=tenacity.retry_if_exception(
-            lambda e: isinstance(e, InferenceError) and e.retryable and e.kind != "circuit_open"
-        ),
-        reraise=True,
-    )
-    stream: AsyncIterator[Chunk] | None = None
-    first: Chunk | None = None
-    async for attempt in retrying:
-        with attempt:
-            breaker.before_call()
-            stream = open_stream()
-            try:
-                async with asyncio.timeout(remaining()):
-                    first = await anext(stream)
-            except StopAsyncIteration:
-                first = None
-            except Exception as exc:  # noqa: BLE001 - every failure is mapped to the taxonomy
-                err = as_error(exc)
-                breaker.on_failure(err)
-                await _close(stream)
-                raise err from None
+    async def attempt() -> tuple[AsyncIterator[Chunk], Chunk | None]:
+        breaker.before_call()
+        stream = open_stream()
+        try:
+            async with asyncio.timeout(remaining()):
+                return stream, await anext(stream)
+        except StopAsyncIteration:
+            return stream, None
+        except Exception as exc:  # noqa: BLE001 - every failure is mapped to the taxonomy
+            err = as_error(exc)
+            breaker.on_failure(err)
+            await _close(stream)
+            raise err from None
+
+    try:
+        stream, first = await attempt()
+    except InferenceError as first_failure:
+        if not _worth_retrying(first_failure):
+            raise
+        # Only a failed first attempt pays for tenacity: it sees that failure as its own first
+        # attempt (so waits, retry-after and the deadline rule apply as to any other).
+        failed: InferenceError | None = first_failure
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(policy.max_attempts),
+            wait=_wait_for(policy, deadline),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, InferenceError) and _worth_retrying(e)),
+            reraise=True,
+        )
+        async for tried in retrying:
+            with tried:
+                if failed is not None:
+                    again: InferenceError = failed
+                    failed = None
+                    raise again from None
+                stream, first = await attempt()
     breaker.on_success()
-    if first is None or stream is None:
+    if first is None:
         return
     yield first
     try:
@@ -170,12 +181,16 @@ async def resilient_stream(
             except StopAsyncIteration:
                 return
             except Exception as exc:  # noqa: BLE001 - every failure is mapped to the taxonomy
-                err = as_error(exc)
-                breaker.on_failure(err)
-                raise err from None
+                broken = as_error(exc)
+                breaker.on_failure(broken)
+                raise broken from None
             yield chunk
     finally:
         await _close(stream)
+
+
+def _worth_retrying(err: InferenceError) -> bool:
+    return err.retryable and err.kind != "circuit_open"
 
 
 async def _close(stream: AsyncIterator[Chunk] | None) -> None:
