@@ -47,7 +47,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAI) -> Iterator
     engine = {
         "api_base": fake.url + "/v1",
         "api_key_file": str(folder / "key"),
-        "retry": {"max_attempts": 2, "backoff_initial_s": 0.02, "backoff_max_s": 0.1, "jitter_s": 0.01},
+        # 3 attempts: a retry may take the next queued cut, which may also come before any text
+        "retry": {"max_attempts": 3, "backoff_initial_s": 0.02, "backoff_max_s": 0.1, "jitter_s": 0.01},
         "circuit": {"failure_threshold": 5, "cooldown_s": 1.0},
         "timeout_s": 10,
     }
@@ -150,7 +151,9 @@ def test_streams_cut_midway_never_repeat_text(node: Node, provider: FakeOpenAI) 
         load = Load(client, "remote", PROMPT, want, max_tokens, kinds=KINDS, workers=6, http=http_url(node))
         try:
             load.wait_for(12)
-            for n in (0, 1, 3, 10, 30, 0, 2, 20) * 3:  # before the first chunk, and well inside the text
+            # before the first chunk (0, and 1: a chat stream's first event is the role alone), and
+            # well inside the text; the cuts before text are kept apart
+            for n in (0, 10, 3, 30, 1, 20, 2) * 3:
                 provider.cut_next_after(n)
                 time.sleep(0.03)
             cut_done = time.time()
