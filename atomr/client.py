@@ -56,7 +56,6 @@ from atomr.actors.messages import (
     WorkItem,
     reply_value,
 )
-from atomr.cluster_auth import resolve_key
 from atomr.core.deployment import Deployment, deployment_from_dict, load_deployments
 from atomr.core.errors import InferenceError, UnavailableError
 from atomr.core.policies import Policies, load_policies, policies_from_config
@@ -113,6 +112,8 @@ class Client:
         """
         self.host, self.port = parse_address(address)
         self.default_timeout = timeout
+        from atomr.cluster_auth import resolve_key
+
         key = resolve_key(self.host, key_file=cluster_key_file, key=cluster_key)
         self._asys = connect_system(self.port, self.host, cluster_key=key)
         from atomr.actors.deployment_manager import DeploymentManager

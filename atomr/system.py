@@ -11,12 +11,14 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from atomr.cluster_auth import ClusterKey, probe, resolve_key
 from atomr.thespian_setup import DEFAULT_BIND, configure_thespian
+
+if TYPE_CHECKING:
+    from atomr.cluster_auth import ClusterKey
 
 SYSTEM_BASE = "multiprocTCPBase"
 
@@ -75,6 +77,7 @@ def connect_system(port: int, host: str = DEFAULT_BIND, cluster_key: ClusterKey 
     The node is first asked whether it accepts the cluster key (`cluster_key`, default
     ``atomr.cluster_auth.resolve_key(host)``): a wrong key raises AuthError at once.
     """
+    from atomr.cluster_auth import probe, resolve_key
     from atomr.core.errors import AuthError, UnavailableError
 
     key = cluster_key or resolve_key(host)

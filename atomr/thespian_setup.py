@@ -12,10 +12,12 @@ is required beyond loopback, a per-user default serves loopback).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from atomr.cluster_auth import ClusterKey, install, resolve_key
 from atomr.thespian_patches import apply_patches
+
+if TYPE_CHECKING:
+    from atomr.cluster_auth import ClusterKey
 
 DEFAULT_BIND = "127.0.0.1"
 # Thespian waits 35 s (times the attempt number) before re-sending a message whose delivery was
@@ -32,6 +34,9 @@ def configure_thespian(bind_host: str = DEFAULT_BIND, cluster_key: ClusterKey | 
     raises ``ClusterKeyError`` beyond loopback when none is configured). Idempotent; call before
     ``ActorSystem(...)``. Returns the key in use.
     """
+    # imported here: `import atomr` stays free of it, so `python -m atomr.cluster_auth` runs it once
+    from atomr.cluster_auth import install, resolve_key
+
     global _applied_bind
     key = cluster_key or resolve_key(bind_host)  # before anything changes: a refused key changes nothing
     os.environ["ATOMR_BIND"] = bind_host

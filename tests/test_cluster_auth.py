@@ -10,6 +10,7 @@ key is refused before anything starts.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import pickle
@@ -157,6 +158,8 @@ def test_frames_carry_an_hmac_checked_before_unpickling(tmp_path: Path) -> None:
     key = ca.key_from_text("k" * 32, "test")
     other = ca.key_from_text("o" * 32, "test")
     signer = ca.SignedPickle(key)
+    for data in (b"", b"x" * 100, os.urandom(70000)):
+        assert signer.tag(data) == hmac.digest(key.mac_key, data, "sha256")
     body = signer.dumps({"a": 1})
     assert signer.loads(body) == {"a": 1}
     marker = tmp_path / "created"
