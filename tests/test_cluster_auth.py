@@ -385,6 +385,60 @@ def test_a_node_with_another_key_is_refused_and_one_with_the_key_joins(head: Nod
         assert good.stop() == []
 
 
+def start_node(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "atomr.node", *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop_node(proc: subprocess.Popen[bytes], port: int) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    end_processes(system_processes(port))
+
+
+def test_a_node_that_started_before_its_head_exits_when_the_head_refuses_its_key(
+    keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    right, wrong = keys
+    head_port, member_port = free_port(), free_port()
+    member_log, head_log = tmp_path / "member.log", tmp_path / "head.log"
+    member = start_node(
+        [
+            "--role",
+            "cpu",
+            "--node-id",
+            "early",
+            "--port",
+            str(member_port),
+            "--join",
+            f"127.0.0.1:{head_port}",
+            "--cluster-key-file",
+            str(wrong),
+        ],
+        member_log,
+        env_without_keys(),
+    )
+    head = None
+    try:
+        wait_until(lambda: "\nready\n" in member_log.read_text(), 120, "the member started (its head not up yet)")
+        head = start_node(["--port", str(head_port), "--cluster-key-file", str(right)], head_log, env_without_keys())
+        wait_until(lambda: "\nready\n" in head_log.read_text(), 120, "the head started")
+        assert member.wait(60) == 1
+        out = member_log.read_text()
+        assert f"could not join 127.0.0.1:{head_port}" in out and "different cluster key" in out, out
+    finally:
+        stop_node(member, member_port)
+        if head is not None:
+            stop_node(head, head_port)
+
+
 def _process(pid: int) -> psutil.Process | None:
     try:
         return psutil.Process(pid)
@@ -420,6 +474,16 @@ def test_a_node_bound_to_a_cluster_interface_listens_there_only(keys: tuple[Path
         check = ca.probe(ip, node.port, ca.load_key_file(keys[0]))
         assert check.accepted is True, check.detail
         assert ca.probe(ip, node.port, ca.load_key_file(keys[1])).accepted is False
+        for key_file, rc, says in ((keys[0], 0, "accepts this cluster key"), (keys[1], 1, "different cluster key")):
+            run = subprocess.run(
+                [sys.executable, "-m", "atomr.cluster_auth", "check", f"{ip}:{node.port}", "--key-file", str(key_file)],
+                env=env_without_keys(),
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert run.returncode == rc and says in run.stdout, run.stdout + run.stderr
     finally:
         assert node.stop() == []
 
