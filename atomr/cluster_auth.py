@@ -4,7 +4,8 @@ Thespian's TCP transport sends every message as one frame, ``<length>>`` followe
 and unpickles whatever arrives on any of its sockets: whoever can reach a port of an actor system
 (its admin, an actor, its logger, a client's endpoint) can run code there. This module is the one
 place that closes that hole. Once installed in a process (``atomr.thespian_setup`` does it, before
-the first actor system starts; forked admin, actor and logger processes inherit it):
+the first actor system starts; the admin, logger and actor processes Thespian forks inherit it.
+Thespian's default 'fork' start method is required: a 'spawn' child would start unpatched):
 
 * every frame it sends carries an HMAC-SHA256 of the pickle, ahead of it, computed with a key
   derived from the cluster key; so do the transport's ACK frames, which Thespian pickles once at
