@@ -4,8 +4,11 @@ Two paths to the same backend (`fake_openai_backend.py`, its own process), measu
 run, interleaved in rounds (medians over rounds; this machine is shared and noisy):
 - direct: the load generator posts to the backend itself;
 - atomr: the load generator posts to a head node's HTTP front, whose deployment is the `openai`
-  remote runner pointed at the backend (HTTP front -> gateway -> coordinator -> runner host ->
-  backend, and back).
+  remote runner pointed at the backend (served inside the front's own process: HTTP front ->
+  the runner's openai SDK call -> backend, and back; see atomr/http/inline.py);
+- SDK alone: what one call of the official openai SDK (the runner's way, `post` over its aiohttp
+  transport) adds over the direct path, in a loop in this process: the part of atomr's added
+  latency that is the SDK's.
 Reported: p50 / p99 latency at concurrency 1 and what atomr adds, requests/s at concurrency 64,
 and the total time of a 20-chunk stream with what atomr adds. With ``--litellm-venv PATH``, LiteLLM's
 proxy (`litellm_proxy.py`, its own venv) on the same backend is a third path, measured alike.
@@ -130,6 +133,33 @@ def compare(ports: dict[str, int], rounds: int, requests: int) -> dict[str, floa
     return {k: statistics.median(v) for k, v in rows.items()}
 
 
+def sdk_alone_p50(backend_port: int, n: int) -> float:
+    """p50 (ms) of sequential chat calls through the openai SDK, as the `openai` runner makes them."""
+    import time
+
+    import openai
+
+    async def calls() -> float:
+        client = openai.AsyncOpenAI(
+            api_key="sk-bench",
+            base_url=f"http://127.0.0.1:{backend_port}/v1",
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(),
+        )
+        times: list[float] = []
+        try:
+            for i in range(n + 20):
+                t = time.perf_counter()
+                await client.post("/chat/completions", body=CHAT, cast_to=object)
+                if i >= 20:  # the first calls warm the connection
+                    times.append(time.perf_counter() - t)
+        finally:
+            await client.close()
+        return statistics.median(times) * 1000
+
+    return asyncio.run(calls())
+
+
 def run(rounds: int = 3, requests: int = 400, litellm_venv: Path | None = None) -> dict[str, float]:
     """Direct vs the atomr front (vs LiteLLM's proxy when `litellm_venv` is given): `compare`'s medians."""
     backend, backend_port = start_backend()
@@ -142,7 +172,13 @@ def run(rounds: int = 3, requests: int = 400, litellm_venv: Path | None = None) 
         if litellm_venv is not None:
             proxy = LiteLLMProxy(litellm_venv, backend_port)
             ports["litellm"] = proxy.port
-        return compare(ports, rounds, requests)
+        med = compare(ports, rounds, requests)
+        added = []
+        for _ in range(rounds):  # interleaved with the direct path, like the others
+            direct = measure(backend_port, CHAT, requests, 1).p50_ms
+            added.append(sdk_alone_p50(backend_port, requests) - direct)
+        med["sdk added p50"] = statistics.median(added)
+        return med
     finally:
         if proxy is not None:
             proxy.stop()
@@ -166,6 +202,9 @@ def print_table(med: dict[str, float], rounds: int) -> None:
         print(f"| {title} | {med['direct ' + key]:.2f} | {cells} | {target} |")
     cells = " | ".join(f"{med[f'{n} req/s']:.0f} | {med[f'{n} req/s'] / med['direct req/s']:.2f}x" for n, _ in names)
     print(f"| requests/s, c=64 | {med['direct req/s']:.0f} | {cells} | >= 400 |")
+    if "sdk added p50" in med:
+        sdk = med["sdk added p50"]
+        print(f"\nThe openai SDK call alone (in-process loop) adds {sdk:.2f} ms p50 over the direct path.")
 
 
 def main() -> None:

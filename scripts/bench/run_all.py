@@ -139,6 +139,16 @@ def front_rows(s: Sizes, litellm_venv: Path | None) -> list[Row]:
     rows.append(
         Row(
             bench,
+            "of which the openai SDK call alone (in-process loop), ms",
+            f"direct {med['direct p50']:.2f} ms",
+            f"+{med['sdk added p50']:.2f}",
+            "-",
+            f"{med['sdk added p50'] / added_p50:.0%} of atomr's added" if added_p50 > 0 else "-",
+        )
+    )
+    rows.append(
+        Row(
+            bench,
             "added p99 latency at c=1, ms",
             f"direct {med['direct p99']:.2f} ms",
             f"+{med['atomr added p99']:.2f}",
