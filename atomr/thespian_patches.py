@@ -328,7 +328,9 @@ class OneShotPollSelector:
     with epoll that is 3 + one system call per socket, with poll it is one. Events are reported
     the way ``selectors.EpollSelector`` reports them; a descriptor that is not open raises
     OSError(EBADF) from select(), as epoll raised it from register(), both inside the same
-    ``try`` in Thespian.
+    ``try`` in Thespian. A descriptor registered twice (Thespian can list a socket it is still
+    sending on among those to read as well) is watched for both; the stock selectors raise a
+    KeyError there, which Thespian does not catch and which ends the actor's transport loop.
     """
 
     def __init__(self) -> None:
@@ -339,12 +341,13 @@ class OneShotPollSelector:
         fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
         if fd < 0:
             raise ValueError(f"Invalid file descriptor: {fd}")
-        if fd in self._keys:
-            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        known = self._keys.get(fd)
+        if known is not None:
+            events |= known.events
         mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
             select.POLLOUT if events & selectors.EVENT_WRITE else 0
         )
-        self._poll.register(fd, mask)
+        self._poll.register(fd, mask)  # (registering again modifies)
         key = selectors.SelectorKey(fileobj, fd, events, data)
         self._keys[fd] = key
         return key
