@@ -124,6 +124,19 @@ def env_without_keys(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_module(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` with no cluster key in its environment, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        env=env_without_keys(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def non_loopback_ipv4() -> str | None:
     for addrs in psutil.net_if_addrs().values():
         for a in addrs:
@@ -311,10 +324,8 @@ def test_a_node_with_another_key_is_refused_and_one_with_the_key_joins(head: Nod
     # a node started with another key says it cannot join, and exits
     port = free_port()
     started = time.monotonic()
-    run = subprocess.run(
+    run = run_module(
         [
-            sys.executable,
-            "-m",
             "atomr.node",
             "--role",
             "cpu",
@@ -327,12 +338,7 @@ def test_a_node_with_another_key_is_refused_and_one_with_the_key_joins(head: Nod
             "--cluster-key-file",
             str(wrong),
         ],
-        env=env_without_keys(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=120,
-        stdin=subprocess.DEVNULL,
     )
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"could not join {head.address}" in run.stderr and "different cluster key" in run.stderr
@@ -475,14 +481,7 @@ def test_a_node_bound_to_a_cluster_interface_listens_there_only(keys: tuple[Path
         assert check.accepted is True, check.detail
         assert ca.probe(ip, node.port, ca.load_key_file(keys[1])).accepted is False
         for key_file, rc, says in ((keys[0], 0, "accepts this cluster key"), (keys[1], 1, "different cluster key")):
-            run = subprocess.run(
-                [sys.executable, "-m", "atomr.cluster_auth", "check", f"{ip}:{node.port}", "--key-file", str(key_file)],
-                env=env_without_keys(),
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            run = run_module(["atomr.cluster_auth", "check", f"{ip}:{node.port}", "--key-file", str(key_file)], 60)
             assert run.returncode == rc and says in run.stdout, run.stdout + run.stderr
     finally:
         assert node.stop() == []
@@ -494,15 +493,7 @@ def test_a_node_bound_to_a_cluster_interface_listens_there_only(keys: tuple[Path
 def test_binding_beyond_loopback_without_a_key_is_refused() -> None:
     for address in ("0.0.0.0", non_loopback_ipv4() or "192.0.2.1"):
         port = free_port()
-        run = subprocess.run(
-            [sys.executable, "-m", "atomr.node", "--bind", address, "--port", str(port)],
-            env=env_without_keys(),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
+        run = run_module(["atomr.node", "--bind", address, "--port", str(port)], 120)
         assert run.returncode == 2, run.stdout + run.stderr
         assert "--cluster-key-file" in run.stderr and ca.KEY_FILE_ENV in run.stderr, run.stderr
         assert "ready" not in run.stdout
