@@ -72,6 +72,8 @@ class InlineRunners:
         self._served: dict[str, ServedHere] = {}  # deployment name -> current version
         self._retiring: list[ServedHere] = []
         self._names: dict[str, str] = {}  # model name (name or alias) -> deployment name
+        # Kept per version while the deployment is routed (a swapped-out version's counters stay)
+        self._metrics: dict[tuple[str, str], DeploymentMetrics] = {}
 
     # ---- which deployments (on route changes) ----
 
@@ -89,11 +91,16 @@ class InlineRunners:
                 continue
             if current is not None:
                 self._retire(current)
-            served = ServedHere(spec, DeploymentMetrics(spec.name, spec.version, spec.runtime, f"@{self._where}"))
+            metrics = self._metrics.get((name, spec.version))
+            if metrics is None:
+                metrics = DeploymentMetrics(spec.name, spec.version, spec.runtime, f"@{self._where}")
+                self._metrics[(name, spec.version)] = metrics
+            served = ServedHere(spec, metrics)
             self._served[name] = served
             asyncio.get_running_loop().create_task(self._load(served))
         for name in [n for n in self._served if n not in wanted]:
             self._retire(self._served.pop(name))
+        self._metrics = {key: m for key, m in self._metrics.items() if key[0] in wanted}
 
     async def _load(self, served: ServedHere) -> None:
         dep = served.deployment
@@ -207,12 +214,13 @@ class InlineRunners:
     # ---- metrics (the gateway ships them with its own) ----
 
     def recorders(self) -> list[DeploymentMetrics]:
-        out = []
+        """Every version's metrics while its deployment is routed, and those of runners still ending."""
+        out = {id(m): m for m in list(self._metrics.values())}  # (called from the actor thread)
         for served in [*self._served.values(), *self._retiring]:
             circuit = None
             status = getattr(served.runner, "status", None)
             if status is not None:
                 circuit = (status().get("circuit") or {}).get("state")
             served.metrics.replicas(None, [(self.replica, served.ready, served.inflight, circuit)])
-            out.append(served.metrics)
-        return out
+            out[id(served.metrics)] = served.metrics
+        return list(out.values())
