@@ -4,7 +4,9 @@
   names replica ``gateway-<pid of the process listening on the HTTP port>``), with the same answer
   a `Client` gets through the deployment's replica;
 - the metrics of both paths add up to one count per request in `/metrics`;
-- ``serve_in_gateway: false``, a rate-limited deployment and a local model keep the replica path;
+- ``serve_in_gateway: false`` and a local model keep the replica path;
+- a rate-limited deployment is admitted from the gateway's lease and served in the gateway; over
+  the limit, 429 with Retry-After, and the refused request gives its slot back;
 - a retryable failure before the first chunk moves the request to the fallback deployment;
 - beyond `max_inflight_per_replica` requests in flight, the rest go to the coordinator's replicas;
 - a client that leaves cancels the request in the gateway (the provider's call is dropped).
@@ -48,7 +50,13 @@ def front(tmp_path_factory: pytest.TempPathFactory, provider: FakeOpenAI) -> Ite
         {"name": "gpt", "model": "openai/gpt-fake", "engine": remote, "limits": {"max_inflight_per_replica": 2}},
         {"name": "primary", "model": "openai/gpt-fake", "engine": remote, "fallbacks": ["backup"]},
         {"name": "backup", "model": "openai/gpt-fake", "engine": remote, "serve_in_gateway": False},
-        {"name": "limited", "model": "openai/gpt-fake", "engine": remote, "rate_limits": {"rpm": 100000}},
+        {
+            "name": "limited",
+            "model": "openai/gpt-fake",
+            "engine": remote,
+            "rate_limits": {"rpm": 2, "window_s": 3},
+            "limits": {"max_inflight_per_replica": 1},
+        },
         {"name": "tiny", "model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}},
     ]
     cfg = folder / "inline.yaml"
@@ -153,12 +161,27 @@ def _series_sum(base: str, deployment: str) -> float:
 
 def test_some_deployments_keep_the_replica_path(front: tuple[Node, str, int]) -> None:
     node, base, gateway_pid = front
-    responses = [chat(base, model) for model in ("backup", "limited", "tiny")]
-    assert [r.status_code for r in responses] == [200, 200, 200]
+    responses = [chat(base, model) for model in ("backup", "tiny")]
+    assert [r.status_code for r in responses] == [200, 200]
     lines = request_lines(node, {r.headers["x-request-id"] for r in responses})
     for r in responses:
         (rec,) = lines[r.headers["x-request-id"]]
         assert rec["outcome"] == "ok" and rec["replica"] != f"gateway-{gateway_pid}", rec
+
+
+def test_a_rate_limited_deployment_is_admitted_from_the_lease_and_served_here(front: tuple[Node, str, int]) -> None:
+    node, base, gateway_pid = front
+    time.sleep(3)  # a fresh window
+    first, second, third = (chat(base, "limited") for _ in range(3))
+    assert first.status_code == 200 and second.status_code == 200
+    assert third.status_code == 429 and float(third.headers["retry-after"]) > 0
+    assert third.json()["error"]["type"] == "rate_limit_error" and third.json()["error"]["code"] == "rate_limited"
+    time.sleep(3.2)  # the window has passed: served again, in the gateway's one slot (not leaked)
+    fourth = chat(base, "limited")
+    assert fourth.status_code == 200
+    ok = {r.headers["x-request-id"] for r in (first, second, fourth)}
+    for rid, recs in request_lines(node, ok).items():
+        assert [rec["replica"] for rec in recs] == [f"gateway-{gateway_pid}"], (rid, recs)
 
 
 def test_a_retryable_failure_moves_to_the_fallback(front: tuple[Node, str, int], provider: FakeOpenAI) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -47,6 +48,7 @@ from atomr.actors.messages import (
     Route,
     RouteStats,
     RouteTable,
+    Settle,
     StartHttp,
     Submit,
     Subscribe,
@@ -57,7 +59,7 @@ from atomr.actors.sidecar import SidecarActor
 from atomr.core.errors import ConfigError, InferenceError, NotFoundError, RateLimitedError
 from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.ratelimit import estimate_tokens
-from atomr.core.types import StreamEvent
+from atomr.core.types import StreamEvent, Usage
 from atomr.metrics import OrchestrationMetrics
 from atomr.routing import Router
 
@@ -92,6 +94,9 @@ class Gateway(SidecarActor):
         self._cascade_lane: CascadeLane | None = None
         self._ticking = False
         self._shipping = False
+        # Requests the HTTP front serves in this process once the rate limit admits them:
+        # request id -> what to call on the loop with the request's debit
+        self._admit_here: dict[str, Callable[[tuple[str, int] | None], None]] = {}
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -199,6 +204,7 @@ class Gateway(SidecarActor):
                     keep.append(entry)
                     continue
                 err = RateLimitedError(f"rate limit {msg.key!r} reached", retry_after=retry_after)
+                self._admit_here.pop(req.request_id, None)
                 self.emit(entry[0].reply_to, StreamEvent(req.request_id, error=err.info(), final=True))
             lease.pending = keep
             if keep:
@@ -233,7 +239,23 @@ class Gateway(SidecarActor):
             self.send(self._limiter(), ReleaseLease(key, lease.requests, lease.tokens))
             lease.requests = lease.tokens = 0
 
+    def admit_here(self, item: WorkItem, route: Route, admitted: Callable[[tuple[str, int] | None], None]) -> None:
+        """Rate-limit admission for a request the HTTP front will serve in this process itself
+        (`atomr.http.inline`): once admitted, `admitted(debit)` runs on the loop instead of the
+        request going to its coordinator; a refusal reaches the front as the request's error."""
+        self._admit_here[item.request.request_id] = admitted
+        self._admit(item, route)
+
+    def settle(self, debit: tuple[str, int], usage: Usage | None) -> None:
+        """Tell the rate limiter what a token-limited request served here really used."""
+        key, estimated = debit
+        self.send(self._limiter(), Settle(key, estimated, usage.total_tokens if usage is not None else 0))
+
     def _forward(self, item: WorkItem, route: Route) -> None:
+        admitted = self._admit_here.pop(item.request.request_id, None) if self._admit_here else None
+        if admitted is not None:
+            self.sidecar.call_soon(admitted, item.debit)
+            return
         box = self._out.setdefault(str(route.coordinator), (route.coordinator, []))
         box[1].append(item)
 

@@ -12,10 +12,13 @@ requests keep the coordinator's guarantees).
 A request is served here when all of these hold, else it takes the usual path through the
 gateway actor and the deployment's coordinator, which also takes the overflow:
 - its model names the deployment (or an alias), not a route or a cascade;
-- the deployment has no rate limit (the distributed limiter's leases are the gateway actor's);
 - the runner here has loaded the version the route names and has a free slot
   (`limits.max_inflight_per_replica` per gateway);
 - the coordinator reports nothing waiting in its queue (its fair order is not jumped).
+
+A rate-limited deployment's request is admitted by the gateway actor from its lease, exactly as
+on the other path (one hand-over to the actor thread and back, no message), and its token debit
+is settled with the limiter when it ends.
 
 What is the same on both paths: validation, tenant checks and quotas (the front's), the runner
 and its retries and circuit breaker (`run_session`), fallbacks on a retryable failure before the
@@ -40,7 +43,7 @@ from atomr.actors.messages import DeploymentStats, Route
 from atomr.actors.session import record_end, run_session
 from atomr.core.deployment import Deployment
 from atomr.core.runner import ModelRunner, runner_class
-from atomr.core.types import InferenceRequest, StreamEvent
+from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.metrics import DeploymentMetrics
 
 log = structlog.get_logger("atomr.http.inline")
@@ -82,7 +85,7 @@ class InlineRunners:
         wanted: dict[str, Deployment] = {}
         for route in routes.values():
             spec = route.spec
-            if spec is not None and spec.in_gateway and spec.rate_limits is None and spec.version == route.version:
+            if spec is not None and spec.in_gateway and spec.version == route.version:
                 wanted[spec.name] = spec
         self._names = {name: route.deployment for name, route in routes.items() if route.deployment in wanted}
         for name, spec in wanted.items():
@@ -145,10 +148,8 @@ class InlineRunners:
     def take(
         self, request: InferenceRequest, stats: Mapping[str, DeploymentStats], elsewhere: Callable[[str], bool]
     ) -> ServedHere | None:
-        """The deployment to serve `request` here, or None for the usual path.
-
-        `elsewhere(model)`: whether the name is a route or cascade (handled by the gateway actor).
-        """
+        """The deployment to serve `request` here, its slot taken (`start` or `release` it), or None
+        for the usual path. `elsewhere(model)`: whether the name is a route or cascade."""
         name = self._names.get(request.model)
         if name is None or elsewhere(request.model):
             return None
@@ -160,7 +161,14 @@ class InlineRunners:
         s = stats.get(name)
         if s is not None and s.queued:
             return None
+        served.inflight += 1
         return served
+
+    def release(self, served: ServedHere) -> None:
+        """Give back a slot taken by `take` for a request that will not run here."""
+        served.inflight -= 1
+        if served.retired and served.inflight == 0:
+            asyncio.get_running_loop().create_task(self._unload(served))
 
     def start(
         self,
@@ -168,13 +176,19 @@ class InlineRunners:
         request: InferenceRequest,
         deliver: Callable[[StreamEvent], None],
         forward: Callable[[InferenceRequest, tuple[str, ...]], None],
+        settle: Callable[[Usage | None], None] | None = None,
     ) -> asyncio.Task[None]:
-        """Run `request` here; its events go to `deliver`, or on an early retryable failure the
-        request goes to its first fallback through `forward(request, remaining fallbacks)`."""
-        served.inflight += 1
-        task = asyncio.get_running_loop().create_task(self._run(served, request, deliver, forward))
+        """Run `request` in the slot `take` gave it; its events go to `deliver`, or on an early
+        retryable failure it goes to its first fallback through `forward(request, remaining
+        fallbacks)`; `settle(usage)` at the end, for a rate-limit debit."""
+        task = asyncio.get_running_loop().create_task(self._run(served, request, deliver, forward, settle))
         served.tasks.add(task)
-        task.add_done_callback(served.tasks.discard)
+
+        def ended(done: asyncio.Task[None]) -> None:  # also when cancelled before it ran at all
+            served.tasks.discard(done)
+            self.release(served)
+
+        task.add_done_callback(ended)
         return task
 
     async def _run(
@@ -183,6 +197,7 @@ class InlineRunners:
         request: InferenceRequest,
         deliver: Callable[[StreamEvent], None],
         forward: Callable[[InferenceRequest, tuple[str, ...]], None],
+        settle: Callable[[Usage | None], None] | None,
     ) -> None:
         dep = served.deployment
         t0 = time.monotonic()
@@ -193,15 +208,12 @@ class InlineRunners:
                 served.metrics.first_token(request.tenant, self.replica, time.monotonic() - t0)
             deliver(event)
 
-        try:
-            await run_session(served.runner, request, dep, self.replica, chunk, ends.append)
-        finally:
-            served.inflight -= 1
-            if served.retired and served.inflight == 0:
-                asyncio.get_running_loop().create_task(self._unload(served))
+        await run_session(served.runner, request, dep, self.replica, chunk, ends.append)
         end = ends[0]
         latency = time.monotonic() - t0
         usage = end.usage
+        if settle is not None:
+            settle(usage)
         if end.error is not None and end.seq == 0 and dep.fallbacks and end.error.retryable:
             record_end(served.metrics, request, dep.name, self.replica, "fallback", latency, usage)
             log.info("request to fallback", deployment=dep.name, fallback=dep.fallbacks[0], request=request.request_id)

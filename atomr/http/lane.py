@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -29,7 +29,7 @@ import uvicorn
 from atomr.actors.messages import GetMetrics, GetStatus, Reply, Route, WorkItem
 from atomr.core.errors import InferenceError, InternalError, UnavailableError
 from atomr.core.tenants import TenantTable
-from atomr.core.types import InferenceRequest, StreamEvent
+from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.http.app import make_app
 from atomr.http.inline import InlineRunners
 from atomr.http.settings import HttpSettings
@@ -113,11 +113,39 @@ class GatewayLane:
             self._send_item(WorkItem(fallback, self.actor.myAddress, 1, rest))
 
         served = self.inline.take(request, self.actor.stats, self._routed_by_actor)
-        if served is not None:
-            here = self.inline.start(served, request, q.put_nowait, forward)
-        else:
+        route = self.actor.routes.get(request.model) if served is not None else None
+        held = served is not None  # a slot in this gateway, until the request starts in it
+
+        def give_back() -> None:
+            nonlocal held
+            if held and served is not None:
+                held = False
+                self.inline.release(served)
+
+        def run_here(settle: Callable[[Usage | None], None] | None = None) -> None:
+            nonlocal here, held
+            assert served is not None
+            held = False
+            here = self.inline.start(served, request, q.put_nowait, forward, settle)
+
+        def admitted(debit: tuple[str, int] | None) -> None:
+            settle = self._settler(debit)
+            if self._queues.get(rid) is q:
+                run_here(settle)
+                return
+            give_back()  # its caller left (or its deadline passed) while it waited
+            if settle is not None:
+                settle(None)
+
+        if served is None or route is None:
+            give_back()
             self._send(request)
             self._silent[rid] = request
+        elif route.limit is None:
+            run_here()
+        else:  # the gateway actor admits it from its lease first, as on the other path
+            item = WorkItem(request, self.actor.myAddress)
+            self.actor.sidecar.post(lambda: self.actor.admit_here(item, route, admitted))
         try:
             while True:
                 expiry = loop.time() + assembler.wait_time(deadline - time.time())
@@ -146,11 +174,21 @@ class GatewayLane:
                 timer.cancel()
             self._queues.pop(rid, None)
             self._silent.pop(rid, None)
-            if not assembler.finished:
+            give_back()  # refused by the rate limit, or ended before it started
+            if here is None and route is not None and route.limit is not None:
+                pass  # nothing reached a coordinator; a late admission sees the caller left
+            elif not assembler.finished:
                 if here is not None and not here.done():
                     here.cancel()
                 else:
                     self.actor.sidecar.post(lambda: self.actor.cancel_requests([rid], model))
+
+    def _settler(self, debit: tuple[str, int] | None) -> Callable[[Usage | None], None] | None:
+        """What settles a token debit with the rate limiter, through the gateway actor."""
+        if debit is None:
+            return None
+        owed = debit
+        return lambda usage: self.actor.sidecar.post(lambda: self.actor.settle(owed, usage))
 
     def _routed_by_actor(self, model: str) -> bool:
         """Route and cascade names: the gateway actor chooses or runs their deployments."""
