@@ -57,6 +57,7 @@ def front(tmp_path_factory: pytest.TempPathFactory, provider: FakeOpenAI) -> Ite
             "rate_limits": {"rpm": 2, "window_s": 3},
             "limits": {"max_inflight_per_replica": 1},
         },
+        {"name": "metered", "model": "openai/gpt-fake", "engine": remote, "rate_limits": {"tpm": 300}},
         {"name": "tiny", "model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}},
     ]
     cfg = folder / "inline.yaml"
@@ -182,6 +183,24 @@ def test_a_rate_limited_deployment_is_admitted_from_the_lease_and_served_here(fr
     ok = {r.headers["x-request-id"] for r in (first, second, fourth)}
     for rid, recs in request_lines(node, ok).items():
         assert [rec["replica"] for rec in recs] == [f"gateway-{gateway_pid}"], (rid, recs)
+
+
+def test_token_debits_of_requests_served_here_are_settled(front: tuple[Node, str, int]) -> None:
+    _, base, _ = front
+    # "Hello" with max_tokens 32 is estimated at 5 // 4 + 1 + 32 = 34 tokens: 300 TPM admits 8 on
+    # estimates alone. Each answer really uses fewer; once settled, that room admits more.
+    used, served, refused = 0, 0, 0
+    for _ in range(24):
+        r = chat(base, "metered")
+        if r.status_code == 429:
+            refused += 1
+            continue
+        assert r.status_code == 200, r.text
+        served += 1
+        used += r.json()["usage"]["total_tokens"]
+        time.sleep(0.05)  # the settlement travels to the limiter
+    assert served > 8 and refused > 0, (served, refused, used)
+    assert used <= 300
 
 
 def test_a_retryable_failure_moves_to_the_fallback(front: tuple[Node, str, int], provider: FakeOpenAI) -> None:
