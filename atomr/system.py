@@ -68,7 +68,20 @@ def start_system(
     caps: dict[str, Any] = {"Admin Port": port, **(capabilities or {})}
     if join is not None:
         caps["Convention Address.IPv4"] = join
-    return ActorSystem(SYSTEM_BASE, caps, logDefs=thespian_log_defs(), transientUnique=True)
+    asys = ActorSystem(SYSTEM_BASE, caps, logDefs=thespian_log_defs(), transientUnique=True)
+    _reap_exited_children()
+    return asys
+
+
+def _reap_exited_children() -> None:
+    """Collect children that have exited: Thespian starts its admin through a child that exits
+    at once and that nothing waits for (it would stay a zombie for the process's lifetime)."""
+    for child in psutil.Process().children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError):
+            pass
 
 
 def connect_system(port: int, host: str = DEFAULT_BIND, cluster_key: ClusterKey | None = None) -> Any:

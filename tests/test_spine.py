@@ -214,3 +214,11 @@ def test_a_full_queue_answers_overloaded_and_loses_nothing(tmp_path: Path) -> No
             assert len({d.text for d in done}) == 1
     finally:
         assert node.stop() == []
+
+
+def test_the_node_process_keeps_no_exited_child(local_node: Node) -> None:
+    """Thespian starts its admin through a child that exits at once: the node collects it."""
+    import psutil
+
+    children = psutil.Process(local_node.proc.pid).children()
+    assert [c.pid for c in children if c.status() == psutil.STATUS_ZOMBIE] == []
