@@ -85,6 +85,7 @@ from atomr.core.errors import (
 )
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
+from runners.common.context import check_context
 from runners.common.model_files import hf_model_dir
 from runners.common.stops import StopMatcher
 
@@ -256,17 +257,6 @@ class _ChatStream:
     def _final(self, chunk: Chunk) -> None:
         self.job.finished = True
         self.job.out.put(chunk)
-
-
-def _check_context(request: InferenceRequest, n_prompt: int, context_length: int) -> None:
-    max_tokens = request.params.max_tokens
-    if n_prompt + max_tokens > context_length:
-        raise ContextLengthError(
-            f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "
-            f"{n_prompt + max_tokens} exceeds the model's context length of {context_length}",
-            field="messages" if request.messages is not None else "prompt",
-            details={"prompt_tokens": n_prompt, "context_length": context_length},
-        )
 
 
 def _request_error(exc: BaseException, request: InferenceRequest, context_length: int) -> InferenceError:
@@ -474,7 +464,7 @@ class _Worker:
         messages = _message_dicts(request.messages)
         assert self.prompts is not None
         n_prompt = self.prompts.count(messages)
-        _check_context(request, n_prompt, self.context_length)
+        check_context(request, n_prompt, self.context_length)
         if job.cancel.is_set():
             return
         stream: Any = runner.send_chat_completion_request(
@@ -498,7 +488,7 @@ class _Worker:
         request = job.request
         prompt = request.prompt or ""
         n_prompt = len(runner.tokenize_text(prompt, True, None))  # BOS included, as mistral.rs feeds it
-        _check_context(request, n_prompt, self.context_length)
+        check_context(request, n_prompt, self.context_length)
         if job.cancel.is_set():
             return
         stops = list(request.params.stop)

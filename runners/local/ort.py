@@ -57,7 +57,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.core.errors import (
     ConfigError,
-    ContextLengthError,
     InferenceError,
     InternalError,
     InvalidRequestError,
@@ -67,6 +66,7 @@ from atomr.core.errors import (
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, TokenLogprob, Usage
 from runners.common.batching import BatchCollector
+from runners.common.context import check_context
 from runners.common.model_files import model_root
 from runners.common.stops import StopMatcher
 
@@ -824,7 +824,7 @@ class OrtRunner(ModelRunner):
         if stepper is None:
             raise UnavailableError("the ORT runner is unloaded")
         ids = _prompt_ids(m, request.messages, request.prompt)
-        _check_context(m, request, len(ids))
+        check_context(request, len(ids), m.context_length)
         channel = _Channel(asyncio.get_running_loop())
         job = _Job(request, channel, threading.Event(), ids, _Decoding(m, request, len(ids), channel))
         worker = self._worker_for(request, stepper)
@@ -859,17 +859,6 @@ class OrtRunner(ModelRunner):
         if self._batcher is not None and (request.params.greedy or request.params.seed is None):
             return self._batcher
         return stepper
-
-
-def _check_context(m: _Model, request: InferenceRequest, n_prompt: int) -> None:
-    max_tokens = request.params.max_tokens
-    if n_prompt + max_tokens > m.context_length:
-        raise ContextLengthError(
-            f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "
-            f"{n_prompt + max_tokens} exceeds the model's context length of {m.context_length}",
-            field="messages" if request.messages is not None else "prompt",
-            details={"prompt_tokens": n_prompt, "context_length": m.context_length},
-        )
 
 
 def ort_greedy_reference(

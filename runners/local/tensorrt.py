@@ -72,6 +72,7 @@ from atomr.core.errors import (
 )
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
+from runners.common.context import check_context
 from runners.common.model_files import hf_model_dir, model_root
 from runners.common.stops import StopMatcher
 
@@ -368,7 +369,7 @@ class TensorRTRunner(ModelRunner):
                 "logprobs with a TensorRT engine need engine.gather_generation_logits: true", field="logprobs"
             )
         ids = self.prompt_ids(request)
-        _check_context(request, len(ids), m.context_length)
+        check_context(request, len(ids), m.context_length)
         try:
             sampling = m.trt.SamplingParams(**request_sampling_kwargs(params))
             result = m.llm.generate_async(ids, sampling_params=sampling, streaming=True)
@@ -437,17 +438,6 @@ def _finish_reason(out: Any) -> str:
 
 def _message_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
-
-
-def _check_context(request: InferenceRequest, n_prompt: int, context_length: int) -> None:
-    max_tokens = request.params.max_tokens
-    if n_prompt + max_tokens > context_length:
-        raise ContextLengthError(
-            f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "
-            f"{n_prompt + max_tokens} exceeds the model's context length of {context_length}",
-            field="messages" if request.messages is not None else "prompt",
-            details={"prompt_tokens": n_prompt, "context_length": context_length},
-        )
 
 
 def _request_error(exc: BaseException, request: InferenceRequest, context_length: int) -> InferenceError:

@@ -80,7 +80,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.core.errors import (
     ConfigError,
-    ContextLengthError,
     InferenceError,
     InternalError,
     InvalidRequestError,
@@ -90,6 +89,7 @@ from atomr.core.errors import (
 )
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
+from runners.common.context import check_context
 from runners.common.model_files import hf_model_dir
 
 if TYPE_CHECKING:
@@ -452,17 +452,6 @@ def _sampling_params(v: _Vllm, p: SamplingParams) -> Any:
     return v.SamplingParams(**kwargs)
 
 
-def _check_context(request: InferenceRequest, n_prompt: int, context_length: int) -> None:
-    max_tokens = request.params.max_tokens
-    if n_prompt + max_tokens > context_length:
-        raise ContextLengthError(
-            f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "
-            f"{n_prompt + max_tokens} exceeds the model's context length of {context_length}",
-            field="messages" if request.messages is not None else "prompt",
-            details={"prompt_tokens": n_prompt, "context_length": context_length},
-        )
-
-
 @dataclass(slots=True, eq=False)
 class _Engine:
     """What `load` made."""
@@ -620,7 +609,7 @@ class VllmRunner(ModelRunner):
         if e.engine.errored:
             raise RunnerCrashedError(f"the vLLM engine has died: {e.death_reason()}")
         ids = _prompt_ids(e.tokenizer, request.messages, request.prompt)
-        _check_context(request, len(ids), e.context_length)
+        check_context(request, len(ids), e.context_length)
         want_logprobs = request.params.logprobs
         engine_id = f"{request.request_id}-{next(self._ids)}"  # unique even if a caller reuses ids
         try:
