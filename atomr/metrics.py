@@ -51,7 +51,23 @@ CASCADE_COST_SAVED = "atomr_cascade_cost_saved_usd"
 CASCADE_COST_OVERSPENT = "atomr_cascade_cost_overspent_usd"
 
 
-class DeploymentMetrics:
+class Recorder:
+    """A process's own metrics, shipped to the collector as snapshots: `source` names the sender,
+    `registry` holds the families, `dirty` says something changed since the last snapshot."""
+
+    source: str
+    registry: CollectorRegistry
+    dirty: bool = True
+
+    def take_snapshot(self) -> list[Metric] | None:
+        """The registry's families when something changed since the last call, else None."""
+        if not self.dirty:
+            return None
+        self.dirty = False
+        return list(self.registry.collect())
+
+
+class DeploymentMetrics(Recorder):
     """What one coordinator (or a gateway serving the deployment itself) records about it."""
 
     def __init__(self, deployment: str, version: str, runtime: str, where: str = "") -> None:
@@ -118,15 +134,8 @@ class DeploymentMetrics:
         self.restarts.labels(*self._base, slot).inc()
         self.dirty = True
 
-    def take_snapshot(self) -> list[Metric] | None:
-        """The registry's families when something changed since the last call, else None."""
-        if not self.dirty:
-            return None
-        self.dirty = False
-        return list(self.registry.collect())
 
-
-class HttpMetrics:
+class HttpMetrics(Recorder):
     """What an HTTP front records: its requests by route and status."""
 
     def __init__(self, gateway: str) -> None:
@@ -141,14 +150,8 @@ class HttpMetrics:
         self.requests.labels(route, str(status)).inc()
         self.dirty = True
 
-    def take_snapshot(self) -> list[Metric] | None:
-        if not self.dirty:
-            return None
-        self.dirty = False
-        return list(self.registry.collect())
 
-
-class OrchestrationMetrics:
+class OrchestrationMetrics(Recorder):
     """What a gateway records about routing policies and cascades.
 
     Per cascade request: which tier answered, each escalation and why (``low_confidence`` or
@@ -197,12 +200,6 @@ class OrchestrationMetrics:
         diff = baseline_usd - cost_usd
         (self.saved if diff >= 0 else self.overspent).labels(cascade).inc(abs(diff))
         self.dirty = True
-
-    def take_snapshot(self) -> list[Metric] | None:
-        if not self.dirty:
-            return None
-        self.dirty = False
-        return list(self.registry.collect())
 
 
 class SnapshotStore:

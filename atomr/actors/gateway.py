@@ -60,7 +60,7 @@ from atomr.core.errors import ConfigError, InferenceError, NotFoundError, RateLi
 from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.ratelimit import estimate_tokens
 from atomr.core.types import StreamEvent, Usage
-from atomr.metrics import OrchestrationMetrics
+from atomr.metrics import OrchestrationMetrics, Recorder
 from atomr.routing import Router
 
 LEASE_TTL_S = 1.0  # unused lease parts go back to the limiter after this long
@@ -409,7 +409,9 @@ class Gateway(SidecarActor):
         return self._collector
 
     def ship_metrics(self) -> None:
-        recorders: list[Any] = [self.http.http_metrics, *self.http.inline.recorders()] if self.http is not None else []
+        recorders: list[Recorder] = []
+        if self.http is not None:
+            recorders += [self.http.http_metrics, *self.http.inline.recorders()]
         if self._orchestration is not None:
             recorders.append(self._orchestration)
         for recorder in recorders:
