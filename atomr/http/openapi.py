@@ -36,6 +36,39 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 _INT64_MAX = 2**63 - 1
 _STRING = {"type": "string"}
 
+
+def _completion_schema(obj: str, answer: dict[str, Any], logprobs: str) -> dict[str, Any]:
+    """A whole (non-streamed) answer: one choice holding `answer`'s field, and usage."""
+    (field,) = answer
+    return {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": _STRING,
+            "object": {"type": "string", "enum": [obj]},
+            "created": {"type": "integer"},
+            "model": _STRING,
+            "system_fingerprint": _STRING,
+            "choices": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["index", field, "logprobs", "finish_reason"],
+                    "properties": {
+                        "index": {"type": "integer", "enum": [0]},
+                        **answer,
+                        "logprobs": _nullable(_ref(logprobs)),
+                        "finish_reason": _STRING,
+                    },
+                },
+            },
+            "usage": _nullable(_ref("Usage")),
+        },
+    }
+
+
 # Parameters of both bodies (`openai_wire._Common`).
 _COMMON: dict[str, Any] = {
     "model": {"type": "string", "minLength": 1, "description": "a deployment, alias, route or cascade name"},
@@ -161,64 +194,18 @@ _SCHEMAS: dict[str, Any] = {
             "text_offset": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         },
     },
-    "ChatCompletion": {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices", "usage"],
-        "properties": {
-            "id": _STRING,
-            "object": {"type": "string", "enum": ["chat.completion"]},
-            "created": {"type": "integer"},
-            "model": _STRING,
-            "system_fingerprint": _STRING,
-            "choices": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["index", "message", "logprobs", "finish_reason"],
-                    "properties": {
-                        "index": {"type": "integer", "enum": [0]},
-                        "message": {
-                            "type": "object",
-                            "required": ["role", "content"],
-                            "properties": {"role": {"type": "string", "enum": ["assistant"]}, "content": _STRING},
-                        },
-                        "logprobs": _nullable(_ref("ChatLogprobs")),
-                        "finish_reason": _STRING,
-                    },
-                },
-            },
-            "usage": _nullable(_ref("Usage")),
+    "ChatCompletion": _completion_schema(
+        "chat.completion",
+        {
+            "message": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {"role": {"type": "string", "enum": ["assistant"]}, "content": _STRING},
+            }
         },
-    },
-    "Completion": {
-        "type": "object",
-        "required": ["id", "object", "created", "model", "choices", "usage"],
-        "properties": {
-            "id": _STRING,
-            "object": {"type": "string", "enum": ["text_completion"]},
-            "created": {"type": "integer"},
-            "model": _STRING,
-            "system_fingerprint": _STRING,
-            "choices": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["index", "text", "logprobs", "finish_reason"],
-                    "properties": {
-                        "index": {"type": "integer", "enum": [0]},
-                        "text": _STRING,
-                        "logprobs": _nullable(_ref("CompletionLogprobs")),
-                        "finish_reason": _STRING,
-                    },
-                },
-            },
-            "usage": _nullable(_ref("Usage")),
-        },
-    },
+        "ChatLogprobs",
+    ),
+    "Completion": _completion_schema("text_completion", {"text": _STRING}, "CompletionLogprobs"),
     "ServerSentEvent": {
         "type": "object",
         "required": ["data"],
