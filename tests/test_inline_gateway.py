@@ -9,6 +9,8 @@
   the limit, 429 with Retry-After, and the refused request gives its slot back;
 - a retryable failure before the first chunk moves the request to the fallback deployment;
 - beyond `max_inflight_per_replica` requests in flight, the rest go to the coordinator's replicas;
+- while the coordinator's queue holds requests, the front's requests join that queue rather than
+  jump it;
 - a client that leaves cancels the request in the gateway (the provider's call is dropped).
 """
 
@@ -58,6 +60,7 @@ def front(tmp_path_factory: pytest.TempPathFactory, provider: FakeOpenAI) -> Ite
             "limits": {"max_inflight_per_replica": 1},
         },
         {"name": "metered", "model": "openai/gpt-fake", "engine": remote, "rate_limits": {"tpm": 300}},
+        {"name": "busy", "model": "openai/gpt-fake", "engine": remote, "limits": {"max_inflight_per_replica": 1}},
         {"name": "tiny", "model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}},
     ]
     cfg = folder / "inline.yaml"
@@ -230,6 +233,27 @@ def test_overflow_beyond_the_gateways_slots_goes_to_the_replicas(
     where = [rec["replica"] for recs in lines.values() for rec in recs]
     here = sum(1 for w in where if w == f"gateway-{gateway_pid}")
     assert 1 <= here <= 5 and len(where) == 6, where  # at most 2 at once in the gateway; others on the replica
+
+
+def test_the_front_does_not_jump_the_coordinators_queue(front: tuple[Node, str, int], provider: FakeOpenAI) -> None:
+    node, base, gateway_pid = front
+    provider.drip_next(0.1, times=6)  # six slow streams (~2 s each) from the Client, one at a time
+    with Client(node.address) as client, ThreadPoolExecutor(6) as pool:
+        waiting = [pool.submit(lambda: list(client.stream("busy", "Hello", max_tokens=32))) for _ in range(6)]
+        deadline = time.time() + 20
+        while time.time() < deadline:  # the coordinator's queue, as the head's /metrics shows it
+            text = httpx.get(f"{base}/metrics", timeout=10).text
+            depth = re.search(r'^atomr_queue_depth\{[^}]*deployment="busy"[^}]*\} (\S+)$', text, re.M)
+            if depth is not None and float(depth.group(1)) > 0:
+                break
+            time.sleep(0.2)
+        time.sleep(1.5)  # the registry's next reading reaches the gateway
+        r = chat(base, "busy")
+        assert r.status_code == 200
+        for done in waiting:
+            assert done.result(timeout=60)
+    (rec,) = request_lines(node, {r.headers["x-request-id"]})[r.headers["x-request-id"]]
+    assert rec["replica"] != f"gateway-{gateway_pid}", rec  # it waited its turn on the replica
 
 
 def test_a_client_that_leaves_cancels_the_gateways_call(front: tuple[Node, str, int], provider: FakeOpenAI) -> None:

@@ -3,7 +3,8 @@
 Gateways subscribe and keep a copy; a gateway that misses a name asks once before answering
 `not_found`, so a request sent right after a deploy finds its model.
 
-It also holds the routing policies and cascades (`SetPolicies`) and, while there are any, what
+It also holds the routing policies and cascades (`SetPolicies`) and, while there are any (or a
+deployment is served inside gateways too, whose HTTP fronts must not jump its queue), what
 they weigh besides a route: each deployment's health, load and speed (`atomr.route_stats`). It
 reads them from the deployment manager (replica states, circuit breakers) every
 `STATS_PERIOD_S` and from the metrics collector (queue depth, time to first token, latency)
@@ -74,12 +75,15 @@ class Registry(SidecarActor):
         self.send(sender, table)  # acknowledges the change
         if self._polling:
             self._publish_stats()
+        else:
+            self._start_polling()
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Address) -> None:
         if sender not in self.subscribers:
             self.subscribers.append(sender)
         if self.route_policies or self.cascades:  # before the routes: their arrival settles waiting requests
             self.send(sender, PolicyTable(dict(self.route_policies), dict(self.cascades)))
+        if self.stats:
             self.send(sender, RouteStats(dict(self.stats)))
         self.send(sender, RouteTable(dict(self.routes)))
 
@@ -112,17 +116,25 @@ class Registry(SidecarActor):
         for sub in self.subscribers:
             self.send(sub, table)
         self.send(sender, Reply(True, sorted([*self.route_policies, *self.cascades])))
-        if (self.route_policies or self.cascades) and not self._polling:
-            self._polling = True
-            self._poll()
+        self._start_polling()
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         if msg.payload == "poll":
             self._poll()
 
+    def _wants_stats(self) -> bool:
+        return bool(self.route_policies or self.cascades) or any(
+            r.spec is not None and r.spec.in_gateway for r in self.routes.values()
+        )
+
+    def _start_polling(self) -> None:
+        if self._wants_stats() and not self._polling:
+            self._polling = True
+            self._poll()
+
     def _poll(self) -> None:
-        """Ask for fresh health (and, once a second, metrics); stop when no policy is left."""
-        if not (self.route_policies or self.cascades):
+        """Ask for fresh health (and, once a second, metrics); stop when nothing needs them."""
+        if not self._wants_stats():
             self._polling = False
             return
         self.send(self._manager_address(), ListDeployments())
