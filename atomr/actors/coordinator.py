@@ -85,7 +85,6 @@ log = structlog.get_logger("atomr.coordinator")
 
 # Load failures that a restart cannot fix: the replica is isolated at once.
 PERMANENT_KINDS = frozenset({"config", "not_found", "invalid_request", "auth"})
-MAX_FALLBACK_HOPS = 3
 METRICS_PERIOD_S = 1.0
 LIVE = ("starting", "ready", "restarting")
 
@@ -537,18 +536,16 @@ class Coordinator(SidecarActor):
     def _forward(self, item: WorkItem, resent: bool = False) -> bool:
         """Send `item` to the next deployment of its fallback list; False when there is none."""
         assert self.dep is not None
-        chain = item.fallbacks if item.fallbacks is not None else self.dep.fallbacks
-        deadline = item.request.deadline
-        if not chain or item.hops >= MAX_FALLBACK_HOPS or (deadline is not None and time.time() > deadline):
+        onward = item.onward(self.dep.fallbacks)
+        if onward is None:
             return False
         if self._gateway is None:
             from atomr.actors.gateway import Gateway
 
             self._gateway = self.createActor(Gateway, globalName=GATEWAY_NAME)
-        req = dataclasses.replace(item.request, model=chain[0])
-        log.info("request to fallback", deployment=self._name, fallback=chain[0], request=req.request_id)
-        forward = WorkItem(req, item.reply_to, item.hops + 1, tuple(chain[1:]), resent=resent)
-        self.send(self._gateway, Submit([forward]))
+        req = onward.request
+        log.info("request to fallback", deployment=self._name, fallback=req.model, request=req.request_id)
+        self.send(self._gateway, Submit([dataclasses.replace(onward, resent=resent)]))
         return True
 
     def _settle(self, item: WorkItem, event: StreamEvent) -> None:
@@ -559,9 +556,7 @@ class Coordinator(SidecarActor):
             from atomr.actors.rate_limiter import RateLimiter
 
             self._limiter = self.createActor(RateLimiter, globalName=RATE_LIMITER_NAME)
-        key, estimated = item.debit
-        actual = event.usage.total_tokens if event.usage is not None else 0
-        self.send(self._limiter, Settle(key, estimated, actual))
+        self.send(self._limiter, Settle.of(item.debit, event.usage))
 
     def _fail_over(self, r: Replica) -> None:
         """Answer or re-queue every request that was on replica `r`."""

@@ -248,8 +248,7 @@ class Gateway(SidecarActor):
 
     def settle(self, debit: tuple[str, int], usage: Usage | None) -> None:
         """Tell the rate limiter what a token-limited request served here really used."""
-        key, estimated = debit
-        self.send(self._limiter(), Settle(key, estimated, usage.total_tokens if usage is not None else 0))
+        self.send(self._limiter(), Settle.of(debit, usage))
 
     def _forward(self, item: WorkItem, route: Route) -> None:
         admitted = self._admit_here.pop(item.request.request_id, None) if self._admit_here else None

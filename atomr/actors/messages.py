@@ -6,13 +6,15 @@ messages per second per actor pair, so batching is what makes the request path f
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from atomr.core.deployment import Deployment
 from atomr.core.errors import ErrorInfo
 from atomr.core.policies import Cascade, Policies, RoutePolicy
-from atomr.core.types import InferenceRequest, StreamEvent
+from atomr.core.types import InferenceRequest, StreamEvent, Usage
 
 # Thespian ActorAddress objects are typed Any here: they are opaque handles.
 Address = Any
@@ -29,6 +31,8 @@ def node_agent_name(node_id: str) -> str:
     return f"atomr-node-agent-{node_id}"
 
 
+MAX_FALLBACK_HOPS = 3  # a request moves to a fallback deployment at most this many times
+
 # ---- request path --------------------------------------------------------------------------
 
 
@@ -42,6 +46,17 @@ class WorkItem:
     # Sent again by its caller, who may have lost it to a dead process: a coordinator already
     # serving this request id ignores it (a new request reusing an id in service is refused).
     resent: bool = False
+
+    def onward(self, fallbacks: tuple[str, ...]) -> WorkItem | None:
+        """This request for the next deployment of its fallback list (`fallbacks`, the failing
+        deployment's own, until it has one of its own), or None: none left, too many hops, or
+        its deadline has passed."""
+        chain = self.fallbacks if self.fallbacks is not None else fallbacks
+        deadline = self.request.deadline
+        if not chain or self.hops >= MAX_FALLBACK_HOPS or (deadline is not None and time.time() > deadline):
+            return None
+        request = dataclasses.replace(self.request, model=chain[0])
+        return WorkItem(request, self.reply_to, self.hops + 1, tuple(chain[1:]))
 
 
 @dataclass(slots=True)
@@ -460,6 +475,12 @@ class Settle:
     key: str
     estimated: int
     actual: int
+
+    @classmethod
+    def of(cls, debit: tuple[str, int], usage: Usage | None) -> Settle:
+        """What settles `debit` (rate-limit key, tokens estimated) once `usage` is known."""
+        key, estimated = debit
+        return cls(key, estimated, usage.total_tokens if usage is not None else 0)
 
 
 @dataclass(slots=True)

@@ -31,7 +31,6 @@ unloaded once its requests end.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from atomr.actors.messages import DeploymentStats, Route
+from atomr.actors.messages import DeploymentStats, Route, WorkItem
 from atomr.actors.session import record_end, run_session
 from atomr.core.deployment import Deployment
 from atomr.core.runner import ModelRunner, runner_class
@@ -147,9 +146,9 @@ class InlineRunners:
 
     def take(
         self, request: InferenceRequest, stats: Mapping[str, DeploymentStats], elsewhere: Callable[[str], bool]
-    ) -> ServedHere | None:
-        """The deployment to serve `request` here, its slot taken (`start` or `release` it), or None
-        for the usual path. `elsewhere(model)`: whether the name is a route or cascade."""
+    ) -> Slot | None:
+        """A slot to serve `request` here (`start` it or `give_back` it), or None for the usual
+        path. `elsewhere(model)`: whether the name is a route or cascade."""
         name = self._names.get(request.model)
         if name is None or elsewhere(request.model):
             return None
@@ -162,44 +161,39 @@ class InlineRunners:
         if s is not None and s.queued:
             return None
         served.inflight += 1
-        return served
+        return Slot(served, self._free)
 
-    def release(self, served: ServedHere) -> None:
-        """Give back a slot taken by `take` for a request that will not run here."""
+    def _free(self, served: ServedHere) -> None:
         served.inflight -= 1
         if served.retired and served.inflight == 0:
             asyncio.get_running_loop().create_task(self._unload(served))
 
     def start(
         self,
-        served: ServedHere,
-        request: InferenceRequest,
+        slot: Slot,
+        item: WorkItem,
         deliver: Callable[[StreamEvent], None],
-        forward: Callable[[InferenceRequest, tuple[str, ...]], None],
+        forward: Callable[[WorkItem], None],
         settle: Callable[[Usage | None], None] | None = None,
-    ) -> asyncio.Task[None]:
-        """Run `request` in the slot `take` gave it; its events go to `deliver`, or on an early
-        retryable failure it goes to its first fallback through `forward(request, remaining
-        fallbacks)`; `settle(usage)` at the end, for a rate-limit debit."""
-        task = asyncio.get_running_loop().create_task(self._run(served, request, deliver, forward, settle))
+    ) -> None:
+        """Run `item` in `slot`; its events go to `deliver`, or on an early retryable failure it
+        goes on to its next fallback through `forward`; `settle(usage)` at the end, for a
+        rate-limit debit. The slot is free again when the run ends (`slot.task`)."""
+        served = slot.served
+        task = asyncio.get_running_loop().create_task(self._run(served, item, deliver, forward, settle))
+        slot.task = task
         served.tasks.add(task)
-
-        def ended(done: asyncio.Task[None]) -> None:  # also when cancelled before it ran at all
-            served.tasks.discard(done)
-            self.release(served)
-
-        task.add_done_callback(ended)
-        return task
+        task.add_done_callback(slot.ended)  # also when cancelled before it ran at all
 
     async def _run(
         self,
         served: ServedHere,
-        request: InferenceRequest,
+        item: WorkItem,
         deliver: Callable[[StreamEvent], None],
-        forward: Callable[[InferenceRequest, tuple[str, ...]], None],
+        forward: Callable[[WorkItem], None],
         settle: Callable[[Usage | None], None] | None,
     ) -> None:
-        dep = served.deployment
+        dep, request = served.deployment, item.request
         t0 = time.monotonic()
         ends: list[StreamEvent] = []
 
@@ -214,10 +208,13 @@ class InlineRunners:
         usage = end.usage
         if settle is not None:
             settle(usage)
-        if end.error is not None and end.seq == 0 and dep.fallbacks and end.error.retryable:
+        onward = item.onward(dep.fallbacks) if end.error is not None and end.seq == 0 and end.error.retryable else None
+        if onward is not None:
             record_end(served.metrics, request, dep.name, self.replica, "fallback", latency, usage)
-            log.info("request to fallback", deployment=dep.name, fallback=dep.fallbacks[0], request=request.request_id)
-            forward(dataclasses.replace(request, model=dep.fallbacks[0]), dep.fallbacks[1:])
+            log.info(
+                "request to fallback", deployment=dep.name, fallback=onward.request.model, request=request.request_id
+            )
+            forward(onward)
             return
         outcome = "ok" if end.error is None else end.error.kind
         record_end(served.metrics, request, dep.name, self.replica, outcome, latency, usage)
@@ -236,3 +233,27 @@ class InlineRunners:
             served.metrics.replicas(None, [(self.replica, served.ready, served.inflight, circuit)])
             out[id(served.metrics)] = served.metrics
         return list(out.values())
+
+
+class Slot:
+    """One request's place in a gateway runner: freed once, when its run ends or, if it never
+    starts (refused by the rate limit, its caller gone), when it is given back."""
+
+    def __init__(self, served: ServedHere, free: Callable[[ServedHere], None]) -> None:
+        self.served = served
+        self.task: asyncio.Task[None] | None = None
+        self._free: Callable[[ServedHere], None] | None = free
+
+    def give_back(self) -> None:
+        """Free the slot of a request that will not run here (nothing once it has started)."""
+        if self.task is None:
+            self._release()
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        self.served.tasks.discard(task)
+        self._release()
+
+    def _release(self) -> None:
+        free, self._free = self._free, None
+        if free is not None:
+            free(self.served)

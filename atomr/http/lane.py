@@ -101,50 +101,40 @@ class GatewayLane:
         assembler = StreamAssembler(rid)
         deadline = request.deadline or (time.time() + 600.0)
         model = request.model  # where a cancel goes, when it goes through the gateway actor
-        here: asyncio.Task[None] | None = None
+        via_actor = False  # it (or its fallback) was sent to a coordinator through the gateway actor
         loop = asyncio.get_running_loop()
         # One timer per request (re-armed only when the assembler's wait changes), rather than a
         # wait_for per event: the timer puts None in the queue.
         timer: asyncio.TimerHandle | None = None
+        item = WorkItem(request, self.actor.myAddress)
 
-        def forward(fallback: InferenceRequest, rest: tuple[str, ...]) -> None:
-            nonlocal model
-            model = fallback.model
-            self._send_item(WorkItem(fallback, self.actor.myAddress, 1, rest))
+        def forward(onward: WorkItem) -> None:
+            nonlocal model, via_actor
+            model, via_actor = onward.request.model, True
+            self._send_item(onward)
 
-        served = self.inline.take(request, self.actor.stats, self._routed_by_actor)
-        route = self.actor.routes.get(request.model) if served is not None else None
-        held = served is not None  # a slot in this gateway, until the request starts in it
-
-        def give_back() -> None:
-            nonlocal held
-            if held and served is not None:
-                held = False
-                self.inline.release(served)
-
-        def run_here(settle: Callable[[Usage | None], None] | None = None) -> None:
-            nonlocal here, held
-            assert served is not None
-            held = False
-            here = self.inline.start(served, request, q.put_nowait, forward, settle)
+        slot = self.inline.take(request, self.actor.stats, self._routed_by_actor)
+        route = self.actor.routes.get(request.model) if slot is not None else None
 
         def admitted(debit: tuple[str, int] | None) -> None:
+            assert slot is not None
             settle = self._settler(debit)
             if self._queues.get(rid) is q:
-                run_here(settle)
+                self.inline.start(slot, item, q.put_nowait, forward, settle)
                 return
-            give_back()  # its caller left (or its deadline passed) while it waited
+            slot.give_back()  # its caller left (or its deadline passed) while it waited
             if settle is not None:
                 settle(None)
 
-        if served is None or route is None:
-            give_back()
+        if slot is None or route is None:
+            if slot is not None:
+                slot.give_back()
             self._send(request)
             self._silent[rid] = request
+            via_actor = True
         elif route.limit is None:
-            run_here()
+            self.inline.start(slot, item, q.put_nowait, forward)
         else:  # the gateway actor admits it from its lease first, as on the other path
-            item = WorkItem(request, self.actor.myAddress)
             self.actor.sidecar.post(lambda: self.actor.admit_here(item, route, admitted))
         try:
             while True:
@@ -174,13 +164,13 @@ class GatewayLane:
                 timer.cancel()
             self._queues.pop(rid, None)
             self._silent.pop(rid, None)
-            give_back()  # refused by the rate limit, or ended before it started
-            if here is None and route is not None and route.limit is not None:
-                pass  # nothing reached a coordinator; a late admission sees the caller left
-            elif not assembler.finished:
+            if slot is not None:
+                slot.give_back()  # refused by the rate limit, or ended before it started
+            if not assembler.finished:
+                here = slot.task if slot is not None else None
                 if here is not None and not here.done():
                     here.cancel()
-                else:
+                elif via_actor:  # (one still waiting for admission learns it left when admitted)
                     self.actor.sidecar.post(lambda: self.actor.cancel_requests([rid], model))
 
     def _settler(self, debit: tuple[str, int] | None) -> Callable[[Usage | None], None] | None:
