@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -134,27 +135,25 @@ def compare(ports: dict[str, int], rounds: int, requests: int) -> dict[str, floa
 
 
 def sdk_alone_p50(backend_port: int, n: int) -> float:
-    """p50 (ms) of sequential chat calls through the openai SDK, as the `openai` runner makes them."""
-    import time
+    """p50 (ms) of sequential chat calls through the openai SDK client the `openai` runner makes."""
+    from atomr.core.deployment import Deployment
+    from runners.remote.openai import OpenAIRunner  # here: the other paths need no SDK
 
-    import openai
+    runner = OpenAIRunner(
+        Deployment(name="gpt", model="openai/fake", engine={"api_base": f"http://127.0.0.1:{backend_port}/v1"})
+    )
 
     async def calls() -> float:
-        client = openai.AsyncOpenAI(
-            api_key="sk-bench",
-            base_url=f"http://127.0.0.1:{backend_port}/v1",
-            max_retries=0,
-            http_client=openai.DefaultAioHttpClient(),
-        )
+        await runner.load()
         times: list[float] = []
         try:
             for i in range(n + 20):
                 t = time.perf_counter()
-                await client.post("/chat/completions", body=CHAT, cast_to=object)
+                await runner.client.post("/chat/completions", body=CHAT, cast_to=object)
                 if i >= 20:  # the first calls warm the connection
                     times.append(time.perf_counter() - t)
         finally:
-            await client.close()
+            await runner.unload()
         return statistics.median(times) * 1000
 
     return asyncio.run(calls())
