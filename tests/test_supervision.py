@@ -1,7 +1,8 @@
 """Supervision with real processes: a replica killed with SIGKILL under load is answered for and
-comes back; a replica that keeps failing at load is isolated and its fallback serves; replicas
-are placed one per GPU across joined nodes; a whole node killed under load is noticed and its
-replicas move to the other node."""
+comes back; a replica that keeps failing at load is isolated and its fallback serves; one whose
+model files are missing (or that runs out of memory) at load is isolated at once, with no restart;
+replicas are placed one per GPU across joined nodes; a whole node killed under load is noticed and
+its replicas move to the other node."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Any
 import psutil
 import yaml
 
+from atomr.actors.coordinator import is_permanent
 from atomr.client import Client
-from atomr.core.errors import InferenceError, RunnerCrashedError
+from atomr.core.errors import InferenceError, InternalError, NotFoundError, RunnerCrashedError, as_error_info
 from atomr.models import builtin_model_dir
 from atomr.system import system_processes
 from runners.local.ort import ort_greedy_reference
@@ -240,3 +242,70 @@ def test_a_dead_node_is_noticed_and_its_replicas_move(tmp_path: Path) -> None:
     finally:
         for n in (b, a, head):
             n.stop()
+
+
+def test_a_missing_model_file_isolates_at_once_without_restarts(tmp_path: Path) -> None:
+    # The deploy check looks at genai_config.json only: a folder without model.onnx passes it and
+    # fails at load; another loses model.onnx.data (named inside the graph) after it served.
+    nofile, gone = tmp_path / "no-graph", tmp_path / "gone-later"
+    shutil.copytree(MODEL / "onnx", nofile)
+    (nofile / "model.onnx").unlink()
+    shutil.copytree(MODEL / "onnx", gone)
+    generous = {"max_restarts": 50, "window_s": 60, "backoff_initial_s": 0.05}
+    cfg = config(
+        tmp_path / "m.yaml",
+        {"name": "gone", "model": str(gone), "runtime": "ort", "supervision": generous},
+        {"name": "nofile", "model": str(nofile), "runtime": "ort", "fallbacks": ["gone"], "supervision": generous},
+    )
+    node = Node(config=cfg)
+    try:
+        with Client(node.address) as client:
+            dep = next(d for d in client.list_deployments() if d.name == "nofile")
+            assert dep.state == "degraded"
+            (replica,) = dep.replicas
+            assert replica.state == "isolated" and replica.restarts == 0
+            assert "model file missing" in (replica.error or "") and "model.onnx" in (replica.error or "")
+            assert client.generate("nofile", prompt=PROMPT, max_tokens=4).deployment == "gone"
+
+            (victim,) = replicas(client, "gone")
+            assert victim.state == "ready"
+            (gone / "model.onnx.data").unlink()
+            os.kill(victim.pid, signal.SIGKILL)  # its restart loads again, and finds the file gone
+            wait_for(lambda: replicas(client, "gone")[0].state == "isolated", timeout=20)
+            (after,) = replicas(client, "gone")
+            assert after.restarts == 1  # the restart after the kill, and no more
+            assert "a model file is missing" in (after.error or "") and "model.onnx.data" in (after.error or "")
+            assert next(d for d in client.list_deployments() if d.name == "gone").state == "degraded"
+            try:
+                client.generate("gone", prompt=PROMPT, max_tokens=4)
+                raise AssertionError("a deployment with no live replica should refuse")
+            except InferenceError as exc:
+                assert exc.kind == "unavailable" and "no live replica" in exc.message
+    finally:
+        assert node.stop() == []
+
+
+def test_out_of_memory_at_load_is_permanent() -> None:
+    """Out of memory is recognised by type (a real MemoryError, as pybind11 raises for bad_alloc)
+    even with an empty message, and by the wording of engines that raise a plain RuntimeError."""
+    try:
+        bytearray(1 << 62)  # more than any machine has: a real MemoryError
+        raise AssertionError("allocation should have failed")
+    except MemoryError as exc:
+        info = as_error_info(exc)
+    assert info.kind == "internal" and info.details == {"out_of_memory": True} and is_permanent(info)
+    assert is_permanent(as_error_info(MemoryError()))
+    onnx_cuda = "CUDA failure 2: out of memory ; GPU=0 ; hostname=h ; file=cuda_allocator.cc"
+    arena = "Failed to allocate memory for requested buffer of size 8589934592"
+    for text in (onnx_cuda, arena):
+        assert is_permanent(as_error_info(RuntimeError(text)))
+        assert is_permanent(InternalError(f"ORT GenAI could not load m: {text}").info())  # as ort.py wraps it
+
+    class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError's name, without torch
+        pass
+
+    assert is_permanent(as_error_info(OutOfMemoryError("CUDA error")))
+    # What a restart may fix stays retryable; a corrupt graph is restarted too (it could be mid-copy).
+    assert not is_permanent(as_error_info(RuntimeError("Protobuf parsing failed")))
+    assert not is_permanent(as_error_info(ConnectionResetError("peer reset")))
+    assert is_permanent(NotFoundError("model file missing: x/model.onnx").info())

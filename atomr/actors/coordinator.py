@@ -75,6 +75,7 @@ from atomr.core.errors import (
     OverloadedError,
     RunnerCrashedError,
     UnavailableError,
+    says_out_of_memory,
 )
 from atomr.core.fair_queue import FairQueue
 from atomr.core.tenants import Tenant
@@ -90,8 +91,9 @@ LIVE = ("starting", "ready", "restarting")
 
 
 def is_permanent(err: ErrorInfo) -> bool:
-    text = err.message.lower()
-    return err.kind in PERMANENT_KINDS or "out of memory" in text or "outofmemory" in text
+    """Whether a load failure is one a restart cannot fix (isolate at once): missing files, bad
+    configuration, refused credentials, out of memory."""
+    return err.kind in PERMANENT_KINDS or bool(err.details.get("out_of_memory")) or says_out_of_memory(err.message)
 
 
 @dataclass(slots=True)

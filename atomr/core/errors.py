@@ -177,8 +177,33 @@ ERROR_CLASSES: dict[str, type[InferenceError]] = {
 }
 
 
+# How engines word running out of memory when they raise no typed error (ORT and ORT GenAI raise a
+# plain RuntimeError: "Failed to allocate memory for requested buffer", "CUDA failure 2: out of
+# memory"; CUDA drivers: CUDA_ERROR_OUT_OF_MEMORY, cudaErrorMemoryAllocation).
+OUT_OF_MEMORY_TEXTS = ("out of memory", "outofmemory", "out_of_memory", "failed to allocate memory", "memoryallocation")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` reports memory exhaustion: MemoryError (pybind11 turns C++ std::bad_alloc into
+    it), a class named like torch's ``OutOfMemoryError``, or an engine's out-of-memory wording."""
+    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    return says_out_of_memory(str(exc))
+
+
+def says_out_of_memory(text: str) -> bool:
+    """Whether an error message is an engine's out-of-memory wording."""
+    text = text.lower()
+    return any(t in text for t in OUT_OF_MEMORY_TEXTS)
+
+
 def as_error_info(exc: BaseException) -> ErrorInfo:
-    """Wire form of any exception; unknown exceptions become `internal` with their text."""
+    """Wire form of any exception; unknown exceptions become `internal` with their text.
+
+    Running out of memory is marked (``details["out_of_memory"]``), so that supervision can tell
+    it apart even when the message (a bare MemoryError's is often empty) does not say so."""
     if isinstance(exc, InferenceError):
         return exc.info()
+    if is_out_of_memory(exc):
+        return ErrorInfo("internal", f"out of memory: {type(exc).__name__}: {exc}", details={"out_of_memory": True})
     return ErrorInfo("internal", f"{type(exc).__name__}: {exc}")

@@ -142,12 +142,18 @@ def _open_model(folder: Path, intra_op_threads: int, engine_batch: int | None = 
     }
     if engine_batch is not None:
         overlay["engine"] = {"static_batching": {"max_batch_size": engine_batch}}
+    _check_files(folder, raw)
     try:
         config = og.Config(str(folder))
         config.overlay(json.dumps(overlay))
         model = og.Model(config)
         tokenizer = og.Tokenizer(model)
     except (RuntimeError, ValueError, OSError) as exc:
+        _check_files(folder, raw)  # removed while loading
+        if isinstance(exc, FileNotFoundError) or any(s in str(exc) for s in _MISSING_FILE_TEXTS):
+            # ORT GenAI raises a plain RuntimeError; e.g. a missing external-data file (model.onnx.data)
+            missing = f"ORT GenAI could not load {folder}: a model file is missing: {exc}"
+            raise NotFoundError(missing, field="model") from None
         raise InternalError(f"ORT GenAI could not load {folder}: {exc}") from None
     mcfg = raw.get("model", {})
     context = int(raw.get("search", {}).get("max_length") or mcfg.get("context_length") or 0)
@@ -169,6 +175,36 @@ def _open_model(folder: Path, intra_op_threads: int, engine_batch: int | None = 
         pad_id=int(mcfg.get("pad_token_id", min(eos_ids))),
         vocab_size=int(mcfg.get("vocab_size") or 0),
     )
+
+
+# What ORT / ORT GenAI say (in a plain RuntimeError) when a file a model needs is not there.
+_MISSING_FILE_TEXTS = ("does not exist", "doesn't exist", "No such file")
+
+
+def _model_files(folder: Path, raw: dict[str, Any]) -> list[Path]:
+    """The files ORT GenAI opens for a model: every `filename` its genai_config.json names, and the tokenizer."""
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "filename" and isinstance(value, str):
+                    names.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(raw.get("model"))
+    return [folder / n for n in names] + [folder / "tokenizer.json"]
+
+
+def _check_files(folder: Path, raw: dict[str, Any]) -> None:
+    """Fail with `not_found` (a restart cannot fix it) when a file the model needs is missing."""
+    missing = [f for f in _model_files(folder, raw) if not f.is_file()]
+    if missing:
+        raise NotFoundError(f"model file missing: {missing[0]} (an ORT GenAI model needs it)", field="model")
 
 
 def _render_chat(m: _Model, messages: Sequence[Message]) -> str:
