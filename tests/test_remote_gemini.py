@@ -1,10 +1,12 @@
 """The Gemini runner: the real `google-genai` SDK against a fake Gemini API on 127.0.0.1.
 
 Runner level: chat, completion, streaming, system_instruction, roles, generation config, stop and
-max_output_tokens, the URL the SDK calls, the error table (Google's statuses, a bad key answered
+max_output_tokens, logprobs (streamed per response, whole answers through the SDK, none unless
+asked), the URL the SDK calls, the error table (Google's statuses, a bad key answered
 with 400), retries (retry-after header and RetryInfo, never 4xx), the request deadline, the
 circuit breaker, a stream cut mid-way, malformed bodies and API-key redaction. End to end: a real
-node serving a deployment that points at the fake answers `Client.generate` and `Client.stream`.
+node serving a deployment that points at the fake answers `Client.generate` and `Client.stream`
+(with logprobs too).
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from atomr.core.errors import (
     UnavailableError,
 )
 from atomr.core.runner import runner_class
-from atomr.core.types import InferenceRequest, SamplingParams, Usage
-from runners.remote.gemini import GeminiRunner, finish_reason_of
+from atomr.core.types import InferenceRequest, SamplingParams, TokenLogprob, Usage
+from runners.remote.gemini import GeminiRunner, chosen_logprobs, finish_reason_of
 from tests.conftest import Node
-from tests.fakes.gemini_server import FakeGemini, error_json, tokenize
+from tests.fakes.gemini_server import FakeGemini, error_json, token_logprob, tokenize
 from tests.remote_support import assert_key_hidden as _assert_key_hidden
 from tests.remote_support import chat, load, outcome, run, text_of
 
@@ -168,6 +170,97 @@ def test_stop_sequences_and_max_tokens_honoured(fake: FakeGemini) -> None:
             fake.finish_override = "SAFETY"
             chunks, err = await outcome(runner, chat(("user", "hi")))
             assert err is None and chunks[-1].finish_reason == "content_filter"
+
+    run(body)
+
+
+# ---- logprobs ----
+
+
+def test_capabilities_say_logprobs() -> None:
+    caps = GeminiRunner.capabilities
+    assert caps.streaming and caps.chat and caps.completion and caps.logprobs and not caps.needs_gpu
+
+
+def test_logprobs_arrive_on_every_streamed_chunk(fake: FakeGemini) -> None:
+    async def body() -> None:
+        async with loaded(fake) as runner:
+            chunks, err = await outcome(runner, chat(("user", "hi"), max_tokens=100, logprobs=True))
+            assert err is None
+            config = fake.calls[-1].body["generationConfig"]
+            assert config["responseLogprobs"] is True and config["logprobs"] == 1
+            served = fake.served[-1]
+            tokens = tokenize(fake.reply_text)
+            assert served.stream and served.logprobs is not None and len(served.logprobs) == len(tokens)
+            # one streamed response per token here: each chunk carries its response's chosen token
+            for i, (chunk, token) in enumerate(zip(chunks[:-1], tokens, strict=True)):
+                assert chunk.text == token and chunk.token_count == 1
+                assert chunk.logprobs == (TokenLogprob(token, token_logprob(i, token)),)
+            got = [(lp.token, lp.logprob) for c in chunks for lp in c.logprobs or ()]
+            assert got == list(served.logprobs)
+            assert all(v < 0 for _, v in got)
+            last = chunks[-1]
+            assert last.logprobs == () and last.finish_reason == "stop"
+            assert sum(c.token_count for c in chunks) == last.usage.completion_tokens == len(tokens)
+
+            # cut by max_tokens: the logprobs are those of the tokens sent, no more
+            chunks, err = await outcome(runner, chat(("user", "hi"), max_tokens=3, logprobs=True))
+            assert err is None and chunks[-1].finish_reason == "length"
+            assert [lp.token for c in chunks for lp in c.logprobs or ()] == tokens[:3]
+
+    run(body)
+
+
+def test_no_logprobs_unless_asked(fake: FakeGemini) -> None:
+    async def body() -> None:
+        async with loaded(fake) as runner:
+            chunks, err = await outcome(runner, chat(("user", "hi"), max_tokens=100))
+            assert err is None and text_of(chunks) == fake.reply_text
+            config = fake.calls[-1].body["generationConfig"]
+            assert "responseLogprobs" not in config and "logprobs" not in config
+            assert fake.served[-1].logprobs is None  # the fake sent no logprobsResult
+            assert all(c.logprobs is None for c in chunks)
+
+    run(body)
+
+
+def test_whole_answer_logprobs_through_the_sdk(fake: FakeGemini) -> None:
+    """`generateContent` (one whole response) as the SDK reads it from the fake: chosen and top
+    candidates for every token when asked, no `logprobs_result` otherwise; the runner's reading
+    of a `LogprobsResult` gives the chosen tokens in order."""
+
+    async def body() -> None:
+        from google.genai import errors, types
+
+        async with loaded(fake) as runner:
+            tokens = tokenize(fake.reply_text)
+            config = types.GenerateContentConfig(response_logprobs=True, logprobs=3, temperature=0.0)
+            whole = await runner.client.aio.models.generate_content(model="gemini-fake", contents="hi", config=config)
+            assert fake.calls[-1].path == "/v1/models/gemini-fake:generateContent"
+            sent = fake.calls[-1].body["generationConfig"]
+            assert (sent["responseLogprobs"], sent["logprobs"]) == (True, 3)
+            result = whole.candidates[0].logprobs_result
+            assert result is not None and not fake.served[-1].stream
+            assert [c.token for c in result.chosen_candidates] == tokens
+            expected = tuple(TokenLogprob(t, token_logprob(i, t)) for i, t in enumerate(tokens))
+            assert chosen_logprobs(result) == expected
+            assert [(lp.token, lp.logprob) for lp in expected] == list(fake.served[-1].logprobs or ())
+            assert len(result.top_candidates) == len(tokens)
+            for step, chosen in zip(result.top_candidates, result.chosen_candidates, strict=True):
+                probs = [c.log_probability for c in step.candidates]
+                assert len(probs) == 3 and probs == sorted(probs, reverse=True) and probs[0] == chosen.log_probability
+            assert result.log_probability_sum == pytest.approx(sum(lp.logprob for lp in expected))
+
+            plain = await runner.client.aio.models.generate_content(model="gemini-fake", contents="hi")
+            assert plain.text == fake.reply_text and plain.candidates[0].logprobs_result is None
+            assert chosen_logprobs(None) == ()
+
+            # as the API: `logprobs` alone (no responseLogprobs) is refused
+            with pytest.raises(errors.ClientError) as info:
+                await runner.client.aio.models.generate_content(
+                    model="gemini-fake", contents="hi", config=types.GenerateContentConfig(logprobs=2)
+                )
+            assert info.value.code == 400
 
     run(body)
 
@@ -456,6 +549,17 @@ def test_end_to_end_through_a_node(fake: FakeGemini, tmp_path: Path) -> None:
                 client.generate("gemini", "Hi")
             assert KEY not in str(info.value)
             assert fake.count() == 3
+            # logprobs through the node: a whole answer, then a stream
+            whole = client.generate("gemini", "Hi", max_tokens=5, logprobs=True)
+            tokens = tokenize(fake.reply_text)[:5]
+            assert whole.text == "".join(tokens) and fake.calls[-1].body["generationConfig"]["responseLogprobs"]
+            assert whole.logprobs is not None and [(lp.token, lp.logprob) for lp in whole.logprobs] == [
+                (t, token_logprob(i, t)) for i, t in enumerate(tokens)
+            ]
+            assert whole.confidence is not None and whole.confidence["min_logprob"] < 0
+            chunks = list(client.stream("gemini", prompt="Tell me", max_tokens=4, logprobs=True))
+            assert [lp.token for c in chunks for lp in c.logprobs or ()] == tokenize(fake.reply_text)[:4]
+            assert client.generate("gemini", "Hi", max_tokens=2).logprobs is None
     finally:
         assert node.stop() == []
     assert KEY not in node.output()

@@ -6,11 +6,18 @@ streamGenerateContent?alt=sse`). atomr messages with role "system" are joined (b
 between) into `system_instruction`; user messages keep the role "user", assistant messages take
 "model"; a completion request (`prompt`) is one user content. `GenerateContentConfig` carries
 max_output_tokens (`params.max_tokens`), temperature (always: atomr's 0 means greedy), top_p (when
-< 1), top_k (when > 0), stop_sequences and seed. Logprobs are not offered.
+< 1), top_k (when > 0), stop_sequences and seed. A request asking for logprobs sets
+`response_logprobs=True` and `logprobs=1` (wire: `generationConfig.responseLogprobs`, `logprobs`,
+the number of top candidates per step).
 
-Stream -> chunks: each text part of the first candidate is one `Chunk` (token_count 1; a part may
-hold several tokens, `usage` is the authority); thought parts are skipped. The last chunk is empty
-and carries finish_reason and `Usage(prompt_token_count, candidates_token_count +
+Stream -> chunks: the text parts of the first candidate in one streamed response are one `Chunk`
+(thought parts are skipped); token_count is 1, or with logprobs the number of chosen tokens that
+response reports. With logprobs, each response's candidate carries `logprobs_result`
+(`logprobsResult`) for the tokens of that response: `chosen_candidates[i]` (`chosenCandidates`:
+`token`, `log_probability` / `logProbability`) become the chunk's `TokenLogprob`s, in order
+(`top_candidates` are not used: atomr keeps the chosen token's logprob only); the last chunk's
+logprobs are then an empty tuple. Without logprobs the chunks' logprobs are None. The last chunk
+is empty and carries finish_reason and `Usage(prompt_token_count, candidates_token_count +
 thoughts_token_count)` from the last `usage_metadata` seen. A stream that ends without a
 finishReason (connection dropped) is an `unavailable` error, never a silent short answer. A
 prompt blocked by `prompt_feedback.block_reason` ends with finish_reason "content_filter".
@@ -54,7 +61,8 @@ from atomr.core.errors import (
     InvalidRequestError,
     UnavailableError,
 )
-from atomr.core.types import Chunk, InferenceRequest, Usage
+from atomr.core.runner import RunnerCapabilities
+from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
 from runners.remote.base import RemoteRunner
 from runners.remote.errors import error_for_status, parse_retry_after, redact
 
@@ -101,9 +109,18 @@ def finish_reason_of(reason: Any) -> str:
     return "stop"
 
 
+def chosen_logprobs(result: Any) -> tuple[TokenLogprob, ...]:
+    """The chosen tokens' logprobs from a candidate's `LogprobsResult` (empty when it has none)."""
+    chosen = getattr(result, "chosen_candidates", None) or ()
+    return tuple(TokenLogprob(c.token or "", float(c.log_probability)) for c in chosen if c.log_probability is not None)
+
+
 class GeminiRunner(RemoteRunner):
     provider: ClassVar[str] = "gemini"
     default_key_env: ClassVar[str] = "GEMINI_API_KEY"
+    capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
+        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=False
+    )
 
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
@@ -164,6 +181,8 @@ class GeminiRunner(RemoteRunner):
             top_k=p.top_k if p.top_k > 0 else None,
             stop_sequences=list(p.stop) or None,
             seed=p.seed,
+            response_logprobs=True if p.logprobs else None,
+            logprobs=1 if p.logprobs else None,  # top candidates per step; atomr keeps the chosen one
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
             automatic_continuation=False,
         )
@@ -174,6 +193,7 @@ class GeminiRunner(RemoteRunner):
         responses = await self.client.aio.models.generate_content_stream(
             model=self.model_name, contents=contents, config=config
         )
+        want_lp = request.params.logprobs
         usage: Any = None
         finish: str | None = None
         try:
@@ -184,9 +204,13 @@ class GeminiRunner(RemoteRunner):
                     finish = "content_filter"
                 for candidate in (response.candidates or [])[:1]:
                     parts = candidate.content.parts if candidate.content is not None else None
-                    for part in parts or ():
-                        if part.text and not part.thought:
-                            yield Chunk(part.text, 1)
+                    text = "".join(part.text for part in parts or () if part.text and not part.thought)
+                    if text:
+                        if want_lp:
+                            lps = chosen_logprobs(candidate.logprobs_result)
+                            yield Chunk(text, max(1, len(lps)), lps)
+                        else:
+                            yield Chunk(text, 1)
                     if candidate.finish_reason:
                         finish = finish_reason_of(candidate.finish_reason)
         finally:
@@ -195,7 +219,7 @@ class GeminiRunner(RemoteRunner):
             raise UnavailableError("gemini: the stream ended without a finishReason (connection dropped)")
         prompt = (usage.prompt_token_count or 0) if usage is not None else 0
         completion = ((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)) if usage else 0
-        yield Chunk("", 0, finish_reason=finish, usage=Usage(prompt, completion))
+        yield Chunk("", 0, () if want_lp else None, finish_reason=finish, usage=Usage(prompt, completion))
 
     def map_error(self, exc: BaseException) -> InferenceError:
         _, _, errors = _import_sdk()

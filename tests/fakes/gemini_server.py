@@ -12,11 +12,20 @@ whitespace; prompt tokens are the words of the system instruction and of every c
 `stopSequences` cut it before the first one found (STOP); `finish_override` reports another
 reason (e.g. "SAFETY").
 
+Logprobs as the API gives them: only when `generationConfig.responseLogprobs` is true does the
+candidate carry `logprobsResult`: `chosenCandidates` (one `{token, tokenId, logProbability}` per
+generated token, in order), `logProbabilitySum`, and, when `generationConfig.logprobs` is N > 0,
+`topCandidates` (one `{candidates: [...]}` per token, N entries sorted by logProbability, highest
+first). In `generateContent` it covers the whole answer; in `streamGenerateContent` each event's
+candidate covers that event's tokens. Values are deterministic per position and token
+(`token_logprob`). `logprobs` without `responseLogprobs`, or above 20, is a 400.
+
 Checks made like the real API: the key (`x-goog-api-key` header or `key` query; a wrong key is a
 400 INVALID_ARGUMENT "API key not valid" with reason API_KEY_INVALID, as Google answers; the
 message echoes the key received so tests can check atomr never repeats it), known models,
 `contents` non-empty with roles user/model only (a "system" role is a 400: the system prompt is
-`systemInstruction`), at most 5 stop sequences, the prompt within `context_window` tokens. Error
+`systemInstruction`), at most 5 stop sequences, `logprobs` (see above), the prompt within
+`context_window` tokens. Error
 bodies are `{"error": {"code", "message", "status"}}`.
 
 Extra knobs besides `FakeProvider`'s: `error_event_next(code, after)` (the next stream sends a
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -59,6 +69,11 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+def token_logprob(index: int, token: str) -> float:
+    """The fake's deterministic, plausible logprob for the token at `index` of an answer."""
+    return -round(0.05 + 0.01 * (index % 7) + 0.001 * len(token), 6)
+
+
 def error_json(code: int, message: str, status: str | None = None, details: list[Any] | None = None) -> dict[str, Any]:
     """A Google API error body."""
     err: dict[str, Any] = {"code": code, "message": message, "status": status or STATUS_NAMES.get(code, "UNKNOWN")}
@@ -75,6 +90,7 @@ class Served:
     prompt_tokens: int
     completion_tokens: int
     stream: bool
+    logprobs: tuple[tuple[str, float], ...] | None = None  # (token, logProbability) served, if asked
 
 
 class FakeGemini(FakeProvider):
@@ -149,13 +165,17 @@ class FakeGemini(FakeProvider):
         prompt_tokens = _prompt_tokens(body)
         tokens = tokenize(text)
         stream = method == "streamGenerateContent"
+        top_n = int(config.get("logprobs") or 0)
+        lp = _Logprobs(tokens, top_n) if config.get("responseLogprobs") is True else None
+        served_lps = tuple((t, token_logprob(i, t)) for i, t in enumerate(tokens)) if lp is not None else None
         with self.lock:
-            self.served.append(Served(version, text, finish, prompt_tokens, len(tokens), stream))
+            self.served.append(Served(version, text, finish, prompt_tokens, len(tokens), stream, served_lps))
         if not stream:
-            return Reply(200, _response([text] if text else [], finish, prompt_tokens, len(tokens)))
+            whole = lp.result(0, len(tokens)) if lp is not None else None
+            return Reply(200, _response([text] if text else [], finish, prompt_tokens, len(tokens), whole))
         if parse_qs(split.query).get("alt") != ["sse"]:
             return Reply(400, error_json(400, "this fake streams only with alt=sse"))
-        return Reply(events=self._events(tokens, finish, prompt_tokens))
+        return Reply(events=self._events(tokens, finish, prompt_tokens, lp))
 
     def _check(self, body: dict[str, Any]) -> Reply | None:
         contents = body.get("contents")
@@ -170,9 +190,16 @@ class FakeGemini(FakeProvider):
                 )
             if not isinstance(c.get("parts"), list) or not c["parts"]:
                 return Reply(400, error_json(400, f"* GenerateContentRequest.contents[{i}].parts: must not be empty"))
-        stops = (body.get("generationConfig") or {}).get("stopSequences") or []
+        config = body.get("generationConfig") or {}
+        stops = config.get("stopSequences") or []
         if len(stops) > 5:
             return Reply(400, error_json(400, "stop_sequences: at most 5 are allowed"))
+        top_n = config.get("logprobs")
+        if top_n is not None:
+            if config.get("responseLogprobs") is not True:
+                return Reply(400, error_json(400, "logprobs is only valid if responseLogprobs is true"))
+            if not isinstance(top_n, int) or not 0 <= top_n <= 20:
+                return Reply(400, error_json(400, f"logprobs must be in the range [0, 20], got {top_n!r}"))
         n = _prompt_tokens(body)
         if n > self.context_window:
             return Reply(
@@ -199,7 +226,7 @@ class FakeGemini(FakeProvider):
             return "".join(tokens[:limit]), self.finish_override or "MAX_TOKENS"
         return full, self.finish_override or "STOP"
 
-    def _events(self, tokens: list[str], finish: str, prompt_tokens: int) -> list[str]:
+    def _events(self, tokens: list[str], finish: str, prompt_tokens: int, lp: _Logprobs | None) -> list[str]:
         with self.lock:
             error = self._error_events.pop(0) if self._error_events else None
             bad = self._bad_events > 0
@@ -209,13 +236,14 @@ class FakeGemini(FakeProvider):
             if error is not None and i == error[2]:
                 break
             last = i == len(tokens) - 1
-            events.append(_sse(_response([token], finish if last else None, prompt_tokens, i + 1)))
+            part = lp.result(i, i + 1) if lp is not None else None
+            events.append(_sse(_response([token], finish if last else None, prompt_tokens, i + 1, part)))
             if bad and i == 0:
                 events.append('data: {"candidates": [{"content": {"parts": [{"text": \n\n')
         if error is not None:
             events.append(_sse(error_json(error[0], error[1])))
         elif not tokens:
-            events.append(_sse(_response([], finish, prompt_tokens, 0)))
+            events.append(_sse(_response([], finish, prompt_tokens, 0, lp.result(0, 0) if lp is not None else None)))
         return events
 
 
@@ -234,10 +262,45 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return sum(len(tokenize(t)) for t in texts if t)
 
 
-def _response(texts: list[str], finish: str | None, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+class _Logprobs:
+    """An answer's `logprobsResult`, whole or for a slice of its tokens."""
+
+    def __init__(self, tokens: list[str], top_n: int) -> None:
+        self.tokens = tokens
+        self.top_n = top_n
+
+    def result(self, start: int, end: int) -> dict[str, Any]:
+        chosen = [_candidate(t, token_logprob(i, t)) for i, t in enumerate(self.tokens[start:end], start=start)]
+        out: dict[str, Any] = {}
+        if self.top_n > 0:
+            out["topCandidates"] = [
+                {
+                    "candidates": [c]
+                    + [_candidate(f"<alt{k}>", round(c["logProbability"] - k, 6)) for k in range(1, self.top_n)]
+                }
+                for c in chosen
+            ]
+        out["chosenCandidates"] = chosen
+        out["logProbabilitySum"] = round(sum(c["logProbability"] for c in chosen), 6)
+        return out
+
+
+def _candidate(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "tokenId": zlib.crc32(token.encode()) % 256000, "logProbability": logprob}
+
+
+def _response(
+    texts: list[str],
+    finish: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     candidate: dict[str, Any] = {"content": {"parts": [{"text": t} for t in texts], "role": "model"}, "index": 0}
     if finish is not None:
         candidate["finishReason"] = finish
+    if logprobs is not None:
+        candidate["logprobsResult"] = logprobs
     return {
         "candidates": [candidate],
         "usageMetadata": {
