@@ -1,8 +1,9 @@
 """Smoke test of the benchmark set: `scripts/bench/run_all.py --quick` runs and fills every row of its table.
 
 It checks that the table has every benchmark's rows with numbers (not that the targets are met:
-the quick sizes are too small for that). It needs LiteLLM's proxy in its own venv, which
-``run_all.py`` makes on first use (``.bench-venvs/litellm``); without it the test skips, saying so.
+the quick sizes are too small for that). LiteLLM's proxy runs from its own venv, which
+``run_all.py`` makes on first use (``.bench-venvs/litellm``); where that venv is absent (a clean
+clone, CI) the set runs with ``--no-litellm`` and LiteLLM's cells must say "not measured".
 """
 
 from __future__ import annotations
@@ -13,25 +14,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO, node_env
 
 BENCH = REPO / "scripts" / "bench"
 
 
-def litellm_venv() -> Path:
+def litellm_venv() -> Path | None:
     spec = importlib.util.spec_from_file_location("bench_litellm_proxy", BENCH / "litellm_proxy.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     venv: Path = module.DEFAULT_VENV
-    if not module.venv_ready(venv):
-        pytest.skip(
-            f"LiteLLM's venv {venv.relative_to(REPO)} is absent: run `python scripts/bench/run_all.py --quick` once "
-            "to make it (python -m venv + pip install 'litellm[proxy]')"
-        )
-    return venv
+    return venv if module.venv_ready(venv) else None
 
 
 # (benchmark, measure) beginnings of every row the table must have, and whether LiteLLM has a number there
@@ -39,6 +33,7 @@ ROWS = [
     ("actor path", "p50 latency at c=1", False),
     ("actor path", "requests/s at c=32", False),
     ("HTTP front", "added p50 latency at c=1", True),
+    ("HTTP front", "of which the openai SDK call alone", False),
     ("HTTP front", "added p99 latency at c=1", True),
     ("HTTP front", "requests/s at c=64", True),
     ("streaming", "20-chunk stream", True),
@@ -54,8 +49,9 @@ NUMBER = re.compile(r"[+-]?\d+(\.\d+)?%?")
 def test_quick_run_fills_the_table(tmp_path: Path) -> None:
     venv = litellm_venv()
     out = tmp_path / "bench.md"
+    proxy_args = ["--litellm-venv", str(venv)] if venv is not None else ["--no-litellm"]
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--out", str(out), "--litellm-venv", str(venv)],
+        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--out", str(out), *proxy_args],
         cwd=REPO,
         env=node_env(),
         capture_output=True,
@@ -75,8 +71,10 @@ def test_quick_run_fills_the_table(tmp_path: Path) -> None:
         assert NUMBER.fullmatch(atomr.split()[0]), cells
         assert baseline == "-" or NUMBER.search(baseline), cells
         assert ratio == "-" or NUMBER.search(ratio), cells
-        if has_litellm:
+        if has_litellm and venv is not None:
             assert NUMBER.fullmatch(litellm), cells
+        elif has_litellm:
+            assert litellm == "not measured", cells
         if target != "-":
-            assert met in ("yes", "**no**"), cells
+            assert met in ("yes", "**no**") or (venv is None and met == "not measured"), cells
     assert "<= 0.2x LiteLLM's" in table and ">= 3x LiteLLM's" in table
