@@ -2,7 +2,8 @@
 comes back; a replica that keeps failing at load is isolated and its fallback serves; one whose
 model files are missing (or that runs out of memory) at load is isolated at once, with no restart;
 replicas are placed one per GPU across joined nodes; a whole node killed under load is noticed and
-its replicas move to the other node."""
+its replicas move to the other node, or, with no room left, the deployment is degraded until a new
+node joins."""
 
 from __future__ import annotations
 
@@ -309,3 +310,54 @@ def test_out_of_memory_at_load_is_permanent() -> None:
     assert not is_permanent(as_error_info(RuntimeError("Protobuf parsing failed")))
     assert not is_permanent(as_error_info(ConnectionResetError("peer reset")))
     assert is_permanent(NotFoundError("model file missing: x/model.onnx").info())
+
+
+def test_a_dead_node_with_no_spare_gpu_degrades_and_a_new_node_restores(tmp_path: Path) -> None:
+    head = Node("--role", "head")
+    a: Node | None = None
+    c: Node | None = None
+    try:
+        a = Node("--role", "gpu", "--gpus", "0", "--node-id", "gpu-a", "--join", head.address)
+        with Client(head.address) as client:
+            wait_for(lambda: "gpu-a" in {n.node_id for n in client.status()["nodes"]}, timeout=30)
+            client.deploy(
+                tiny("alone", gpus_per_replica=1, placement={"role": "gpu"}, supervision={"backoff_initial_s": 0.05})
+            )
+            track = Tracker(client, "alone", 80, 200)
+            assert track.streaming.acquire(timeout=60)
+            doomed = [*system_processes(a.port), psutil.Process(a.proc.pid)]
+            for p in doomed:
+                p.kill()
+            wait_for(lambda: "gpu-a" not in {n.node_id for n in client.status()["nodes"]}, timeout=15)
+            wait_for(lambda: replicas(client, "alone")[0].state == "isolated", timeout=10)
+            (r,) = replicas(client, "alone")
+            assert "no node can host it" in (r.error or "") and r.restarts == 1
+            assert next(d for d in client.list_deployments() if d.name == "alone").state == "degraded"
+            track.wait(30)
+            assert track.finals == [1] * 80
+            want = ort_greedy_reference(MODEL, PROMPT, 200)
+            for chunks, outcome in zip(track.chunks, track.outcome, strict=True):
+                if isinstance(outcome, InferenceError):  # crashed while streaming, else had no replica
+                    assert (outcome.kind, chunks > 0) in {("runner_crashed", True), ("unavailable", False)}
+                else:
+                    assert outcome == want  # finished before the node died
+            assert any(isinstance(o, InferenceError) for o in track.outcome)
+            t0 = time.monotonic()
+            try:
+                client.generate("alone", prompt=PROMPT, max_tokens=4)
+                raise AssertionError("a deployment with no live replica should refuse")
+            except InferenceError as exc:  # at once, retryable, saying why
+                assert exc.kind == "unavailable" and exc.retry_after and "no live replica" in exc.message
+            assert time.monotonic() - t0 < 5
+            # A new GPU node joins: the replica is placed there and the deployment serves again.
+            c = Node("--role", "gpu", "--gpus", "7", "--node-id", "gpu-c", "--join", head.address)
+            wait_for(lambda: replicas(client, "alone")[0].state == "ready", timeout=30)
+            (r,) = replicas(client, "alone")
+            assert (r.node_id, r.gpu_ids, r.error) == ("gpu-c", ["7"], None)
+            assert r.pid in {p.pid for p in system_processes(c.port)}
+            assert next(d for d in client.list_deployments() if d.name == "alone").state == "ready"
+            assert client.generate("alone", prompt=PROMPT, max_tokens=8).text
+    finally:
+        for n in (c, a, head):
+            if n is not None:
+                assert n.stop() == []

@@ -10,7 +10,8 @@ answer: re-dispatched if it had not started streaming, `runner_crashed` if it ha
 Supervision follows the deployment's policy: a replica that dies or fails to load is started
 again (through the manager, which picks a live node) after an exponential backoff; past the
 restart intensity (N restarts within T seconds), or at once for failures a restart cannot fix
-(missing files, bad config, out of memory), it is isolated and the deployment is degraded. With
+(missing files, bad config, out of memory), it is isolated and the deployment is degraded; one
+isolated because no node had room is placed again when a node joins. With
 no replica left alive, or when a request fails retryably before its first chunk, it goes to the
 next deployment in the `fallbacks` list; the caller never sees the switch.
 
@@ -47,6 +48,7 @@ from atomr.actors.messages import (
     Drained,
     MetricsDrop,
     MetricsSnapshot,
+    NodeJoined,
     NodeLost,
     PlaceReplica,
     ReplicaExited,
@@ -88,6 +90,7 @@ log = structlog.get_logger("atomr.coordinator")
 PERMANENT_KINDS = frozenset({"config", "not_found", "invalid_request", "auth"})
 METRICS_PERIOD_S = 1.0
 LIVE = ("starting", "ready", "restarting")
+NO_NODE = "no node can host it"  # how an isolated replica that waits for a node begins its error
 
 
 def is_permanent(err: ErrorInfo) -> bool:
@@ -113,6 +116,7 @@ class Replica:
     restart_times: collections.deque[float] = field(default_factory=collections.deque)
     restarts: int = 0
     health: dict[str, Any] = field(default_factory=dict)
+    unplaced: bool = False  # isolated because no node could host it: placed again when a node joins
 
 
 @dataclass(slots=True)
@@ -180,7 +184,7 @@ class Coordinator(SidecarActor):
         if before is not None:
             r.restarts, r.error = before.restarts, before.error
             if before.state == "isolated":
-                r.state = "isolated"
+                r.state, r.unplaced = "isolated", (before.error or "").startswith(NO_NODE)
                 return
         if p.node_agent is None:  # it was waiting for a node: place it now
             r.state = "restarting"
@@ -336,15 +340,27 @@ class Coordinator(SidecarActor):
         if r is None or r.state != "restarting":
             return
         if msg.node_id is None:
-            self._isolate(r, f"no node can host it: {msg.reason}")
+            self._isolate(r, f"{NO_NODE}: {msg.reason}")
+            r.unplaced = True
             return
         self._placed(r, msg)
         r.state = "starting"
         log.info("replica restarting", deployment=self._name, replica=r.instance, node=r.node_id)
 
+    def receiveMsg_NodeJoined(self, msg: NodeJoined, sender: Address) -> None:
+        """A new node may have room for the replicas that no node could host: place them again."""
+        if self.state == "draining":
+            return
+        for r in self.replicas.values():
+            if r.state == "isolated" and r.unplaced and not self._is_new(r) and not self._retiring(r):
+                log.info("node joined: placing replica again", deployment=self._name, replica=r.slot, node=msg.node_id)
+                r.state, r.unplaced = "restarting", False
+                self.wakeupAfter(timedelta(seconds=0.01), payload=("restart", r.slot))
+        self._changed()
+
     def _isolate(self, r: Replica, reason: str) -> None:
         log.error("replica isolated", deployment=self._name, replica=r.instance, reason=reason)
-        r.state, r.error, r.address = "isolated", reason, None
+        r.state, r.error, r.address, r.unplaced = "isolated", reason, None, False
         self._fail_over(r)
         self._changed()
 

@@ -6,7 +6,8 @@ free GPUs (one runner host per GPU), starts one coordinator per deployment, publ
 deployments to the registry, and answers admin requests once the outcome is known. Node agents
 send heartbeats; a node silent for `node_timeout_s` is declared lost: its replicas'
 coordinators are told, and they start the replicas again elsewhere through
-`PlaceReplica` when a node has room.
+`PlaceReplica` when a node has room; replicas that found none are placed again when a node
+joins (`NodeJoined`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from atomr.actors.messages import (
     ListDeployments,
     NodeInfo,
     NodeInit,
+    NodeJoined,
     NodeLost,
     PlaceReplica,
     RegisterNode,
@@ -52,7 +54,7 @@ from atomr.actors.messages import (
 )
 from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
-from atomr.core.deployment import Deployment
+from atomr.core.deployment import Deployment, shared_limit_clash
 from atomr.core.errors import ConfigError, InferenceError, InternalError, NotFoundError, UnavailableError
 from atomr.core.runner import install_hint
 
@@ -107,6 +109,9 @@ class DeploymentManager(SidecarActor):
             # started end with it (they exit when orphaned). Their coordinators start them again,
             # here: the node is alive.
             self._replicas_lost(msg.info.node_id, "its node agent died", keep_node=True)
+        if before is None:  # room for replicas that were waiting for a node
+            for rec in self.records.values():
+                self.send(rec.coordinator, NodeJoined(msg.info.node_id))
         if not self.watching:
             self.watching = True
             self.notifyOnSystemRegistrationChanges(True)
@@ -196,7 +201,7 @@ class DeploymentManager(SidecarActor):
             self._swap(current, dep, msg.wait, sender)
             return
         try:
-            self._check_names_free(dep)
+            self._check_no_clash(dep)
             plan = self._plan(dep)
         except InferenceError as exc:
             self.send(sender, Reply(False, error=exc.info()))
@@ -235,7 +240,7 @@ class DeploymentManager(SidecarActor):
                     f"{dep.name!r} is {busy}; a new version can replace a serving deployment only",
                     field="version",
                 )
-            self._check_names_free(dep, ignore=dep.name)
+            self._check_no_clash(dep, ignore=dep.name)
             plan = self._plan(dep)
         except InferenceError as exc:
             self.send(sender, Reply(False, error=exc.info()))
@@ -278,13 +283,17 @@ class DeploymentManager(SidecarActor):
             )
             self._answer(rec.deploy_waiters, Reply(False, rec.info, err.info()))
 
-    def _check_names_free(self, dep: Deployment, ignore: str | None = None) -> None:
+    def _check_no_clash(self, dep: Deployment, ignore: str | None = None) -> None:
+        """`dep`'s names are free and a rate-limit key it shares has the same limits everywhere."""
         taken = {n: r.dep.name for r in self.records.values() if r.dep.name != ignore for n in r.dep.names}
         for n in dep.names:
             if n in taken:
                 raise ConfigError(
                     f"name {n!r} is already served by deployment {taken[n]!r}; undeploy it first", field="name"
                 )
+        clash = shared_limit_clash(dep, (r.dep for r in self.records.values() if r.dep.name != ignore))
+        if clash is not None:
+            raise clash
 
     def _candidates(self, dep: Deployment) -> list[NodeInfo]:
         want_role = dep.placement.role

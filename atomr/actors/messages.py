@@ -235,6 +235,13 @@ class NodeLost:
     instances: list[str]
 
 
+@dataclass(slots=True)
+class NodeJoined:
+    """Manager -> coordinator: a new node registered; replicas no node could host may fit now."""
+
+    node_id: str
+
+
 # ---- deployment lifecycle ------------------------------------------------------------------
 
 
