@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from atomr.client import Client
-from atomr.core.errors import InferenceError, RateLimitedError
+from atomr.core.deployment import load_deployments
+from atomr.core.errors import ConfigError, InferenceError, RateLimitedError
 from atomr.core.ratelimit import WINDOW_S, Budget
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI
@@ -121,3 +122,41 @@ def test_callers_that_allow_it_wait_for_the_window(tmp_path: Path) -> None:
                 assert sum(isinstance(r, RateLimitedError) for r in hurried) == 2
         finally:
             assert node.stop() == []
+
+
+def _limited(name: str, engine: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "model": "openai/gpt-fake", "engine": engine, "rate_limits": limits}
+
+
+def test_deployments_naming_one_key_share_its_budget(tmp_path: Path) -> None:
+    """Two deployments on one provider key (`rate_limits.key`) draw on one budget; a third that
+    states other limits for that key is refused, in a config file and at deploy time."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    org = {"rpm": 10, "key": "org-key"}
+    with FakeOpenAI(api_key=KEY) as fake:
+        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
+        cfg = tmp_path / "shared.yaml"
+        cfg.write_text(yaml.safe_dump({"deployments": [_limited("a", engine, org), _limited("b", engine, org)]}))
+        node = Node(config=cfg)
+        try:
+            with Client(node.address) as client:
+                reqs = [client.make_request(m, prompt="Hello there", max_tokens=4) for m in ("a", "b") * 15]
+                results = [client.generate_many(reqs[:2]), client.generate_many(reqs[2:])]  # both routes known
+                results = [r for batch in results for r in batch]
+                served = [r for r in results if not isinstance(r, InferenceError)]
+                assert all(isinstance(r, RateLimitedError) for r in results if isinstance(r, InferenceError))
+                assert fake.count("/completions") == len(served) <= 10
+                assert {r.deployment for r in served} == {"a", "b"}  # both drew on the one budget
+                with pytest.raises(InferenceError) as refused:
+                    client.deploy(_limited("c", engine, {"rpm": 50, "key": "org-key"}))
+                assert refused.value.field == "rate_limits.key" and "'a'" in refused.value.message
+                assert [d.name for d in client.list_deployments()] == ["a", "b"]
+        finally:
+            assert node.stop() == []
+    bad = tmp_path / "clash.yaml"
+    bad.write_text(yaml.safe_dump({"deployments": [_limited("a", {}, org), _limited("b", {}, {**org, "rpm": 11})]}))
+    with pytest.raises(ConfigError) as clash:
+        load_deployments(bad)
+    assert clash.value.field == "rate_limits.key"
+    assert "deployments[1].rate_limits: key 'org-key' is shared with deployment 'a'" in clash.value.message

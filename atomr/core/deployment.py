@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +318,28 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: invalid YAML: nested too deeply", field="file") from None
 
 
+def shared_limit_clash(dep: Deployment, others: Iterable[Deployment]) -> ConfigError | None:
+    """An error when `dep` and another deployment share a rate-limit key with different limits.
+
+    Deployments naming the same `rate_limits.key` draw on one budget (one provider key's RPM/TPM),
+    so they must state the same numbers; otherwise whichever asked last would set the budget.
+    """
+    mine = dep.rate_limits
+    if mine is None or not (mine.rpm or mine.tpm):
+        return None
+    for other in others:
+        theirs = other.rate_limits
+        if other.name == dep.name or theirs is None or not (theirs.rpm or theirs.tpm) or other.rate_key != dep.rate_key:
+            continue
+        if (mine.rpm, mine.tpm, mine.window_s) != (theirs.rpm, theirs.tpm, theirs.window_s):
+            return ConfigError(
+                f"rate_limits: key {dep.rate_key!r} is shared with deployment {other.name!r}, whose limits differ "
+                f"(rpm {theirs.rpm}, tpm {theirs.tpm}, window_s {theirs.window_s}); a shared key needs the same limits",
+                field="rate_limits.key",
+            )
+    return None
+
+
 def load_deployments(path: str | Path) -> list[Deployment]:
     """Deployments of a YAML file: a `deployments:` list, or one deployment mapping."""
     p = Path(path)
@@ -338,4 +360,8 @@ def load_deployments(path: str | Path) -> list[Deployment]:
             if n in seen:
                 raise ConfigError(f"{w}.name: {n!r} is used twice", field="name")
             seen.add(n)
+    for i, (dep, w) in enumerate(zip(deps, where, strict=True)):
+        clash = shared_limit_clash(dep, deps[:i])
+        if clash is not None:
+            raise ConfigError(f"{w}.{clash.message}", field=clash.field)
     return deps
