@@ -88,6 +88,12 @@ def list_main(argv: Sequence[str] | None = None) -> int:
     return _run(args, lambda c: c.list_deployments(), lambda r: "\n".join(map(_deployment_line, r)) or "no deployments")
 
 
+def _node_health(n: Any) -> str:
+    health = getattr(n, "health", "") or "-"
+    age = getattr(n, "heartbeat_age_s", None)
+    return health if health == "ok" or age is None else f"{health}({age:.1f}s)"
+
+
 def status_main(argv: Sequence[str] | None = None) -> int:
     p = _parser("atomr-status", "Show nodes, deployments and replicas.")
     args = p.parse_args(argv)
@@ -95,8 +101,8 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     def render(st: dict[str, Any]) -> str:
         lines = ["nodes:"]
         lines += [
-            f"  {n.node_id:24} {n.role:5} {n.host}:{n.port} gpus={','.join(n.gpu_ids) or '-'} "
-            f"runtimes={','.join(n.runtimes) or '-'}"
+            f"  {n.node_id:24} {n.role:5} {n.host}:{n.port} pid={n.pid} gpus={','.join(n.gpu_ids) or '-'} "
+            f"health={_node_health(n)} runtimes={','.join(n.runtimes) or '-'}"
             for n in st["nodes"]
         ]
         lines.append("deployments:")

@@ -1,9 +1,14 @@
 """The CLI scripts against a running node: deploy, list, status, chat, undeploy; undeploy lets
-in-flight requests finish and then the runner processes exit; bad input prints a clear error."""
+in-flight requests finish and then the runner processes exit; bad input prints a clear error;
+status shows where each node and replica runs, node health, restarts and isolated replicas."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +20,8 @@ import pytest
 
 from atomr.client import Client
 from atomr.core.errors import InferenceError
+from atomr.models import builtin_model_dir
+from atomr.system import system_processes
 from tests.conftest import REPO, Node, node_env
 
 SCRIPTS = REPO / "scripts"
@@ -155,3 +162,70 @@ def test_deploying_a_new_version_shows_the_switch_and_then_serves_it(empty_node:
     listed = json.loads(cli(empty_node, "list", "--json").stdout)
     assert [(d["name"], d["version"], d["swap"]) for d in listed] == [("cli-swap", "2", None)]
     cli(empty_node, "undeploy", "cli-swap")
+
+
+def test_status_shows_nodes_and_replicas_with_where_health_restarts_and_isolation(tmp_path: Path) -> None:
+    """`atomr-status` names each node (host, port, pid, GPUs, health) and each replica (node, host,
+    pid, GPUs, state, restarts, error), as text and as JSON."""
+    nofile = tmp_path / "no-graph"
+    shutil.copytree(builtin_model_dir("tiny-llama") / "onnx", nofile)
+    (nofile / "model.onnx").unlink()  # isolated at load, with no restart
+    node = Node("--gpus", "5", "--node-id", "st-head")
+    try:
+        with Client(node.address) as client:
+            tiny = {"model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}}
+            client.deploy({"name": "st-gpu", "gpus_per_replica": 1, "supervision": {"backoff_initial_s": 0.05}, **tiny})
+            client.deploy({"name": "st-broken", "model": str(nofile), "runtime": "ort", "fallbacks": ["st-gpu"]})
+            (victim,) = next(d for d in client.status()["deployments"] if d.name == "st-gpu").replicas
+            os.kill(victim.pid, signal.SIGKILL)
+            deadline = time.time() + 20
+            while True:  # restarted once, ready again in a new process
+                (r,) = next(d for d in client.status()["deployments"] if d.name == "st-gpu").replicas
+                if r.state == "ready" and r.pid != victim.pid:
+                    break
+                assert time.time() < deadline, r
+                time.sleep(0.05)
+        pids = {p.pid for p in system_processes(node.port)}
+
+        text = cli(node, "status").stdout
+        lines = text.splitlines()
+        (node_line,) = [ln for ln in lines if ln.strip().startswith("st-head")]
+        m = re.search(r"st-head\s+head\s+127\.0\.0\.1:(\d+) pid=(\d+) gpus=5 health=ok runtimes=\S*ort", node_line)
+        assert m is not None, node_line
+        assert int(m.group(1)) == node.port and int(m.group(2)) in pids
+        dep_line = next(ln for ln in lines if ln.strip().startswith("st-broken"))
+        assert re.search(r"st-broken\s+ort\s+v1\s+degraded\s+0/1 replicas ready", dep_line), dep_line
+        gpu_line = next(ln for ln in lines if ln.strip().startswith("st-gpu-"))
+        m = re.search(r"ready\s+node=st-head host=127\.0\.0\.1 pid=(\d+) gpus=5 inflight=0 restarts=1$", gpu_line)
+        assert m is not None and int(m.group(1)) in pids and int(m.group(1)) != victim.pid, gpu_line
+        broken_line = next(ln for ln in lines if ln.strip().startswith("st-broken-"))
+        assert re.search(
+            r"isolated\s+node=st-head host=127\.0\.0\.1 pid=0 gpus=- .*restarts=0  error: model file", broken_line
+        )
+
+        status = json.loads(cli(node, "status", "--json").stdout)
+        (n,) = status["nodes"]
+        assert (n["node_id"], n["role"], n["host"], n["port"], n["gpu_ids"], n["health"]) == (
+            "st-head",
+            "head",
+            "127.0.0.1",
+            node.port,
+            ["5"],
+            "ok",
+        )
+        assert n["pid"] in pids and 0 <= n["heartbeat_age_s"] < 2.5
+        deps = {d["name"]: d for d in status["deployments"]}
+        assert deps["st-broken"]["state"] == "degraded" and deps["st-gpu"]["state"] == "ready"
+        (g,) = deps["st-gpu"]["replicas"]
+        assert (g["state"], g["node_id"], g["host"], g["gpu_ids"], g["restarts"], g["visible_devices"]) == (
+            "ready",
+            "st-head",
+            "127.0.0.1",
+            ["5"],
+            1,
+            "5",
+        )
+        (b,) = deps["st-broken"]["replicas"]
+        assert b["state"] == "isolated" and b["restarts"] == 0 and "model.onnx" in b["error"]
+    finally:
+        assert node.stop() == []

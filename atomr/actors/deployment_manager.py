@@ -12,6 +12,7 @@ joins (`NodeJoined`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ log = structlog.get_logger("atomr.manager")
 
 NODE_TIMEOUT_ENV = "ATOMR_NODE_TIMEOUT_S"
 CHECK_PERIOD_S = 0.5
+LATE_HEARTBEAT_S = 2.5  # node agents beat every second: a node silent this long shows as "late"
 
 
 @dataclass(slots=True)
@@ -492,7 +494,12 @@ class DeploymentManager(SidecarActor):
         self.send(sender, Reply(True, self._infos()))
 
     def receiveMsg_GetStatus(self, msg: GetStatus, sender: Address) -> None:
-        nodes = list(self.nodes.values())
+        now = time.monotonic()
+        nodes = []
+        for node in self.nodes.values():
+            age = now - self.last_seen.get(node.node_id, now)
+            health = "ok" if age <= LATE_HEARTBEAT_S else "late"
+            nodes.append(dataclasses.replace(node, health=health, heartbeat_age_s=round(age, 2)))
         self.send(sender, Reply(True, {"nodes": nodes, "deployments": self._infos()}))
 
     def _infos(self) -> list[DeploymentInfo]:

@@ -135,6 +135,10 @@ class NodeInfo:
     address: Address = None
     pid: int = 0
     runtimes: list[str] = field(default_factory=list)  # runtimes whose package this node has
+    # Filled in by the manager for status: "ok", or "late" when a heartbeat is overdue (a node
+    # silent for ATOMR_NODE_TIMEOUT_S is lost and leaves the list); seconds since the last one.
+    health: str = ""
+    heartbeat_age_s: float | None = None
 
 
 @dataclass(slots=True)
