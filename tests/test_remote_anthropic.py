@@ -1,9 +1,11 @@
 """The Anthropic runner: the real `anthropic` SDK against a fake Messages API on 127.0.0.1.
 
-Runner level: chat, completion, streaming, system prompt placement, stop and max_tokens, the
-error table, retries (retry-after, 529, never 4xx), the request deadline, the circuit breaker, a
-stream cut mid-way, malformed bodies and API-key redaction. End to end: a real node serving a
-deployment that points at the fake answers `Client.generate` and `Client.stream`.
+Runner level: chat, completion, streaming, system prompt placement, stop and max_tokens, a request
+asking for logprobs refused (naming the field), the error table, retries (retry-after, 529, never
+4xx), the request deadline, the circuit breaker, a stream cut mid-way, malformed bodies and API-key
+redaction. End to end: a real node serving a deployment that points at the fake answers
+`Client.generate` and `Client.stream`, refuses logprobs, and a cascade whose first tier is that
+deployment passes the refused tier over.
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from atomr.actors.session import run_session
 from atomr.client import Client
 from atomr.core.deployment import deployment_from_dict
 from atomr.core.errors import (
     AuthError,
     CircuitOpenError,
     InferenceTimeoutError,
+    InvalidRequestError,
     OverloadedError,
     UnavailableError,
 )
-from atomr.core.runner import runner_class
-from atomr.core.types import InferenceRequest, SamplingParams, Usage
+from atomr.core.runner import check_supported, runner_class
+from atomr.core.types import InferenceRequest, SamplingParams, StreamEvent, Usage
 from runners.remote.anthropic import AnthropicRunner
 from tests.conftest import Node
 from tests.fakes.anthropic_server import FakeAnthropic, error_json, tokenize
@@ -166,6 +170,34 @@ def test_stop_sequences_and_max_tokens_honoured(fake: FakeAnthropic) -> None:
 def test_capabilities_say_streaming_without_logprobs() -> None:
     caps = AnthropicRunner.capabilities
     assert caps.streaming and caps.chat and caps.completion and not caps.logprobs and not caps.needs_gpu
+
+
+def test_asking_for_logprobs_is_refused_naming_the_field(fake: FakeAnthropic) -> None:
+    """The Messages API has no logprobs: a request asking for them is refused before any call,
+    by the capability check every runner goes through (`run_session`), never answered without."""
+
+    async def body() -> None:
+        async with loaded(fake) as runner:
+            finals: list[StreamEvent] = []
+            chunks: list[StreamEvent] = []
+            req = chat(("user", "hi"), logprobs=True)
+            req.validate()
+            await run_session(runner, req, runner.deployment, "r0", chunks.append, finals.append)
+            assert chunks == [] and len(finals) == 1 and fake.count() == 0
+            error = finals[0].error
+            assert error is not None and error.kind == "invalid_request" and error.field == "logprobs"
+            assert "anthropic" in error.message and error.details["runtime"] == "anthropic"
+            with pytest.raises(InvalidRequestError, match="logprobs") as info:
+                check_supported(runner, req)
+            assert info.value.field == "logprobs"
+
+            # without logprobs the same request is served
+            finals.clear()
+            await run_session(runner, chat(("user", "hi")), runner.deployment, "r0", chunks.append, finals.append)
+            assert finals[0].error is None and fake.count() == 1
+            assert all(ev.chunk is not None and ev.chunk.logprobs is None for ev in chunks)
+
+    run(body)
 
 
 def test_a_missing_key_fails_at_load(fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -457,7 +489,9 @@ def test_end_to_end_through_a_node(fake: FakeAnthropic, tmp_path: Path) -> None:
         "model": "anthropic/claude-fake",
         "engine": {"api_base": fake.url, "api_key_file": str(key_file), "retry": FAST_RETRY},
     }
-    config.write_text(yaml.safe_dump({"deployments": [deployment]}))
+    # a cascade whose first tier cannot give logprobs: refused there, so the next tier answers
+    careful = {"name": "careful", "tiers": [{"deployment": "claude", "threshold": -0.5}, {"deployment": "claude"}]}
+    config.write_text(yaml.safe_dump({"deployments": [deployment], "cascades": [careful]}))
     node = Node(config=config)
     try:
         with Client(node.address) as client:
@@ -479,6 +513,18 @@ def test_end_to_end_through_a_node(fake: FakeAnthropic, tmp_path: Path) -> None:
                 client.generate("claude", "Hi")
             assert KEY not in str(info.value)
             assert fake.count() == 3
+            with pytest.raises(InvalidRequestError) as refused:  # the API has no logprobs
+                client.generate("claude", "Hi", logprobs=True)
+            assert refused.value.field == "logprobs" and "anthropic" in refused.value.message
+            assert fake.count() == 3
+            answered = client.generate("careful", "Hi")
+            assert answered.tier == 2 and answered.text == fake.reply_text and answered.logprobs is None
+            assert fake.count() == 4  # tier 1 never reached the API
+            with pytest.raises(InvalidRequestError) as last:  # the last tier is asked for what the caller asked
+                client.generate("careful", "Hi", logprobs=True)
+            assert last.value.field == "logprobs" and last.value.details["tier"] == 2
+            assert "tier 1: invalid_request" in last.value.details["trail"][0]
+            assert fake.count() == 4
     finally:
         assert node.stop() == []
     assert KEY not in node.output()

@@ -4,7 +4,8 @@
 Both are written once for the two places a runner serves requests: a runner host (a replica in its own
 process, `atomr.actors.runner_host`) and a gateway serving remote deployments for its HTTP front
 (`atomr.http.inline`). Events are stamped with where the request ran; the caller of
-`run_session` decides where they go.
+`run_session` decides where they go. A request that asks for what the runner's capabilities lack
+is refused here, before generation (`atomr.core.runner.check_supported`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import structlog
 from atomr.actors.coalesce import ChunkCoalescer
 from atomr.core.deployment import Deployment
 from atomr.core.errors import CancelledRequestError, InferenceTimeoutError, as_error_info
-from atomr.core.runner import ModelRunner
+from atomr.core.runner import ModelRunner, check_supported
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent, Usage
 from atomr.metrics import DeploymentMetrics
 
@@ -84,6 +85,7 @@ async def run_session(
     try:
         if runner is None:
             raise RuntimeError("runner not loaded")
+        check_supported(runner, request)  # e.g. logprobs from a runtime that has none: refused here
         agen = runner.generate(request)
         try:
             async for chunk in agen:

@@ -3,6 +3,12 @@
 Runners know nothing of actors: a runner host calls `load`, then `generate` for many requests at
 once on one asyncio loop, then `unload`. Runner classes are named by dotted path so that a
 remote-only install never imports an engine it does not have.
+
+A runner declares what it offers in `capabilities`; `check_supported` refuses, before any
+generation, a request that asks for what its runner lacks (logprobs from a runtime that has none,
+chat from a completion-only one, ...). It is called in one place for every runner, local or
+remote: `atomr.actors.session.run_session`, which both runner hosts and the HTTP front's inline
+runners go through.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from atomr.core.errors import ConfigError
+from atomr.core.errors import ConfigError, InvalidRequestError
 
 if TYPE_CHECKING:
     from atomr.core.deployment import Deployment
@@ -52,6 +58,32 @@ class ModelRunner(abc.ABC):
 
     async def unload(self) -> None:  # noqa: B027 - optional hook, nothing to free by default
         """Free the engine. Called once; the process may exit right after."""
+
+
+def check_supported(runner: ModelRunner, request: InferenceRequest) -> None:
+    """Raise InvalidRequestError (naming the field and the runtime) when `request` asks `runner`
+    for something its capabilities say it does not offer; never answer without it silently."""
+    caps = runner.capabilities
+    runtime = runner.deployment.runtime
+    where = f"deployment {runner.deployment.name!r}"
+    if request.params.logprobs and not caps.logprobs:
+        raise InvalidRequestError(
+            f"the {runtime} runtime gives no token logprobs ({where}); ask without logprobs",
+            field="logprobs",
+            details={"runtime": runtime},
+        )
+    if request.is_chat and not caps.chat:
+        raise InvalidRequestError(
+            f"the {runtime} runtime serves completions only ({where}); send a prompt",
+            field="messages",
+            details={"runtime": runtime},
+        )
+    if not request.is_chat and not caps.completion:
+        raise InvalidRequestError(
+            f"the {runtime} runtime serves chat only ({where}); send messages",
+            field="prompt",
+            details={"runtime": runtime},
+        )
 
 
 # runtime name -> "module:Class". Local runtimes need their engine's extra installed.

@@ -6,7 +6,10 @@ user/assistant messages of one text block each; a completion request (`prompt`) 
 user message. `max_tokens` is required by the API and always sent (`params.max_tokens`);
 `stop` goes as `stop_sequences`. The SDK 2.x no longer types the sampling fields, so
 `temperature` (always: atomr's 0 means greedy, the API's default is 1), `top_p` (when < 1) and
-`top_k` (when > 0) travel in `extra_body`. The API has no seed (ignored) and no logprobs.
+`top_k` (when > 0) travel in `extra_body`. The API has no seed (ignored) and no logprobs: the
+runner's capabilities say so (`logprobs=False`), and a request asking for them is refused with
+`invalid_request` (field "logprobs") before any call, by the check every runner shares
+(`atomr.core.runner.check_supported`, run by `atomr.actors.session.run_session`).
 
 Stream events -> chunks: `message_start` gives the input tokens (plus cache reads/writes),
 each `content_block_delta` of type `text_delta` is one `Chunk` (token_count 1), `message_delta`

@@ -3,7 +3,10 @@
 A provider module subclasses `RemoteRunner` and writes three things: `make_client` (its official
 SDK's async client, with the SDK's own retries off: atomr retries), `stream` (one provider call
 turned into chunks) and `map_error` (its SDK's exceptions to `error_for_status`). Everything else
-(deadline, retry policy, breaker, key handling) lives here and in `resilience.py`.
+(deadline, retry policy, breaker, key handling) lives here and in `resilience.py`. A provider
+whose API gives token logprobs says so in its `capabilities` (the default here says none); a
+request asking for logprobs from one that does not is refused before generation
+(`atomr.core.runner.check_supported`).
 
 Engine options (`engine:` in the deployment YAML):
   api_base        provider URL (any OpenAI-compatible server for `openai`)
