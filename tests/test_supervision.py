@@ -44,6 +44,15 @@ def replicas(client: Client, name: str) -> list[Any]:
     return next(d for d in client.status()["deployments"] if d.name == name).replicas
 
 
+def isolated_replica(client: Client, name: str) -> Any:
+    """The one replica of deployment `name`, which must be degraded with that replica isolated."""
+    dep = next(d for d in client.list_deployments() if d.name == name)
+    assert dep.state == "degraded"
+    (replica,) = dep.replicas
+    assert replica.state == "isolated"
+    return replica
+
+
 def wait_for(predicate: Any, timeout: float, step: float = 0.05) -> float:
     """Seconds until predicate() is true; fails after `timeout`."""
     start = time.monotonic()
@@ -153,10 +162,8 @@ def test_a_replica_failing_at_load_is_isolated_and_the_fallback_serves(tmp_path:
     node = Node(config=cfg)
     try:
         with Client(node.address) as client:
-            flaky = next(d for d in client.list_deployments() if d.name == "flaky")
-            assert flaky.state == "degraded"
-            (replica,) = flaky.replicas
-            assert replica.state == "isolated" and replica.restarts == 2
+            replica = isolated_replica(client, "flaky")
+            assert replica.restarts == 2
             assert "2 restarts within 60 s" in (replica.error or "") and "Protobuf" in (replica.error or "")
             result = client.generate("flaky", prompt=PROMPT, max_tokens=16)
             assert result.deployment == "good"
@@ -261,10 +268,8 @@ def test_a_missing_model_file_isolates_at_once_without_restarts(tmp_path: Path) 
     node = Node(config=cfg)
     try:
         with Client(node.address) as client:
-            dep = next(d for d in client.list_deployments() if d.name == "nofile")
-            assert dep.state == "degraded"
-            (replica,) = dep.replicas
-            assert replica.state == "isolated" and replica.restarts == 0
+            replica = isolated_replica(client, "nofile")
+            assert replica.restarts == 0
             assert "model file missing" in (replica.error or "") and "model.onnx" in (replica.error or "")
             assert client.generate("nofile", prompt=PROMPT, max_tokens=4).deployment == "gone"
 
