@@ -124,7 +124,7 @@ def test_callers_that_allow_it_wait_for_the_window(tmp_path: Path) -> None:
             assert node.stop() == []
 
 
-def _limited(name: str, engine: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+def _limited(name: str, engine: dict[str, Any], limits: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": name, "model": "openai/gpt-fake", "engine": engine, "rate_limits": limits}
 
 
@@ -160,3 +160,48 @@ def test_deployments_naming_one_key_share_its_budget(tmp_path: Path) -> None:
         load_deployments(bad)
     assert clash.value.field == "rate_limits.key"
     assert "deployments[1].rate_limits: key 'org-key' is shared with deployment 'a'" in clash.value.message
+
+
+def test_a_request_fits_its_provider_key_and_its_own_limit(tmp_path: Path) -> None:
+    """Deployment "a" has two limits: the provider key's 10 RPM (shared with "b") and 3 RPM of its
+    own. Its requests refused by its own limit give back what the key's budget had granted them,
+    so "b" can use every request the key has left: exactly 10 reach the provider."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    org = {"rpm": 10, "key": "org-key"}
+    with FakeOpenAI(api_key=KEY) as fake:
+        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
+        cfg = tmp_path / "two.yaml"
+        deps = [_limited("a", engine, [org, {"rpm": 3}]), _limited("b", engine, org)]
+        cfg.write_text(yaml.safe_dump({"deployments": deps}))
+        node = Node(config=cfg)
+        try:
+            with Client(node.address) as client:
+                assert len(client.generate_many([client.make_request(m, "Hi", max_tokens=4) for m in "ab"])) == 2
+                burst = [client.make_request(m, "Hi", max_tokens=4) for m in "ab" * 10]
+                results = client.generate_many(burst)
+                served = {
+                    m: sum(
+                        1
+                        for r, q in zip(results, burst, strict=True)
+                        if q.model == m and not isinstance(r, InferenceError)
+                    )
+                    for m in "ab"
+                }
+                refused = [r for r in results if isinstance(r, InferenceError)]
+                assert all(isinstance(r, RateLimitedError) for r in refused), refused[:3]
+                assert served["a"] == 2 and served["a"] + served["b"] <= 8, served
+                assert {r.message for r in refused} <= {"rate limit 'a' reached", "rate limit 'org-key' reached"}
+                # The key's grants that "a"'s refused requests gave back are still there for "b"
+                # (without the give-back the key's 10 would all be spent by now).
+                left = 8 - served["a"] - served["b"]
+                after = client.generate_many([client.make_request("b", "Hi", max_tokens=4) for _ in range(left + 1)])
+                assert [isinstance(r, RateLimitedError) for r in after] == [False] * left + [True]
+                assert fake.count("/completions") == 10
+        finally:
+            assert node.stop() == []
+    with pytest.raises(ConfigError) as twice:
+        bad = tmp_path / "twice.yaml"
+        bad.write_text(yaml.safe_dump({"deployments": [_limited("a", {}, [{"rpm": 3}, {"tpm": 30}])]}))
+        load_deployments(bad)
+    assert twice.value.field.startswith("rate_limits") and "its own key" in twice.value.message

@@ -568,13 +568,14 @@ class Coordinator(SidecarActor):
 
     def _settle(self, item: WorkItem, event: StreamEvent) -> None:
         """Tell the rate limiter what a token-limited request really used."""
-        if item.debit is None:
+        settle = Settle.of(item.debits, event.usage)
+        if settle is None:
             return
         if self._limiter is None:
             from atomr.actors.rate_limiter import RateLimiter
 
             self._limiter = self.createActor(RateLimiter, globalName=RATE_LIMITER_NAME)
-        self.send(self._limiter, Settle.of(item.debit, event.usage))
+        self.send(self._limiter, settle)
 
     def _fail_over(self, r: Replica) -> None:
         """Answer or re-queue every request that was on replica `r`."""

@@ -388,9 +388,8 @@ class DeploymentManager(SidecarActor):
 
     def _publish_route(self, rec: Record) -> None:
         """Point the deployment's names (and aliases) at its coordinator in the registry."""
-        rl = rec.dep.rate_limits
-        limit = (rec.dep.rate_key, rl.rpm, rl.tpm, rl.window_s) if rl is not None and (rl.rpm or rl.tpm) else None
-        route = Route(rec.dep.name, rec.dep.version, rec.dep.runtime, rec.coordinator, limit, rec.dep, rec.since)
+        dep = rec.dep
+        route = Route(dep.name, dep.version, dep.runtime, rec.coordinator, dep.rate_budgets, dep, rec.since)
         self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:

@@ -67,11 +67,21 @@ LEASE_TTL_S = 1.0  # unused lease parts go back to the limiter after this long
 
 
 @dataclass(slots=True)
+class Waiting:
+    """A request waiting for room in one of its rate limits (`route.limits[stage]`)."""
+
+    item: WorkItem
+    route: Route
+    stage: int
+    tokens: int  # its token estimate for this limit (0 when the limit counts requests only)
+
+
+@dataclass(slots=True)
 class LocalLease:
     requests: int = 0
     tokens: int = 0
     asking: bool = False  # an AcquireLease is on its way
-    pending: collections.deque[tuple[WorkItem, Route, int]] = dataclasses.field(default_factory=collections.deque)
+    pending: collections.deque[Waiting] = dataclasses.field(default_factory=collections.deque)
 
 
 class Gateway(SidecarActor):
@@ -96,7 +106,7 @@ class Gateway(SidecarActor):
         self._shipping = False
         # Requests the HTTP front serves in this process once the rate limit admits them:
         # request id -> what to call on the loop with the request's debit
-        self._admit_here: dict[str, Callable[[tuple[str, int] | None], None]] = {}
+        self._admit_here: dict[str, Callable[[tuple[tuple[str, int], ...]], None]] = {}
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -157,65 +167,81 @@ class Gateway(SidecarActor):
             item, request=dataclasses.replace(item.request, model=plan[0]), fallbacks=chain or item.fallbacks
         )
 
-    def _admit(self, item: WorkItem, route: Route) -> None:
-        if route.limit is None:
+    def _admit(self, item: WorkItem, route: Route, stage: int = 0) -> None:
+        """Admit `item` from each of its route's rate limits in turn (from `stage` on), then forward it."""
+        if stage >= len(route.limits):
             self._forward(item, route)
             return
-        key, _, tpm, _ = route.limit
+        key, _, tpm, _ = route.limits[stage]
         p = item.request.params
         chars = len(item.request.prompt or "") + sum(len(m.content) for m in item.request.messages or ())
         est = estimate_tokens(chars, p.max_tokens) if tpm is not None else 0
         lease = self.leases.setdefault(key, LocalLease())
-        lease.pending.append((item, route, est))
+        lease.pending.append(Waiting(item, route, stage, est))
         self._serve(key, lease)
 
     def _serve(self, key: str, lease: LocalLease) -> None:
         """Admit pending requests while the local lease covers them; ask for more when it does not."""
         while lease.pending:
-            item, route, est = lease.pending[0]
-            if lease.requests < 1 or lease.tokens < est:
+            w = lease.pending[0]
+            if lease.requests < 1 or lease.tokens < w.tokens:
                 break
             lease.pending.popleft()
             lease.requests -= 1
-            lease.tokens -= est
-            self._forward(dataclasses.replace(item, debit=(key, est) if est else None), route)
+            lease.tokens -= w.tokens
+            taken = dataclasses.replace(w.item, debits=(*w.item.debits, (key, w.tokens)))
+            self._admit(taken, w.route, w.stage + 1)
         if lease.pending and not lease.asking:
-            _, route, _ = lease.pending[0]
-            assert route.limit is not None
-            _, rpm, tpm, window_s = route.limit
+            w = lease.pending[0]
+            _, rpm, tpm, window_s = w.route.limits[w.stage]
             block = max(1, min(16, (rpm or 160) // 10))
             want_requests = max(len(lease.pending), block) - lease.requests
-            want_tokens = max(0, sum(e for _, _, e in lease.pending) - lease.tokens)
+            want_tokens = max(0, sum(x.tokens for x in lease.pending) - lease.tokens)
             lease.asking = True
             self.send(self._limiter(), AcquireLease(key, rpm, tpm, window_s, max(1, want_requests), want_tokens))
+
+    def _add_to_lease(self, key: str, requests: int, tokens: int) -> LocalLease:
+        """Room for `key` here (granted, or given back by a refused request); unused room goes back
+        to the limiter `LEASE_TTL_S` after the lease was empty."""
+        lease = self.leases.setdefault(key, LocalLease())
+        if lease.requests == 0 and lease.tokens == 0:
+            self.wakeupAfter(timedelta(seconds=LEASE_TTL_S), payload=("lease", key))
+        lease.requests += requests
+        lease.tokens += tokens
+        return lease
 
     def receiveMsg_Lease(self, msg: Lease, sender: Address) -> None:
         lease = self.leases.setdefault(msg.key, LocalLease())
         lease.asking = False
         if msg.requests == 0:
-            # Nothing left in the window for anyone: refuse what is waiting here, except requests
-            # whose caller allows waiting and whose deadline leaves time for it.
-            retry_after = max(0.05, round(msg.retry_after, 3))
-            ready_at = time.time() + retry_after
-            keep: collections.deque[tuple[WorkItem, Route, int]] = collections.deque()
-            for entry in lease.pending:
-                req = entry[0].request
-                if req.wait_for_rate_limit and (req.deadline is None or ready_at < req.deadline):
-                    keep.append(entry)
-                    continue
-                err = RateLimitedError(f"rate limit {msg.key!r} reached", retry_after=retry_after)
-                self._admit_here.pop(req.request_id, None)
-                self.emit(entry[0].reply_to, StreamEvent(req.request_id, error=err.info(), final=True))
-            lease.pending = keep
-            if keep:
-                self.wakeupAfter(timedelta(seconds=retry_after), payload=("retry", msg.key))
+            self._refuse_waiting(msg.key, lease, msg.retry_after)
             return
-        fresh = lease.requests == 0 and lease.tokens == 0
-        lease.requests += msg.requests
-        lease.tokens += msg.tokens
-        if fresh:
-            self.wakeupAfter(timedelta(seconds=LEASE_TTL_S), payload=("lease", msg.key))
-        self._serve(msg.key, lease)
+        self._serve(msg.key, self._add_to_lease(msg.key, msg.requests, msg.tokens))
+
+    def _refuse_waiting(self, key: str, lease: LocalLease, retry_after: float) -> None:
+        """Nothing left in `key`'s window for anyone: refuse what is waiting here, except requests
+        whose caller allows waiting and whose deadline leaves time for it. A refused request gives
+        back what its earlier limits had granted it."""
+        retry_after = max(0.05, round(retry_after, 3))
+        ready_at = time.time() + retry_after
+        keep: collections.deque[Waiting] = collections.deque()
+        refused: list[Waiting] = []
+        for w in lease.pending:
+            req = w.item.request
+            if req.wait_for_rate_limit and (req.deadline is None or ready_at < req.deadline):
+                keep.append(w)
+            else:
+                refused.append(w)
+        lease.pending = keep
+        if keep:
+            self.wakeupAfter(timedelta(seconds=retry_after), payload=("retry", key))
+        for w in refused:
+            req = w.item.request
+            err = RateLimitedError(f"rate limit {key!r} reached", retry_after=retry_after)
+            self._admit_here.pop(req.request_id, None)
+            self.emit(w.item.reply_to, StreamEvent(req.request_id, error=err.info(), final=True))
+            for earlier, tokens in w.item.debits:
+                self._serve(earlier, self._add_to_lease(earlier, 1, tokens))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         kind, key = msg.payload
@@ -239,21 +265,23 @@ class Gateway(SidecarActor):
             self.send(self._limiter(), ReleaseLease(key, lease.requests, lease.tokens))
             lease.requests = lease.tokens = 0
 
-    def admit_here(self, item: WorkItem, route: Route, admitted: Callable[[tuple[str, int] | None], None]) -> None:
+    def admit_here(self, item: WorkItem, route: Route, admitted: Callable[[tuple[tuple[str, int], ...]], None]) -> None:
         """Rate-limit admission for a request the HTTP front will serve in this process itself
         (`atomr.http.inline`): once admitted, `admitted(debit)` runs on the loop instead of the
         request going to its coordinator; a refusal reaches the front as the request's error."""
         self._admit_here[item.request.request_id] = admitted
         self._admit(item, route)
 
-    def settle(self, debit: tuple[str, int], usage: Usage | None) -> None:
+    def settle(self, debits: tuple[tuple[str, int], ...], usage: Usage | None) -> None:
         """Tell the rate limiter what a token-limited request served here really used."""
-        self.send(self._limiter(), Settle.of(debit, usage))
+        settle = Settle.of(debits, usage)
+        if settle is not None:
+            self.send(self._limiter(), settle)
 
     def _forward(self, item: WorkItem, route: Route) -> None:
         admitted = self._admit_here.pop(item.request.request_id, None) if self._admit_here else None
         if admitted is not None:
-            self.sidecar.call_soon(admitted, item.debit)
+            self.sidecar.call_soon(admitted, item.debits)
             return
         box = self._out.setdefault(str(route.coordinator), (route.coordinator, []))
         box[1].append(item)

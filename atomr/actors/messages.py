@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from atomr.core.deployment import Deployment
+from atomr.core.deployment import Deployment, RateBudget
 from atomr.core.errors import ErrorInfo
 from atomr.core.policies import Cascade, Policies, RoutePolicy
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
@@ -42,7 +42,8 @@ class WorkItem:
     reply_to: Address
     hops: int = 0  # fallback forwards so far (bounded, so fallbacks cannot loop)
     fallbacks: tuple[str, ...] | None = None  # what is left of the first deployment's fallback list
-    debit: tuple[str, int] | None = None  # (rate-limit key, tokens estimated) to settle when done
+    # (rate-limit key, tokens estimated) of each budget it was admitted from, to settle when done
+    debits: tuple[tuple[str, int], ...] = ()
     # Sent again by its caller, who may have lost it to a dead process: a coordinator already
     # serving this request id ignores it (a new request reusing an id in service is refused).
     resent: bool = False
@@ -366,8 +367,8 @@ class Route:
     version: str
     runtime: str
     coordinator: Address
-    # (key, rpm, tpm, window_s) when the deployment is rate limited
-    limit: tuple[str, int | None, int | None, float] | None = None
+    # (key, rpm, tpm, window_s) of each rate limit a request must fit (none: not rate limited)
+    limits: tuple[RateBudget, ...] = ()
     # The deployment itself: what routing policies and cascades weigh (cost, quality, limits)
     spec: Deployment | None = None
     # When its coordinator started (time.time()): requests sent before a later value may have died
@@ -483,15 +484,16 @@ class ReleaseLease:
 
 @dataclass(slots=True)
 class Settle:
-    key: str
-    estimated: int
+    """A request's token estimates, corrected with what it really used (`actual`), per budget."""
+
+    debits: tuple[tuple[str, int], ...]  # (key, tokens estimated)
     actual: int
 
     @classmethod
-    def of(cls, debit: tuple[str, int], usage: Usage | None) -> Settle:
-        """What settles `debit` (rate-limit key, tokens estimated) once `usage` is known."""
-        key, estimated = debit
-        return cls(key, estimated, usage.total_tokens if usage is not None else 0)
+    def of(cls, debits: tuple[tuple[str, int], ...], usage: Usage | None) -> Settle | None:
+        """What settles the token-limited `debits` once `usage` is known (None: nothing to settle)."""
+        owed = tuple(d for d in debits if d[1])
+        return cls(owed, usage.total_tokens if usage is not None else 0) if owed else None
 
 
 @dataclass(slots=True)

@@ -39,4 +39,6 @@ class RateLimiter(SidecarActor):
         self._budget(msg.key).give_back(msg.requests, msg.tokens, time.monotonic())
 
     def receiveMsg_Settle(self, msg: Settle, sender: Address) -> None:
-        self._budget(msg.key).settle(msg.estimated, msg.actual, time.monotonic())
+        now = time.monotonic()
+        for key, estimated in msg.debits:
+            self._budget(key).settle(estimated, msg.actual, now)

@@ -60,7 +60,11 @@ class Supervision(BaseModel):
 
 
 class RateLimits(BaseModel):
-    """Requests and tokens per minute, shared by every deployment that names the same `key`."""
+    """Requests and tokens per minute, shared by every deployment that names the same `key`.
+
+    A deployment may have several (a list): e.g. its provider key's limits, shared with the other
+    deployments on that key, and a cap of its own; a request must fit every one of them.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -103,6 +107,9 @@ class Placement(BaseModel):
     require: dict[str, Any] = Field(default_factory=dict)
 
 
+RateBudget = tuple[str, int | None, int | None, float]  # (key, rpm, tpm, window_s)
+
+
 class Deployment(BaseModel):
     """One model served by one or more replicas. Immutable; a new version is a new value."""
 
@@ -121,7 +128,7 @@ class Deployment(BaseModel):
     placement: Placement = Placement()
     limits: Limits = Limits()
     supervision: Supervision = Supervision()
-    rate_limits: RateLimits | None = None
+    rate_limits: tuple[RateLimits, ...] = ()  # one mapping or a list of them in YAML
     rollout: Rollout = Rollout()
     # What routing policies and cascades weigh: price per token, and a quality tier (higher: better).
     cost: Cost = Cost()
@@ -141,6 +148,13 @@ class Deployment(BaseModel):
             raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return v
 
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if v is None:
+            return ()
+        return (v,) if isinstance(v, Mapping | RateLimits) else v
+
     @field_validator("model")
     @classmethod
     def _check_model(cls, v: str) -> str:
@@ -154,6 +168,9 @@ class Deployment(BaseModel):
             object.__setattr__(self, "runtime", infer_runtime(self.model, self.model_path))
         if self.runtime not in KNOWN_RUNTIMES:
             raise ValueError(f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(sorted(KNOWN_RUNTIMES))}")
+        keys = [key for key, *_ in self.rate_budgets]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"rate_limits: each limit needs its own key (the default key is the name), got {keys}")
         if self.serve_in_gateway and self.is_local:
             raise ValueError(
                 f"serve_in_gateway: only remote-API runtimes can be served in the gateway, not {self.runtime!r}"
@@ -172,8 +189,9 @@ class Deployment(BaseModel):
         return self.runtime in LOCAL_RUNTIMES
 
     @property
-    def rate_key(self) -> str:
-        return (self.rate_limits.key if self.rate_limits and self.rate_limits.key else None) or self.name
+    def rate_budgets(self) -> tuple[RateBudget, ...]:
+        """(key, rpm, tpm, window_s) of each limit that limits something; key defaults to the name."""
+        return tuple((r.key or self.name, r.rpm, r.tpm, r.window_s) for r in self.rate_limits if r.rpm or r.tpm)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -324,19 +342,18 @@ def shared_limit_clash(dep: Deployment, others: Iterable[Deployment]) -> ConfigE
     Deployments naming the same `rate_limits.key` draw on one budget (one provider key's RPM/TPM),
     so they must state the same numbers; otherwise whichever asked last would set the budget.
     """
-    mine = dep.rate_limits
-    if mine is None or not (mine.rpm or mine.tpm):
-        return None
+    mine = {key: rest for key, *rest in dep.rate_budgets}
     for other in others:
-        theirs = other.rate_limits
-        if other.name == dep.name or theirs is None or not (theirs.rpm or theirs.tpm) or other.rate_key != dep.rate_key:
+        if other.name == dep.name:
             continue
-        if (mine.rpm, mine.tpm, mine.window_s) != (theirs.rpm, theirs.tpm, theirs.window_s):
-            return ConfigError(
-                f"rate_limits: key {dep.rate_key!r} is shared with deployment {other.name!r}, whose limits differ "
-                f"(rpm {theirs.rpm}, tpm {theirs.tpm}, window_s {theirs.window_s}); a shared key needs the same limits",
-                field="rate_limits.key",
-            )
+        for key, *theirs in other.rate_budgets:
+            if key in mine and mine[key] != theirs:
+                rpm, tpm, window_s = theirs
+                return ConfigError(
+                    f"rate_limits: key {key!r} is shared with deployment {other.name!r}, whose limits differ "
+                    f"(rpm {rpm}, tpm {tpm}, window_s {window_s}); a shared key needs the same limits",
+                    field="rate_limits.key",
+                )
     return None
 
 

@@ -116,9 +116,9 @@ class GatewayLane:
         slot = self.inline.take(request, self.actor.stats, self._routed_by_actor)
         route = self.actor.routes.get(request.model) if slot is not None else None
 
-        def admitted(debit: tuple[str, int] | None) -> None:
+        def admitted(debits: tuple[tuple[str, int], ...]) -> None:
             assert slot is not None
-            settle = self._settler(debit)
+            settle = self._settler(debits)
             if self._queues.get(rid) is q:
                 self.inline.start(slot, item, q.put_nowait, forward, settle)
                 return
@@ -132,7 +132,7 @@ class GatewayLane:
             self._send(request)
             self._silent[rid] = request
             via_actor = True
-        elif route.limit is None:
+        elif not route.limits:
             self.inline.start(slot, item, q.put_nowait, forward)
         else:  # the gateway actor admits it from its lease first, as on the other path
             self.actor.sidecar.post(lambda: self.actor.admit_here(item, route, admitted))
@@ -173,12 +173,11 @@ class GatewayLane:
                 elif via_actor:  # (one still waiting for admission learns it left when admitted)
                     self.actor.sidecar.post(lambda: self.actor.cancel_requests([rid], model))
 
-    def _settler(self, debit: tuple[str, int] | None) -> Callable[[Usage | None], None] | None:
-        """What settles a token debit with the rate limiter, through the gateway actor."""
-        if debit is None:
+    def _settler(self, debits: tuple[tuple[str, int], ...]) -> Callable[[Usage | None], None] | None:
+        """What settles a request's token debits with the rate limiter, through the gateway actor."""
+        if not any(tokens for _, tokens in debits):
             return None
-        owed = debit
-        return lambda usage: self.actor.sidecar.post(lambda: self.actor.settle(owed, usage))
+        return lambda usage: self.actor.sidecar.post(lambda: self.actor.settle(debits, usage))
 
     def _routed_by_actor(self, model: str) -> bool:
         """Route and cascade names: the gateway actor chooses or runs their deployments."""
