@@ -34,6 +34,7 @@ ROWS = [
     ("actor path", "requests/s at c=32", False),
     ("HTTP front", "added p50 latency at c=1", True),
     ("HTTP front", "of which the openai SDK call alone", False),
+    ("HTTP front", "a bare ASGI proxy making that SDK call", False),
     ("HTTP front", "added p99 latency at c=1", True),
     ("HTTP front", "requests/s at c=64", True),
     ("streaming", "20-chunk stream", True),

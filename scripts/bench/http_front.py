@@ -1,17 +1,19 @@
 """Benchmark: what atomr's HTTP front adds in front of a zero-delay OpenAI-compatible backend.
 
-Two paths to the same backend (`fake_openai_backend.py`, its own process), measured in the same
-run, interleaved in rounds (medians over rounds; this machine is shared and noisy):
+Paths to the same backend (`fake_openai_backend.py`, its own process), measured in the same run,
+interleaved in rounds (medians over rounds; this machine is shared and noisy):
 - direct: the load generator posts to the backend itself;
 - atomr: the load generator posts to a head node's HTTP front, whose deployment is the `openai`
   remote runner pointed at the backend (served inside the front's own process: HTTP front ->
   the runner's openai SDK call -> backend, and back; see atomr/http/inline.py);
+- bare: `bare_proxy.py`, a raw ASGI app on the same server stack whose only work is that same
+  SDK call: the floor for any front that uses the official SDK, without atomr;
 - SDK alone: what one call of the official openai SDK (the runner's way, `post` over its aiohttp
   transport) adds over the direct path, in a loop in this process: the part of atomr's added
   latency that is the SDK's.
-Reported: p50 / p99 latency at concurrency 1 and what atomr adds, requests/s at concurrency 64,
-and the total time of a 20-chunk stream with what atomr adds. With ``--litellm-venv PATH``, LiteLLM's
-proxy (`litellm_proxy.py`, its own venv) on the same backend is a third path, measured alike.
+Reported: p50 / p99 latency at concurrency 1 and what each path adds, requests/s at concurrency
+64, and the total time of a 20-chunk stream with what each adds. With ``--litellm-venv PATH``,
+LiteLLM's proxy (`litellm_proxy.py`, its own venv) on the same backend is one more path.
 
     python scripts/bench/http_front.py [--rounds 3] [--requests 400] [--litellm-venv .bench-venvs/litellm]
 """
@@ -43,13 +45,18 @@ CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "Say hello"}], 
 STREAM = {**CHAT, "stream": True}
 
 
-def start_backend(chunks: int = 20, delay_s: float = 0.0) -> tuple[subprocess.Popen[str], int]:
-    """The fake backend in its own process, and its port."""
-    cmd = [sys.executable, str(HERE / "fake_openai_backend.py"), "--port", "0", "--chunks", str(chunks)]
-    proc = subprocess.Popen([*cmd, "--delay-s", str(delay_s)], stdout=subprocess.PIPE, text=True)
+def start_script(script: str, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """A server script of this folder in its own process (it prints "port N"), and its port."""
+    cmd = [sys.executable, str(HERE / script), "--port", "0", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     return proc, int(line.split()[1])
+
+
+def start_backend(chunks: int = 20, delay_s: float = 0.0) -> tuple[subprocess.Popen[str], int]:
+    """The fake backend in its own process, and its port."""
+    return start_script("fake_openai_backend.py", "--chunks", str(chunks), "--delay-s", str(delay_s))
 
 
 def stop_backend(proc: subprocess.Popen[str]) -> None:
@@ -162,12 +169,13 @@ def sdk_alone_p50(backend_port: int, n: int) -> float:
 def run(rounds: int = 3, requests: int = 400, litellm_venv: Path | None = None) -> dict[str, float]:
     """Direct vs the atomr front (vs LiteLLM's proxy when `litellm_venv` is given): `compare`'s medians."""
     backend, backend_port = start_backend()
+    bare, bare_port = start_script("bare_proxy.py", "--backend-port", str(backend_port))
     folder = Path(tempfile.mkdtemp(prefix="atomr-bench-"))
     proxy: LiteLLMProxy | None = None
     node: NodeProcess | None = None
     try:
         node, front_port = start_node(backend_port, folder)
-        ports = {"direct": backend_port, "atomr": front_port}
+        ports = {"direct": backend_port, "atomr": front_port, "bare": bare_port}
         if litellm_venv is not None:
             proxy = LiteLLMProxy(litellm_venv, backend_port)
             ports["litellm"] = proxy.port
@@ -183,11 +191,13 @@ def run(rounds: int = 3, requests: int = 400, litellm_venv: Path | None = None) 
             proxy.stop()
         if node is not None:
             node.stop()
+        stop_backend(bare)
         stop_backend(backend)
 
 
 def print_table(med: dict[str, float], rounds: int) -> None:
-    names = [("atomr", "atomr front")] + ([("litellm", "LiteLLM proxy")] if "litellm p50" in med else [])
+    names = [("atomr", "atomr front"), ("bare", "bare SDK proxy")]
+    names += [("litellm", "LiteLLM proxy")] if "litellm p50" in med else []
     print(f"\nHTTP front vs direct, zero-delay OpenAI-compatible backend, medians of {rounds} rounds\n")
     print("| measure | direct | " + " | ".join(f"{title} | {title} adds" for _, title in names) + " | target |")
     print("|---|---:|" + "---:|---:|" * len(names) + "---|")
