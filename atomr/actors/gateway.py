@@ -67,7 +67,7 @@ LEASE_TTL_S = 1.0  # unused lease parts go back to the limiter after this long
 
 
 @dataclass(slots=True)
-class Waiting:
+class PendingAdmission:
     """A request waiting for room in one of its rate limits (`route.limits[stage]`)."""
 
     item: WorkItem
@@ -81,7 +81,7 @@ class LocalLease:
     requests: int = 0
     tokens: int = 0
     asking: bool = False  # an AcquireLease is on its way
-    pending: collections.deque[Waiting] = dataclasses.field(default_factory=collections.deque)
+    pending: collections.deque[PendingAdmission] = dataclasses.field(default_factory=collections.deque)
 
 
 class Gateway(SidecarActor):
@@ -177,7 +177,7 @@ class Gateway(SidecarActor):
         chars = len(item.request.prompt or "") + sum(len(m.content) for m in item.request.messages or ())
         est = estimate_tokens(chars, p.max_tokens) if tpm is not None else 0
         lease = self.leases.setdefault(key, LocalLease())
-        lease.pending.append(Waiting(item, route, stage, est))
+        lease.pending.append(PendingAdmission(item, route, stage, est))
         self._serve(key, lease)
 
     def _serve(self, key: str, lease: LocalLease) -> None:
@@ -224,8 +224,8 @@ class Gateway(SidecarActor):
         back what its earlier limits had granted it."""
         retry_after = max(0.05, round(retry_after, 3))
         ready_at = time.time() + retry_after
-        keep: collections.deque[Waiting] = collections.deque()
-        refused: list[Waiting] = []
+        keep: collections.deque[PendingAdmission] = collections.deque()
+        refused: list[PendingAdmission] = []
         for w in lease.pending:
             req = w.item.request
             if req.wait_for_rate_limit and (req.deadline is None or ready_at < req.deadline):
