@@ -1,6 +1,7 @@
 """The `litellm` runner: `litellm.acompletion` / `atext_completion` (model "openai/<name>") against the
 fake OpenAI server, with the same checks as the `openai` runner plus LiteLLM's own quirks (a quiet,
-offline import; stop strings beyond the 4 it forwards; no logprobs on text completions)."""
+offline import; stop strings beyond the 4 it forwards; no logprobs on text completions), and one
+other provider string ("anthropic/<name>") against the fake Anthropic server."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
+from atomr.core.deployment import deployment_from_dict
 from atomr.core.errors import InferenceError
 from atomr.core.types import Chunk, InferenceRequest, Message, Usage
 from runners.remote.base import RemoteRunner
 from runners.remote.litellm import LiteLLMRunner, clean_message
 from tests.conftest import REPO, Node
+from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import FakeOpenAI, tokenize
 from tests.test_remote_openai import (
     CHAT,
@@ -408,3 +411,31 @@ def test_node_serves_the_fake_through_the_client(fake: FakeOpenAI, tmp_path: Pat
             assert merged.logprobs is not None and len(merged.logprobs) == 4
     finally:
         assert node.stop() == []
+
+
+def test_another_provider_string_speaks_that_providers_wire(key: str) -> None:
+    """`litellm/anthropic/...` goes out in Anthropic's format (the fake Anthropic server), not
+    OpenAI's: system prompt in its own field, content blocks, its SSE events mapped back."""
+    with FakeAnthropic(api_key=key) as anthropic:
+        dep = deployment_from_dict(
+            {
+                "name": "remote",
+                "model": "litellm/anthropic/claude-fake",
+                "engine": {"api_base": anthropic.url, "api_key_env": KEY_ENV, "retry": NO_RETRY},
+            }
+        )
+
+        async def body(r: RemoteRunner) -> None:
+            chunks, err = await collect(r, chat(max_tokens=6))
+            assert err is None
+            call, served = anthropic.calls[-1], anthropic.served[-1]
+            assert call.path == "/v1/messages" and call.headers["x-api-key"] == key
+            assert call.body["model"] == "claude-fake" and call.body["stream"] is True
+            system = [m.content for m in CHAT if m.role == "system"]
+            assert [b["text"] for b in call.body["system"]] == system
+            assert all(m["role"] != "system" for m in call.body["messages"])
+            assert "".join(c.text for c in chunks) == served.text
+            assert chunks[-1].finish_reason == "length"  # Anthropic's max_tokens
+            assert chunks[-1].usage == Usage(served.input_tokens, served.output_tokens)
+
+        with_runner(LiteLLMRunner(dep), body)
