@@ -13,6 +13,7 @@ the reason (`pip install 'atomr[vllm]'` / `'atomr[mistralrs]'`); ORT GenAI alway
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -155,16 +156,18 @@ def test_runner_host_is_pinned_to_its_gpu_and_its_parents_load_no_engine(node: N
 
 
 def test_broken_model_fails_with_the_engine_message_and_others_keep_serving(node: Node, tmp_path: Path) -> None:
+    # Every file is there (atomr's own file check passes) but the graph is not ONNX: the engine
+    # itself fails, and its message must reach the caller.
     broken = tmp_path / "broken-model"
-    broken.mkdir()
-    (broken / "genai_config.json").write_text('{"model": {"type": "llama", "decoder": {"filename": "nope.onnx"}}}')
+    shutil.copytree(MODEL / "onnx", broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx graph" * 64)
     with Client(node.address) as client:
         (good,) = client.deploy({"name": "good", "model": "builtin:tiny-llama"})
         try:
             assert good.state == "ready"
             with pytest.raises(InferenceError) as failed:
                 client.deploy({"name": "broken", "model": str(broken), "runtime": "ort"})
-            assert "ORT GenAI could not load" in failed.value.message
+            assert "ORT GenAI could not load" in failed.value.message and "Protobuf" in failed.value.message
             status = {d.name: d for d in client.status()["deployments"]}
             assert "good" in status and status["good"].state == "ready"
             assert status["broken"].state == "failed" and "ORT GenAI could not load" in (status["broken"].error or "")
