@@ -26,6 +26,7 @@ from atomr.models import builtin_model_dir
 from atomr.system import system_processes
 from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
+from tests.fakes.openai_server import FakeOpenAI
 
 MODEL = builtin_model_dir("tiny-llama")
 PROMPT = "Once upon a time"
@@ -212,6 +213,17 @@ def test_replicas_land_one_per_gpu_across_joined_nodes(tmp_path: Path) -> None:
             (cpu,) = client.deploy(tiny("cpu-tiny"))
             assert cpu.state == "ready" and cpu.replicas[0].gpu_ids == []
             assert client.generate("cpu-tiny", prompt=PROMPT, max_tokens=8).text
+            # A remote API needs no GPU: its replicas run on GPU nodes whose GPUs are all taken.
+            (tmp_path / "key").write_text("sk-any-node")
+            with FakeOpenAI(api_key="sk-any-node") as fake:
+                engine = {"api_base": fake.url + "/v1", "api_key_file": str(tmp_path / "key")}
+                api = {"name": "api", "model": "openai/gpt-fake", "engine": engine, "replicas": 2}
+                (placed_api,) = client.deploy({**api, "placement": {"role": "gpu"}})
+                assert placed_api.state == "ready"
+                assert {r.node_id for r in placed_api.replicas} <= {"gpu-a", "gpu-b"}
+                assert all(r.gpu_ids == [] for r in placed_api.replicas)
+                assert client.generate("api", "Hello", max_tokens=4).text == fake.served[-1].text
+                client.undeploy("api")
     finally:
         for n in (b, a, head):
             assert n.stop() == []
