@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,31 @@ def test_budget_is_exact_over_a_sliding_window() -> None:
     b.settle(estimated=30, actual=80, now=4.0)  # used more tokens than estimated
     assert b.grant(0, 100, now=4.0) == (0, 0)
     assert b.grant(5, 10, now=WINDOW_S + 0.5) == (3, 10)  # the first grant left the window
+
+
+Limits = dict[str, Any] | list[dict[str, Any]]
+
+
+@contextmanager
+def limited_node(tmp_path: Path, limits: dict[str, Limits]) -> Iterator[tuple[FakeOpenAI, Node]]:
+    """The fake OpenAI server, and a node serving one deployment on it per name in `limits`
+    (name -> its `rate_limits`), without retries; the node is stopped, leaving nothing behind."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    with FakeOpenAI(api_key=KEY) as fake:
+        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
+        cfg = tmp_path / "limits.yaml"
+        deps = [_limited(name, engine, rate_limits) for name, rate_limits in limits.items()]
+        cfg.write_text(yaml.safe_dump({"deployments": deps}))
+        node = Node(config=cfg)
+        try:
+            yield fake, node
+        finally:
+            assert node.stop() == []
+
+
+def _limited(name: str, engine: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    return {"name": name, "model": "openai/gpt-fake", "engine": engine, "rate_limits": limits}
 
 
 def _run_across_gateways(node: Node, n: int, **params: Any) -> list[Any]:
@@ -61,99 +89,50 @@ def _run_across_gateways(node: Node, n: int, **params: Any) -> list[Any]:
     ],
 )
 def test_three_gateways_share_one_limit(tmp_path: Path, limits: dict, params: dict, max_calls: int) -> None:
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY)
-    with FakeOpenAI(api_key=KEY) as fake:
-        cfg = tmp_path / "limited.yaml"
-        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "deployments": [
-                        {"name": "limited", "model": "openai/gpt-fake", "engine": engine, "rate_limits": limits}
-                    ]
-                }
-            )
-        )
-        node = Node(config=cfg)
-        try:
-            results = _run_across_gateways(node, 100, **params)
-            assert len(results) == 100
-            served = [r for r in results if not isinstance(r, InferenceError)]
-            limited = [r for r in results if isinstance(r, RateLimitedError)]
-            others = [r for r in results if isinstance(r, InferenceError) and not isinstance(r, RateLimitedError)]
-            assert len(served) + len(limited) == 100, others[:3]
-            calls = fake.count("/completions")
-            assert calls == len(served) <= max_calls
-            assert len(served) >= max_calls // 2  # leases given back are used, not lost
-            assert all(e.retry_after and e.retry_after > 0 and e.http_status == 429 for e in limited)
-        finally:
-            assert node.stop() == []
+    with limited_node(tmp_path, {"limited": limits}) as (fake, node):
+        results = _run_across_gateways(node, 100, **params)
+        assert len(results) == 100
+        served = [r for r in results if not isinstance(r, InferenceError)]
+        limited = [r for r in results if isinstance(r, RateLimitedError)]
+        others = [r for r in results if isinstance(r, InferenceError) and not isinstance(r, RateLimitedError)]
+        assert len(served) + len(limited) == 100, others[:3]
+        calls = fake.count("/completions")
+        assert calls == len(served) <= max_calls
+        assert len(served) >= max_calls // 2  # leases given back are used, not lost
+        assert all(e.retry_after and e.retry_after > 0 and e.http_status == 429 for e in limited)
 
 
 def test_callers_that_allow_it_wait_for_the_window(tmp_path: Path) -> None:
-    import time
-
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY)
-    with FakeOpenAI(api_key=KEY) as fake:
-        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
-        dep = {
-            "name": "limited",
-            "model": "openai/gpt-fake",
-            "engine": engine,
-            "rate_limits": {"rpm": 2, "window_s": 2},
-        }
-        cfg = tmp_path / "wait.yaml"
-        cfg.write_text(yaml.safe_dump({"deployments": [dep]}))
-        node = Node(config=cfg)
-        try:
-            with Client(node.address) as client:
-                start = time.monotonic()
-                waited = client.generate_many(
-                    [client.make_request("limited", "Hi", max_tokens=4, wait_for_rate_limit=True) for _ in range(4)]
-                )
-                elapsed = time.monotonic() - start
-                assert not [r for r in waited if isinstance(r, InferenceError)]
-                assert elapsed >= 1.5  # two of them had to wait for the 2 s window to move
-                assert fake.count("/completions") == 4
-                time.sleep(2.6)  # the whole 2 s window has moved on, with room for slow machines
-                hurried = client.generate_many([client.make_request("limited", "Hi", max_tokens=4) for _ in range(4)])
-                assert sum(isinstance(r, RateLimitedError) for r in hurried) == 2
-        finally:
-            assert node.stop() == []
-
-
-def _limited(name: str, engine: dict[str, Any], limits: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
-    return {"name": name, "model": "openai/gpt-fake", "engine": engine, "rate_limits": limits}
+    with limited_node(tmp_path, {"limited": {"rpm": 2, "window_s": 2}}) as (fake, node), Client(node.address) as client:
+        start = time.monotonic()
+        waited = client.generate_many(
+            [client.make_request("limited", "Hi", max_tokens=4, wait_for_rate_limit=True) for _ in range(4)]
+        )
+        elapsed = time.monotonic() - start
+        assert not [r for r in waited if isinstance(r, InferenceError)]
+        assert elapsed >= 1.5  # two of them had to wait for the 2 s window to move
+        assert fake.count("/completions") == 4
+        time.sleep(2.6)  # the whole 2 s window has moved on, with room for slow machines
+        hurried = client.generate_many([client.make_request("limited", "Hi", max_tokens=4) for _ in range(4)])
+        assert sum(isinstance(r, RateLimitedError) for r in hurried) == 2
 
 
 def test_deployments_naming_one_key_share_its_budget(tmp_path: Path) -> None:
     """Two deployments on one provider key (`rate_limits.key`) draw on one budget; a third that
     states other limits for that key is refused, in a config file and at deploy time."""
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY)
     org = {"rpm": 10, "key": "org-key"}
-    with FakeOpenAI(api_key=KEY) as fake:
-        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
-        cfg = tmp_path / "shared.yaml"
-        cfg.write_text(yaml.safe_dump({"deployments": [_limited("a", engine, org), _limited("b", engine, org)]}))
-        node = Node(config=cfg)
-        try:
-            with Client(node.address) as client:
-                reqs = [client.make_request(m, prompt="Hello there", max_tokens=4) for m in ("a", "b") * 15]
-                results = [client.generate_many(reqs[:2]), client.generate_many(reqs[2:])]  # both routes known
-                results = [r for batch in results for r in batch]
-                served = [r for r in results if not isinstance(r, InferenceError)]
-                assert all(isinstance(r, RateLimitedError) for r in results if isinstance(r, InferenceError))
-                assert fake.count("/completions") == len(served) <= 10
-                assert {r.deployment for r in served} == {"a", "b"}  # both drew on the one budget
-                with pytest.raises(InferenceError) as refused:
-                    client.deploy(_limited("c", engine, {"rpm": 50, "key": "org-key"}))
-                assert refused.value.field == "rate_limits.key" and "'a'" in refused.value.message
-                assert [d.name for d in client.list_deployments()] == ["a", "b"]
-        finally:
-            assert node.stop() == []
+    with limited_node(tmp_path, {"a": org, "b": org}) as (fake, node), Client(node.address) as client:
+        reqs = [client.make_request(m, prompt="Hello there", max_tokens=4) for m in ("a", "b") * 15]
+        results = [client.generate_many(reqs[:2]), client.generate_many(reqs[2:])]  # both routes known
+        results = [r for batch in results for r in batch]
+        served = [r for r in results if not isinstance(r, InferenceError)]
+        assert all(isinstance(r, RateLimitedError) for r in results if isinstance(r, InferenceError))
+        assert fake.count("/completions") == len(served) <= 10
+        assert {r.deployment for r in served} == {"a", "b"}  # both drew on the one budget
+        with pytest.raises(InferenceError) as refused:
+            client.deploy(_limited("c", {"api_base": fake.url + "/v1"}, {"rpm": 50, "key": "org-key"}))
+        assert refused.value.field == "rate_limits.key" and "'a'" in refused.value.message
+        assert [d.name for d in client.list_deployments()] == ["a", "b"]
     bad = tmp_path / "clash.yaml"
     bad.write_text(yaml.safe_dump({"deployments": [_limited("a", {}, org), _limited("b", {}, {**org, "rpm": 11})]}))
     with pytest.raises(ConfigError) as clash:
@@ -166,40 +145,25 @@ def test_a_request_fits_its_provider_key_and_its_own_limit(tmp_path: Path) -> No
     """Deployment "a" has two limits: the provider key's 10 RPM (shared with "b") and 3 RPM of its
     own. Its requests refused by its own limit give back what the key's budget had granted them,
     so "b" can use every request the key has left: exactly 10 reach the provider."""
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY)
     org = {"rpm": 10, "key": "org-key"}
-    with FakeOpenAI(api_key=KEY) as fake:
-        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
-        cfg = tmp_path / "two.yaml"
-        deps = [_limited("a", engine, [org, {"rpm": 3}]), _limited("b", engine, org)]
-        cfg.write_text(yaml.safe_dump({"deployments": deps}))
-        node = Node(config=cfg)
-        try:
-            with Client(node.address) as client:
-                assert len(client.generate_many([client.make_request(m, "Hi", max_tokens=4) for m in "ab"])) == 2
-                burst = [client.make_request(m, "Hi", max_tokens=4) for m in "ab" * 10]
-                results = client.generate_many(burst)
-                served = {
-                    m: sum(
-                        1
-                        for r, q in zip(results, burst, strict=True)
-                        if q.model == m and not isinstance(r, InferenceError)
-                    )
-                    for m in "ab"
-                }
-                refused = [r for r in results if isinstance(r, InferenceError)]
-                assert all(isinstance(r, RateLimitedError) for r in refused), refused[:3]
-                assert served["a"] == 2 and served["a"] + served["b"] <= 8, served
-                assert {r.message for r in refused} <= {"rate limit 'a' reached", "rate limit 'org-key' reached"}
-                # The key's grants that "a"'s refused requests gave back are still there for "b"
-                # (without the give-back the key's 10 would all be spent by now).
-                left = 8 - served["a"] - served["b"]
-                after = client.generate_many([client.make_request("b", "Hi", max_tokens=4) for _ in range(left + 1)])
-                assert [isinstance(r, RateLimitedError) for r in after] == [False] * left + [True]
-                assert fake.count("/completions") == 10
-        finally:
-            assert node.stop() == []
+    with limited_node(tmp_path, {"a": [org, {"rpm": 3}], "b": org}) as (fake, node), Client(node.address) as client:
+        assert len(client.generate_many([client.make_request(m, "Hi", max_tokens=4) for m in "ab"])) == 2
+        burst = [client.make_request(m, "Hi", max_tokens=4) for m in "ab" * 10]
+        results = client.generate_many(burst)
+        served = {
+            m: sum(1 for r, q in zip(results, burst, strict=True) if q.model == m and not isinstance(r, InferenceError))
+            for m in "ab"
+        }
+        refused = [r for r in results if isinstance(r, InferenceError)]
+        assert all(isinstance(r, RateLimitedError) for r in refused), refused[:3]
+        assert served["a"] == 2 and served["a"] + served["b"] <= 8, served
+        assert {r.message for r in refused} <= {"rate limit 'a' reached", "rate limit 'org-key' reached"}
+        # The key's grants that "a"'s refused requests gave back are still there for "b"
+        # (without the give-back the key's 10 would all be spent by now).
+        left = 8 - served["a"] - served["b"]
+        after = client.generate_many([client.make_request("b", "Hi", max_tokens=4) for _ in range(left + 1)])
+        assert [isinstance(r, RateLimitedError) for r in after] == [False] * left + [True]
+        assert fake.count("/completions") == 10
     with pytest.raises(ConfigError) as twice:
         bad = tmp_path / "twice.yaml"
         bad.write_text(yaml.safe_dump({"deployments": [_limited("a", {}, [{"rpm": 3}, {"tpm": 30}])]}))

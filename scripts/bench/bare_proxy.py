@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 import uvloop
+from fake_openai_backend import read_body  # this folder: the script's own (first on sys.path)
 
 from atomr.core.deployment import Deployment
 from runners.remote.openai import OpenAIRunner
@@ -37,13 +38,7 @@ def make_app(backend_port: int) -> Any:
         if not loaded:
             await runner.load()
             loaded = True
-        raw = b""
-        more = True
-        while more:
-            msg = await receive()
-            raw += msg.get("body", b"")
-            more = msg.get("more_body", False)
-        body = json.loads(raw)
+        body = json.loads(await read_body(receive))
         path = "/chat/completions" if scope["path"].endswith("/chat/completions") else "/completions"
         client = runner.client
         if not body.get("stream"):

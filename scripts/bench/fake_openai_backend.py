@@ -22,17 +22,22 @@ import uvicorn
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon")
 
 
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI HTTP request."""
+    raw = b""
+    more = True
+    while more:
+        msg = await receive()
+        raw += msg.get("body", b"")
+        more = msg.get("more_body", False)
+    return raw
+
+
 def make_app(chunks: int, delay_s: float = 0.0) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        more = True
-        while more:
-            msg = await receive()
-            raw += msg.get("body", b"")
-            more = msg.get("more_body", False)
-        req = json.loads(raw or b"{}")
+        req = json.loads(await read_body(receive) or b"{}")
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         chat = scope["path"].endswith("/chat/completions")
