@@ -17,6 +17,7 @@ import json
 import socket
 from typing import Any
 
+import openai
 import uvicorn
 import uvloop
 from fake_openai_backend import read_body  # this folder: the script's own (first on sys.path)
@@ -48,8 +49,6 @@ def make_app(backend_port: int) -> Any:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": data})
             return
-        import openai
-
         events = await client.post(path, body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object])
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         async with events:
