@@ -4,7 +4,8 @@ Thespian binds every listening socket to 0.0.0.0 and unpickles what arrives. ato
 address the operator chose (loopback by default) by adjusting Thespian's IP address class once,
 in the process that starts (or connects to) the system, before the first ActorSystem; the admin,
 logger and actor processes it forks inherit it. The same setup applies atomr's wire-compatible
-transport speed patches (``atomr.thespian_patches``; ``ATOMR_THESPIAN_PATCHES=0`` turns them off)
+transport speed patches (``atomr.thespian_patches``; ``ATOMR_THESPIAN_PATCHES=0`` turns them off),
+the fixes for Thespian bugs that would break atomr's guarantees (``atomr.thespian_fixes``, always),
 and then authenticates every frame with the cluster key (``atomr.cluster_auth``; always on: a key
 is required beyond loopback, a per-user default serves loopback).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from atomr.thespian_fixes import apply_fixes
 from atomr.thespian_patches import apply_patches
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ def configure_thespian(bind_host: str = DEFAULT_BIND, cluster_key: ClusterKey | 
     IPBase.IPActorAddress.__init__ = bound_init
     _shorten_transmit_retry()
     apply_patches()
+    apply_fixes()
     install(key)  # after the speed patches: they check Thespian's own code before replacing it
     _applied_bind = bind_host
     return key
