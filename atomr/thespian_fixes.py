@@ -35,20 +35,22 @@ EXPECTED: dict[str, str] = {
 
 _lock = threading.Lock()
 _applied = False
+_replaced: dict[str, object] = {}  # Thespian's own functions, once a fix has replaced them
 
 
 def _targets() -> dict[str, object]:
     from thespian.system.multiprocCommon import MultiProcReplicator as replicator
 
     return {
-        "MultiProcReplicator._childExited": replicator._childExited,
+        "MultiProcReplicator._childExited": _replaced.get("MultiProcReplicator._childExited", replicator._childExited),
         "MultiProcReplicator.childDied": replicator.childDied,
         "MultiProcReplicator._checkChildLiveness": replicator._checkChildLiveness,
     }
 
 
 def mismatches() -> list[str]:
-    """The Thespian functions that differ from the ones the fixes were written for."""
+    """The Thespian functions that differ from the ones the fixes were written for (the originals
+    are checked, also after the fixes replaced them)."""
     try:
         targets = _targets()
     except (ImportError, AttributeError) as exc:
@@ -84,6 +86,7 @@ def apply_fixes() -> bool:
             return False
         from thespian.system.multiprocCommon import MultiProcReplicator
 
+        _replaced["MultiProcReplicator._childExited"] = MultiProcReplicator._childExited
         MultiProcReplicator._childExited = _child_exited
         _applied = True
         return True
