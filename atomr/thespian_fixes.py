@@ -23,7 +23,7 @@ import threading
 import warnings
 from typing import Any
 
-from atomr.thespian_patches import fingerprint
+from atomr.thespian_patches import source_mismatches
 
 # sha256 (first 16 hex digits) of the source of each Thespian function a fix replaces or relies on,
 # as shipped in thespian 4.0.1.
@@ -51,11 +51,7 @@ def _targets() -> dict[str, object]:
 def mismatches() -> list[str]:
     """The Thespian functions that differ from the ones the fixes were written for (the originals
     are checked, also after the fixes replaced them)."""
-    try:
-        targets = _targets()
-    except (ImportError, AttributeError) as exc:
-        return [f"{type(exc).__name__}: {exc}"]
-    return [label for label, obj in targets.items() if fingerprint(obj) != EXPECTED[label]]
+    return source_mismatches(_targets, EXPECTED)
 
 
 def _is_child(info: Any, address: Any) -> bool:

@@ -96,7 +96,7 @@ import select
 import selectors
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -465,13 +465,19 @@ def selected_from_env(value: str | None = None) -> tuple[str, ...]:
     return tuple(n for n in PATCHES if n in wanted)
 
 
-def mismatches(name: str) -> list[str]:
-    """What stops patch `name` from applying: code that differs from what it was written for."""
+def source_mismatches(targets: Callable[[], Mapping[str, object]], expected: Mapping[str, str]) -> list[str]:
+    """The labels of `targets()` whose source hash is not the `expected` one (or why they could not
+    be looked up)."""
     try:
-        targets = _REGISTRY[name].targets()
+        found = targets()
     except (ImportError, AttributeError) as exc:
         return [f"{type(exc).__name__}: {exc}"]
-    return [label for label, obj in targets.items() if fingerprint(obj) != EXPECTED.get(label)]
+    return [label for label, obj in found.items() if fingerprint(obj) != expected.get(label)]
+
+
+def mismatches(name: str) -> list[str]:
+    """What stops patch `name` from applying: code that differs from what it was written for."""
+    return source_mismatches(_REGISTRY[name].targets, EXPECTED)
 
 
 def apply_patches(names: Iterable[str] | None = None) -> list[str]:

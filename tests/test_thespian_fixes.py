@@ -20,7 +20,7 @@ from typing import Any
 from thespian.actors import Actor, ActorAddress, ChildActorExited
 
 from atomr.system import free_port, start_system, stop_system
-from atomr.thespian_fixes import EXPECTED, fixes_applied, mismatches
+from atomr.thespian_fixes import EXPECTED, apply_fixes, fixes_applied, mismatches
 from tests.conftest import REPO, node_env
 
 CHILDREN = 8
@@ -82,8 +82,6 @@ def main() -> None:
 
 
 def test_the_fixes_are_written_for_this_thespian() -> None:
-    from atomr.thespian_fixes import apply_fixes
-
     assert mismatches() == [], EXPECTED
     assert apply_fixes() and mismatches() == []  # Thespian's own code is what is checked, also once replaced
 
