@@ -1,7 +1,9 @@
 """Putting one request's stream events back together, for every kind of caller.
 
-A request's chunks come straight from its replica; its final answer comes through the coordinator,
-so a final may overtake its last chunks, and a replica may die after its chunks were sent. The
+A request's chunks come straight from its replica; its final answer (success or error) comes
+through the coordinator, so a final may overtake its last chunks, and a replica may die after its
+chunks were sent. A final that overtook chunks waits for them, so an error after text still shows
+the text that was sent before it. The
 `StreamAssembler` turns the events of one request, as they arrive, into what the caller sees:
 chunks in order, then exactly one end (the final event, or an error). It holds no queue and no
 thread: the blocking `Client` and the asyncio HTTP front both feed it and act on its steps.
@@ -48,8 +50,8 @@ class StreamAssembler:
         """The steps an arriving event leads to (possibly none)."""
         if self.finished:
             return []
-        if ev.final and ev.seq > self._received and ev.error is None:
-            self._final = ev  # wait for the chunks it overtook
+        if ev.final and ev.seq > self._received:
+            self._final = ev  # wait for the chunks it overtook (an error too: the caller keeps its text)
             return []
         if self._streamed_from and ev.replica and ev.replica != self._streamed_from:
             # The coordinator re-dispatched a request whose first replica had already streamed
@@ -80,6 +82,8 @@ class StreamAssembler:
     def on_timeout(self) -> Step:
         """Nothing arrived within `wait_time`: resend, or end with an error."""
         final = self._final
+        if final is not None and final.error is not None:
+            return self._end(InferenceError.from_info(final.error))  # its own error, whatever text was lost
         if final is not None and self._received == 0 and self._resends < MAX_RESENDS:
             # Its chunks died with their replica and the caller has seen nothing: asking again
             # cannot duplicate text.

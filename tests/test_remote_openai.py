@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from atomr.core.deployment import deployment_from_dict
+from atomr.actors.session import run_session
+from atomr.core.deployment import Limits, deployment_from_dict
 from atomr.core.errors import AuthError, InferenceError
-from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
+from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, StreamEvent, TokenLogprob, Usage
 from runners.remote.base import RemoteRunner
 from runners.remote.openai import OpenAIRunner, retry_after_from
 from tests.conftest import Node
@@ -489,6 +490,26 @@ def test_a_stream_cut_after_text_is_not_restarted(fake: FakeOpenAI) -> None:
         assert fake.count() == 1
 
     with_runner(runner_for(fake, retry={**FAST_RETRY, "max_attempts": 4}), body)
+
+
+def test_text_held_for_coalescing_reaches_the_caller_before_the_error(fake: FakeOpenAI) -> None:
+    """A session holds later chunks to send them together; a stream cut while text is held sends
+    that text first, then the error (whose seq counts every chunk sent)."""
+    fake.cut_next_after(5)  # role delta + 4 tokens
+    runner = runner_for(fake)
+    held = Limits(chunk_max_tokens=64, chunk_max_delay_ms=10_000)  # nothing leaves on count or time
+    dep = runner.deployment.model_copy(update={"limits": held})
+
+    async def body(r: RemoteRunner) -> None:
+        chunks: list[StreamEvent] = []
+        finals: list[StreamEvent] = []
+        await run_session(r, chat(), dep, "r0", chunks.append, finals.append)
+        texts = [ev.chunk.text for ev in chunks if ev.chunk is not None]
+        assert texts == ["".join(tokenize(fake.reply_text)[:1]), "".join(tokenize(fake.reply_text)[1:4])]
+        (end,) = finals
+        assert end.error is not None and end.error.kind == "unavailable" and end.seq == 2
+
+    with_runner(runner, body)
 
 
 # ---- 6. malformed answers ----

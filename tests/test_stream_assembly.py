@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atomr.core.errors import InferenceTimeoutError, RunnerCrashedError
+from atomr.core.errors import InferenceTimeoutError, RunnerCrashedError, UnavailableError
 from atomr.core.types import Chunk, StreamEvent, Usage
 from atomr.stream_assembly import LATE_CHUNK_WAIT_S, StreamAssembler
 
@@ -35,6 +35,28 @@ def test_a_final_that_overtook_its_chunks_waits_for_them() -> None:
     assert a.wait_time(100.0) == LATE_CHUNK_WAIT_S
     steps = a.on_event(chunk(1, "b"))
     assert [s.final for s in steps] == [False, True] and a.finished
+
+
+def failed(seq: int) -> StreamEvent:
+    return StreamEvent("q", final=True, seq=seq, error=UnavailableError("stream cut").info(), replica="r0.0")
+
+
+def test_an_error_that_overtook_its_chunks_comes_after_them() -> None:
+    a = StreamAssembler("q")
+    assert a.on_event(failed(2)) == []  # the runner sent 2 chunks before failing; none arrived yet
+    assert a.wait_time(100.0) == LATE_CHUNK_WAIT_S
+    assert a.on_event(chunk(0, "a"))[0].event is not None
+    steps = a.on_event(chunk(1, "b"))
+    assert steps[0].event is not None and steps[0].event.chunk is not None and steps[0].event.chunk.text == "b"
+    assert isinstance(steps[1].error, UnavailableError) and a.finished
+
+
+def test_an_error_whose_chunks_never_come_ends_with_its_own_error() -> None:
+    a = StreamAssembler("q")
+    a.on_event(chunk(0, "a"))
+    assert a.on_event(failed(3)) == []
+    step = a.on_timeout()
+    assert isinstance(step.error, UnavailableError) and not step.resend and a.finished
 
 
 def test_lost_chunks_after_text_was_shown_are_runner_crashed_never_a_resend() -> None:

@@ -108,6 +108,9 @@ async def run_session(
     except asyncio.CancelledError:
         send_final(ev.cancelled(sent))
     except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
+        held = co.take()  # text generated before the failure still reaches the caller, then the error
+        if held is not None:
+            emit(held)
         send_final(ev.error(exc, sent))
     finally:
         if timer is not None:

@@ -245,6 +245,12 @@ def http_url(node: Node) -> str:
     return match.group(1)
 
 
+def http_completion(node: Node, model: str, timeout: float = 3.0) -> None:
+    """One short completion through the node's HTTP front; raises unless it answers 200."""
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 8}
+    httpx.post(http_url(node) + "/v1/completions", json=body, timeout=timeout).raise_for_status()
+
+
 def deployment(client: Client, name: str) -> Any:
     """The named deployment's status (DeploymentInfo)."""
     return next(d for d in client.status()["deployments"] if d.name == name)

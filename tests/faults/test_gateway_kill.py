@@ -17,8 +17,6 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
-
 from atomr.client import Client
 from atomr.system import processes_on_port, system_processes
 from runners.local.ort import ort_greedy_reference
@@ -28,6 +26,7 @@ from tests.faults.harness import (
     MODEL,
     PROMPT,
     Load,
+    http_completion,
     http_url,
     process_gone,
     serves_again,
@@ -67,12 +66,7 @@ def test_gateway_sigkill_under_mixed_load(tmp_path: Path) -> None:
                 assert process_gone(victim)
                 # the Client finds the new gateway by name; HTTP is served again on the same port
                 serves_again(lambda: client.generate("g", prompt=PROMPT, max_tokens=8, timeout=3), killed)
-                via_http = serves_again(
-                    lambda: httpx.post(
-                        base + "/v1/completions", json={"model": "g", "prompt": PROMPT, "max_tokens": 8}, timeout=3
-                    ).raise_for_status(),
-                    killed,
-                )
+                via_http = serves_again(lambda: http_completion(node, "g"), killed)
                 back = time.time()
                 assert gateway_pid(node, base) != victim
                 load.wait_for(16, started_after=back)

@@ -3,7 +3,8 @@ and one that cuts streams midway, under mixed load through the Client and the HT
 
 * Without a fallback, callers get structured errors (`unavailable`, `rate_limited`,
   `circuit_open`) during the storm, and the deployment serves again soon after it ends (the
-  circuit breaker's cooldown).
+  circuit breaker's cooldown). Each process that calls the provider has its own breaker (the
+  runner host for Client requests, the gateway for the HTTP front's), so both paths are probed.
 * With a fallback, no caller sees the storm: each failed try moves to the local tiny model.
 * A stream cut before its first chunk is retried invisibly; one cut after text ends with a
   retryable error and shows only a prefix of the answer, never a part twice.
@@ -24,7 +25,17 @@ from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI, tokenize
 from tests.fakes.server import Fault
-from tests.faults.harness import KINDS, MODEL, PROMPT, Load, http_url, serves_again, tiny, write_config
+from tests.faults.harness import (
+    KINDS,
+    MODEL,
+    PROMPT,
+    Load,
+    http_completion,
+    http_url,
+    serves_again,
+    tiny,
+    write_config,
+)
 
 KEY = "sk-faults-" + "f" * 24
 MAX_TOKENS = 16
@@ -115,7 +126,10 @@ def test_error_storm_without_fallback_gives_structured_errors_then_recovers(node
                 pass
             ended = time.time()
             assert provider.count("/completions") > calls
-            took = serves_again(lambda: client.generate("remote", prompt=PROMPT, max_tokens=8, timeout=5), ended)
+            took = max(
+                serves_again(lambda: client.generate("remote", prompt=PROMPT, max_tokens=8, timeout=5), ended),
+                serves_again(lambda: http_completion(node, "remote"), ended),
+            )
             healthy = time.time()
             load.wait_for(12, started_after=healthy)
         finally:
