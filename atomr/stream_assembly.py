@@ -3,10 +3,10 @@
 A request's chunks come straight from its replica; its final answer (success or error) comes
 through the coordinator, so a final may overtake its last chunks, and a replica may die after its
 chunks were sent. A final that overtook chunks waits for them, so an error after text still shows
-the text that was sent before it. The
-`StreamAssembler` turns the events of one request, as they arrive, into what the caller sees:
-chunks in order, then exactly one end (the final event, or an error). It holds no queue and no
-thread: the blocking `Client` and the asyncio HTTP front both feed it and act on its steps.
+the text that was sent before it. The `StreamAssembler` turns the events of one request, as they
+arrive, into what the caller sees: chunks in order, then exactly one end (the final event, or an
+error). It holds no queue and no thread: the blocking `Client` and the asyncio HTTP front both
+feed it and act on its steps.
 """
 
 from __future__ import annotations

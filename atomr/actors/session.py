@@ -75,12 +75,16 @@ async def run_session(
         send_chunk(ev.chunk(chunk, sent))
         sent += 1
 
+    def flush() -> None:
+        """Send whatever the coalescer holds, as one chunk."""
+        held = co.take()
+        if held is not None:
+            emit(held)
+
     def on_timer() -> None:
         nonlocal timer
         timer = None
-        merged = co.take()
-        if merged is not None:
-            emit(merged)
+        flush()
 
     try:
         if runner is None:
@@ -101,16 +105,12 @@ async def run_session(
                     timer = loop.call_later(co.max_delay, on_timer)
         finally:
             await agen.aclose()  # type: ignore[attr-defined]
-        rest = co.take()
-        if rest is not None:
-            emit(rest)
+        flush()
         send_final(ev.final(sent, usage))
     except asyncio.CancelledError:
         send_final(ev.cancelled(sent))
     except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
-        held = co.take()  # text generated before the failure still reaches the caller, then the error
-        if held is not None:
-            emit(held)
+        flush()  # text generated before the failure still reaches the caller, then the error
         send_final(ev.error(exc, sent))
     finally:
         if timer is not None:
