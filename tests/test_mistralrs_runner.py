@@ -27,6 +27,7 @@ from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
 from atomr.models import builtin_model_dir
 from runners.local.mistralrs import MistralRsRunner, mistralrs_greedy_reference, sampling_kwargs
 from tests.conftest import require_engine
+from tests.local_support import how_streams_ended
 
 MODEL = builtin_model_dir("tiny-llama")
 REPO = Path(__file__).resolve().parents[1]
@@ -404,13 +405,7 @@ def test_unload_during_generation_and_options() -> None:
         firsts = [asyncio.ensure_future(s.__anext__()) for s in streams]
         await firsts[0]  # the first is streaming, the others wait in the worker's queue
         await r.unload()
-        outcomes = []
-        for first, stream in zip(firsts, streams, strict=True):  # complete or an error, never truncated
-            try:
-                chunks = [await first] + [c async for c in stream]
-                outcomes.append(chunks[-1].finish_reason or "truncated")
-            except UnavailableError:
-                outcomes.append("unavailable")
+        outcomes = await how_streams_ended(firsts, streams)  # complete or an error, never truncated
         assert "truncated" not in outcomes and outcomes[-1] == "unavailable", outcomes
         assert r.active_generations == 0
         assert not await r.health()

@@ -16,6 +16,7 @@ from atomr.core.runner import runner_class
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
 from atomr.models import builtin_model_dir
 from runners.local.ort import OrtRunner, ort_greedy_reference
+from tests.local_support import how_streams_ended
 
 MODEL = builtin_model_dir("tiny-llama")
 ACTOR = (
@@ -275,13 +276,7 @@ async def unload_under_sixteen_streams() -> list[str]:
     streams = [r.generate(completion("", max_tokens=250, temperature=2.0)) for _ in range(16)]
     firsts = await asyncio.gather(*(stream.__anext__() for stream in streams))  # all 16 started at once
     await r.unload()
-    outcomes = []
-    for first, stream in zip(firsts, streams, strict=True):  # complete or an error, never truncated
-        try:
-            chunks = [first] + [c async for c in stream]
-            outcomes.append(chunks[-1].finish_reason or "truncated")
-        except UnavailableError:
-            outcomes.append("unavailable")
+    outcomes = await how_streams_ended(firsts, streams)  # complete or an error, never truncated
     assert "truncated" not in outcomes
     assert r.active_generations == 0
     return outcomes

@@ -36,6 +36,7 @@ from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
 from atomr.models import builtin_model_dir
 from runners.common.stops import truncate_at_stop
 from runners.local.vllm import VllmRunner, vllm_env_defaults, vllm_greedy_reference
+from tests.local_support import how_streams_ended
 
 T = TypeVar("T")
 
@@ -428,13 +429,7 @@ def test_unload_during_generation_is_an_error(loop: asyncio.AbstractEventLoop, r
         streams = [runner.generate(completion("", max_tokens=250, temperature=2.0, seed=i)) for i in range(6)]
         firsts = [await stream.__anext__() for stream in streams]
         await runner.unload()
-        outcomes = []
-        for first, stream in zip(firsts, streams, strict=True):  # complete or an error, never truncated
-            try:
-                chunks = [first] + [c async for c in stream]
-                outcomes.append(chunks[-1].finish_reason or "truncated")
-            except UnavailableError:
-                outcomes.append("unavailable")
+        outcomes = await how_streams_ended(firsts, streams)  # complete or an error, never truncated
         assert "truncated" not in outcomes and "unavailable" in outcomes
         assert runner.active_generations == 0
         assert not await runner.health()
