@@ -27,7 +27,7 @@ from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
 from atomr.models import builtin_model_dir
 from runners.local.mistralrs import MistralRsRunner, mistralrs_greedy_reference, sampling_kwargs
 from tests.conftest import require_engine
-from tests.local_support import how_streams_ended
+from tests.local_support import how_streams_ended, keep_trying, wait_idle
 
 MODEL = builtin_model_dir("tiny-llama")
 REPO = Path(__file__).resolve().parents[1]
@@ -305,13 +305,6 @@ def test_eight_concurrent_equal_sequential(runner: MistralRsRunner) -> None:
         check_stream(chunks)
 
 
-async def wait_idle(r: MistralRsRunner, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while r.active_generations and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
-    assert r.active_generations == 0
-
-
 # A sampled chat that often runs for 50-100 tokens with this model (greedy answers are short).
 LONG = chat("How do I bake bread?", max_tokens=200, temperature=2.0)
 
@@ -358,13 +351,11 @@ def test_cancellation_frees_the_worker(runner: MistralRsRunner, how: str) -> Non
         # next token). A sampled chat may end on EOS before the caller leaves, and on a starved CPU
         # the caller's leaving can come late: tries go on (for a while, not a fixed few) until one
         # is cut within 5 tokens.
-        cuts: list[int] = []
-        deadline = time.monotonic() + 20.0
-        while not (cuts and min(cuts) <= 5) and time.monotonic() < deadline:
-            n = await cancel_after_first_chunk(runner, how)
-            if n is not None:
-                cuts.append(n)
-        assert cuts and min(cuts) <= 5, cuts
+        def cut_soon(tries: list[int | None]) -> bool:
+            return any(n is not None and n <= 5 for n in tries)
+
+        tries = await keep_trying(lambda: cancel_after_first_chunk(runner, how), cut_soon, seconds=20.0)
+        assert cut_soon(tries), tries
         # the worker serves the next request at once, and normally
         started = time.perf_counter()
         assert text(await collect(runner, chat("What is an actor?"))) == ACTOR_CHAT
