@@ -5,7 +5,7 @@ gateway (requests queued by several threads at once leave in one message); answe
 second, private endpoint read by one background thread, which hands each request's events to
 its caller. Failures raise the matching `InferenceError` subclass.
 
-Frames are signed with the cluster key (``atomr.cluster_auth``): `cluster_key_file` or
+Frames are signed with the cluster key (``atomr.cluster.auth``): `cluster_key_file` or
 `cluster_key`, else ``$ATOMR_CLUSTER_KEY_FILE`` / ``$ATOMR_CLUSTER_KEY``, else (for a node on
 loopback) the per-user default key. A node that refuses the key raises `AuthError` at once.
 
@@ -41,7 +41,6 @@ from atomr.actors.messages import (
     REGISTRY_NAME,
     Cancel,
     Deploy,
-    DeploymentInfo,
     Events,
     GetMetrics,
     GetRoutes,
@@ -56,9 +55,12 @@ from atomr.actors.messages import (
     WorkItem,
     reply_value,
 )
-from atomr.core.deployment import Deployment, deployment_from_dict, load_deployments
+from atomr.cluster.system import connect_system, disconnect_system
+from atomr.config import deployment_from_dict, load_deployments, load_policies
+from atomr.core.deployment import Deployment
 from atomr.core.errors import InferenceError, UnavailableError
-from atomr.core.policies import Policies, load_policies, policies_from_config
+from atomr.core.policies import Policies, policies_from_config
+from atomr.core.status import DeploymentInfo
 from atomr.core.types import (
     Chunk,
     InferenceRequest,
@@ -68,8 +70,7 @@ from atomr.core.types import (
     StreamEvent,
     make_messages,
 )
-from atomr.stream_assembly import StreamAssembler, assemble_result
-from atomr.system import connect_system, disconnect_system
+from atomr.serving.stream_assembly import StreamAssembler, assemble_result
 
 log = structlog.get_logger("atomr.client")
 
@@ -112,7 +113,7 @@ class Client:
         """
         self.host, self.port = parse_address(address)
         self.default_timeout = timeout
-        from atomr.cluster_auth import resolve_key
+        from atomr.cluster.auth import resolve_key
 
         key = resolve_key(self.host, key_file=cluster_key_file, key=cluster_key)
         self._asys = connect_system(self.port, self.host, cluster_key=key)

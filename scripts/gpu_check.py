@@ -194,8 +194,9 @@ def check_engine(runtime: str, gpu: str, timeout: float, max_tokens: int) -> boo
 
 async def engine_child(runtime: str, max_tokens: int) -> dict[str, Any]:
     """Load the tiny model through atomr's runner here, stream one greedy chat, unload."""
+    from atomr.runners.catalog import runner_class
+
     from atomr.core.deployment import Deployment
-    from atomr.core.runner import runner_class
     from atomr.core.types import InferenceRequest, Message, SamplingParams
     from atomr.models import builtin_model_dir
 
@@ -276,8 +277,8 @@ def check_node(gpus: list[tuple[str, str]], timeout: float, max_tokens: int) -> 
     if str(REPO) not in sys.path:  # `python scripts/gpu_check.py` puts scripts/ first, not the checkout
         sys.path.insert(0, str(REPO))
     from atomr.client import Client
-    from atomr.node_process import NodeProcess
-    from atomr.system import system_processes
+    from atomr.cluster.system import system_processes
+    from atomr.node.process import NodeProcess
 
     started = time.perf_counter()
     try:  # a node that does not become ready is stopped by NodeProcess, its output in the error

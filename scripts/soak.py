@@ -1,6 +1,6 @@
 """Soak test: moderate mixed load on one node for a bounded time, and the memory of every atomr process.
 
-A head node (`atomr.node_process.NodeProcess`, its own processes) serves two deployments: ``tiny``
+A head node (`atomr.node.process.NodeProcess`, its own processes) serves two deployments: ``tiny``
 (the embedded tiny model on ONNX Runtime GenAI) and ``gpt`` (the `openai` remote runner pointed at
 `scripts/bench/fake_openai_backend.py`, which answers after `--backend-delay-s`). Eight load threads,
 one per combination of {HTTP front, `atomr.Client`} x {unary, streaming} x {tiny, gpt}, send
@@ -47,8 +47,8 @@ from http_load import Connection  # noqa: E402
 from rss import MIB, label, node_processes, rss_of  # noqa: E402
 
 from atomr.client import Client  # noqa: E402
-from atomr.node_process import NodeProcess  # noqa: E402
-from atomr.system import end_processes  # noqa: E402
+from atomr.cluster.system import end_processes  # noqa: E402
+from atomr.node.process import NodeProcess  # noqa: E402
 
 MODELS = ("tiny", "gpt")
 MESSAGES = [{"role": "user", "content": "Tell me about the actor model"}]

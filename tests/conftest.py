@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from atomr.node_process import NodeProcess
-from atomr.system import end_processes
+from atomr.cluster.system import end_processes
+from atomr.node.process import NodeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 SESSION_MARK = "ATOMR_TEST_SESSION"

@@ -6,8 +6,7 @@ import threading
 import time
 
 import pytest
-
-from runners.common.batching import BatchCollector
+from atomr.runners.common.batching import BatchCollector
 
 
 def test_full_batch_starts_at_once_and_keeps_order() -> None:

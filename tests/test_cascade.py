@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 import yaml
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
-from atomr.cascade import Confidence, accepts, confidence_of, price
 from atomr.client import Client
-from atomr.core.deployment import deployment_from_dict
+from atomr.config import deployment_from_dict
+from atomr.core.cascade import Confidence, accepts, confidence_of, price
 from atomr.core.errors import InferenceError
 from atomr.core.policies import CascadeTier
 from atomr.core.types import Chunk, TokenLogprob, Usage
 from atomr.models import builtin_model_dir
-from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI, tokenize
 

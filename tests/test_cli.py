@@ -19,9 +19,9 @@ import psutil
 import pytest
 
 from atomr.client import Client
+from atomr.cluster.system import system_processes
 from atomr.core.errors import InferenceError
 from atomr.models import builtin_model_dir
-from atomr.system import system_processes
 from tests.conftest import REPO, Node, node_env
 
 SCRIPTS = REPO / "scripts"
@@ -137,7 +137,7 @@ def test_undeploy_of_an_unknown_name_is_not_found(empty_node: Node) -> None:
 
 
 def test_no_node_is_a_clear_error() -> None:
-    from atomr.system import free_port
+    from atomr.cluster.system import free_port
 
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "atomr-list"), "--address", f"127.0.0.1:{free_port()}"],

@@ -1,4 +1,4 @@
-"""The authenticated cluster transport (atomr/cluster_auth.py) in real nodes and real processes.
+"""The authenticated cluster transport (atomr/cluster/auth.py) in real nodes and real processes.
 
 A head node runs for the module with a cluster key file and the tiny model. Raw pickles (one would
 create a file when unpickled), forged frames, oversized headers and garbage are sent to every port
@@ -29,8 +29,8 @@ import yaml
 
 from atomr import cluster_auth as ca
 from atomr.client import Client
+from atomr.cluster.system import end_processes, free_port, port_open, system_processes
 from atomr.core.errors import AuthError, ConfigError
-from atomr.system import end_processes, free_port, port_open, system_processes
 from tests.conftest import REPO, Node, node_env
 
 KEY_VARS = (ca.KEY_FILE_ENV, ca.KEY_ENV)
@@ -301,8 +301,8 @@ def test_raw_pickles_and_garbage_on_every_cluster_port_run_nothing(head: Node, k
 
 ROGUE = """
 import sys
-from atomr.cluster_auth import load_key_file
-from atomr.system import start_system, stop_system
+from atomr.cluster.auth import load_key_file
+from atomr.cluster.system import start_system, stop_system
 port, head_port, key_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 caps = {"atomr.role": "cpu", "atomr.node_id": "rogue", "atomr.gpus": "", "atomr.host": "127.0.0.1"}
 asys = start_system(port, capabilities=caps, join=("127.0.0.1", head_port), cluster_key=load_key_file(key_file))
@@ -481,7 +481,7 @@ def test_a_node_bound_to_a_cluster_interface_listens_there_only(keys: tuple[Path
         assert check.accepted is True, check.detail
         assert ca.probe(ip, node.port, ca.load_key_file(keys[1])).accepted is False
         for key_file, rc, says in ((keys[0], 0, "accepts this cluster key"), (keys[1], 1, "different cluster key")):
-            run = run_module(["atomr.cluster_auth", "check", f"{ip}:{node.port}", "--key-file", str(key_file)], 60)
+            run = run_module(["atomr.cluster.auth", "check", f"{ip}:{node.port}", "--key-file", str(key_file)], 60)
             assert run.returncode == rc and says in run.stdout, run.stdout + run.stderr
     finally:
         assert node.stop() == []

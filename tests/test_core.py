@@ -6,9 +6,9 @@ import pickle
 from pathlib import Path
 
 import pytest
+from atomr.runners.catalog import infer_runtime
 
-from atomr.actors.coalesce import ChunkCoalescer
-from atomr.core.deployment import deployment_from_dict, infer_runtime, load_deployments
+from atomr.config import deployment_from_dict, load_deployments
 from atomr.core.errors import (
     ConfigError,
     ContextLengthError,
@@ -18,6 +18,7 @@ from atomr.core.errors import (
     RateLimitedError,
 )
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage, make_messages
+from atomr.serving.coalesce import ChunkCoalescer
 
 REPO = Path(__file__).resolve().parents[1]
 

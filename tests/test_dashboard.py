@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from atomr.metrics import DeploymentMetrics, HttpMetrics
+from atomr.observability.metrics import DeploymentMetrics, HttpMetrics
 from tests.conftest import REPO, Node
 
 DASHBOARD = REPO / "system_config" / "grafana" / "atomr-dashboard.json"

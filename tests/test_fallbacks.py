@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.client import Client
 from atomr.core.errors import InferenceError, UnavailableError
 from atomr.models import builtin_model_dir
-from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI
 

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from atomr.client import Client
-from atomr.system import processes_on_port
+from atomr.cluster.system import processes_on_port
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI
 

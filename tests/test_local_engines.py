@@ -49,10 +49,10 @@ def need(runtime: str) -> None:
 def direct_reference(runtime: str) -> Callable[[Path, Any, int], str]:
     """Greedy text from the engine called directly (no atomr runner, no actors)."""
     if runtime == "ort":
-        from runners.local.ort import ort_greedy_reference
+        from atomr.runners.local.ort.runner import ort_greedy_reference
 
         return ort_greedy_reference
-    from runners.local.mistralrs import mistralrs_greedy_reference
+    from atomr.runners.local.mistralrs.runner import mistralrs_greedy_reference
 
     return mistralrs_greedy_reference
 
@@ -77,7 +77,7 @@ def test_one_line_of_yaml_moves_the_model_between_engines(node: Node, tmp_path: 
     assert len(changed) == (0 if runtime == "ort" else 1)
     path = tmp_path / "tiny.yaml"
     path.write_text(text)
-    from runners.local.ort import ort_greedy_reference  # the engines agree on the tiny model
+    from atomr.runners.local.ort.runner import ort_greedy_reference  # the engines agree on the tiny model
 
     expected_chat = ort_greedy_reference(MODEL, CHAT, MAX_TOKENS)
     expected_completion = ort_greedy_reference(MODEL, COMPLETION, MAX_TOKENS)
@@ -124,7 +124,7 @@ def _ancestors_in_node(pid: int, node_pids: set[int]) -> list[psutil.Process]:
 @pytest.mark.parametrize("runtime", ["ort", "vllm"])
 def test_runner_host_is_pinned_to_its_gpu_and_its_parents_load_no_engine(node: Node, runtime: str) -> None:
     need(runtime)
-    from atomr.system import system_processes
+    from atomr.cluster.system import system_processes
 
     name = f"pinned-{runtime}"
     with Client(node.address) as client:

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from atomr.runners.catalog import runner_class
+from atomr.runners.local.mistralrs.runner import MistralRsRunner, mistralrs_greedy_reference, sampling_kwargs
 
 from atomr.core.deployment import Deployment
 from atomr.core.errors import (
@@ -22,10 +24,8 @@ from atomr.core.errors import (
     NotFoundError,
     UnavailableError,
 )
-from atomr.core.runner import runner_class
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
 from atomr.models import builtin_model_dir
-from runners.local.mistralrs import MistralRsRunner, mistralrs_greedy_reference, sampling_kwargs
 from tests.conftest import require_engine
 from tests.local_support import how_streams_ended, keep_trying, wait_idle
 
@@ -107,7 +107,7 @@ def test_runtime_table_names_this_runner() -> None:
 
 
 def test_importing_the_module_does_not_import_the_engine() -> None:
-    code = "import sys, runners.local.mistralrs; assert 'mistralrs' not in sys.modules, 'engine imported'"
+    code = "import sys, atomr.runners.local.mistralrs.runner; assert 'mistralrs' not in sys.modules, 'engine imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
@@ -146,7 +146,7 @@ def test_greedy_matches_mistralrs_directly(runner: MistralRsRunner) -> None:
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime_genai is not installed (no ORT reference)")
 def test_greedy_matches_ort_genai(runner: MistralRsRunner) -> None:
-    from runners.local.ort import ort_greedy_reference
+    from atomr.runners.local.ort.runner import ort_greedy_reference
 
     for req in [
         completion("The actor model", max_tokens=120),

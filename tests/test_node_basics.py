@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from atomr.cluster.system import system_processes
 from atomr.core.deployment import Supervision
-from atomr.node import detect_gpus
-from atomr.system import system_processes
+from atomr.node.main import detect_gpus
 from tests.conftest import Node
 
 

@@ -10,12 +10,13 @@ import pytest
 
 pytest.importorskip("onnxruntime_genai")
 
+from atomr.runners.catalog import runner_class
+from atomr.runners.local.ort.runner import OrtRunner, ort_greedy_reference
+
 from atomr.core.deployment import Deployment
 from atomr.core.errors import ConfigError, ContextLengthError, NotFoundError, UnavailableError
-from atomr.core.runner import runner_class
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
 from atomr.models import builtin_model_dir
-from runners.local.ort import OrtRunner, ort_greedy_reference
 from tests.local_support import how_streams_ended, keep_trying, wait_idle
 
 MODEL = builtin_model_dir("tiny-llama")
@@ -27,7 +28,7 @@ ACTOR = (
 
 
 def deployment(**engine: object) -> Deployment:
-    return Deployment(name="tiny", model="builtin:tiny-llama", model_path=MODEL, engine=dict(engine))
+    return Deployment(name="tiny", model="builtin:tiny-llama", runtime="ort", model_path=MODEL, engine=dict(engine))
 
 
 @pytest.fixture(scope="module", params=["engine", "batch", "generators"])

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from atomr.system import free_port
+from atomr.cluster.system import free_port
 from tests.conftest import REPO, Node, node_env
 from tests.test_dashboard import (
     SAMPLED_ONLY_LATER,

@@ -33,7 +33,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from atomr.core.deployment import Deployment, deployment_from_dict, load_deployments
+from atomr.config import deployment_from_dict, load_deployments
+from atomr.core.deployment import Deployment
 from atomr.core.errors import ConfigError, InferenceError, InvalidRequestError
 from atomr.core.tenants import TenantTable, hash_key, tenants_from_config
 from atomr.core.types import ROLES, InferenceRequest, Message, SamplingParams

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from atomr.client import Client
-from atomr.core.deployment import load_deployments
+from atomr.config import load_deployments
 from atomr.core.errors import ConfigError, InferenceError, RateLimitedError
 from atomr.core.ratelimit import WINDOW_S, Budget
 from tests.conftest import Node

@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from atomr.runners.catalog import runner_class
+from atomr.runners.remote.anthropic.runner import AnthropicRunner
 
-from atomr.actors.session import run_session
 from atomr.client import Client
-from atomr.core.deployment import deployment_from_dict
+from atomr.config import deployment_from_dict
 from atomr.core.errors import (
     AuthError,
     CircuitOpenError,
@@ -34,9 +35,9 @@ from atomr.core.errors import (
     OverloadedError,
     UnavailableError,
 )
-from atomr.core.runner import check_supported, runner_class
+from atomr.core.runner import check_supported
 from atomr.core.types import InferenceRequest, SamplingParams, StreamEvent, Usage
-from runners.remote.anthropic import AnthropicRunner
+from atomr.serving.session import run_session
 from tests.conftest import Node
 from tests.fakes.anthropic_server import FakeAnthropic, error_json, tokenize
 from tests.remote_support import assert_key_hidden as _assert_key_hidden

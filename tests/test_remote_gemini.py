@@ -22,18 +22,18 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from atomr.runners.catalog import runner_class
+from atomr.runners.remote.gemini.runner import GeminiRunner, chosen_logprobs, finish_reason_of
 
 from atomr.client import Client
-from atomr.core.deployment import deployment_from_dict
+from atomr.config import deployment_from_dict
 from atomr.core.errors import (
     AuthError,
     CircuitOpenError,
     InferenceTimeoutError,
     UnavailableError,
 )
-from atomr.core.runner import runner_class
 from atomr.core.types import InferenceRequest, SamplingParams, TokenLogprob, Usage
-from runners.remote.gemini import GeminiRunner, chosen_logprobs, finish_reason_of
 from tests.conftest import Node
 from tests.fakes.gemini_server import FakeGemini, error_json, token_logprob, tokenize
 from tests.remote_support import assert_key_hidden as _assert_key_hidden

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
+from atomr.runners.remote.base import RemoteRunner
+from atomr.runners.remote.litellm.runner import LiteLLMRunner, clean_message
 
-from atomr.core.deployment import deployment_from_dict
+from atomr.config import deployment_from_dict
 from atomr.core.errors import InferenceError
 from atomr.core.types import Chunk, InferenceRequest, Message, Usage
-from runners.remote.base import RemoteRunner
-from runners.remote.litellm import LiteLLMRunner, clean_message
 from tests.conftest import REPO, Node
 from tests.fakes.anthropic_server import FakeAnthropic
 from tests.fakes.openai_server import FakeOpenAI, tokenize
@@ -74,7 +74,7 @@ def test_import_is_quiet_and_offline() -> None:
     env["LITELLM_MODEL_COST_MAP_URL"] = "http://127.0.0.1:9/unreachable.json"  # a fetch would fail loudly
     env["PYTHONPATH"] = str(REPO)
     code = (
-        "import logging, os; logging.basicConfig(level=logging.INFO); import runners.remote.litellm; "
+        "import logging, os; logging.basicConfig(level=logging.INFO); import atomr.runners.remote.litellm.runner; "
         "print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'])"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 import yaml
+from atomr.runners.remote.base import RemoteRunner
+from atomr.runners.remote.openai.runner import OpenAIRunner, retry_after_from
 
-from atomr.actors.session import run_session
-from atomr.core.deployment import Limits, deployment_from_dict
+from atomr.config import deployment_from_dict
+from atomr.core.deployment import Limits
 from atomr.core.errors import AuthError, InferenceError
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, StreamEvent, TokenLogprob, Usage
-from runners.remote.base import RemoteRunner
-from runners.remote.openai import OpenAIRunner, retry_after_from
+from atomr.serving.session import run_session
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI, token_logprob, tokenize
 from tests.remote_support import outcome as collect

@@ -9,10 +9,10 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from atomr.runners.remote.resilience import CircuitBreaker, RetryPolicy, resilient_stream
 
 from atomr.core.errors import InferenceError, InvalidRequestError, RateLimitedError, UnavailableError
 from atomr.core.types import Chunk
-from runners.remote.resilience import CircuitBreaker, RetryPolicy, resilient_stream
 
 
 class Provider:

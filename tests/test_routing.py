@@ -21,14 +21,15 @@ from typing import Any
 import pytest
 import yaml
 
-from atomr.actors.messages import DeploymentInfo, DeploymentStats, ReplicaInfo, Route
 from atomr.client import Client
-from atomr.core.deployment import deployment_from_dict
+from atomr.config import deployment_from_dict, load_policies
 from atomr.core.errors import ConfigError
-from atomr.core.policies import RoutePolicy, load_policies, policies_from_config
+from atomr.core.policies import RoutePolicy, policies_from_config
+from atomr.core.routes import DeploymentStats, Route
+from atomr.core.routing import PROBE_INTERVAL_S, Router
+from atomr.core.status import DeploymentInfo, ReplicaInfo
 from atomr.core.types import InferenceRequest, SamplingParams
-from atomr.route_stats import StatsTracker
-from atomr.routing import PROBE_INTERVAL_S, Router
+from atomr.observability.route_stats import StatsTracker
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI, tokenize
 

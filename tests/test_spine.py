@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.client import Client
 from atomr.core.errors import (
@@ -25,7 +26,6 @@ from atomr.core.errors import (
 )
 from atomr.core.types import InferenceRequest, Message, SamplingParams
 from atomr.models import builtin_model_dir
-from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 
 MODEL_DIR = builtin_model_dir("tiny-llama")

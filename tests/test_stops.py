@@ -1,12 +1,11 @@
-"""Stop-sequence matching over streamed text pieces (runners.common.stops)."""
+"""Stop-sequence matching over streamed text pieces (atomr.runners.common.stops)."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-
-from runners.common.stops import StopMatcher, truncate_at_stop
+from atomr.runners.common.stops import StopMatcher, truncate_at_stop
 
 
 def stream(pieces: list[str], stops: list[str]) -> tuple[str, bool, list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from atomr.core.errors import InferenceTimeoutError, RunnerCrashedError, UnavailableError
 from atomr.core.types import Chunk, StreamEvent, Usage
-from atomr.stream_assembly import LATE_CHUNK_WAIT_S, StreamAssembler
+from atomr.serving.stream_assembly import LATE_CHUNK_WAIT_S, StreamAssembler
 
 
 def chunk(seq: int, text: str, replica: str = "r0.0") -> StreamEvent:

@@ -18,13 +18,13 @@ from typing import Any
 
 import psutil
 import yaml
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.actors.coordinator import is_permanent
 from atomr.client import Client
+from atomr.cluster.system import system_processes
 from atomr.core.errors import InferenceError, InternalError, NotFoundError, RunnerCrashedError, as_error_info
 from atomr.models import builtin_model_dir
-from atomr.system import system_processes
-from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI
 

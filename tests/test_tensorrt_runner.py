@@ -19,19 +19,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from atomr.core.deployment import Deployment, is_trt_engine_dir
-from atomr.core.errors import ConfigError, ContextLengthError, InternalError, NotFoundError, UnavailableError
-from atomr.core.runner import runner_class
-from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
-from atomr.models import builtin_model_dir
-from runners.local.tensorrt import (
+from atomr.runners.catalog import runner_class
+from atomr.runners.local.tensorrt.runner import (
     TensorRTOptions,
     TensorRTRunner,
     _logprob_value,
     _resolve,
     request_sampling_kwargs,
 )
+from atomr.runners.local.tensorrt.spec import is_trt_engine_dir
+
+from atomr.core.deployment import Deployment
+from atomr.core.errors import ConfigError, ContextLengthError, InternalError, NotFoundError, UnavailableError
+from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
+from atomr.models import builtin_model_dir
 
 MODEL = builtin_model_dir("tiny-llama")
 REPO = Path(__file__).resolve().parents[1]
@@ -60,14 +61,15 @@ def test_runtime_table_and_capabilities() -> None:
 
 def test_importing_the_module_imports_no_engine() -> None:
     code = (
-        "import sys, runners.local.tensorrt; assert not {'tensorrt_llm', 'torch'} & set(sys.modules), 'engine imported'"
+        "import sys, atomr.runners.local.tensorrt.runner; "
+        "assert not {'tensorrt_llm', 'torch'} & set(sys.modules), 'engine imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
 def test_options() -> None:
     assert TensorRTRunner(deployment()).options == TensorRTOptions()
-    opts = TensorRTOptions.parse(
+    opts = TensorRTOptions.model_validate(
         {
             "backend": "tensorrt",
             "dtype": "float16",
@@ -221,7 +223,7 @@ def test_gpu_greedy_streams_and_matches_ort(runner: TensorRTRunner) -> None:
     last = check_stream(chunks)
     assert last.usage is not None and last.usage.prompt_tokens == len(runner.prompt_ids(chat("What is an actor?")))
     if importlib.util.find_spec("onnxruntime_genai") is not None:  # same greedy text as ORT GenAI (fp32 weights)
-        from runners.local.ort import ort_greedy_reference
+        from atomr.runners.local.ort.runner import ort_greedy_reference
 
         ref = ort_greedy_reference(MODEL, [{"role": "user", "content": "What is an actor?"}], 60)
         assert text(chunks) == ref

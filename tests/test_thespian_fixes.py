@@ -1,4 +1,4 @@
-"""atomr's Thespian bug fixes (atomr/thespian_fixes.py) in a real actor system.
+"""atomr's Thespian bug fixes (atomr/cluster/thespian_fixes.py) in a real actor system.
 
 The scenario runs in its own process (``main``), which starts a multiprocTCPBase system on a free
 port, so this pytest process never owns an admin. A parent actor starts children; the scenario
@@ -19,8 +19,8 @@ from typing import Any
 
 from thespian.actors import Actor, ActorAddress, ChildActorExited
 
-from atomr.system import free_port, start_system, stop_system
-from atomr.thespian_fixes import EXPECTED, apply_fixes, fixes_applied, mismatches
+from atomr.cluster.system import free_port, start_system, stop_system
+from atomr.cluster.thespian_fixes import EXPECTED, apply_fixes, fixes_applied, mismatches
 from tests.conftest import REPO, node_env
 
 CHILDREN = 8

@@ -1,4 +1,4 @@
-"""atomr's Thespian transport patches (atomr/thespian_patches.py) in real actor systems.
+"""atomr's Thespian transport patches (atomr/cluster/thespian_patches.py) in real actor systems.
 
 Two multiprocTCPBase systems run for the module, each started by its own process on a free port:
 one with the patches (``ATOMR_THESPIAN_PATCHES=1``), one without (``=0``). The checks run in
@@ -25,7 +25,7 @@ import psutil
 import pytest
 from thespian.actors import Actor, ActorAddress
 
-from atomr.system import (
+from atomr.cluster.system import (
     connect_system,
     disconnect_system,
     end_processes,
@@ -34,7 +34,7 @@ from atomr.system import (
     stop_system,
     system_processes,
 )
-from atomr.thespian_patches import ENV_VAR, PATCHES
+from atomr.cluster.thespian_patches import ENV_VAR, PATCHES
 from tests.conftest import REPO, node_env
 
 ASK_TIMEOUT = 60.0
@@ -179,7 +179,7 @@ ACTORS: dict[str, type[Actor]] = {
 
 def serve(port: int, ready_file: str) -> None:
     """Start a system on `port` with its actors; stop it when stdin closes."""
-    from atomr.thespian_patches import applied_patches
+    from atomr.cluster.thespian_patches import applied_patches
 
     asys = start_system(port)
     try:
@@ -223,7 +223,7 @@ def client_outstanding(asys: Any, echo: ActorAddress, count: int) -> list[int]:
 
 def scenario(name: str, ports: list[int]) -> dict[str, Any]:
     """One check, run by a client process against the systems on `ports`."""
-    from atomr.thespian_patches import applied_patches
+    from atomr.cluster.thespian_patches import applied_patches
 
     systems = [connect_system(p) for p in ports]
     try:
@@ -270,7 +270,7 @@ def switch_state() -> dict[str, Any]:
         tp.EXPECTED[sys.argv[2]] = "0" * 16
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        from atomr.thespian_setup import configure_thespian
+        from atomr.cluster.thespian_setup import configure_thespian
 
         configure_thespian()
     from thespian.system import systemCommon
@@ -463,7 +463,7 @@ def test_the_poll_selector_reports_like_epoll_merges_repeats_and_refuses_closed_
     import os
     import selectors
 
-    from atomr.thespian_patches import OneShotPollSelector
+    from atomr.cluster.thespian_patches import OneShotPollSelector
 
     a, b = socket.socketpair()
     try:
@@ -500,7 +500,7 @@ def test_the_poll_selector_reports_like_epoll_merges_repeats_and_refuses_closed_
 def test_lazy_debug_text_is_formatted_only_when_used_and_pickles_as_text() -> None:
     import pickle
 
-    from atomr.thespian_patches import LazyText
+    from atomr.cluster.thespian_patches import LazyText
 
     calls: list[object] = []
 

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import psutil
 
-from atomr.system import system_processes
-from atomr.thespian_setup import TRANSMIT_RETRY_S, configure_thespian
+from atomr.cluster.system import system_processes
+from atomr.cluster.thespian_setup import TRANSMIT_RETRY_S, configure_thespian
 from tests.conftest import Node
 
 

@@ -17,7 +17,7 @@ from atomr.models import BUILTIN_PREFIX, builtin_model_dir, list_builtin_models
 
 pytest.importorskip("onnxruntime_genai")
 
-from runners.local.ort import ort_greedy_reference
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = builtin_model_dir("tiny-llama")

@@ -22,6 +22,10 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from atomr.runners.catalog import runner_class
+from atomr.runners.common.stops import truncate_at_stop
+from atomr.runners.local.vllm.runner import VllmRunner, vllm_env_defaults, vllm_greedy_reference
+
 from atomr.core.deployment import Deployment
 from atomr.core.errors import (
     ConfigError,
@@ -31,11 +35,8 @@ from atomr.core.errors import (
     RunnerCrashedError,
     UnavailableError,
 )
-from atomr.core.runner import runner_class
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
 from atomr.models import builtin_model_dir
-from runners.common.stops import truncate_at_stop
-from runners.local.vllm import VllmRunner, vllm_env_defaults, vllm_greedy_reference
 from tests.local_support import how_streams_ended
 
 T = TypeVar("T")
@@ -126,7 +127,9 @@ def test_runtime_table_names_this_runner() -> None:
 
 
 def test_importing_the_runner_loads_no_engine() -> None:
-    code = "import runners.local.vllm, sys; assert 'vllm' not in sys.modules and 'torch' not in sys.modules"
+    code = (
+        "import atomr.runners.local.vllm.runner, sys; assert 'vllm' not in sys.modules and 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
@@ -203,7 +206,7 @@ def test_chat_greedy_equals_vllm_directly(loop: asyncio.AbstractEventLoop, runne
 
 def test_greedy_equals_ort(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
     pytest.importorskip("onnxruntime_genai")
-    from runners.local.ort import ort_greedy_reference
+    from atomr.runners.local.ort.runner import ort_greedy_reference
 
     for req in (completion("To bake bread,", max_tokens=50), chat("Count to five.", max_tokens=40)):
         what: Any = [{"role": m.role, "content": m.content} for m in req.messages] if req.messages else req.prompt

@@ -4,7 +4,7 @@ A request to a cascade's name becomes one session here. The gateway sends the fi
 request (same prompt and parameters, logprobs on, id ``<id>:t1``) through its own `accept`, as
 its requester, exactly as the HTTP front does; the tier's events come back to the gateway, and a
 `StreamAssembler` per tier puts them in order. When the tier's answer is complete, its token
-logprobs are judged (`atomr.cascade.accepts`): accepted, it is sent to the caller; rejected, or
+logprobs are judged (`atomr.core.cascade.accepts`): accepted, it is sent to the caller; rejected, or
 when the tier failed, the next tier is asked. The caller sees one request.
 
 What streams: the answer of a tier below the last is held in the gateway until it is accepted
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from atomr.actors.messages import WorkItem
-from atomr.cascade import accepts, confidence_of, price
+from atomr.core.cascade import accepts, confidence_of, price
 from atomr.core.deployment import Deployment
 from atomr.core.errors import ConfigError, InferenceError
 from atomr.core.policies import Cascade
 from atomr.core.types import StreamEvent
-from atomr.metrics import OrchestrationMetrics
-from atomr.stream_assembly import Step, StreamAssembler
+from atomr.observability.metrics import OrchestrationMetrics
+from atomr.serving.stream_assembly import Step, StreamAssembler
 
 if TYPE_CHECKING:
     from atomr.actors.gateway import Gateway

@@ -41,7 +41,6 @@ from atomr.actors.messages import (
     Address,
     AdoptReplica,
     Cancel,
-    DeploymentInfo,
     DeploymentState,
     Dispatch,
     Drain,
@@ -53,7 +52,6 @@ from atomr.actors.messages import (
     PlaceReplica,
     ReplicaExited,
     ReplicaFailed,
-    ReplicaInfo,
     ReplicaPlaced,
     ReplicaProgress,
     ReplicaReady,
@@ -65,7 +63,6 @@ from atomr.actors.messages import (
     SwapVersion,
     WorkItem,
 )
-from atomr.actors.session import record_end
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.deployment import Deployment
 from atomr.core.errors import (
@@ -80,9 +77,11 @@ from atomr.core.errors import (
     says_out_of_memory,
 )
 from atomr.core.fair_queue import FairQueue
+from atomr.core.status import DeploymentInfo, ReplicaInfo
 from atomr.core.tenants import Tenant
 from atomr.core.types import StreamEvent
-from atomr.metrics import DeploymentMetrics
+from atomr.observability.metrics import DeploymentMetrics
+from atomr.serving.session import record_end
 
 log = structlog.get_logger("atomr.coordinator")
 

@@ -27,7 +27,6 @@ from atomr.actors.messages import (
     REGISTRY_NAME,
     Address,
     Deploy,
-    DeploymentInfo,
     DeploymentState,
     Drain,
     Drained,
@@ -42,7 +41,6 @@ from atomr.actors.messages import (
     RegisterNode,
     ReplicaPlaced,
     Reply,
-    Route,
     RouteTable,
     SetRoutes,
     SetTenants,
@@ -57,7 +55,9 @@ from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.deployment import Deployment, shared_limit_clash
 from atomr.core.errors import ConfigError, InferenceError, InternalError, NotFoundError, UnavailableError
-from atomr.core.runner import install_hint
+from atomr.core.routes import Route
+from atomr.core.status import DeploymentInfo
+from atomr.runners.catalog import install_hint
 
 log = structlog.get_logger("atomr.manager")
 

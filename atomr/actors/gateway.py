@@ -8,7 +8,7 @@ server runs on this actor's sidecar loop and its requests enter through `accept`
 with this gateway as their requester (`atomr.http.lane`).
 
 Model names may also be routes or cascades (the registry's `PolicyTable`). A route's deployment
-is chosen per request by `atomr.routing.Router` from this gateway's copy of the routes and of the
+is chosen per request by `atomr.core.routing.Router` from this gateway's copy of the routes and of the
 deployments' stats (`RouteStats`, refreshed by the registry), with no extra message; the route's
 other deployments become the request's fallbacks. A cascade's requests are run here, with the
 gateway as requester of each tier (`atomr.actors.cascade_lane`).
@@ -35,7 +35,6 @@ from atomr.actors.messages import (
     AcquireLease,
     Address,
     Cancel,
-    DeploymentStats,
     Events,
     Hello,
     HelloReply,
@@ -45,7 +44,6 @@ from atomr.actors.messages import (
     PolicyTable,
     ReleaseLease,
     Reply,
-    Route,
     RouteStats,
     RouteTable,
     Settle,
@@ -59,9 +57,10 @@ from atomr.actors.sidecar import SidecarActor
 from atomr.core.errors import ConfigError, InferenceError, NotFoundError, RateLimitedError
 from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.ratelimit import estimate_tokens
+from atomr.core.routes import DeploymentStats, Route
+from atomr.core.routing import Router
 from atomr.core.types import StreamEvent, Usage
-from atomr.metrics import OrchestrationMetrics, Recorder
-from atomr.routing import Router
+from atomr.observability.metrics import OrchestrationMetrics, Recorder
 
 LEASE_TTL_S = 1.0  # unused lease parts go back to the limiter after this long
 

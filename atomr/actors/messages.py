@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from atomr.core.deployment import Deployment, RateBudget
+from atomr.core.deployment import Deployment
 from atomr.core.errors import ErrorInfo
 from atomr.core.policies import Cascade, Policies, RoutePolicy
+from atomr.core.routes import DeploymentStats, Route
+from atomr.core.status import DeploymentInfo
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 
 # Thespian ActorAddress objects are typed Any here: they are opaque handles.
@@ -251,36 +253,6 @@ class NodeJoined:
 
 
 @dataclass(slots=True)
-class ReplicaInfo:
-    replica_id: str
-    node_id: str
-    state: str  # starting | ready | restarting | stopping | exited | isolated
-    pid: int = 0
-    gpu_ids: list[str] = field(default_factory=list)
-    inflight: int = 0
-    error: str | None = None
-    restarts: int = 0
-    host: str = ""
-    visible_devices: str | None = None
-    health: dict[str, Any] = field(default_factory=dict)  # e.g. {"circuit": {"state": "open", ...}}
-
-
-@dataclass(slots=True)
-class DeploymentInfo:
-    name: str
-    model: str
-    runtime: str
-    version: str
-    state: str  # deploying | ready | degraded | failed | draining
-    replicas: list[ReplicaInfo] = field(default_factory=list)
-    queued: int = 0
-    aliases: list[str] = field(default_factory=list)
-    error: str | None = None
-    swap: str | None = None  # progress of a version switch in course, e.g. "v2: 1/2 replicas ready"
-    coordinator_pid: int = 0  # the process of its coordinator
-
-
-@dataclass(slots=True)
 class Deploy:
     deployment: Deployment
     wait: bool = True
@@ -362,21 +334,6 @@ class Drained:
 
 
 @dataclass(slots=True)
-class Route:
-    deployment: str
-    version: str
-    runtime: str
-    coordinator: Address
-    # (key, rpm, tpm, window_s) of each rate limit a request must fit (none: not rate limited)
-    limits: tuple[RateBudget, ...] = ()
-    # The deployment itself: what routing policies and cascades weigh (cost, quality, limits)
-    spec: Deployment | None = None
-    # When its coordinator started (time.time()): requests sent before a later value may have died
-    # with the coordinator it replaced.
-    since: float = 0.0
-
-
-@dataclass(slots=True)
 class SetRoutes:
     """Registry update: these names now route to `route` (None removes them)."""
 
@@ -424,27 +381,6 @@ class PolicyTable:
 
     routes: dict[str, RoutePolicy]
     cascades: dict[str, Cascade]
-
-
-@dataclass(slots=True)
-class DeploymentStats:
-    """What routing policies know of a deployment besides its `Route` (the registry refreshes it).
-
-    `ready`: some replica is ready; `circuit_open`: every ready replica's breaker is open;
-    `saturated`: its queue is full; `queued`: requests wait in its queue; `ttft_s` /
-    `latency_s`: moving averages of what its coordinator measured (None until it served a request).
-    """
-
-    ready: bool = True
-    circuit_open: bool = False
-    saturated: bool = False
-    queued: bool = False
-    ttft_s: float | None = None
-    latency_s: float | None = None
-
-    @property
-    def usable(self) -> bool:
-        return self.ready and not self.circuit_open and not self.saturated
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 from atomr.actors.messages import Address, GetMetrics, MetricsDrop, MetricsSnapshot, Reply
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.errors import InternalError
-from atomr.metrics import SnapshotStore
+from atomr.observability.metrics import SnapshotStore
 
 
 class MetricsCollector(SidecarActor):

@@ -33,7 +33,7 @@ from atomr.actors.messages import (
 )
 from atomr.actors.runner_host import RunnerHost
 from atomr.actors.sidecar import SidecarActor
-from atomr.core.runner import installed_runtimes
+from atomr.runners.catalog import installed_runtimes
 
 log = structlog.get_logger("atomr.node_agent")
 

@@ -5,7 +5,7 @@ Gateways subscribe and keep a copy; a gateway that misses a name asks once befor
 
 It also holds the routing policies and cascades (`SetPolicies`) and, while there are any (or a
 deployment is served inside gateways too, whose HTTP fronts must not jump its queue), what
-they weigh besides a route: each deployment's health, load and speed (`atomr.route_stats`). It
+they weigh besides a route: each deployment's health, load and speed (`atomr.observability.route_stats`). It
 reads them from the deployment manager (replica states, circuit breakers) every
 `STATS_PERIOD_S` and from the metrics collector (queue depth, time to first token, latency)
 every second, and sends gateways a `RouteStats` when something changed. So a gateway chooses a
@@ -25,14 +25,12 @@ from atomr.actors.messages import (
     MANAGER_NAME,
     METRICS_NAME,
     Address,
-    DeploymentStats,
     GetMetrics,
     GetRoutes,
     ListDeployments,
     Lookup,
     PolicyTable,
     Reply,
-    Route,
     RouteStats,
     RouteTable,
     SetPolicies,
@@ -42,7 +40,9 @@ from atomr.actors.messages import (
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.errors import ConfigError
 from atomr.core.policies import Cascade, RoutePolicy
-from atomr.route_stats import StatsTracker
+from atomr.core.routes import DeploymentStats, Route
+from atomr.observability.route_stats import StatsTracker
+from atomr.runners.catalog import serves_in_gateway
 
 STATS_PERIOD_ENV = "ATOMR_STATS_PERIOD_S"
 METRICS_EVERY_S = 1.0
@@ -124,7 +124,7 @@ class Registry(SidecarActor):
 
     def _wants_stats(self) -> bool:
         return bool(self.route_policies or self.cascades) or any(
-            r.spec is not None and r.spec.in_gateway for r in self.routes.values()
+            r.spec is not None and serves_in_gateway(r.spec) for r in self.routes.values()
         )
 
     def _start_polling(self) -> None:

@@ -42,11 +42,12 @@ from atomr.actors.messages import (
     ReplicaReady,
     WorkItem,
 )
-from atomr.actors.session import run_session
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.errors import ErrorInfo, as_error_info
-from atomr.core.runner import ModelRunner, runner_class
+from atomr.core.runner import ModelRunner
 from atomr.core.types import StreamEvent
+from atomr.runners.catalog import runner_class
+from atomr.serving.session import run_session
 
 log = structlog.get_logger("atomr.runner_host")
 

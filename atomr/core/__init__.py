@@ -1,9 +1,14 @@
-"""Core values of atomr: deployments, requests, chunks, results, errors and the runner interface.
+"""Core of atomr: values, errors, the runner protocol and the pure policies.
 
-Pure values with no actors and no I/O beyond reading a YAML file.
+Deployments, requests, chunks, results and usage; the `InferenceError` taxonomy; the
+`ModelRunner` interface; and the decisions that need no process: routing choice (`routing`),
+the cascade rule (`cascade`), the fair queue (`fair_queue`), rate-limit arithmetic
+(`ratelimit`), tenants (`tenants`), routes and cascades as values (`policies`).
+
+May import: nothing of atomr outside `atomr.core`. No I/O, no Thespian, no engine names.
 """
 
-from atomr.core.deployment import Deployment, Limits, Placement, load_deployments
+from atomr.core.deployment import Deployment, Limits, Placement
 from atomr.core.errors import ErrorInfo, InferenceError
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import (
@@ -31,5 +36,4 @@ __all__ = [
     "SamplingParams",
     "TokenLogprob",
     "Usage",
-    "load_deployments",
 ]

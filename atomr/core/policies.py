@@ -14,12 +14,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from atomr.core.deployment import _NAME, Deployment, load_yaml
+from atomr.core.deployment import _NAME, Deployment
 from atomr.core.errors import ConfigError
 
 POLICIES = ("fixed", "weighted", "cheapest", "fastest", "quality")
@@ -205,15 +204,6 @@ def policies_from_config(
                     field=f"cascades[{i}].tiers[{j}].deployment",
                 )
     return Policies(routes=tuple(routes), cascades=tuple(cascades))
-
-
-def load_policies(path: str | Path, deployments: Iterable[Deployment] | None = None) -> Policies:
-    """The routes and cascades of a YAML file (none when it has neither section)."""
-    p = Path(path)
-    raw = load_yaml(p)
-    if not isinstance(raw, Mapping):
-        return Policies()
-    return policies_from_config(raw, where=str(p), deployments=deployments)
 
 
 def _section(raw: Mapping[str, Any], key: str, where: str) -> list[Any]:

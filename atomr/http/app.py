@@ -33,8 +33,8 @@ from atomr.core.types import Chunk, InferenceRequest, StreamEvent
 from atomr.http import openai_wire as wire
 from atomr.http.openapi import openapi_document
 from atomr.http.settings import HttpSettings
-from atomr.metrics import HttpMetrics
-from atomr.stream_assembly import assemble_result
+from atomr.observability.metrics import HttpMetrics
+from atomr.serving.stream_assembly import assemble_result
 
 log = structlog.get_logger("atomr.http")
 

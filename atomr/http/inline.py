@@ -38,12 +38,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from atomr.actors.messages import DeploymentStats, Route, WorkItem
-from atomr.actors.session import record_end, run_session
+from atomr.actors.messages import WorkItem
 from atomr.core.deployment import Deployment
-from atomr.core.runner import ModelRunner, runner_class
+from atomr.core.routes import DeploymentStats, Route
+from atomr.core.runner import ModelRunner
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
-from atomr.metrics import DeploymentMetrics
+from atomr.observability.metrics import DeploymentMetrics
+from atomr.runners.catalog import runner_class, serves_in_gateway
+from atomr.serving.session import record_end, run_session
 
 log = structlog.get_logger("atomr.http.inline")
 
@@ -84,7 +86,7 @@ class InlineRunners:
         wanted: dict[str, Deployment] = {}
         for route in routes.values():
             spec = route.spec
-            if spec is not None and spec.in_gateway and spec.version == route.version:
+            if spec is not None and serves_in_gateway(spec) and spec.version == route.version:
                 wanted[spec.name] = spec
         self._names = {name: route.deployment for name, route in routes.items() if route.deployment in wanted}
         for name, spec in wanted.items():

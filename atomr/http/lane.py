@@ -26,15 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from atomr.actors.messages import GetMetrics, GetStatus, Reply, Route, WorkItem
+from atomr.actors.messages import GetMetrics, GetStatus, Reply, WorkItem
 from atomr.core.errors import InferenceError, InternalError, UnavailableError
+from atomr.core.routes import Route
 from atomr.core.tenants import TenantTable
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.http.app import make_app
 from atomr.http.inline import InlineRunners
 from atomr.http.settings import HttpSettings
-from atomr.metrics import HttpMetrics
-from atomr.stream_assembly import StreamAssembler
+from atomr.observability.metrics import HttpMetrics
+from atomr.serving.stream_assembly import StreamAssembler
 
 if TYPE_CHECKING:
     from atomr.actors.gateway import Gateway

@@ -25,11 +25,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from atomr.runners.remote.options import RemoteOptions
+from atomr.runners.remote.resilience import CircuitBreaker, RetryPolicy, resilient_stream
+from atomr.runners.spec import parse_engine_options
+
 from atomr.core.deployment import Deployment
 from atomr.core.errors import AuthError, InferenceError
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest
-from runners.remote.resilience import CircuitBreaker, RetryPolicy, resilient_stream
 
 
 class RemoteRunner(ModelRunner):
@@ -44,8 +47,9 @@ class RemoteRunner(ModelRunner):
         self.options: dict[str, Any] = dict(deployment.engine)
         prefix, sep, rest = deployment.model.partition("/")
         self.model_name = rest if sep and prefix in (self.provider, "google") else deployment.model
-        self.api_base: str | None = self.options.get("api_base")
-        self.timeout_s = float(self.options.get("timeout_s", 60.0))
+        common = parse_engine_options(deployment.runtime, deployment.engine, RemoteOptions)
+        self.api_base: str | None = common.api_base
+        self.timeout_s = common.timeout_s
         self.retry = RetryPolicy.from_options(self.options)
         self.breaker = CircuitBreaker.from_options(self.options)
         self.api_key: str | None = None

@@ -24,9 +24,9 @@ from pathlib import Path
 import yaml
 
 from atomr.client import Client
-from atomr.core.deployment import deployment_from_dict
+from atomr.config import deployment_from_dict
 from atomr.core.types import InferenceRequest, SamplingParams
-from atomr.node_process import NodeProcess
+from atomr.node.process import NodeProcess
 
 PROMPT = "The actor"
 DEPLOYMENT = {
@@ -67,7 +67,7 @@ class InProcess:
     """The runner called directly on an asyncio loop in a background thread."""
 
     def __init__(self, max_tokens: int) -> None:
-        from runners.local.ort import OrtRunner
+        from atomr.runners.local.ort.runner import OrtRunner
 
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()

@@ -20,15 +20,20 @@ from typing import Any
 import openai
 import uvicorn
 import uvloop
+from atomr.runners.remote.openai.runner import OpenAIRunner
 from fake_openai_backend import read_body  # this folder: the script's own (first on sys.path)
 
 from atomr.core.deployment import Deployment
-from runners.remote.openai import OpenAIRunner
 
 
 def make_app(backend_port: int) -> Any:
     runner = OpenAIRunner(
-        Deployment(name="gpt", model="openai/fake", engine={"api_base": f"http://127.0.0.1:{backend_port}/v1"})
+        Deployment(
+            name="gpt",
+            model="openai/fake",
+            runtime="openai",
+            engine={"api_base": f"http://127.0.0.1:{backend_port}/v1"},
+        )
     )
     loaded = False
 

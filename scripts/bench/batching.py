@@ -20,9 +20,10 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from atomr.runners.local.ort.runner import OrtRunner
+
 from atomr.core.deployment import Deployment
 from atomr.core.types import InferenceRequest, SamplingParams
-from runners.local.ort import OrtRunner
 
 PROMPTS = ["The actor model", "To bake bread,", "The weather today", "In winter", "A small garden", "Count to"]
 CONCURRENCY = (1, 4, 16)
@@ -85,7 +86,9 @@ def run(rounds: int = 3, requests: int = 64, max_tokens: int = 32, max_wait_ms: 
     ratios: dict[tuple[str, int], list[float]] = {}
     try:
         for name in NAMES:
-            dep = Deployment(name="bench", model="builtin:tiny-llama", engine=scheduler_options(name, max_wait_ms))
+            dep = Deployment(
+                name="bench", model="builtin:tiny-llama", runtime="ort", engine=scheduler_options(name, max_wait_ms)
+            )
             runners[name] = OrtRunner(dep)
             asyncio.run(runners[name].load())
         for name in NAMES:  # warm-up: the first requests of a fresh runner are slower

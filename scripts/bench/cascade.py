@@ -38,7 +38,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
 from atomr.client import Client  # noqa: E402
-from atomr.node_process import NodeProcess  # noqa: E402
+from atomr.node.process import NodeProcess  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
 

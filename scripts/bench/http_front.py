@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 from http_load import LoadResult, run_load  # noqa: E402
 from litellm_proxy import LiteLLMProxy  # noqa: E402
 
-from atomr.node_process import NodeProcess  # noqa: E402
+from atomr.node.process import NodeProcess  # noqa: E402
 
 CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
 STREAM = {**CHAT, "stream": True}
@@ -143,11 +143,17 @@ def compare(ports: dict[str, int], rounds: int, requests: int) -> dict[str, floa
 
 def sdk_alone_p50(backend_port: int, n: int) -> float:
     """p50 (ms) of sequential chat calls through the openai SDK client the `openai` runner makes."""
+    from atomr.runners.remote.openai.runner import OpenAIRunner  # here: the other paths need no SDK
+
     from atomr.core.deployment import Deployment
-    from runners.remote.openai import OpenAIRunner  # here: the other paths need no SDK
 
     runner = OpenAIRunner(
-        Deployment(name="gpt", model="openai/fake", engine={"api_base": f"http://127.0.0.1:{backend_port}/v1"})
+        Deployment(
+            name="gpt",
+            model="openai/fake",
+            runtime="openai",
+            engine={"api_base": f"http://127.0.0.1:{backend_port}/v1"},
+        )
     )
 
     async def calls() -> float:

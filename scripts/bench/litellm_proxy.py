@@ -27,7 +27,7 @@ from types import TracebackType
 import psutil
 import yaml
 
-from atomr.system import end_processes, free_port, port_open
+from atomr.cluster.system import end_processes, free_port, port_open
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO / ".bench-venvs" / "litellm"

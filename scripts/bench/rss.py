@@ -1,7 +1,7 @@
 """Memory of a running atomr node: every process it consists of, and their RSS summed, sampled.
 
-A node (`atomr.node_process.NodeProcess`) is the `python -m atomr.node` process with its children,
-plus its Thespian actor system, whose admin detaches from its starter: `atomr.system.system_processes`
+A node (`atomr.node.process.NodeProcess`) is the `python -m atomr.node` process with its children,
+plus its Thespian actor system, whose admin detaches from its starter: `atomr.cluster.system.system_processes`
 finds the admin through the node's port and everything below it (actors, runner hosts, logger).
 `node_processes` is the union of both; `RssSampler` sums their resident set sizes every
 `interval_s` seconds in a thread (finding the processes again every `refresh_s` seconds, so
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from atomr.node_process import NodeProcess
-from atomr.system import system_processes
+from atomr.cluster.system import system_processes
+from atomr.node.process import NodeProcess
 
 MIB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""Benchmark: Thespian's transport with and without atomr's speed patches (atomr.thespian_patches).
+"""Benchmark: Thespian's transport with and without atomr's speed patches (atomr.cluster.thespian_patches).
 
 Each measurement runs in a fresh process whose ``ATOMR_THESPIAN_PATCHES`` selects the patches; it
 starts its own multiprocTCPBase system on a free port, and a driver actor measures, actor to actor:
@@ -37,8 +37,8 @@ from typing import Any
 import psutil
 from thespian.actors import Actor, ActorAddress
 
-from atomr.system import end_processes, free_port, start_system, stop_system, system_processes
-from atomr.thespian_patches import ENV_VAR, applied_patches
+from atomr.cluster.system import end_processes, free_port, start_system, stop_system, system_processes
+from atomr.cluster.thespian_patches import ENV_VAR, applied_patches
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = (("blast", "blast"), ("rt1", "1 outstanding"), ("rt100", "100 outstanding"))

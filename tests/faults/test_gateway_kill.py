@@ -17,9 +17,10 @@ import signal
 import time
 from pathlib import Path
 
+from atomr.runners.local.ort.runner import ort_greedy_reference
+
 from atomr.client import Client
-from atomr.system import processes_on_port, system_processes
-from runners.local.ort import ort_greedy_reference
+from atomr.cluster.system import processes_on_port, system_processes
 from tests.conftest import Node
 from tests.faults.harness import (
     KINDS,

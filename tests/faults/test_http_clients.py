@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.client import Client
-from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI, tokenize
 from tests.faults.harness import (

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import psutil
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.client import Client
-from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 from tests.faults.harness import (
     KINDS,

@@ -13,10 +13,10 @@ import time
 
 import psutil
 import pytest
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.client import Client
-from atomr.system import system_processes
-from runners.local.ort import ort_greedy_reference
+from atomr.cluster.system import system_processes
 from tests.conftest import Node
 from tests.faults.harness import (
     KINDS,

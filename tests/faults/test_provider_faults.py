@@ -19,9 +19,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.client import Client
-from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI, tokenize
 from tests.fakes.server import Fault

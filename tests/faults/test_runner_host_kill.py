@@ -12,8 +12,9 @@ import signal
 import time
 from pathlib import Path
 
+from atomr.runners.local.ort.runner import ort_greedy_reference
+
 from atomr.client import Client
-from runners.local.ort import ort_greedy_reference
 from tests.conftest import Node
 from tests.faults.harness import (
     KINDS,

@@ -1,0 +1,216 @@
+"""`python -m atomr.node`: start one node (head, gpu or cpu) of an atomr cluster.
+
+The head runs the deployment manager, registry and gateway and deploys what its config lists;
+every node runs a node agent that reports its capabilities and hosts runner processes. The node
+binds loopback unless told otherwise, prints where it listens, and on SIGINT/SIGTERM stops its
+actor system and ends every process it started.
+
+Every frame between the processes of a cluster carries an HMAC with the cluster key
+(``atomr.cluster.auth``): ``--cluster-key-file`` (or ``node.cluster_key_file`` in the config, or
+``$ATOMR_CLUSTER_KEY_FILE`` / ``$ATOMR_CLUSTER_KEY``) is required with a ``--bind`` beyond loopback.
+A joining node first checks that the head accepts its key and exits (status 1) if it does not.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Thespian notices a dead convention member after 22 minutes by default; atomr's own heartbeats
+# notice it in seconds, and this makes Thespian's view follow soon after. Set before thespian loads.
+os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:02")
+
+import argparse
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from atomr.client import DEFAULT_PORT
+from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, probe, resolve_key
+from atomr.cluster.thespian_setup import DEFAULT_BIND
+from atomr.config import load_deployments, load_policies, load_yaml
+from atomr.core.errors import InferenceError
+from atomr.core.policies import Policies
+from atomr.core.tenants import tenants_from_config
+from atomr.http.settings import HttpSettings, http_settings_from_config
+from atomr.observability.logs import configure_logging, get_logger
+
+log = get_logger("atomr.node")
+WATCH_PERIOD_S = 0.5
+JOIN_CHECK_S = 2.0  # while the head is not reachable yet, ask it this often whether it accepts our key
+
+
+def say(line: str) -> None:
+    """One status line on stdout, in one write (actor processes share the stream and log to it)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m atomr.node", description=__doc__.splitlines()[0])
+    p.add_argument("--role", choices=("head", "gpu", "cpu"), default="head")
+    p.add_argument("--port", type=int, default=None, help=f"admin port (default {DEFAULT_PORT}, or the config's)")
+    p.add_argument("--bind", default=None, help=f"address to listen on (default {DEFAULT_BIND})")
+    p.add_argument("--join", default=None, metavar="HOST:PORT", help="the head node to join")
+    p.add_argument(
+        "--cluster-key-file",
+        default=None,
+        metavar="PATH",
+        help=f"the cluster key shared by every node and client (required with a --bind beyond loopback;"
+        f" default ${KEY_FILE_ENV}, else a per-user key on loopback)",
+    )
+    p.add_argument("--config", default=None, help="YAML file: node settings and deployments")
+    p.add_argument(
+        "--gpus", default=None, help="GPU ids of this node, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES or nvidia-smi)"
+    )
+    p.add_argument("--node-id", default=None, help="name of this node (default: hostname-port)")
+    p.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    p.add_argument(
+        "--http-port", type=int, default=None, help="serve the OpenAI-compatible HTTP front here (0: any free port)"
+    )
+    return p.parse_args(argv)
+
+
+def detect_gpus(flag: str | None) -> list[str]:
+    """GPU ids: --gpus, else CUDA_VISIBLE_DEVICES, else what nvidia-smi lists (never imports CUDA)."""
+    if flag is not None:
+        return [g.strip() for g in flag.split(",") if g.strip()]
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
+            return [line.strip() for line in out.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            return []
+    return []
+
+
+def check_join(join: tuple[str, int], key: ClusterKey, quiet: bool = False) -> bool | None:
+    """Whether the head accepts this node's cluster key (None: it gave no verdict yet).
+
+    A refusal is printed on stderr. A head that is not reachable yet is asked again while the node
+    runs (Thespian keeps trying to register with it meanwhile).
+    """
+    check = probe(join[0], join[1], key)
+    if check.accepted is False:
+        print(f"atomr node: could not join {join[0]}:{join[1]}: {check.detail}", file=sys.stderr, flush=True)
+    elif check.accepted is None and not quiet:
+        log.warning("head not reachable yet; will join when it is", head=f"{join[0]}:{join[1]}", detail=check.detail)
+    return check.accepted
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings: dict[str, Any] = {}
+    deployments = []
+    policies = Policies()
+    raw: Any = {}
+    try:
+        if args.config:
+            raw = load_yaml(args.config)
+            settings = dict(raw.get("node") or {}) if isinstance(raw, dict) else {}
+            deployments = load_deployments(args.config) if isinstance(raw, dict) and raw.get("deployments") else []
+            policies = load_policies(args.config, deployments if deployments else None)
+        raw = raw if isinstance(raw, dict) else {}
+        where = str(args.config or "command line")
+        http = http_settings_from_config(raw.get("http"), where)
+        if args.http_port is not None:
+            http = (http or HttpSettings()).model_copy(update={"port": args.http_port})
+        tenants = tenants_from_config(raw.get("tenants"), where)
+    except InferenceError as exc:
+        print(f"atomr node: {exc.message}", file=sys.stderr)
+        return 2
+    if (args.role == "head") == bool(args.join):
+        print("atomr node: a head node takes no --join; gpu and cpu nodes need --join HEAD:PORT", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level or settings.get("log_level", "info"))
+    port = args.port or int(settings.get("port", DEFAULT_PORT))
+    bind = args.bind or settings.get("bind", DEFAULT_BIND)
+    key_file = args.cluster_key_file
+    if not key_file and settings.get("cluster_key_file"):  # relative to the config file
+        key_file = os.path.join(
+            os.path.dirname(str(args.config)), os.path.expanduser(str(settings["cluster_key_file"]))
+        )
+    try:
+        key = resolve_key(bind, key_file=key_file)
+    except ClusterKeyError as exc:
+        print(f"atomr node: {exc.message}", file=sys.stderr)
+        return 2
+    if key_file:  # the actor system (started further down) resolves the same key
+        os.environ[KEY_FILE_ENV] = os.path.abspath(os.path.expanduser(str(key_file)))
+        os.environ.pop(KEY_ENV, None)
+    join = None
+    joined: bool | None = True
+    if args.join:
+        host, _, jport = args.join.rpartition(":")
+        join = (host or "127.0.0.1", int(jport))
+        joined = check_join(join, key)
+        if joined is False:
+            return 1
+    node_id = args.node_id or f"{socket.gethostname()}-{port}"
+    gpus = detect_gpus(args.gpus)
+
+    from atomr.node.runtime import NodeRuntime
+
+    node = NodeRuntime(node_id=node_id, role=args.role, port=port, bind=bind, gpu_ids=gpus, join=join)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node.start()
+        say(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}")
+        say(f"cluster key id {key.key_id} ({key.source})")
+        if node.join is None and tenants.tenants:
+            node.set_tenants(tenants.tenants)
+        if http is not None and node.join is None:
+            http_port = node.start_http(http, tenants.tenants)
+            say(f"http front on http://{http.bind}:{http_port}")
+        for dep in deployments if node.join is None else []:
+            try:
+                infos = node.deploy(dep)
+            except InferenceError as exc:  # one bad deployment must not take the node down
+                say(f"deploy of {dep.name} failed: {exc.kind}: {exc.message}")
+                log.error("deploy failed", deployment=dep.name, error=exc.message)
+                continue
+            say(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}")
+        if policies and node.join is None:
+            from atomr.actors.registry import publish_policies
+
+            try:
+                publish_policies(node.asys, policies)
+                say(f"routes and cascades: {', '.join(policies.names)}")
+            except InferenceError as exc:
+                say(f"routes and cascades refused: {exc.kind}: {exc.message}")
+        say("ready")
+        next_join_check = time.monotonic() + JOIN_CHECK_S
+        while not stop.wait(WATCH_PERIOD_S):
+            if joined is None and join is not None and time.monotonic() >= next_join_check:
+                joined = check_join(join, key, quiet=True)
+                if joined is False:
+                    return 1
+                next_join_check = time.monotonic() + JOIN_CHECK_S
+            try:
+                node.watch()  # the head's gateway and node agent are started again if they died
+            except InferenceError as exc:
+                log.error("restarting a dead actor failed; trying again", error=exc.message)
+    except InferenceError as exc:
+        print(f"atomr node: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        ended = node.stop()
+        if ended:
+            log.warning("ended leftover processes", pids=ended)
+        say("atomr node stopped")
+    return 0

@@ -1,0 +1,78 @@
+"""Run `python -m atomr.node` as a child process: start it, wait until it is ready, stop it.
+
+For scripts, benchmarks and tests that need a real node in its own process tree. Stopping sends
+SIGTERM (as an operator would) and then ends, by PID, anything the node's actor system left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from atomr.cluster.system import end_processes, free_port, system_processes
+
+
+class NodeProcess:
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        *,
+        config: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        timeout: float = 120.0,
+        python: str | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        fd, name = tempfile.mkstemp(prefix="atomr-node-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        cmd = [python or sys.executable, "-m", "atomr.node", "--port", str(self.port), *args]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+        )
+        deadline = time.time() + timeout
+        while "\nready\n" not in "\n" + self.output():
+            if self.proc.poll() is not None or time.time() > deadline:
+                out = self.output()
+                self.stop()
+                raise RuntimeError(f"node did not become ready:\n{out[-4000:]}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> list[int]:
+        """SIGTERM the node; returns the PIDs that had to be ended by force (normally none)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        leftover = end_processes(system_processes(self.port))
+        self._log.close()
+        return leftover
+
+    def __enter__(self) -> NodeProcess:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,142 @@
+"""One request on one runner: chunks coalesced, the deadline watched, exactly one final event.
+
+`record_end` is a request's accounting when it ends (metrics and its one log line at info level).
+Both are written once for the two places a runner serves requests: a runner host (a replica in its own
+process, `atomr.actors.runner_host`) and a gateway serving remote deployments for its HTTP front
+(`atomr.http.inline`). Events are stamped with where the request ran; the caller of
+`run_session` decides where they go. A request that asks for what the runner's capabilities lack
+is refused here, before generation (`atomr.core.runner.check_supported`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from atomr.core.deployment import Deployment
+from atomr.core.errors import CancelledRequestError, InferenceTimeoutError, as_error_info
+from atomr.core.runner import ModelRunner, check_supported
+from atomr.core.types import Chunk, InferenceRequest, StreamEvent, Usage
+from atomr.observability.metrics import DeploymentMetrics
+from atomr.serving.coalesce import ChunkCoalescer
+
+log = structlog.get_logger("atomr.request")
+
+
+class EventMaker:
+    """Builds the stream events of one request, stamped with where it ran."""
+
+    def __init__(self, request_id: str, replica: str, deployment: str, version: str) -> None:
+        self.base: dict[str, Any] = {
+            "request_id": request_id,
+            "replica": replica,
+            "deployment": deployment,
+            "version": version,
+        }
+
+    def chunk(self, chunk: Chunk, seq: int) -> StreamEvent:
+        return StreamEvent(chunk=chunk, seq=seq, **self.base)
+
+    def final(self, chunks_sent: int, usage: Usage | None) -> StreamEvent:
+        return StreamEvent(final=True, seq=chunks_sent, usage=usage, **self.base)
+
+    def error(self, exc: BaseException, chunks_sent: int) -> StreamEvent:
+        return StreamEvent(final=True, error=as_error_info(exc), seq=chunks_sent, **self.base)
+
+    def cancelled(self, chunks_sent: int) -> StreamEvent:
+        info = CancelledRequestError("request cancelled").info()
+        return StreamEvent(final=True, error=info, seq=chunks_sent, **self.base)
+
+
+async def run_session(
+    runner: ModelRunner | None,
+    request: InferenceRequest,
+    deployment: Deployment,
+    replica: str,
+    send_chunk: Callable[[StreamEvent], None],
+    send_final: Callable[[StreamEvent], None],
+) -> None:
+    """Generate `request` on `runner`; every outcome, cancellation included, ends in `send_final`."""
+    ev = EventMaker(request.request_id, replica, deployment.name, deployment.version)
+    loop = asyncio.get_running_loop()
+    limits = deployment.limits
+    co = ChunkCoalescer(limits.chunk_max_tokens, limits.chunk_max_delay_ms / 1000.0)
+    timer: asyncio.TimerHandle | None = None
+    sent = 0
+    usage: Usage | None = None
+
+    def emit(chunk: Chunk) -> None:
+        nonlocal sent, usage
+        usage = chunk.usage or usage
+        send_chunk(ev.chunk(chunk, sent))
+        sent += 1
+
+    def flush() -> None:
+        """Send whatever the coalescer holds, as one chunk."""
+        held = co.take()
+        if held is not None:
+            emit(held)
+
+    def on_timer() -> None:
+        nonlocal timer
+        timer = None
+        flush()
+
+    try:
+        if runner is None:
+            raise RuntimeError("runner not loaded")
+        check_supported(runner, request)  # e.g. logprobs from a runtime that has none: refused here
+        agen = runner.generate(request)
+        try:
+            async for chunk in agen:
+                if request.deadline is not None and time.time() > request.deadline:
+                    raise InferenceTimeoutError("deadline passed while generating", field="deadline")
+                out = co.add(chunk, loop.time())
+                if out is not None:
+                    if timer is not None:
+                        timer.cancel()
+                        timer = None
+                    emit(out)
+                elif timer is None:
+                    timer = loop.call_later(co.max_delay, on_timer)
+        finally:
+            await agen.aclose()  # type: ignore[attr-defined]
+        flush()
+        send_final(ev.final(sent, usage))
+    except asyncio.CancelledError:
+        send_final(ev.cancelled(sent))
+    except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
+        flush()  # text generated before the failure still reaches the caller, then the error
+        send_final(ev.error(exc, sent))
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def record_end(
+    metrics: DeploymentMetrics | None,
+    request: InferenceRequest,
+    deployment: str,
+    replica: str,
+    outcome: str,
+    latency_s: float,
+    usage: Usage | None,
+) -> None:
+    """A request's end: counted in its deployment's metrics and logged in one line."""
+    if metrics is not None:
+        metrics.request_done(request.tenant, replica, outcome, latency_s, usage)
+    log.info(
+        "request",
+        request_id=request.request_id,
+        tenant=request.tenant,
+        deployment=deployment,
+        replica=replica,
+        latency_ms=round(latency_s * 1000, 2),
+        outcome=outcome,
+        prompt_tokens=usage.prompt_tokens if usage is not None else None,
+        completion_tokens=usage.completion_tokens if usage is not None else None,
+    )

@@ -1,0 +1,1 @@
+"""The `mistralrs` runtime: mistral.rs on this machine (`spec` describes it, `runner` runs it)."""

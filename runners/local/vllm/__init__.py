@@ -1,0 +1,1 @@
+"""The `vllm` runtime: vLLM on this machine (`spec` describes it, `runner` runs it)."""

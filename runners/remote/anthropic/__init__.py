@@ -1,0 +1,1 @@
+"""The `anthropic` runtime: Anthropic's Messages API (`spec` describes it, `runner` calls it)."""

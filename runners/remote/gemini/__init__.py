@@ -1,0 +1,1 @@
+"""The `gemini` runtime: Google's Gemini API (`spec` describes it, `runner` calls it)."""

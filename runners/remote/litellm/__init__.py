@@ -1,0 +1,1 @@
+"""The `litellm` runtime: any provider through the LiteLLM SDK (`spec` describes it, `runner` calls it)."""

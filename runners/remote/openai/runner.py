@@ -1,0 +1,369 @@
+"""OpenAI, and any server speaking its API (vLLM, llama.cpp, a proxy), through the official SDK.
+
+One `AsyncOpenAI` client per replica (`base_url` from `engine.api_base`, the SDK's retries off:
+atomr retries, see `resilience.py`). Chat requests go to `/chat/completions`, prompt
+requests to the legacy `/completions`. Streaming requests stream from the provider too, with
+`stream_options={"include_usage": True}`, so the last chunk carries the provider's own usage;
+requests whose caller waits for the whole answer get it as one JSON body (cheaper on both sides).
+Requests go through the SDK's generic `post` with plain JSON bodies and answers (see `stream`).
+
+Chunks: one per SSE delta that holds text (token_count 1, or the number of logprob entries when
+logprobs were asked for), then a last chunk with no text carrying the finish_reason (mapped to
+atomr's set: stop, length, content_filter; tool_calls / function_call and anything unknown count
+as "stop") and the usage. Without a usage chunk (a compatible server that ignores
+`stream_options`) usage falls back to the number of text deltas and 0 prompt tokens.
+
+Sampling: max_tokens (sent as `max_tokens`, or as `max_completion_tokens` when
+`engine.max_tokens_param` says so, which OpenAI's reasoning models require), temperature, top_p
+(sent only below 1), seed and stop strings go to the API as they are (OpenAI itself takes at
+most 4 stop strings and answers 400, `invalid_request`, beyond). `top_k` has no OpenAI
+parameter and is not sent. Logprobs: chat `logprobs=true`, completions `logprobs=1`; each text
+chunk then carries the chosen tokens' `TokenLogprob`s (the final chunk an empty tuple).
+
+Errors (`map_error`): an HTTP status goes through `error_for_status` with the provider's own
+message (`error.message` of the body; `code: context_length_exceeded` and content-filter codes
+are honoured even when the message's words are not), retry-after from `retry-after-ms` or
+`retry-after` (seconds or an HTTP date); a connection failure is `unavailable`, the SDK's timeout
+`timeout`. A malformed answer - a body that is not JSON where JSON was due, an SSE event whose
+data is not JSON, a stream that ends before any finish_reason (the connection dropped or the
+server sent garbage) - is `unavailable`: it is the provider's (or a proxy's) fault, not the
+caller's, a retry may well succeed (atomr retries only until the first chunk reached the
+caller, so text is never repeated), and it counts against the circuit breaker. The API key is
+removed from every message.
+
+Engine options, besides those of `RemoteRunner`:
+  max_tokens_param  "max_tokens" (default) or "max_completion_tokens"
+  organization, project  sent as OpenAI's organization / project headers
+  http_client       "aiohttp" (default: the SDK's aiohttp transport) or "httpx" (the SDK's default)
+Without any key, a deployment with `api_base` sends the placeholder key "EMPTY" (what
+OpenAI-compatible servers without auth expect); one without `api_base` fails to load (`auth`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+import openai
+from atomr.runners.remote.base import RemoteRunner
+from atomr.runners.remote.errors import error_for_status, parse_retry_after, redact
+
+from atomr.core.errors import (
+    AuthError,
+    ConfigError,
+    ContentFilteredError,
+    ContextLengthError,
+    InferenceError,
+    InferenceTimeoutError,
+    InternalError,
+    UnavailableError,
+)
+from atomr.core.runner import RunnerCapabilities
+from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
+
+FINISH_REASONS: dict[str, str] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "stop",
+    "function_call": "stop",
+}
+CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
+NO_KEY_PLACEHOLDER = "EMPTY"
+
+
+def finish_reason(raw: str | None) -> str:
+    """atomr's finish reason for an OpenAI one (unknown values, e.g. "eos" from a compatible server, are "stop")."""
+    return FINISH_REASONS.get(raw or "stop", "stop")
+
+
+def retry_after_from(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, else `retry-after` (seconds or an HTTP date)."""
+    if not headers:
+        return None
+    ms = parse_retry_after(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000.0
+    raw = headers.get("retry-after")
+    seconds = parse_retry_after(raw)
+    if seconds is not None or not raw:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def status_message(exc: openai.APIError) -> tuple[str, str | None]:
+    """The provider's own error message and code from an SDK error (its body is the `error` object)."""
+    body = exc.body
+    message = exc.message
+    code = exc.code
+    if isinstance(body, Mapping):
+        nested = body.get("error")
+        inner: Mapping[str, Any] = nested if isinstance(nested, Mapping) else body
+        text = inner.get("message")
+        if isinstance(text, str) and text:
+            message = text
+        if inner.get("code") is not None:
+            code = str(inner.get("code"))
+    elif isinstance(body, str) and body.strip():
+        message = f"{message}: {body.strip()[:300]}"
+    return message, code
+
+
+def refine(err: InferenceError, code: str | None) -> InferenceError:
+    """A 400-class error whose provider code says context length or content filter, as that kind."""
+    if err.kind not in ("invalid_request", "context_length", "content_filtered") or code is None:
+        return err
+    cls: type[InferenceError] | None = None
+    if code in CONTEXT_CODES:
+        cls = ContextLengthError
+    elif code in FILTER_CODES:
+        cls = ContentFilteredError
+    if cls is None or err.kind == cls.kind:
+        return err
+    return cls(err.message, retry_after=err.retry_after, details=err.details)
+
+
+def malformed(provider: str, what: str) -> UnavailableError:
+    return UnavailableError(f"{provider}: malformed answer from the provider: {what}", details={"malformed": True})
+
+
+class OpenAIRunner(RemoteRunner):
+    provider: ClassVar[str] = "openai"
+    default_key_env: ClassVar[str] = "OPENAI_API_KEY"
+    capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
+        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=False
+    )
+
+    def make_client(self) -> Any:
+        key = self.api_key
+        if not key:
+            if not self.api_base:
+                env = self.options.get("api_key_env") or self.default_key_env
+                raise AuthError(
+                    f"{self.provider}: no API key: set {env} or name a file in engine.api_key_file",
+                    field="engine.api_key_env",
+                )
+            key = NO_KEY_PLACEHOLDER
+        param = self.options.get("max_tokens_param", "max_tokens")
+        if param not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError(
+                f"engine.max_tokens_param must be max_tokens or max_completion_tokens, got {param!r}",
+                field="engine.max_tokens_param",
+            )
+        transport = self.options.get("http_client", "aiohttp")
+        if transport not in ("aiohttp", "httpx"):
+            raise ConfigError(
+                f"engine.http_client must be aiohttp or httpx, got {transport!r}", field="engine.http_client"
+            )
+        return openai.AsyncOpenAI(
+            api_key=key,
+            base_url=self.api_base,
+            organization=self.options.get("organization"),
+            project=self.options.get("project"),
+            timeout=self.timeout_s,
+            max_retries=0,
+            # httpx's connection pool checks every pooled connection on each request (a cost that
+            # grows with concurrency); the SDK's aiohttp transport does not.
+            http_client=openai.DefaultAioHttpClient(timeout=self.timeout_s) if transport == "aiohttp" else None,
+        )
+
+    # ---- requests ----
+
+    def common_args(self, request: InferenceRequest) -> dict[str, Any]:
+        p = request.params
+        args: dict[str, Any] = {"model": self.model_name, "temperature": p.temperature}
+        if request.stream:  # a caller that waits for the whole answer gets it as one JSON body
+            args.update(stream=True, stream_options={"include_usage": True})
+        if p.top_p < 1.0:
+            args["top_p"] = p.top_p
+        if p.seed is not None:
+            args["seed"] = p.seed
+        if p.stop:
+            args["stop"] = list(p.stop)
+        return args
+
+    def chat_args(self, request: InferenceRequest) -> dict[str, Any]:
+        args = self.common_args(request)
+        args["messages"] = [{"role": m.role, "content": m.content} for m in request.messages or ()]
+        args[self.options.get("max_tokens_param", "max_tokens")] = request.params.max_tokens
+        if request.params.logprobs:
+            args["logprobs"] = True
+        return args
+
+    def completion_args(self, request: InferenceRequest) -> dict[str, Any]:
+        args = self.common_args(request)
+        args["prompt"] = request.prompt or ""
+        args["max_tokens"] = request.params.max_tokens
+        if request.params.logprobs:
+            args["logprobs"] = 1
+        return args
+
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
+        chat = request.is_chat
+        args = self.chat_args(request) if chat else self.completion_args(request)
+        path = "/chat/completions" if chat else "/completions"
+        want_lp = request.params.logprobs
+        # The SDK's generic `post` (its documented way to any endpoint): it sends the request,
+        # maps HTTP errors to its exception classes and decodes JSON and SSE, but skips the typed
+        # parameter transform and the pydantic objects of `chat.completions.create`, which cost
+        # more CPU than everything else atomr does per request on a fast backend.
+        if not request.stream:
+            answer = await self.client.post(path, body=args, cast_to=object)
+            async for chunk in self.whole_answer(answer, chat, want_lp):
+                yield chunk
+            return
+        events = await self.client.post(
+            path, body=args, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+        )
+        async with events:
+            ctype = str(events.response.headers.get("content-type", ""))
+            if not ctype.startswith("text/event-stream"):
+                # the server ignored stream=true (or sent something else): one whole answer
+                body = await events.response.aread()
+                async for chunk in self.whole_answer(_json_or_text(body), chat, want_lp):
+                    yield chunk
+                return
+            finish: str | None = None
+            usage: Usage | None = None
+            deltas = 0
+            async for event in events:  # the SDK raises APIError for an `error` event
+                if not isinstance(event, Mapping):
+                    raise malformed(self.provider, "an SSE event that is not a JSON object")
+                raw_usage = event.get("usage")
+                if isinstance(raw_usage, Mapping):
+                    usage = Usage(
+                        int(raw_usage.get("prompt_tokens") or 0), int(raw_usage.get("completion_tokens") or 0)
+                    )
+                for choice in event.get("choices") or ():
+                    if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+                        continue
+                    if chat:
+                        delta = choice.get("delta")
+                        text = (delta.get("content") if isinstance(delta, Mapping) else None) or ""
+                    else:
+                        text = choice.get("text") or ""
+                    if text:
+                        lps = _logprob_values(choice.get("logprobs"), chat) if want_lp else None
+                        deltas += 1
+                        yield Chunk(str(text), len(lps) if lps else 1, lps)
+                    if choice.get("finish_reason"):
+                        finish = finish_reason(choice["finish_reason"])
+            if finish is None:
+                raise malformed(
+                    self.provider,
+                    "the stream ended before a finish_reason (connection dropped or not an SSE stream)",
+                )
+            yield Chunk("", 0, () if want_lp else None, finish, usage or Usage(0, deltas))
+
+    async def whole_answer(self, data: object, chat: bool, want_lp: bool) -> AsyncIterator[Chunk]:
+        """Chunks of a JSON answer (decoded by the SDK; a body that was not JSON comes as its text)."""
+        if isinstance(data, str):
+            shown = redact(data[:200], [self.api_key])
+            raise malformed(self.provider, f"expected JSON or an SSE stream, got: {shown!r}")
+        if not isinstance(data, Mapping) or not isinstance(data.get("choices"), list) or not data["choices"]:
+            if isinstance(data, Mapping) and isinstance(data.get("error"), Mapping):
+                said = redact(str(data["error"].get("message") or data["error"]), [self.api_key])
+                raise UnavailableError(f"{self.provider}: the provider answered 200 with an error: {said}")
+            raise malformed(self.provider, "a JSON answer without choices")
+        choice = data["choices"][0]
+        if not isinstance(choice, Mapping):
+            raise malformed(self.provider, "a choice that is not an object")
+        if chat:
+            reply = choice.get("message")
+            raw_text = reply.get("content") if isinstance(reply, Mapping) else None
+        else:
+            raw_text = choice.get("text")
+        text = raw_text if isinstance(raw_text, str) else ""
+        lps: tuple[TokenLogprob, ...] | None = None
+        if want_lp:
+            lps = _logprob_values(choice.get("logprobs"), chat)
+        usage = _usage_of(data.get("usage")) or Usage()
+        if text:
+            yield Chunk(text, usage.completion_tokens or (len(lps) if lps else 1), lps)
+        yield Chunk("", 0, () if want_lp else None, finish_reason(choice.get("finish_reason")), usage)
+
+    # ---- errors ----
+
+    def map_error(self, exc: BaseException) -> InferenceError:
+        secrets = [self.api_key]
+        if isinstance(exc, openai.APIStatusError):
+            message, code = status_message(exc)
+            headers = exc.response.headers if exc.response is not None else None
+            err = error_for_status(
+                exc.status_code,
+                message,
+                provider=self.provider,
+                retry_after=retry_after_from(headers),
+                secrets=secrets,
+            )
+            return refine(err, code)
+        refused = _connection_error_in(exc)
+        if isinstance(exc, openai.APITimeoutError) and refused is None:
+            return InferenceTimeoutError(
+                f"{self.provider}: no answer within {self.timeout_s:g} s (engine.timeout_s)", details={"status": None}
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            # (the aiohttp transport reports a refused connection as a connect timeout)
+            cause = refused or exc.__cause__ or exc.__context__
+            reason = f"{exc.message} ({type(cause).__name__}: {cause})" if cause else exc.message
+            return error_for_status(None, reason, provider=self.provider, secrets=secrets)
+        if isinstance(exc, openai.APIResponseValidationError):
+            return malformed(self.provider, redact(exc.message, secrets))
+        if isinstance(exc, openai.APIError):
+            # an `error` event inside a stream that had started with 200
+            message, _code = status_message(exc)
+            return UnavailableError(
+                f"{self.provider}: the provider reported an error mid-stream: {redact(message, secrets)}"
+            )
+        if isinstance(exc, ValueError):  # pydantic.ValidationError is one too
+            # json.JSONDecodeError: an SSE event whose data is not JSON
+            return malformed(self.provider, f"{type(exc).__name__}: {redact(str(exc), secrets)}")
+        return InternalError(f"{self.provider}: {type(exc).__name__}: {redact(str(exc), secrets)}")
+
+
+def _logprob_values(raw: Any, chat: bool) -> tuple[TokenLogprob, ...]:
+    """TokenLogprobs from a JSON logprobs object (chat `content` list or completion arrays)."""
+    if not isinstance(raw, Mapping):
+        return ()
+    if chat:
+        entries = raw.get("content") or []
+        return tuple(
+            TokenLogprob(str(e.get("token", "")), float(e["logprob"]))
+            for e in entries
+            if isinstance(e, Mapping) and isinstance(e.get("logprob"), int | float)
+        )
+    tokens, values = raw.get("tokens") or [], raw.get("token_logprobs") or []
+    return tuple(TokenLogprob(str(t), float(v)) for t, v in zip(tokens, values, strict=False) if v is not None)
+
+
+def _connection_error_in(exc: BaseException) -> ConnectionError | None:
+    """A refused or reset connection among the causes of `exc`, if any."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ConnectionError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _json_or_text(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")
+
+
+def _usage_of(raw: Any) -> Usage | None:
+    if not isinstance(raw, Mapping):
+        return None
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
