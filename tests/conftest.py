@@ -66,9 +66,10 @@ class Node(NodeProcess):
         timeout: float = 120.0,
         python: str | None = None,
         env: Mapping[str, str] | None = None,
+        cwd: str | Path = REPO,
     ) -> None:
         """`env`: variables set in the node's environment besides node_env()'s."""
-        super().__init__(args, config=config, env=node_env(**dict(env or {})), cwd=REPO, timeout=timeout, python=python)
+        super().__init__(args, config=config, env=node_env(**dict(env or {})), cwd=cwd, timeout=timeout, python=python)
 
 
 @pytest.fixture(scope="session", autouse=True)

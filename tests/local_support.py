@@ -1,16 +1,45 @@
-"""Helpers shared by the local-engine runner tests."""
+"""Helpers shared by the local-engine runner tests: the shipped tiny model (its deployments and
+the greedy answers every engine gives), and waiting on a runner's generations."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+from atomr.core.deployment import Deployment
 from atomr.core.errors import UnavailableError
 from atomr.core.types import Chunk
+from atomr.models import builtin_model_dir
 
 T = TypeVar("T")
+
+MODEL = builtin_model_dir("tiny-llama")
+# Greedy answers of the tiny model, the same on every engine (its training text, memorised).
+ACTOR = (  # completion of "The actor model" (82 tokens, then EOS)
+    " is a way to build programs from small pieces that share nothing. Each actor owns its own state and talks "
+    "to other actors only by sending messages. An actor that receives a message may change its state, send "
+    "messages to actors it knows, or create new actors."
+)
+ACTOR_CHAT = "An actor is a small program that owns its state and talks by messages."  # "What is an actor?"
+HELLO = "Hello! How can I help you today?"  # "Hello!"
+# float32: the checkpoint's own dtype (vLLM would run bfloat16 on CPU); eager: no torch.compile at
+# start (saves ~10-30 s); a small KV cache (vLLM's CPU default claims most of the host's RAM).
+VLLM_ENGINE: dict[str, Any] = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
+
+
+def tiny_deployment(runtime: str, model_path: Path = MODEL, *, gpus: int = 0, **engine: Any) -> Deployment:
+    """The shipped tiny model served by `runtime` with these engine options."""
+    return Deployment(
+        name="tiny",
+        model="builtin:tiny-llama",
+        runtime=runtime,
+        model_path=model_path,
+        gpus_per_replica=gpus,
+        engine=dict(engine),
+    )
 
 
 class CountsGenerations(Protocol):

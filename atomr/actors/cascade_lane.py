@@ -16,6 +16,9 @@ usage is that tier's. Logprobs reach the caller only when it asked for them.
 Sessions time out like any caller (the request's deadline, plus the assembler's wait for chunks
 that a final overtook), checked by the gateway's tick; a cancel from the caller cancels the
 tier in flight.
+
+The lane asks its gateway for what `CascadeHost` lists, and nothing else: the gateway passes
+itself in.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
-from atomr.actors.messages import WorkItem
+from atomr.actors.messages import Address, WorkItem
 from atomr.core.cascade import accepts, confidence_of, price
 from atomr.core.deployment import Deployment
 from atomr.core.errors import ConfigError, InferenceError
@@ -36,12 +39,34 @@ from atomr.core.types import StreamEvent
 from atomr.observability.metrics import OrchestrationMetrics
 from atomr.serving.stream_assembly import Step, StreamAssembler
 
-if TYPE_CHECKING:
-    from atomr.actors.gateway import Gateway
-
 log = structlog.get_logger("atomr.cascade")
 
 TICK_S = 0.5
+
+
+class CascadeHost(Protocol):
+    """What a cascade lane needs from its gateway (all on the gateway's actor thread)."""
+
+    @property
+    def address(self) -> Address:
+        """The requester of the tiers' requests: their events come back to the lane through it."""
+        ...
+
+    def accept(self, items: list[WorkItem]) -> None:
+        """Admit and forward requests, as the gateway does every request."""
+        ...
+
+    def emit(self, address: Address, event: StreamEvent) -> None:
+        """Send a stream event to a caller (batched with the others for it)."""
+        ...
+
+    def cancel_requests(self, request_ids: list[str], model: str) -> None: ...
+
+    def is_cascade(self, name: str) -> bool: ...
+
+    def deployment_spec(self, name: str) -> Deployment | None:
+        """The deployment a model name stands for (for its prices), if known."""
+        ...
 
 
 @dataclass(slots=True)
@@ -63,8 +88,8 @@ class Session:
 
 
 class CascadeLane:
-    def __init__(self, gateway: Gateway, metrics: OrchestrationMetrics) -> None:
-        self.gw = gateway
+    def __init__(self, host: CascadeHost, metrics: OrchestrationMetrics) -> None:
+        self.host = host
         self.metrics = metrics
         self.by_tier: dict[str, Session] = {}  # tier request id -> session
         self.by_caller: dict[str, Session] = {}  # caller's request id -> session
@@ -112,7 +137,7 @@ class CascadeLane:
         req = s.item.request
         if s.tier_item is not None:
             self.by_tier.pop(s.tier_item.request.request_id, None)
-        if tier.deployment in self.gw.cascades:
+        if self.host.is_cascade(tier.deployment):
             err = ConfigError(f"cascade tier {tier.deployment!r} is itself a cascade", field="tiers")
             self._tier_failed(s, err)
             return
@@ -124,19 +149,19 @@ class CascadeLane:
             params=params,
             stream=req.stream if s.last else False,
         )
-        s.tier_item = WorkItem(tier_req, self.gw.myAddress, hops=s.item.hops)
+        s.tier_item = WorkItem(tier_req, self.host.address, hops=s.item.hops)
         s.assembler = StreamAssembler(tier_req.request_id)
         s.chunks, s.relayed = [], 0
         self._rearm(s)
         self.by_tier[tier_req.request_id] = s
-        self.gw.accept([s.tier_item])
+        self.host.accept([s.tier_item])
 
     def _steps(self, s: Session, steps: list[Step]) -> None:
         for step in steps:
             if self.by_caller.get(s.item.request.request_id) is not s:
                 return  # finished or cancelled by an earlier step
             if step.resend and s.tier_item is not None:
-                self.gw.accept([s.tier_item])  # its replica died before any text: ask again
+                self.host.accept([s.tier_item])  # its replica died before any text: ask again
             elif step.error is not None:
                 self._tier_failed(s, step.error)
             elif step.event is not None and step.final:
@@ -152,7 +177,7 @@ class CascadeLane:
 
     def _tier_answered(self, s: Session, final: StreamEvent) -> None:
         tier = s.cascade.tiers[s.tier]
-        s.spent += price(self._spec(final.deployment or tier.deployment), final.usage)
+        s.spent += price(self.host.deployment_spec(final.deployment or tier.deployment), final.usage)
         if s.last:
             self._to_caller(s, final, seq=s.relayed)
             self._finish(s, final)
@@ -177,7 +202,7 @@ class CascadeLane:
             info = dataclasses.replace(error.info(), details={**error.details, "tier": s.tier + 1, "trail": s.trail})
             tier = s.cascade.tiers[s.tier]
             ev = StreamEvent(req.request_id, error=info, final=True, seq=s.relayed, deployment=tier.deployment)
-            self.gw.emit(s.item.reply_to, dataclasses.replace(ev, tier=s.tier + 1))
+            self.host.emit(s.item.reply_to, dataclasses.replace(ev, tier=s.tier + 1))
             self._end(s)
             return
         s.trail.append(f"tier {s.tier + 1}: {error.kind}: {error.message}")
@@ -186,7 +211,7 @@ class CascadeLane:
 
     def _finish(self, s: Session, final: StreamEvent) -> None:
         tiers = s.cascade.tiers
-        last_spec = self._spec(final.deployment if s.last else tiers[-1].deployment)
+        last_spec = self.host.deployment_spec(final.deployment if s.last else tiers[-1].deployment)
         baseline = price(last_spec, final.usage)
         deployment = final.deployment or tiers[s.tier].deployment
         self.metrics.cascade_done(s.cascade.name, s.tier + 1, deployment, s.spent, baseline)
@@ -216,16 +241,7 @@ class CascadeLane:
             replica=ev.replica if replica is None else replica,
             tier=s.tier + 1,
         )
-        self.gw.emit(s.item.reply_to, out)
-
-    def _spec(self, name: str) -> Deployment | None:
-        route = self.gw.routes.get(name)
-        if route is not None:
-            return route.spec
-        policy = self.gw.route_policies.get(name)
-        if policy is not None and policy.deployments:
-            return self._spec(policy.deployments[0].deployment)
-        return None
+        self.host.emit(s.item.reply_to, out)
 
     def _rearm(self, s: Session) -> None:
         assert s.assembler is not None
@@ -238,7 +254,7 @@ class CascadeLane:
         item = s.tier_item
         self._end(s)
         if item is not None:
-            self.gw.cancel_requests([item.request.request_id], item.request.model)
+            self.host.cancel_requests([item.request.request_id], item.request.model)
 
     def _end(self, s: Session) -> None:
         self.by_caller.pop(s.item.request.request_id, None)

@@ -5,13 +5,16 @@ rate-limited deployments against leases from the rate limiter, and forwards requ
 coordinators, one message per coordinator per batch. Chunks of clients' requests do not come
 back through here. A gateway may also serve the OpenAI-compatible HTTP front (`StartHttp`): its
 server runs on this actor's sidecar loop and its requests enter through `accept` like any other,
-with this gateway as their requester (`atomr.http.lane`).
+with this gateway as their requester. The front sees the gateway only through its port
+(`atomr.http.port`, implemented here by `atomr.actors.http_lane`): requests and cancels in, events
+out, and a `RoutingSnapshot` of the names, routes and stats pushed to it whenever they change.
 
 Model names may also be routes or cascades (the registry's `PolicyTable`). A route's deployment
 is chosen per request by `atomr.core.routing.Router` from this gateway's copy of the routes and of the
 deployments' stats (`RouteStats`, refreshed by the registry), with no extra message; the route's
 other deployments become the request's fallbacks. A cascade's requests are run here, with the
-gateway as requester of each tier (`atomr.actors.cascade_lane`).
+gateway as requester of each tier (`atomr.actors.cascade_lane`, which uses the few operations of
+its `CascadeHost` interface).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from thespian.actors import WakeupMessage
 
@@ -54,13 +58,18 @@ from atomr.actors.messages import (
 )
 from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
+from atomr.core.deployment import Deployment
 from atomr.core.errors import ConfigError, InferenceError, NotFoundError, RateLimitedError
 from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.ratelimit import estimate_tokens
 from atomr.core.routes import DeploymentStats, Route
 from atomr.core.routing import Router
 from atomr.core.types import StreamEvent, Usage
+from atomr.http.port import RoutingSnapshot
 from atomr.observability.metrics import OrchestrationMetrics, Recorder
+
+if TYPE_CHECKING:
+    from atomr.actors.http_lane import HttpLane
 
 LEASE_TTL_S = 1.0  # unused lease parts go back to the limiter after this long
 
@@ -92,7 +101,8 @@ class Gateway(SidecarActor):
         self.waiting: dict[str, list[WorkItem]] = {}  # model name -> items awaiting a lookup
         self.leases: dict[str, LocalLease] = {}
         self._out: dict[str, tuple[Address, list[WorkItem]]] = {}
-        self.http: Any = None  # atomr.http.lane.GatewayLane, when this gateway serves HTTP
+        self.http: HttpLane | None = None  # when this gateway serves the HTTP front
+        self._published = RoutingSnapshot()  # what the HTTP front was last told
         self._manager: Address = None
         self._collector: Address = None
         self.route_policies: dict[str, RoutePolicy] = {}
@@ -302,12 +312,47 @@ class Gateway(SidecarActor):
 
     def receiveMsg_PolicyTable(self, msg: PolicyTable, sender: Address) -> None:
         self.route_policies, self.cascades = dict(msg.routes), dict(msg.cascades)
+        self._publish(routed=True)
         if not self._shipping:
             self._shipping = True
             self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
 
     def receiveMsg_RouteStats(self, msg: RouteStats, sender: Address) -> None:
         self.stats = msg.stats
+        self._publish(stats=True)
+
+    def _publish(self, *, routes: bool = False, routed: bool = False, stats: bool = False) -> None:
+        """Push the HTTP front, if this gateway serves one, a new routing snapshot: the parts
+        named changed are copied afresh, the others are the last snapshot's."""
+        if self.http is None:
+            return
+        last = self._published
+        self._published = RoutingSnapshot(
+            routes=MappingProxyType(dict(self.routes)) if routes else last.routes,
+            routed=frozenset({*self.route_policies, *self.cascades}) if routed else last.routed,
+            stats=MappingProxyType(dict(self.stats)) if stats else last.stats,
+        )
+        self.http.publish(self._published)
+
+    # ---- what the cascade lane uses (its `CascadeHost` interface) ----
+
+    @property
+    def address(self) -> Address:
+        """Where the events of requests this gateway makes itself (cascade tiers) come back."""
+        return self.myAddress
+
+    def is_cascade(self, name: str) -> bool:
+        return name in self.cascades
+
+    def deployment_spec(self, name: str) -> Deployment | None:
+        """The deployment a model name stands for (a route's: its first deployment's), if known."""
+        route = self.routes.get(name)
+        if route is not None:
+            return route.spec
+        policy = self.route_policies.get(name)
+        if policy is not None and policy.deployments:
+            return self.deployment_spec(policy.deployments[0].deployment)
+        return None
 
     @property
     def orchestration(self) -> OrchestrationMetrics:
@@ -348,10 +393,9 @@ class Gateway(SidecarActor):
             self.routes = dict(msg.routes)
         else:
             self.routes.update(msg.routes)
-        if self.http is not None:
-            self.http.routes_changed(dict(self.routes))
-            if replaced:  # a coordinator died and was replaced (or redeployed)
-                self.http.coordinators_replaced(replaced)
+        self._publish(routes=True)
+        if self.http is not None and replaced:  # a coordinator died and was replaced (or redeployed)
+            self.http.coordinators_replaced(frozenset(replaced))
         for name in list(self.waiting):
             items = self.waiting.pop(name)
             if name in self.route_policies or name in self.cascades:
@@ -385,16 +429,17 @@ class Gateway(SidecarActor):
     # ---- the HTTP front (atomr.http): its server runs on this actor's sidecar loop ----
 
     def receiveMsg_StartHttp(self, msg: StartHttp, sender: Address) -> None:
+        from atomr.actors.http_lane import HttpLane
         from atomr.core.errors import as_error_info
         from atomr.core.tenants import TenantTable
-        from atomr.http.lane import GatewayLane
 
         if self.http is not None:
             self.send(sender, Reply(False, error=ConfigError("this gateway already serves HTTP").info()))
             return
         self._registry()
-        lane = GatewayLane(self, msg.settings, TenantTable(list(msg.tenants)))
+        lane = HttpLane(self, msg.settings, TenantTable(list(msg.tenants)))
         self.http = lane
+        self._publish(routes=True, routed=True, stats=True)  # reaches the loop before the server starts
 
         def started(fut: Any) -> None:
             exc = fut.exception()
@@ -437,7 +482,7 @@ class Gateway(SidecarActor):
     def ship_metrics(self) -> None:
         recorders: list[Recorder] = []
         if self.http is not None:
-            recorders += [self.http.http_metrics, *self.http.inline.recorders()]
+            recorders += self.http.recorders()
         if self._orchestration is not None:
             recorders.append(self._orchestration)
         for recorder in recorders:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from atomr.config.files import load_yaml
 from atomr.core.deployment import Deployment, shared_limit_clash
 from atomr.core.errors import ConfigError
-from atomr.runners import catalog
+from atomr.runners.catalog import BY_NAME, check_model_files, infer_runtime, is_local, resolve_model_path
 
 
 def deployment_from_dict(
@@ -30,7 +30,7 @@ def deployment_from_dict(
     runtime = runtime if isinstance(runtime, str) and runtime else None  # anything else: pydantic names it below
     try:
         if isinstance(model, str) and "model_path" not in data:
-            data["model_path"] = catalog.resolve_model_path(model, runtime, base_dir or Path.cwd())
+            data["model_path"] = resolve_model_path(model, runtime, base_dir or Path.cwd())
     except FileNotFoundError as exc:
         raise ConfigError(f"{where}.model: {exc}", field="model") from None
     except (OSError, RuntimeError, ValueError) as exc:  # a path too long, a NUL byte, '~user' with no such user
@@ -47,7 +47,7 @@ def deployment_from_dict(
             raise ConfigError(f"{where}.{field}: {message}", field=field) from None
         raise ConfigError(f"{where}: {exc}", field="deployment") from None
     try:
-        catalog.check_model_files(dep)
+        check_model_files(dep)
     except ConfigError as exc:
         raise ConfigError(f"{where}.{exc.field}: {exc.message}", field=exc.field) from None
     except OSError as exc:
@@ -64,10 +64,10 @@ def _resolve_runtime(data: dict[str, Any], runtime: str | None) -> None:
     if runtime is None:
         if not isinstance(model, str) or not model.strip():
             return  # pydantic names the model field
-        runtime = data["runtime"] = catalog.infer_runtime(model, path if isinstance(path, Path) else None)
-    if runtime not in catalog.BY_NAME:
-        raise ValueError(f"runtime: unknown runtime {runtime!r}; known: {', '.join(sorted(catalog.BY_NAME))}")
-    if data.get("serve_in_gateway") is True and catalog.is_local(runtime):
+        runtime = data["runtime"] = infer_runtime(model, path if isinstance(path, Path) else None)
+    if runtime not in BY_NAME:
+        raise ValueError(f"runtime: unknown runtime {runtime!r}; known: {', '.join(sorted(BY_NAME))}")
+    if data.get("serve_in_gateway") is True and is_local(runtime):
         raise ValueError(f"serve_in_gateway: only remote-API runtimes can be served in the gateway, not {runtime!r}")
 
 

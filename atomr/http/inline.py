@@ -16,16 +16,19 @@ gateway actor and the deployment's coordinator, which also takes the overflow:
   (`limits.max_inflight_per_replica` per gateway);
 - the coordinator reports nothing waiting in its queue (its fair order is not jumped).
 
-A rate-limited deployment's request is admitted by the gateway actor from its lease, exactly as
+A rate-limited deployment's request is admitted by the gateway from its lease, exactly as
 on the other path (one hand-over to the actor thread and back, no message), and its token debit
 is settled with the limiter when it ends.
 
 What is the same on both paths: validation, tenant checks and quotas (the front's), the runner
 and its retries and circuit breaker (`run_session`), fallbacks on a retryable failure before the
-first chunk (handed to the gateway actor), metrics (the deployment's own families, replica label
-`gateway-<pid>`, added up with the coordinator's by the collector) and the one log line per
-request (`record_end`). A new version named by the route gets a new runner; the old one is
-unloaded once its requests end.
+first chunk (handed to the gateway through the port, `GatewayPort.fallback`), metrics (the
+deployment's own families, replica label `gateway-<pid>`, added up with the coordinator's by the
+collector) and the one log line per request (`record_end`). A new version named by the route gets
+a new runner; the old one is unloaded once its requests end.
+
+The gateway's routing reaches this module only as the `RoutingSnapshot` of the port
+(`atomr.http.port`), which the front hands over.
 """
 
 from __future__ import annotations
@@ -38,16 +41,19 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from atomr.actors.messages import WorkItem
 from atomr.core.deployment import Deployment
-from atomr.core.routes import DeploymentStats, Route
+from atomr.core.routes import Route
 from atomr.core.runner import ModelRunner
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
+from atomr.http.port import RoutingSnapshot
 from atomr.observability.metrics import DeploymentMetrics
 from atomr.runners.catalog import runner_class, serves_in_gateway
 from atomr.serving.session import record_end, run_session
 
 log = structlog.get_logger("atomr.http.inline")
+
+# (request, the failed deployment's fallbacks) -> the model name it went on to, or None
+Fallback = Callable[[InferenceRequest, tuple[str, ...]], str | None]
 
 
 @dataclass
@@ -146,20 +152,18 @@ class InlineRunners:
 
     # ---- requests ----
 
-    def take(
-        self, request: InferenceRequest, stats: Mapping[str, DeploymentStats], elsewhere: Callable[[str], bool]
-    ) -> Slot | None:
+    def take(self, request: InferenceRequest, routing: RoutingSnapshot) -> Slot | None:
         """A slot to serve `request` here (`start` it or `give_back` it), or None for the usual
-        path. `elsewhere(model)`: whether the name is a route or cascade."""
+        path (`routing`: the gateway's latest snapshot, for route and cascade names and stats)."""
         name = self._names.get(request.model)
-        if name is None or elsewhere(request.model):
+        if name is None or request.model in routing.routed:
             return None
         served = self._served.get(name)
         if served is None or not served.ready:
             return None
         if served.inflight >= served.deployment.limits.max_inflight_per_replica:
             return None
-        s = stats.get(name)
+        s = routing.stats.get(name)
         if s is not None and s.queued:
             return None
         served.inflight += 1
@@ -173,16 +177,17 @@ class InlineRunners:
     def start(
         self,
         slot: Slot,
-        item: WorkItem,
+        request: InferenceRequest,
         deliver: Callable[[StreamEvent], None],
-        forward: Callable[[WorkItem], None],
+        fallback: Fallback,
         settle: Callable[[Usage | None], None] | None = None,
     ) -> None:
-        """Run `item` in `slot`; its events go to `deliver`, or on an early retryable failure it
-        goes on to its next fallback through `forward`; `settle(usage)` at the end, for a
-        rate-limit debit. The slot is free again when the run ends (`slot.task`)."""
+        """Run `request` in `slot`; its events go to `deliver`, or on an early retryable failure
+        `fallback(request, the deployment's fallbacks)` sends it on (and names where, or None
+        when none is left); `settle(usage)` at the end, for a rate-limit debit. The slot is free
+        again when the run ends (`slot.task`)."""
         served = slot.served
-        task = asyncio.get_running_loop().create_task(self._run(served, item, deliver, forward, settle))
+        task = asyncio.get_running_loop().create_task(self._run(served, request, deliver, fallback, settle))
         slot.task = task
         served.tasks.add(task)
         task.add_done_callback(slot.ended)  # also when cancelled before it ran at all
@@ -190,12 +195,12 @@ class InlineRunners:
     async def _run(
         self,
         served: ServedHere,
-        item: WorkItem,
+        request: InferenceRequest,
         deliver: Callable[[StreamEvent], None],
-        forward: Callable[[WorkItem], None],
+        fallback: Fallback,
         settle: Callable[[Usage | None], None] | None,
     ) -> None:
-        dep, request = served.deployment, item.request
+        dep = served.deployment
         t0 = time.monotonic()
         ends: list[StreamEvent] = []
 
@@ -210,13 +215,11 @@ class InlineRunners:
         usage = end.usage
         if settle is not None:
             settle(usage)
-        onward = item.onward(dep.fallbacks) if end.error is not None and end.seq == 0 and end.error.retryable else None
+        early = end.error is not None and end.seq == 0 and end.error.retryable
+        onward = fallback(request, dep.fallbacks) if early else None
         if onward is not None:
             record_end(served.metrics, request, dep.name, self.replica, "fallback", latency, usage)
-            log.info(
-                "request to fallback", deployment=dep.name, fallback=onward.request.model, request=request.request_id
-            )
-            forward(onward)
+            log.info("request to fallback", deployment=dep.name, fallback=onward, request=request.request_id)
             return
         outcome = "ok" if end.error is None else end.error.kind
         record_end(served.metrics, request, dep.name, self.replica, outcome, latency, usage)

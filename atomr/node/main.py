@@ -27,7 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from atomr.client import DEFAULT_PORT
 from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, probe, resolve_key
@@ -35,9 +36,13 @@ from atomr.cluster.thespian_setup import DEFAULT_BIND
 from atomr.config import load_deployments, load_policies, load_yaml
 from atomr.core.errors import InferenceError
 from atomr.core.policies import Policies
-from atomr.core.tenants import tenants_from_config
+from atomr.core.tenants import TenantTable, tenants_from_config
 from atomr.http.settings import HttpSettings, http_settings_from_config
 from atomr.observability.logs import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from atomr.core.deployment import Deployment
+    from atomr.node.runtime import NodeRuntime
 
 log = get_logger("atomr.node")
 WATCH_PERIOD_S = 0.5
@@ -111,51 +116,81 @@ def check_join(join: tuple[str, int], key: ClusterKey, quiet: bool = False) -> b
     return check.accepted
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+@dataclass(frozen=True)
+class NodeConfig:
+    """What the config file (and the command line's --http-port) asks of the node."""
+
+    settings: dict[str, Any]  # the `node:` section
+    deployments: list[Deployment]
+    policies: Policies
+    http: HttpSettings | None
+    tenants: TenantTable
+
+
+def read_config(args: argparse.Namespace) -> NodeConfig:
+    """The node's config file, or an empty config without one; raises InferenceError when invalid."""
     settings: dict[str, Any] = {}
-    deployments = []
+    deployments: list[Deployment] = []
     policies = Policies()
     raw: Any = {}
+    if args.config:
+        raw = load_yaml(args.config)
+        settings = dict(raw.get("node") or {}) if isinstance(raw, dict) else {}
+        deployments = load_deployments(args.config) if isinstance(raw, dict) and raw.get("deployments") else []
+        policies = load_policies(args.config, deployments if deployments else None)
+    raw = raw if isinstance(raw, dict) else {}
+    where = str(args.config or "command line")
+    http = http_settings_from_config(raw.get("http"), where)
+    if args.http_port is not None:
+        http = (http or HttpSettings()).model_copy(update={"port": args.http_port})
+    tenants = tenants_from_config(raw.get("tenants"), where)
+    return NodeConfig(settings, deployments, policies, http, tenants)
+
+
+def node_key(args: argparse.Namespace, settings: dict[str, Any], bind: str) -> ClusterKey:
+    """The cluster key for `bind`; a key file given here is passed on to the actor system through
+    the environment. Raises ClusterKeyError."""
+    key_file = args.cluster_key_file
+    if not key_file and settings.get("cluster_key_file"):  # relative to the config file
+        key_file = os.path.join(
+            os.path.dirname(str(args.config)), os.path.expanduser(str(settings["cluster_key_file"]))
+        )
+    key = resolve_key(bind, key_file=key_file)
+    if key_file:  # the actor system (started later) resolves the same key
+        os.environ[KEY_FILE_ENV] = os.path.abspath(os.path.expanduser(str(key_file)))
+        os.environ.pop(KEY_ENV, None)
+    return key
+
+
+def parse_join(join: str | None) -> tuple[str, int] | None:
+    """--join HOST:PORT as (host, port); None for a head."""
+    if not join:
+        return None
+    host, _, jport = join.rpartition(":")
+    return (host or "127.0.0.1", int(jport))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        if args.config:
-            raw = load_yaml(args.config)
-            settings = dict(raw.get("node") or {}) if isinstance(raw, dict) else {}
-            deployments = load_deployments(args.config) if isinstance(raw, dict) and raw.get("deployments") else []
-            policies = load_policies(args.config, deployments if deployments else None)
-        raw = raw if isinstance(raw, dict) else {}
-        where = str(args.config or "command line")
-        http = http_settings_from_config(raw.get("http"), where)
-        if args.http_port is not None:
-            http = (http or HttpSettings()).model_copy(update={"port": args.http_port})
-        tenants = tenants_from_config(raw.get("tenants"), where)
+        config = read_config(args)
     except InferenceError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2
     if (args.role == "head") == bool(args.join):
         print("atomr node: a head node takes no --join; gpu and cpu nodes need --join HEAD:PORT", file=sys.stderr)
         return 2
-    configure_logging(args.log_level or settings.get("log_level", "info"))
-    port = args.port or int(settings.get("port", DEFAULT_PORT))
-    bind = args.bind or settings.get("bind", DEFAULT_BIND)
-    key_file = args.cluster_key_file
-    if not key_file and settings.get("cluster_key_file"):  # relative to the config file
-        key_file = os.path.join(
-            os.path.dirname(str(args.config)), os.path.expanduser(str(settings["cluster_key_file"]))
-        )
+    configure_logging(args.log_level or config.settings.get("log_level", "info"))
+    port = args.port or int(config.settings.get("port", DEFAULT_PORT))
+    bind = args.bind or config.settings.get("bind", DEFAULT_BIND)
     try:
-        key = resolve_key(bind, key_file=key_file)
+        key = node_key(args, config.settings, bind)
     except ClusterKeyError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2
-    if key_file:  # the actor system (started further down) resolves the same key
-        os.environ[KEY_FILE_ENV] = os.path.abspath(os.path.expanduser(str(key_file)))
-        os.environ.pop(KEY_ENV, None)
-    join = None
+    join = parse_join(args.join)
     joined: bool | None = True
-    if args.join:
-        host, _, jport = args.join.rpartition(":")
-        join = (host or "127.0.0.1", int(jport))
+    if join is not None:
         joined = check_join(join, key)
         if joined is False:
             return 1
@@ -165,46 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     from atomr.node.runtime import NodeRuntime
 
     node = NodeRuntime(node_id=node_id, role=args.role, port=port, bind=bind, gpu_ids=gpus, join=join)
+    return run_node(node, config, key, joined)
+
+
+def run_node(node: NodeRuntime, config: NodeConfig, key: ClusterKey, joined: bool | None) -> int:
+    """Start the node, serve until SIGINT/SIGTERM (0) or a refused join (1), then stop it."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         node.start()
-        say(f"atomr node {node_id} ({args.role}) listening on {bind}:{port}")
+        say(f"atomr node {node.node_id} ({node.role}) listening on {node.bind}:{node.port}")
         say(f"cluster key id {key.key_id} ({key.source})")
-        if node.join is None and tenants.tenants:
-            node.set_tenants(tenants.tenants)
-        if http is not None and node.join is None:
-            http_port = node.start_http(http, tenants.tenants)
-            say(f"http front on http://{http.bind}:{http_port}")
-        for dep in deployments if node.join is None else []:
-            try:
-                infos = node.deploy(dep)
-            except InferenceError as exc:  # one bad deployment must not take the node down
-                say(f"deploy of {dep.name} failed: {exc.kind}: {exc.message}")
-                log.error("deploy failed", deployment=dep.name, error=exc.message)
-                continue
-            say(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}")
-        if policies and node.join is None:
-            from atomr.actors.registry import publish_policies
-
-            try:
-                publish_policies(node.asys, policies)
-                say(f"routes and cascades: {', '.join(policies.names)}")
-            except InferenceError as exc:
-                say(f"routes and cascades refused: {exc.kind}: {exc.message}")
+        if node.join is None:
+            start_head(node, config)
         say("ready")
-        next_join_check = time.monotonic() + JOIN_CHECK_S
-        while not stop.wait(WATCH_PERIOD_S):
-            if joined is None and join is not None and time.monotonic() >= next_join_check:
-                joined = check_join(join, key, quiet=True)
-                if joined is False:
-                    return 1
-                next_join_check = time.monotonic() + JOIN_CHECK_S
-            try:
-                node.watch()  # the head's gateway and node agent are started again if they died
-            except InferenceError as exc:
-                log.error("restarting a dead actor failed; trying again", error=exc.message)
+        return watch_node(node, stop, key, joined)
     except InferenceError as exc:
         print(f"atomr node: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -213,4 +224,45 @@ def main(argv: list[str] | None = None) -> int:
         if ended:
             log.warning("ended leftover processes", pids=ended)
         say("atomr node stopped")
+
+
+def start_head(node: NodeRuntime, config: NodeConfig) -> None:
+    """On the head: tenants, the HTTP front, the config's deployments, routes and cascades."""
+    if config.tenants.tenants:
+        node.set_tenants(config.tenants.tenants)
+    if config.http is not None:
+        http_port = node.start_http(config.http, config.tenants.tenants)
+        say(f"http front on http://{config.http.bind}:{http_port}")
+    for dep in config.deployments:
+        try:
+            infos = node.deploy(dep)
+        except InferenceError as exc:  # one bad deployment must not take the node down
+            say(f"deploy of {dep.name} failed: {exc.kind}: {exc.message}")
+            log.error("deploy failed", deployment=dep.name, error=exc.message)
+            continue
+        say(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}")
+    if config.policies:
+        from atomr.actors.registry import publish_policies
+
+        try:
+            publish_policies(node.asys, config.policies)
+            say(f"routes and cascades: {', '.join(config.policies.names)}")
+        except InferenceError as exc:
+            say(f"routes and cascades refused: {exc.kind}: {exc.message}")
+
+
+def watch_node(node: NodeRuntime, stop: threading.Event, key: ClusterKey, joined: bool | None) -> int:
+    """Until `stop` is set: restart the head's dead actors, and ask a head that gave no verdict on
+    this node's key yet (`joined` None) again; 1 when it refuses the key, 0 when stopped."""
+    next_join_check = time.monotonic() + JOIN_CHECK_S
+    while not stop.wait(WATCH_PERIOD_S):
+        if joined is None and node.join is not None and time.monotonic() >= next_join_check:
+            joined = check_join(node.join, key, quiet=True)
+            if joined is False:
+                return 1
+            next_join_check = time.monotonic() + JOIN_CHECK_S
+        try:
+            node.watch()  # the head's gateway and node agent are started again if they died
+        except InferenceError as exc:
+            log.error("restarting a dead actor failed; trying again", error=exc.message)
     return 0

@@ -4,7 +4,10 @@ Each provider fake (OpenAI, Anthropic, Gemini) subclasses `FakeProvider` and imp
 format in `handle`. The knobs script failures for the next calls: `fail_next(status, body,
 headers)`, `stall_next(seconds)`, `cut_next_after(n_chunks)`, `malformed_next()`,
 `drip_next(seconds)` (a stream sends its events that far apart). Calls are
-counted per path so tests assert on what reached the "provider".
+counted per path so tests assert on what reached the "provider". Every stream's end is recorded
+(`stream_ends`: events written, events it had, whether the client left first), and
+`wait_stream_end()` waits for the next one: a test can see that a caller who closed its stream
+closed the connection, so the provider stopped sending.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ class Fault:
     cut_after: int | None = None  # streams: drop the connection after this many events
     malformed: bool = False
     event_delay_s: float = 0.0  # streams: wait this long before each event after the first
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    sent: int  # events written before the stream ended
+    total: int  # events the stream had to send
+    client_left: bool  # the client closed the connection before the last event
 
 
 @dataclass
@@ -61,6 +71,8 @@ class FakeProvider:
         self.calls: list[Call] = []
         self.faults: collections.deque[Fault] = collections.deque()
         self.lock = threading.Lock()
+        self.stream_ends: list[StreamEnd] = []
+        self._ended = threading.Condition(self.lock)
         self.reply_text = "Hello from the fake provider."
         self.server = _Server(("127.0.0.1", 0), self._handler_class())
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -85,6 +97,7 @@ class FakeProvider:
         with self.lock:
             self.calls.clear()
             self.faults.clear()
+            self.stream_ends.clear()
 
     # knobs
     def fail_next(self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1) -> None:
@@ -104,6 +117,18 @@ class FakeProvider:
     def drip_next(self, seconds_per_event: float, times: int = 1) -> None:
         for _ in range(times):
             self.faults.append(Fault(event_delay_s=seconds_per_event))
+
+    def wait_stream_end(self, seen: int = 0, timeout: float = 30.0) -> StreamEnd | None:
+        """The first stream end after the `seen` already recorded, once there is one (None after
+        `timeout` seconds, a safety limit)."""
+        with self._ended:
+            self._ended.wait_for(lambda: len(self.stream_ends) > seen, timeout)
+            return self.stream_ends[seen] if len(self.stream_ends) > seen else None
+
+    def _stream_ended(self, sent: int, total: int, client_left: bool) -> None:
+        with self._ended:
+            self.stream_ends.append(StreamEnd(sent, total, client_left))
+            self._ended.notify_all()
 
     def count(self, path_part: str = "") -> int:
         with self.lock:
@@ -175,16 +200,22 @@ class FakeProvider:
                 self.send_header("cache-control", "no-cache")
                 self.send_header("connection", "close")
                 self.end_headers()
-                for i, ev in enumerate(events):
-                    if cut_after is not None and i >= cut_after:
-                        self.wfile.flush()
-                        self.close_connection = True
-                        self.connection.shutdown(2)  # the provider drops the stream mid-way
-                        return
-                    if delay_s and i:
-                        time.sleep(delay_s)
-                    self.wfile.write(ev.encode())
-                    self.wfile.flush()
                 self.close_connection = True
+                sent = 0
+                try:
+                    for ev in events:
+                        if cut_after is not None and sent >= cut_after:
+                            self.wfile.flush()
+                            self.connection.shutdown(2)  # the provider drops the stream mid-way
+                            break
+                        if delay_s and sent:
+                            time.sleep(delay_s)
+                        self.wfile.write(ev.encode())
+                        self.wfile.flush()
+                        sent += 1
+                except ConnectionError:  # the client closed the connection: stop sending
+                    fake._stream_ended(sent, len(events), client_left=True)
+                    return
+                fake._stream_ended(sent, len(events), client_left=False)
 
         return Handler

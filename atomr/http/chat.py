@@ -1,0 +1,148 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: JSON answers, or server-sent events
+with ``stream: true``.
+
+Each request is authenticated (tenants with hashed keys, `atomr.core.tenants`), checked against
+its tenant's models and concurrency quota, parsed (`openai_wire`) and handed to the backend, which
+streams its events. When the client goes away, the request is cancelled down to the engine.
+Errors known before the first byte are HTTP statuses with JSON bodies; after it, SSE error events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from atomr.core.errors import InferenceError
+from atomr.core.tenants import Tenant
+from atomr.core.types import Chunk, InferenceRequest, StreamEvent
+from atomr.http import openai_wire as wire
+from atomr.http.plumbing import FrontContext, error_response, log, until_disconnect
+from atomr.serving.stream_assembly import assemble_result
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+def routes(ctx: FrontContext) -> list[Route]:
+    async def chat_completions(request: Request) -> Response:
+        return await _inference(ctx, request, chat=True)
+
+    async def completions(request: Request) -> Response:
+        return await _inference(ctx, request, chat=False)
+
+    return [Route(CHAT, chat_completions, methods=["POST"]), Route(COMPLETIONS, completions, methods=["POST"])]
+
+
+async def _inference(ctx: FrontContext, request: Request, chat: bool) -> Response:
+    route = CHAT if chat else COMPLETIONS
+    admitted = await _admit(ctx, request, chat, route)
+    if isinstance(admitted, Response):
+        return admitted
+    tenant, body, req = admitted
+    if req.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(ctx, req, body.model, chat, include_usage, lambda: ctx.quota.leave(tenant), route),
+            media_type="text/event-stream",
+            headers={"x-request-id": req.request_id, "cache-control": "no-cache"},
+        )
+    try:
+        outcome = await until_disconnect(request, _whole(ctx, req))
+    finally:
+        ctx.quota.leave(tenant)
+    if isinstance(outcome, InferenceError):
+        ctx.metrics.record(route, outcome.http_status)
+        return error_response(outcome)
+    if outcome is None:  # the client left; the request was cancelled
+        ctx.metrics.record(route, 499)
+        return Response(status_code=499)
+    ctx.metrics.record(route, 200)
+    render = wire.chat_response if chat else wire.completion_response
+    text = json.dumps(render(req.request_id, body.model, outcome), separators=(",", ":"))
+    return Response(text, media_type="application/json", headers={"x-request-id": req.request_id})
+
+
+async def _admit(
+    ctx: FrontContext, request: Request, chat: bool, route: str
+) -> tuple[Tenant | None, Any, InferenceRequest] | Response:
+    """The caller's tenant, body and request, counted in the tenant's quota; or the refusal."""
+    tenant: Tenant | None = None
+    try:
+        tenant = ctx.authenticate(request)
+        raw = await ctx.read_body(request)
+        parse = wire.parse_chat if chat else wire.parse_completion
+        body, req = parse(raw, ctx.settings.default_max_tokens)
+        ctx.tenants.authorize(tenant, req.model)
+        req = dataclasses.replace(
+            req,
+            tenant=tenant.name if tenant is not None else "default",
+            priority=tenant.priority if tenant is not None else 0,
+            deadline=time.time() + ctx.settings.request_timeout_s,
+        )
+        req.validate()
+        ctx.quota.enter(tenant)  # last: nothing after it refuses the request
+    except ClientDisconnect:
+        return Response(status_code=499)
+    except InferenceError as exc:
+        ctx.metrics.record(route, exc.http_status)
+        log.info("http request refused", route=route, status=exc.http_status, kind=exc.kind, field=exc.field)
+        return error_response(exc)
+    return tenant, body, req
+
+
+async def _sse(
+    ctx: FrontContext,
+    req: InferenceRequest,
+    model: str,
+    chat: bool,
+    include_usage: bool,
+    done: Callable[[], None],
+    route: str,
+) -> AsyncIterator[bytes]:
+    enc = wire.StreamEncoder(req.request_id, model, chat, include_usage)
+    status = 200
+    events = ctx.backend.stream(req)
+    try:
+        first = True
+        async for ev in events:
+            out = enc.start() if first else b""
+            first = False
+            if ev.chunk is not None:
+                c = ev.chunk
+                out += enc.chunk(c.text, c.logprobs, c.finish_reason)
+            if ev.final:
+                out += enc.end(ev.usage)
+            if out:
+                yield out
+    except InferenceError as exc:
+        status = exc.http_status
+        yield enc.error(exc)
+    except asyncio.CancelledError:
+        status = 499
+        raise
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        done()
+        ctx.metrics.record(route, status)
+
+
+async def _whole(ctx: FrontContext, req: InferenceRequest) -> Any:
+    """The whole answer (an InferenceResult), or the request's InferenceError."""
+    chunks: list[Chunk] = []
+    last = StreamEvent(req.request_id)
+    try:
+        async for ev in ctx.backend.stream(req):
+            if ev.chunk is not None:
+                chunks.append(ev.chunk)
+            last = ev
+    except InferenceError as exc:
+        return exc
+    return assemble_result(req, chunks, last)

@@ -1,0 +1,229 @@
+"""The HTTP front as a whole: its server, and its requests' way into the cluster through the port.
+
+`HttpFront` serves the app (`atomr.http.app`) with uvicorn on the event loop of the process that
+hosts it (a gateway's sidecar loop) and implements the app's `InferenceBackend` over a
+`GatewayPort`: a request is handed to the gateway (`submit`), which admits and forwards it exactly
+as it does a `Client`'s, with the front as the requester; its events come back through
+`deliver` (`FrontSink`), and `StreamAssembler` puts them in order just as the `Client` does.
+
+Requests for a remote deployment that this process also serves itself (`atomr.http.inline`) are
+run on the loop instead, when the gateway's latest `RoutingSnapshot` allows it; their events go
+straight into their queue.
+
+When the gateway reports that a deployment's coordinator was replaced (its predecessor died,
+perhaps holding requests in its queue), the requests of that deployment that have heard nothing
+yet are sent again, marked as resent: the new coordinator ignores those its adopted replicas
+already serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from atomr.core.errors import UnavailableError
+from atomr.core.tenants import TenantTable
+from atomr.core.types import InferenceRequest, StreamEvent, Usage
+from atomr.http.app import make_app
+from atomr.http.inline import Fallback, InlineRunners, Slot
+from atomr.http.port import Debits, GatewayPort, RoutingSnapshot
+from atomr.http.settings import HttpSettings
+from atomr.observability.metrics import HttpMetrics, Recorder
+from atomr.serving.stream_assembly import StreamAssembler
+
+
+@dataclass(slots=True)
+class _Call:
+    """One request of the front in flight: where its events queue and which way it went."""
+
+    request: InferenceRequest
+    queue: asyncio.Queue[StreamEvent | None]  # None: waited long enough
+    model: str  # where a cancel goes, when it went through the gateway
+    slot: Slot | None = None  # its place in a runner of this process, if it runs here
+    via_gateway: bool = False  # it (or its fallback) was sent through the gateway
+    assembler: StreamAssembler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.assembler = StreamAssembler(self.request.request_id)
+
+
+class HttpFront:
+    """The HTTP server and its `InferenceBackend` (all methods on the loop, except `recorders`)."""
+
+    def __init__(self, port: GatewayPort, settings: HttpSettings, tenants: TenantTable, where: str) -> None:
+        self.port = port
+        self.settings = settings
+        self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}")
+        self.inline = InlineRunners(where)
+        self._routing = RoutingSnapshot()
+        self._queues: dict[str, asyncio.Queue[StreamEvent | None]] = {}
+        self._silent: dict[str, InferenceRequest] = {}  # sent, and nothing heard yet
+        self._server: uvicorn.Server | None = None
+        self._app = make_app(self, tenants, settings, self.http_metrics)
+
+    # ---- server lifecycle ----
+
+    async def start(self) -> int:
+        """Start listening; returns the port (useful when settings.port is 0)."""
+        config = uvicorn.Config(
+            self._app,
+            host=self.settings.bind,
+            port=self.settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="none",
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:
+            if task.done():
+                exc = task.exception()
+                raise UnavailableError(
+                    f"the HTTP front could not listen on {self.settings.bind}:{self.settings.port}: {exc}"
+                )
+            await asyncio.sleep(0.01)
+        sockets = [s for srv in server.servers for s in srv.sockets]
+        return int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        await self.inline.close()
+
+    def recorders(self) -> list[Recorder]:
+        """The front's metrics and those of its own runners (called from the gateway's thread)."""
+        return [self.http_metrics, *self.inline.recorders()]
+
+    # ---- InferenceBackend ----
+
+    async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamEvent]:
+        rid = request.request_id
+        call = _Call(request, asyncio.Queue(), request.model)
+        self._queues[rid] = call.queue
+        self._begin(call)
+        assembler, q = call.assembler, call.queue
+        deadline = request.deadline or (time.time() + 600.0)
+        loop = asyncio.get_running_loop()
+        # One timer per request (re-armed only when the assembler's wait changes), rather than a
+        # wait_for per event: the timer puts None in the queue.
+        timer: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                expiry = loop.time() + assembler.wait_time(deadline - time.time())
+                if timer is None or abs(timer.when() - expiry) > 0.05:
+                    if timer is not None:
+                        timer.cancel()
+                    timer = loop.call_at(expiry, q.put_nowait, None)
+                ev = await q.get()
+                if ev is None:
+                    timer = None
+                    steps = [assembler.on_timeout()]
+                else:
+                    self._silent.pop(rid, None)
+                    steps = assembler.on_event(ev)
+                for step in steps:
+                    if step.resend:
+                        self.port.submit(request, resent=True)
+                    elif step.error is not None:
+                        raise step.error
+                    elif step.event is not None:
+                        yield step.event
+                        if step.final:
+                            return
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._end(call)
+
+    def _begin(self, call: _Call) -> None:
+        """Start `call` here, on a runner of this process, or send it through the gateway."""
+        request = call.request
+        slot = self.inline.take(request, self._routing)
+        route = self._routing.routes.get(request.model) if slot is not None else None
+        if slot is None or route is None:
+            if slot is not None:
+                slot.give_back()
+            self.port.submit(request)
+            self._silent[request.request_id] = request
+            call.via_gateway = True
+            return
+        call.slot = slot
+        if not route.limits:
+            self.inline.start(slot, request, call.queue.put_nowait, self._fallback_of(call))
+            return
+        # the gateway admits it from its lease first, as on the other path
+        self.port.admit(request, route, lambda debits: self._admitted(call, slot, debits))
+
+    def _admitted(self, call: _Call, slot: Slot, debits: Debits) -> None:
+        settle = self._settler(debits)
+        if self._queues.get(call.request.request_id) is call.queue:
+            self.inline.start(slot, call.request, call.queue.put_nowait, self._fallback_of(call), settle)
+            return
+        slot.give_back()  # its caller left (or its deadline passed) while it waited
+        if settle is not None:
+            settle(None)
+
+    def _fallback_of(self, call: _Call) -> Fallback:
+        def fallback(request: InferenceRequest, fallbacks: tuple[str, ...]) -> str | None:
+            onward = self.port.fallback(request, fallbacks)
+            if onward is not None:
+                call.model, call.via_gateway = onward, True
+            return onward
+
+        return fallback
+
+    def _end(self, call: _Call) -> None:
+        """The caller is done with `call`: forget it, and cancel it if it has not finished."""
+        rid = call.request.request_id
+        self._queues.pop(rid, None)
+        self._silent.pop(rid, None)
+        slot = call.slot
+        if slot is not None:
+            slot.give_back()  # refused by the rate limit, or ended before it started
+        if not call.assembler.finished:
+            here = slot.task if slot is not None else None
+            if here is not None and not here.done():
+                here.cancel()
+            elif call.via_gateway:  # (one still waiting for admission learns it left when admitted)
+                self.port.cancel([rid], call.model)
+
+    def _settler(self, debits: Debits) -> Callable[[Usage | None], None] | None:
+        """What settles a request's token debits with the rate limiter, through the gateway."""
+        if not any(tokens for _, tokens in debits):
+            return None
+        return lambda usage: self.port.settle(debits, usage)
+
+    def model_names(self) -> list[str]:
+        return self._routing.model_names()
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        return await self.port.readiness()
+
+    async def metrics(self) -> bytes:
+        return await self.port.metrics()
+
+    # ---- FrontSink ----
+
+    def deliver(self, events: list[StreamEvent]) -> None:
+        for ev in events:
+            q = self._queues.get(ev.request_id)
+            if q is not None:
+                q.put_nowait(ev)
+
+    def routing_changed(self, snapshot: RoutingSnapshot) -> None:
+        routes_before = self._routing.routes
+        self._routing = snapshot
+        if snapshot.routes is not routes_before:
+            self.inline.refresh(snapshot.routes)
+
+    def coordinators_replaced(self, names: frozenset[str]) -> None:
+        for request in list(self._silent.values()):
+            if request.model in names:
+                self.port.submit(request, resent=True)

@@ -1,0 +1,58 @@
+"""Translating between atomr and vLLM for one request: prompt token ids as vLLM makes them, atomr's
+sampling parameters as vLLM's, vLLM's finish reasons and logprob entries as atomr's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from atomr.runners.local.vllm.engine import Vllm
+
+from atomr.core.errors import InvalidRequestError
+from atomr.core.types import Message, SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from atomr.runners.local.vllm.process import LoadedEngine
+
+# vLLM finish reasons that end a request normally, as atomr's finish_reason.
+FINISH_REASONS = {"stop": "stop", "length": "length", "repetition": "stop"}
+
+
+def prompt_ids(tokenizer: Any, messages: Sequence[Message] | None, prompt: str | None) -> list[int]:
+    """Token ids as vLLM itself makes them: chat via the model's template (which adds BOS, so no
+    special tokens are added on top), completion with the tokenizer's special tokens (BOS)."""
+    if messages is not None:
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        try:
+            text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # noqa: BLE001 - jinja and transformers raise many kinds
+            raise InvalidRequestError(f"the model's chat template failed: {exc}", field="messages") from None
+        ids = tokenizer.encode(str(text), add_special_tokens=False)
+    else:
+        ids = tokenizer.encode(prompt or "", add_special_tokens=True)
+    if not ids:
+        raise InvalidRequestError("the prompt is empty", field="messages" if messages is not None else "prompt")
+    return [int(i) for i in ids]
+
+
+def sampling_params(v: Vllm, p: SamplingParams) -> Any:
+    kwargs: dict[str, Any] = {
+        "max_tokens": p.max_tokens,
+        "output_kind": v.delta,
+        "stop": list(p.stop) or None,
+        "logprobs": 0 if p.logprobs else None,  # 0: only the chosen token's logprob
+    }
+    if p.greedy:
+        kwargs["temperature"] = 0.0
+    else:
+        kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p), top_k=int(p.top_k), seed=p.seed)
+    return v.SamplingParams(**kwargs)
+
+
+def logprob_entry(e: LoadedEngine, entry: Any, token: int) -> TokenLogprob:
+    lp = entry[token]
+    piece = lp.decoded_token
+    if piece is None:
+        piece = e.tokenizer.decode([token])
+    return TokenLogprob(str(piece), float(lp.logprob))

@@ -1,0 +1,1 @@
+"""The runner contract: one suite of tests every runtime passes (see contract.py)."""

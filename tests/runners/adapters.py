@@ -1,0 +1,372 @@
+"""Each runtime's adapter to the runner contract: how to build its deployment, start its engine
+or its fake server, and what it declares. The tests themselves are in contract.py, written once.
+
+Local engines serve the shipped tiny model, whose greedy answers are the same on every engine
+(tests/local_support.py); remote APIs answer from their fake server (tests/fakes/), reached
+through the official SDKs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import pytest
+
+from atomr.core.runner import ModelRunner, RunnerCapabilities
+from atomr.core.types import Chunk, InferenceRequest
+from atomr.runners.catalog import runner_class
+from tests.conftest import THREAD_ENV
+from tests.fakes import anthropic_server, gemini_server, openai_server
+from tests.local_support import ACTOR, ACTOR_CHAT, HELLO, VLLM_ENGINE, tiny_deployment
+from tests.remote_support import new_key, remote_deployment
+from tests.runners.contract import Answer, RemoteAdapter, RuntimeAdapter
+from tests.runners.support import chat, completion
+
+LOCAL_CHATS = ("What is an actor?", "Hello!", "What is two plus two?", "Count to five.")
+LOCAL_PROMPTS = ("The actor model", "To bake bread,", "The weather today", "In winter")
+
+
+# -- local engines ---------------------------------------------------------------------------
+
+
+class LocalAdapter(RuntimeAdapter):
+    """A local engine on the tiny model, one thread (OMP/RAYON pinned), loaded once per class."""
+
+    local = True
+    cut_within: ClassVar[int]  # tokens a generation may still take once its caller has left
+
+    def __init__(self, **engine: Any) -> None:
+        self.engine = engine
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in THREAD_ENV.items():
+                mp.setenv(name, value)
+            yield
+
+    def deployment(self) -> Any:
+        return tiny_deployment(self.runtime, **self.engine)
+
+    async def start(self) -> ModelRunner:
+        runner = runner_class(self.runtime)(self.deployment())
+        await runner.load()
+        assert await runner.health()
+        return runner
+
+    def request(self, mode: str, *, prompt: str | None = None, **params: Any) -> InferenceRequest:
+        params = {"max_tokens": 120, **params}
+        if mode == "chat":
+            return chat(prompt if prompt is not None else LOCAL_CHATS[0], **params)
+        return completion(prompt if prompt is not None else LOCAL_PROMPTS[0], **params)
+
+    def answers(self, mode: str) -> list[Answer]:
+        if mode == "chat":
+            return [
+                Answer(self.request("chat", max_tokens=60), ACTOR_CHAT, 12),
+                Answer(chat(("system", "You are a helpful assistant."), LOCAL_CHATS[0], max_tokens=60), ACTOR_CHAT),
+                Answer(chat("Hello!"), HELLO),
+            ]
+        return [Answer(self.request("completion"), ACTOR, 4)]
+
+    def counted_prompt_tokens(self, runner: ModelRunner, request: InferenceRequest) -> int | None:
+        count = getattr(runner, "count_prompt_tokens", None)
+        return int(count(request)) if count is not None else None
+
+    def reached(self, runner: ModelRunner) -> int | None:
+        return int(runner.stats["requests"])  # type: ignore[attr-defined]
+
+    def active(self, runner: ModelRunner) -> int:
+        return int(runner.active_generations)  # type: ignore[attr-defined]
+
+    def context_length(self, runner: ModelRunner) -> int:
+        return int(runner.context_length)  # type: ignore[attr-defined]
+
+    def sampled(self, seed: int | None) -> InferenceRequest:
+        if seed is None:
+            return completion("The", max_tokens=20, temperature=1.0, top_k=40)
+        return chat("Tell me a story.", max_tokens=40, temperature=1.5, top_p=0.95, top_k=50, seed=seed)
+
+    def varied_requests(self) -> list[InferenceRequest]:
+        """Chats and completions in turn, every prompt of each."""
+        return [
+            chat(LOCAL_CHATS[(i // 2) % 4]) if i % 2 else completion(LOCAL_PROMPTS[(i // 2) % 4])
+            for i in range(self.concurrency)
+        ]
+
+    def long_request(self) -> InferenceRequest:
+        # sampled at temperature 2: usually long (EOS is rarely drawn)
+        return completion("", max_tokens=250, temperature=2.0)
+
+    async def wait_idle(self, runner: ModelRunner, timeout: float = 10.0) -> None:
+        """Until no generation is in progress (a safety limit of `timeout` seconds)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.active(runner) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.002)
+        assert self.active(runner) == 0, "the engine kept generating after its caller left"
+
+    async def before_leaving(self, runner: ModelRunner) -> Any:
+        await self.wait_idle(runner)
+        return dict(runner.stats)  # type: ignore[attr-defined]
+
+    async def stopped_after_leaving(self, runner: ModelRunner, mark: Any, first: Chunk) -> bool:
+        await self.wait_idle(runner)  # the runner's active generations return to zero
+        stats = runner.stats  # type: ignore[attr-defined]
+        assert stats["requests"] == mark["requests"] + 1
+        if first.finish_reason is not None or stats["cancelled"] == mark["cancelled"]:
+            return False  # it ended (EOS) before the caller left: nothing to cut
+        assert stats["cancelled"] == mark["cancelled"] + 1
+        return bool(stats["tokens"] - mark["tokens"] <= self.cut_within)
+
+
+class OrtAdapter(LocalAdapter):
+    runtime = "ort"
+    runner_path = "atomr.runners.local.ort.runner:OrtRunner"
+    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True)
+    concurrency = 16
+    cut_within = 249  # usually within a few tokens; always before max_tokens
+
+    def __init__(self, scheduler: str) -> None:
+        super().__init__(scheduler=scheduler)
+
+
+class VllmAdapter(LocalAdapter):
+    runtime = "vllm"
+    runner_path = "atomr.runners.local.vllm.runner:VllmRunner"
+    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True)
+    one_token_per_chunk = False  # an engine step may bring several tokens
+    cut_within = 62  # a quarter of the 250 it would have taken
+
+    def __init__(self) -> None:
+        super().__init__(**VLLM_ENGINE)
+
+
+class MistralRsAdapter(LocalAdapter):
+    runtime = "mistralrs"
+    runner_path = "atomr.runners.local.mistralrs.runner:MistralRsRunner"
+    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=False)
+    no_seed = "mistral.rs takes no per-request seed"
+    logprob_modes = frozenset({"chat"})  # its completion API gives none
+    streamed_modes = frozenset({"chat"})  # its completion API is not streamed
+    cut_within = 5  # the worker looks at its caller before every token
+
+    def long_request(self) -> InferenceRequest:
+        # a sampled chat (completions are not streamed), often 50-100 tokens
+        return chat("How do I bake bread?", max_tokens=200, temperature=2.0)
+
+
+def gpu_visible() -> bool:
+    code = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+class TensorRTAdapter(LocalAdapter):
+    runtime = "tensorrt"
+    runner_path = "atomr.runners.local.tensorrt.runner:TensorRTRunner"
+    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True, needs_gpu=True)
+    one_token_per_chunk = False
+    cut_within = 199
+
+    def __init__(self) -> None:
+        super().__init__(kv_cache_free_gpu_memory_fraction=0.2)
+
+    def require(self) -> None:
+        super().require()
+        if not gpu_visible():
+            pytest.skip("no NVIDIA GPU is visible to torch (TensorRT-LLM needs one)")
+
+    def deployment(self) -> Any:
+        return tiny_deployment(self.runtime, gpus=1, **self.engine)
+
+    def counted_prompt_tokens(self, runner: ModelRunner, request: InferenceRequest) -> int | None:
+        return len(runner.prompt_ids(request))  # type: ignore[attr-defined]
+
+    def reached(self, runner: ModelRunner) -> int | None:
+        return None  # TensorRT-LLM keeps no count
+
+    def active(self, runner: ModelRunner) -> int:
+        return len(runner._live)  # type: ignore[attr-defined]
+
+    def long_request(self) -> InferenceRequest:
+        return completion("", max_tokens=200, temperature=1.5)
+
+    async def before_leaving(self, runner: ModelRunner) -> Any:
+        await self.wait_idle(runner)
+        return None
+
+    async def stopped_after_leaving(self, runner: ModelRunner, mark: Any, first: Chunk) -> bool:
+        await self.wait_idle(runner)  # the request was aborted in TRT-LLM
+        return first.finish_reason is None
+
+
+# -- remote APIs -------------------------------------------------------------------------------
+
+REMOTE_CHAT = (("system", "You are terse."), ("user", "Say hello to the fake"))
+
+
+class FakeServedAdapter(RemoteAdapter):
+    """A remote API against its fake server: one fake per class, fresh for every test."""
+
+    fake_class: ClassVar[type[Any]]
+    tokenize: ClassVar[Callable[[str], list[str]]]
+    model: ClassVar[str]
+    api_suffix: ClassVar[str] = ""
+    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True)
+    seed_changes_text = False  # the fake answers the same whatever the seed
+
+    def __init__(self) -> None:
+        self.key = new_key(f"sk-{self.runtime}-contract-")
+        self.fake: Any = None
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(self.key_env, self.key)
+            yield
+
+    def new_fake(self, api_key: str | None) -> Any:
+        return self.fake_class(api_key=api_key)
+
+    def api_base_of(self, fake: Any) -> str:
+        return str(fake.url) + self.api_suffix
+
+    def build(self, api_base: str | None = None, model: str | None = None, **engine: Any) -> ModelRunner:
+        dep = remote_deployment(
+            model or self.model, api_base or self.api_base_of(self.fake), self.key_env, **engine
+        )
+        assert dep.runtime == self.runtime
+        return runner_class(self.runtime)(dep)
+
+    async def start(self) -> ModelRunner:
+        self.fake = self.new_fake(self.key)
+        runner = self.build()
+        await runner.load()
+        return runner
+
+    async def stop(self, runner: ModelRunner) -> None:
+        try:
+            await runner.unload()
+        finally:
+            self.fake.close()
+
+    def fresh(self) -> None:
+        self.fake.reset()
+        self.fake.context_window = 4096
+
+    def request(self, mode: str, *, prompt: str | None = None, **params: Any) -> InferenceRequest:
+        if mode == "chat":
+            turns = REMOTE_CHAT if prompt is None else (("user", prompt),)
+            return chat(*turns, model="remote", **params)
+        return completion("Once upon a time" if prompt is None else prompt, model="remote", **params)
+
+    def answers(self, mode: str) -> list[Answer]:
+        return [Answer(self.request(mode), self.fake.reply_text)]
+
+    def pieces(self, answer: str) -> list[str] | None:
+        return self.tokenize(answer)
+
+    def prompt_tokens(self, runner: ModelRunner, answer: Answer) -> int | None:
+        return int(self.fake.served[-1].prompt_tokens)  # what the provider counted
+
+    def reached(self, runner: ModelRunner) -> int | None:
+        return int(self.fake.count())
+
+    def context_length(self, runner: ModelRunner) -> int:
+        self.fake.context_window = 40
+        return 40
+
+    def sampled(self, seed: int | None) -> InferenceRequest:
+        return self.request("chat", stream=True, temperature=0.7, top_p=0.9, seed=seed)
+
+    def sent_seed(self) -> Any:
+        return self.fake.calls[-1].body.get("seed")
+
+    def varied_requests(self) -> list[InferenceRequest]:
+        return [self.request(("chat", "completion")[i % 2], stream=bool(i % 3)) for i in range(self.concurrency)]
+
+    def long_request(self) -> InferenceRequest:
+        self.fake.drip_next(0.1)  # the provider sends an event every 0.1 s: the caller leaves mid-way
+        return self.request("chat", stream=True)
+
+    async def before_leaving(self, runner: ModelRunner) -> Any:
+        return len(self.fake.stream_ends)
+
+    async def stopped_after_leaving(self, runner: ModelRunner, mark: Any, first: Chunk) -> bool:
+        end = await asyncio.to_thread(self.fake.wait_stream_end, mark, 30.0)
+        assert end is not None, "the provider's stream never ended"
+        assert end.client_left, f"the provider sent all {end.total} events: the connection stayed open"
+        return bool(end.sent < end.total)
+
+    @property
+    def unknown_model(self) -> str:
+        return self.model.replace("fake", "nope")
+
+
+class OpenAIAdapter(FakeServedAdapter):
+    runtime = "openai"
+    runner_path = "atomr.runners.remote.openai.runner:OpenAIRunner"
+    imports_package = True
+    provider = "openai"
+    fake_class = openai_server.FakeOpenAI
+    tokenize = staticmethod(openai_server.tokenize)
+    model = "openai/gpt-fake"
+    api_suffix = "/v1"
+    key_env = "ATOMR_TEST_OPENAI_KEY"
+    events_before_text = 1  # the role delta
+    pieces_before_bad_event = 2
+
+    def fresh(self) -> None:
+        self.fake.reset(api_key=self.key)
+
+
+class LiteLLMAdapter(OpenAIAdapter):
+    runtime = "litellm"
+    runner_path = "atomr.runners.remote.litellm.runner:LiteLLMRunner"
+    provider = "litellm"
+    model = "litellm/openai/gpt-fake"
+    logprob_modes = frozenset({"chat"})  # LiteLLM gives none for text completions
+
+
+class AnthropicAdapter(FakeServedAdapter):
+    runtime = "anthropic"
+    runner_path = "atomr.runners.remote.anthropic.runner:AnthropicRunner"
+    capabilities = RunnerCapabilities(streaming=True, logprobs=False, batching=True)
+    no_seed = "the Messages API takes no seed"
+    logprob_modes = frozenset()
+    provider = "anthropic"
+    fake_class = anthropic_server.FakeAnthropic
+    tokenize = staticmethod(anthropic_server.tokenize)
+    model = "anthropic/claude-fake"
+    key_env = "ATOMR_TEST_ANTHROPIC_KEY"
+    events_before_text = 3  # message_start, content_block_start, ping
+    pieces_before_bad_event = 1
+
+    def prompt_tokens(self, runner: ModelRunner, answer: Answer) -> int | None:
+        return int(self.fake.served[-1].input_tokens)
+
+
+class GeminiAdapter(FakeServedAdapter):
+    runtime = "gemini"
+    runner_path = "atomr.runners.remote.gemini.runner:GeminiRunner"
+    provider = "gemini"
+    fake_class = gemini_server.FakeGemini
+    tokenize = staticmethod(gemini_server.tokenize)
+    model = "gemini/gemini-fake"
+    key_env = "ATOMR_TEST_GEMINI_KEY"
+    events_before_text = 0
+    pieces_before_bad_event = 1
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        with super().environment(), pytest.MonkeyPatch.context() as mp:
+            for name in ("GOOGLE_GENAI_API_VERSION", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE"):
+                mp.delenv(name, raising=False)
+            yield
+
+    def sent_seed(self) -> Any:
+        return self.fake.calls[-1].body["generationConfig"].get("seed")

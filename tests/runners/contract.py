@@ -1,0 +1,585 @@
+"""The runner contract, written once: what every `ModelRunner` does, whatever its engine.
+
+In the style of LiteLLM's provider test base classes: `RunnerContract` holds the tests,
+`RemoteRunnerContract` adds those of remote APIs (error mapping, retries, the breaker, keys), and
+each runtime supplies a small `RuntimeAdapter` (adapters.py: how to build its deployment, start
+its fake or check its engine, what it declares). test_contract.py makes one test class per
+runtime from the two. A runtime whose engine is not installed skips with the reason, or fails
+where `$ATOMR_REQUIRE_ENGINES` names it (`tests.conftest.require_engine`).
+
+Every test runs its coroutines on the class's own event loop (`on`), where the runner was loaded
+once (vLLM binds a runner to the loop that loaded it). Tests wait on events (a generation count
+back to zero, the fake seeing a stream end), never on timing; time bounds are safety limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+
+from atomr.core.errors import ContextLengthError, InferenceError, InvalidRequestError
+from atomr.core.runner import ModelRunner, RunnerCapabilities, check_supported
+from atomr.core.types import Chunk, InferenceRequest
+from atomr.runners.catalog import runner_class, spec_of
+from tests.conftest import require_engine
+from tests.local_support import keep_trying
+from tests.remote_support import FAST_RETRY, NO_RETRY, assert_key_hidden, assert_key_nowhere, load, new_key
+from tests.runners.support import (
+    check_stream,
+    collect,
+    leave_after_first_chunk,
+    logprobs_of,
+    outcome,
+    text,
+    through_session,
+)
+
+T = TypeVar("T")
+MODES = ("chat", "completion")
+On = Callable[[Coroutine[Any, Any, T]], T]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A request and the whole answer the runtime gives it (greedy, or the fake's reply)."""
+
+    request: InferenceRequest
+    text: str
+    prompt_tokens: int | None = None  # when known beforehand
+
+
+def with_params(request: InferenceRequest, **params: Any) -> InferenceRequest:
+    return dataclasses.replace(request, params=dataclasses.replace(request.params, **params))
+
+
+def streamed(request: InferenceRequest) -> InferenceRequest:
+    return dataclasses.replace(request, stream=True)
+
+
+class RuntimeAdapter:
+    """What one runtime supplies to the contract. Subclasses set the class attributes and
+    implement the hooks that raise NotImplementedError."""
+
+    runtime: ClassVar[str]  # its name in the catalog
+    runner_path: ClassVar[str]  # "module:Class" of the runner the catalog must name
+    capabilities: ClassVar[RunnerCapabilities]  # what the runner must declare
+    local: ClassVar[bool]
+    imports_package: ClassVar[bool] = False  # importing the runner module imports its package
+    no_seed: ClassVar[str | None] = None  # why a seed cannot make sampling reproducible (None: it does)
+    seed_changes_text: ClassVar[bool] = True  # other seeds sample other texts
+    logprob_modes: ClassVar[frozenset[str]] = frozenset(MODES)  # where asked-for logprobs come
+    streamed_modes: ClassVar[frozenset[str]] = frozenset(MODES)  # answered in several chunks
+    one_token_per_chunk: ClassVar[bool] = True
+    concurrency: ClassVar[int] = 8
+
+    def require(self) -> None:
+        """Skip (or fail, where CI requires it) when the runtime's package is missing."""
+        spec = spec_of(self.runtime)
+        try:
+            require_engine(spec.package, spec.extra)
+        except ModuleNotFoundError:  # a parent package missing (google.genai without google)
+            require_engine(spec.package.partition(".")[0], spec.extra)
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        """Set for as long as the runner is loaded (keys, thread pins)."""
+        yield
+
+    async def start(self) -> ModelRunner:
+        raise NotImplementedError
+
+    async def stop(self, runner: ModelRunner) -> None:
+        await runner.unload()
+
+    def fresh(self) -> None:
+        """Before every test: forget what the last one did (a fake's calls and knobs)."""
+
+    def request(self, mode: str, *, prompt: str | None = None, **params: Any) -> InferenceRequest:
+        """The runtime's usual chat or completion request (`prompt`: another user text)."""
+        raise NotImplementedError
+
+    def answers(self, mode: str) -> list[Answer]:
+        """Requests whose whole answers are known; the first is the usual `request(mode)`'s."""
+        raise NotImplementedError
+
+    def pieces(self, answer: str) -> list[str] | None:
+        """The texts of the chunks `answer` streams in, where they are known."""
+        return None
+
+    def prompt_tokens(self, runner: ModelRunner, answer: Answer) -> int | None:
+        """The prompt tokens the last request (answer's) must report."""
+        return answer.prompt_tokens
+
+    def counted_prompt_tokens(self, runner: ModelRunner, request: InferenceRequest) -> int | None:
+        """The runner's own count of a request's prompt tokens, where it offers one."""
+        return None
+
+    def reached(self, runner: ModelRunner) -> int | None:
+        """How many requests reached the engine or provider so far (None: not observable)."""
+        return None
+
+    def active(self, runner: ModelRunner) -> int:
+        """Generations in progress on the engine's side."""
+        return 0
+
+    def context_length(self, runner: ModelRunner) -> int:
+        """The context length in tokens (a fake may be told one)."""
+        raise NotImplementedError
+
+    def sampled(self, seed: int | None) -> InferenceRequest:
+        raise NotImplementedError
+
+    def sent_seed(self) -> Any:
+        """The seed the provider received (remote runtimes)."""
+        raise NotImplementedError
+
+    def varied_requests(self) -> list[InferenceRequest]:
+        raise NotImplementedError
+
+    def long_request(self) -> InferenceRequest:
+        """A request that keeps producing for a long while (to leave in the middle)."""
+        raise NotImplementedError
+
+    async def before_leaving(self, runner: ModelRunner) -> Any:
+        """A mark to compare with once the caller has left."""
+        raise NotImplementedError
+
+    async def stopped_after_leaving(self, runner: ModelRunner, mark: Any, first: Chunk) -> bool:
+        """Wait until the work of a request whose caller left after `first` is over; whether it
+        was cut short (False when it ended by itself first)."""
+        raise NotImplementedError
+
+
+class RunnerContract:
+    """The tests every runtime passes. A subclass sets `adapter`."""
+
+    adapter: ClassVar[RuntimeAdapter]
+
+    # -- what the catalog and the class say -------------------------------------------------
+
+    def test_catalog_names_the_runner_and_its_capabilities(self) -> None:
+        a = self.adapter
+        if a.imports_package:
+            a.require()
+        module, _, name = a.runner_path.partition(":")
+        cls = runner_class(a.runtime)
+        assert cls is getattr(importlib.import_module(module), name)
+        assert spec_of(a.runtime).local == a.local
+        assert cls.capabilities == a.capabilities
+        assert bool(a.logprob_modes) == a.capabilities.logprobs
+
+    # -- answers -----------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_whole_answer(self, runner: ModelRunner, on: On[Any], mode: str) -> None:
+        for answer in self.adapter.answers(mode):
+            assert not answer.request.stream
+            chunks = on(collect(runner, answer.request))
+            last = check_stream(chunks)
+            assert (text(chunks), last.finish_reason) == (answer.text, "stop"), answer.request
+            assert all(c.logprobs is None for c in chunks)  # none unless asked
+            self.check_usage(runner, answer, last)
+
+    def check_usage(self, runner: ModelRunner, answer: Answer, last: Chunk) -> None:
+        assert last.usage is not None and last.usage.completion_tokens > 0
+        expected = self.adapter.prompt_tokens(runner, answer)
+        if expected is not None:
+            assert last.usage.prompt_tokens == expected
+        counted = self.adapter.counted_prompt_tokens(runner, answer.request)
+        if counted is not None:  # the runner's own count agrees with what it reports
+            assert last.usage.prompt_tokens == counted
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_streaming(self, runner: ModelRunner, on: On[Any], mode: str) -> None:
+        """Chunks as they come, then exactly one final chunk with finish_reason and usage."""
+        a = self.adapter
+        for answer in a.answers(mode):
+            chunks = on(collect(runner, streamed(answer.request)))
+            last = check_stream(chunks, one_token_per_chunk=a.one_token_per_chunk)
+            assert (text(chunks), last.finish_reason) == (answer.text, "stop")
+            self.check_usage(runner, answer, last)
+            pieces = a.pieces(answer.text)
+            if pieces is not None:
+                assert [c.text for c in chunks[:-1]] == pieces and last.text == ""
+            if mode in a.streamed_modes:
+                assert len([c for c in chunks if c.text]) > 1, "the answer came in one piece"
+            else:
+                assert len(chunks) == 1
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_max_tokens_gives_length(self, runner: ModelRunner, on: On[Any], mode: str) -> None:
+        a = self.adapter
+        answer = a.answers(mode)[0]
+        chunks = on(collect(runner, streamed(with_params(answer.request, max_tokens=5))))
+        last = check_stream(chunks, one_token_per_chunk=a.one_token_per_chunk)
+        assert last.finish_reason == "length"
+        assert last.usage is not None and last.usage.completion_tokens == 5
+        got = text(chunks)
+        assert got and answer.text.startswith(got) and got != answer.text
+        pieces = a.pieces(answer.text)
+        if pieces is not None:
+            assert got == "".join(pieces[:5])
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_stop_sequences(self, runner: ModelRunner, on: On[Any], mode: str) -> None:
+        answer = self.adapter.answers(mode)[0]
+        full = answer.text
+        whole = check_stream(on(collect(runner, answer.request))).usage
+        assert whole is not None
+        earlier = full[len(full) // 4 :][:5]  # stop strings inside the answer, across tokens
+        later = full[len(full) // 2 :][:4]
+        assert earlier.strip() and later.strip() and full.index(earlier) < full.index(later)
+
+        def stopped(*stop: str) -> tuple[str, Chunk]:
+            chunks = on(collect(runner, streamed(with_params(answer.request, stop=stop))))
+            return text(chunks), check_stream(chunks, one_token_per_chunk=self.adapter.one_token_per_chunk)
+
+        got, last = stopped(later)
+        assert (got, last.finish_reason) == (full[: full.index(later)], "stop")
+        assert last.usage is not None and 0 < last.usage.completion_tokens <= whole.completion_tokens
+        assert stopped(later, earlier)[0] == full[: full.index(earlier)]  # the earliest of several wins
+        assert stopped("zebra", later)[0] == full[: full.index(later)]  # beside one that never appears
+        got, last = stopped("zebra")  # a stop string that never appears changes nothing
+        assert (got, last.finish_reason) == (full, "stop")
+        got, last = stopped(full[-6:] + "!")  # held back while it might match, released at the end
+        assert (got, last.finish_reason) == (full, "stop")
+
+    def test_same_seed_same_text(self, runner: ModelRunner, on: On[Any]) -> None:
+        a = self.adapter
+        if a.no_seed:
+            pytest.skip(a.no_seed)
+
+        def sample(seed: int | None) -> str:
+            chunks = on(collect(runner, a.sampled(seed)))
+            check_stream(chunks)
+            return text(chunks)
+
+        first = sample(7)
+        if not a.local:
+            assert a.sent_seed() == 7  # the seed reached the provider
+        assert sample(7) == first
+        if a.seed_changes_text:
+            assert len({sample(s) for s in range(1, 6)}) > 1  # the seed matters: this is sampling
+        assert sample(None)  # unseeded sampling answers too
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_logprobs(self, runner: ModelRunner, on: On[Any], mode: str) -> None:
+        """Per-token logprobs where the runner declares them; elsewhere the request is refused
+        before it reaches the engine, naming the field, by the check every runner goes through."""
+        a = self.adapter
+        request = streamed(with_params(a.answers(mode)[0].request, logprobs=True))
+        if runner.capabilities.logprobs and mode in a.logprob_modes:
+            chunks = on(collect(runner, request))
+            last = check_stream(chunks)
+            lps = logprobs_of(chunks)
+            assert all(c.logprobs is not None and len(c.logprobs) == c.token_count for c in chunks)
+            assert last.usage is not None and len(lps) == last.usage.completion_tokens > 0
+            assert all(math.isfinite(lp.logprob) and lp.logprob <= 0.0 for lp in lps)
+            assert "".join(lp.token for lp in lps) == text(chunks)
+            if a.local:  # greedy on memorised text: the chosen tokens are very likely
+                assert sum(lp.logprob for lp in lps) / len(lps) > -0.5
+            return
+        before = a.reached(runner)
+        chunks, final = on(through_session(runner, request))
+        assert chunks == [] and final.error is not None
+        assert (final.error.kind, final.error.field) == ("invalid_request", "logprobs"), final.error
+        assert a.reached(runner) == before  # refused before the engine or provider saw it
+        if not runner.capabilities.logprobs:  # refused by what the runner declares
+            assert a.runtime in final.error.message and final.error.details["runtime"] == a.runtime
+            with pytest.raises(InvalidRequestError) as info:
+                check_supported(runner, request)
+            assert info.value.field == "logprobs"
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_run_session_serves_what_is_declared_and_refuses_the_rest(
+        self, runner: ModelRunner, on: On[Any], mode: str
+    ) -> None:
+        answer = self.adapter.answers(mode)[0]
+        declared = runner.capabilities.chat if mode == "chat" else runner.capabilities.completion
+        before = self.adapter.reached(runner)
+        chunks, final = on(through_session(runner, answer.request))
+        if declared:
+            assert final.error is None, final.error
+            assert text(chunks) == answer.text and final.usage is not None
+            return
+        assert chunks == [] and final.error is not None
+        assert (final.error.kind, final.error.field) == ("invalid_request", "messages" if mode == "chat" else "prompt")
+        assert self.adapter.reached(runner) == before
+
+    # -- limits ------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_context_length(self, runner: ModelRunner, on: On[Any], mode: str) -> None:
+        a = self.adapter
+        ctx = a.context_length(runner)
+        with pytest.raises(ContextLengthError) as info:  # a prompt longer than the context
+            on(collect(runner, a.request(mode, prompt="word " * (ctx + 44))))
+        err = info.value
+        assert (err.kind, err.http_status, err.retryable) == ("context_length", 400, False)
+        if a.local:
+            field = "messages" if mode == "chat" else "prompt"
+            assert err.field == field
+            answer = a.answers(mode)[0]
+            n = answer.prompt_tokens
+            assert n is not None
+            # the prompt fits, prompt + max_tokens does not
+            with pytest.raises(ContextLengthError) as info:
+                on(collect(runner, with_params(answer.request, max_tokens=ctx - n + 1)))
+            assert info.value.field == field
+            assert info.value.details == {"prompt_tokens": n, "context_length": ctx}
+            chunks = on(collect(runner, with_params(answer.request, max_tokens=ctx - n)))  # exactly the context
+            assert text(chunks) == answer.text and check_stream(chunks).finish_reason == "stop"
+        assert a.active(runner) == 0
+
+    @pytest.mark.parametrize("how", ["aclose", "task_cancel"])
+    def test_cancellation(self, runner: ModelRunner, on: On[Any], how: str) -> None:
+        """A caller that closes its stream (or whose task is cancelled) stops the work."""
+        a = self.adapter
+
+        async def attempt() -> bool:
+            mark = await a.before_leaving(runner)
+            first = await leave_after_first_chunk(runner, a.long_request(), how)
+            return await a.stopped_after_leaving(runner, mark, first)
+
+        async def go() -> None:
+            # A sampled generation may end on its own before the caller leaves: tries go on (for a
+            # while, not a fixed few) until one is cut.
+            tries = await keep_trying(attempt, any, seconds=30.0)
+            assert any(tries), f"no try was cut in {len(tries)}"
+            assert a.active(runner) == 0
+            answer = a.answers("chat")[0]  # the runner serves the next request normally
+            assert text(await collect(runner, answer.request)) == answer.text
+
+        on(go())
+
+    def test_concurrent_equal_sequential(self, runner: ModelRunner, on: On[Any]) -> None:
+        requests = self.adapter.varied_requests()
+        sequential = [text(on(collect(runner, r))) for r in requests]
+
+        async def together() -> list[list[Chunk]]:
+            return await asyncio.gather(*(collect(runner, r) for r in requests))
+
+        results = on(together())
+        assert [text(c) for c in results] == sequential
+        for chunks in results:
+            check_stream(chunks)
+
+
+class RemoteAdapter(RuntimeAdapter):
+    """A remote API runtime against its fake server (hooks in adapters.py)."""
+
+    local = False
+    provider: ClassVar[str]  # how its errors begin: "<provider> returned <status>: ..."
+    events_before_text: ClassVar[int]  # stream events before the first text
+    pieces_before_bad_event: ClassVar[int]  # text chunks a stream sends before `bad_event_next`'s event
+    key_env: ClassVar[str]
+    key: str
+    fake: Any
+
+    def build(self, api_base: str | None = None, model: str | None = None, **engine: Any) -> ModelRunner:
+        """A runner (not loaded) for the fake, or `api_base`; no retries unless `engine` says."""
+        raise NotImplementedError
+
+    def new_fake(self, api_key: str | None) -> Any:
+        """Another fake server of this provider (a context manager)."""
+        raise NotImplementedError
+
+    def api_base_of(self, fake: Any) -> str:
+        return str(fake.url)
+
+    def error_payload(self, status: int, message: str) -> Any:
+        """The provider's error body for `status` with this message."""
+        payload = self.fake.error_body(status)
+        payload["error"]["message"] = message
+        return payload
+
+    @property
+    def unknown_model(self) -> str:
+        raise NotImplementedError
+
+
+# status -> (kind, retryable, http status) every provider's error must become
+ERRORS: dict[int, tuple[str, bool, int]] = {
+    400: ("invalid_request", False, 400),
+    401: ("auth", False, 401),
+    404: ("not_found", False, 404),
+    429: ("rate_limited", True, 429),
+    500: ("unavailable", True, 503),
+    529: ("overloaded", True, 503),
+}
+CIRCUIT = {"failure_threshold": 2, "cooldown_s": 0.3, "half_open_probes": 1}
+
+
+class RemoteRunnerContract(RunnerContract):
+    """What remote API runners add: their fake's HTTP errors mapped to the taxonomy, retries, the
+    deadline, the circuit breaker, broken streams and bodies, and keys that never show."""
+
+    adapter: ClassVar[RemoteAdapter]
+
+    @pytest.mark.parametrize("status", sorted(ERRORS))
+    def test_error_mapping(
+        self,
+        runner: ModelRunner,
+        on: On[Any],
+        status: int,
+        caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str],
+    ) -> None:
+        a = self.adapter
+        caplog.set_level(logging.DEBUG)
+        kind, retryable, http_status = ERRORS[status]
+        headers = {"retry-after": "7"} if status == 429 else {}
+        a.fake.fail_next(status, a.error_payload(status, f"contract error {status} [{a.key}]"), headers)
+        chunks, err = on(outcome(runner, a.request("chat", stream=True)))
+        assert chunks == [] and err is not None
+        assert (err.kind, err.retryable, err.http_status) == (kind, retryable, http_status), err
+        assert err.details.get("status") == status
+        assert err.message.startswith(f"{a.provider} returned {status}")
+        assert f"contract error {status} [***]" in err.message  # the provider's words, the key masked
+        if status == 429:
+            assert err.retry_after == 7.0
+        assert_key_nowhere(a.key, err, caplog, capfd)
+        assert a.fake.count() == 1
+
+    def test_unknown_model_is_not_found(self, on: On[Any]) -> None:
+        a = self.adapter
+        name = a.unknown_model.rpartition("/")[2]
+        _, err = on(outcome_on(a.build(model=a.unknown_model), a.request("chat")))
+        assert err is not None and err.kind == "not_found" and name in err.message
+
+    def test_unreachable_provider_is_unavailable(self, on: On[Any]) -> None:
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        _, err = on(outcome_on(self.adapter.build(api_base=f"http://127.0.0.1:{port}"), self.adapter.request("chat")))
+        assert err is not None and (err.kind, err.retryable) == ("unavailable", True)
+        assert "connection failed" in err.message
+
+    def test_retry_after_is_honoured_then_it_succeeds(self, on: On[Any]) -> None:
+        a = self.adapter
+        a.fake.fail_next(429, headers={"retry-after": "1"})
+        chunks, err = on(outcome_on(a.build(retry=FAST_RETRY), a.request("chat", stream=True)))
+        assert err is None and text(chunks) == a.fake.reply_text
+        assert a.fake.count() == 2
+        assert a.fake.calls[1].at - a.fake.calls[0].at >= 1.0
+
+    @pytest.mark.parametrize("status", [400, 401])
+    def test_client_errors_are_never_retried(self, on: On[Any], status: int) -> None:
+        a = self.adapter
+        a.fake.fail_next(status, times=3)
+        _, err = on(outcome_on(a.build(retry={**FAST_RETRY, "max_attempts": 4}), a.request("chat")))
+        assert err is not None and err.kind == ERRORS[status][0] and not err.retryable
+        assert a.fake.count() == 1
+
+    def test_deadline_bounds_a_stalled_provider(self, on: On[Any]) -> None:
+        a = self.adapter
+        with a.new_fake(a.key) as stalled:  # its own server: the stalled call lives on after the test
+            stalled.stall_next(10)
+            request = a.request("chat", stream=True)
+            request = dataclasses.replace(request, deadline=time.time() + 2)
+            started = time.monotonic()
+            chunks, err = on(outcome_on(a.build(api_base=a.api_base_of(stalled), retry=FAST_RETRY), request))
+            elapsed = time.monotonic() - started
+            assert chunks == [] and err is not None and (err.kind, err.retryable) == ("timeout", True)
+            assert 1.5 < elapsed < 6.0  # the deadline, well before the 10 s stall ends
+            assert stalled.count() == 1
+
+    def test_circuit_breaker_opens_fails_fast_and_a_probe_closes_it(self, on: On[Any]) -> None:
+        a = self.adapter
+        runner = a.build(retry=NO_RETRY, circuit=CIRCUIT)
+
+        async def go() -> None:
+            async with load(runner) as r:
+                call = a.request("chat")
+
+                async def fails(kind: str, reached: int) -> None:
+                    _, err = await outcome(r, call)
+                    assert err is not None and err.kind == kind and err.retryable, err
+                    assert a.fake.count() == reached
+
+                a.fake.fail_next(503, times=2)
+                await fails("unavailable", 1)
+                await fails("unavailable", 2)
+                assert r.status()["circuit"]["state"] == "open"  # type: ignore[attr-defined]
+                await fails("circuit_open", 2)  # nothing reaches the provider while open
+                await fails("circuit_open", 2)
+                await asyncio.sleep(CIRCUIT["cooldown_s"] + 0.05)
+                chunks, err = await outcome(r, call)  # the half-open probe goes through and succeeds
+                assert err is None and text(chunks) == a.fake.reply_text and a.fake.count() == 3
+                assert r.status()["circuit"] == {"state": "closed", "consecutive_failures": 0}  # type: ignore[attr-defined]
+                a.fake.fail_next(503, times=3)
+                await fails("unavailable", 4)
+                await fails("unavailable", 5)
+                await asyncio.sleep(CIRCUIT["cooldown_s"] + 0.05)
+                await fails("unavailable", 6)  # a failed probe opens it again
+                await fails("circuit_open", 6)
+
+        on(go())
+
+    def test_stream_cut_after_text_is_not_restarted(self, on: On[Any]) -> None:
+        a = self.adapter
+        a.fake.cut_next_after(a.events_before_text + 2)  # two pieces of text, then the connection drops
+        chunks, err = on(outcome_on(a.build(retry={**FAST_RETRY, "max_attempts": 4}), a.request("chat", stream=True)))
+        assert [c.text for c in chunks] == (a.pieces(a.fake.reply_text) or [])[:2]  # no piece twice
+        assert err is not None and err.kind == "unavailable"
+        assert a.fake.count() == 1  # text had reached the caller: never retried
+
+    def test_malformed_answers_give_clear_errors(self, on: On[Any]) -> None:
+        a = self.adapter
+        a.fake.malformed_next()  # a body that is not JSON
+        chunks, err = on(outcome_on(a.build(), a.request("chat", stream=True)))
+        assert chunks == [] and err is not None and err.kind == "unavailable" and "malformed" in err.message
+        assert err.details.get("malformed") is True
+        a.fake.bad_event_next()  # an event whose data is not JSON, after some text
+        chunks, err = on(outcome_on(a.build(), a.request("chat", stream=True)))
+        pieces = a.pieces(a.fake.reply_text) or []
+        assert [c.text for c in chunks] == pieces[: a.pieces_before_bad_event]
+        assert err is not None and err.kind == "unavailable" and "malformed" in err.message
+        calls = a.fake.count()
+        a.fake.malformed_next()  # retryable, and nothing had reached the caller: a second try succeeds
+        chunks, err = on(outcome_on(a.build(retry=FAST_RETRY), a.request("chat", stream=True)))
+        assert err is None and text(chunks) == a.fake.reply_text
+        assert a.fake.count() == calls + 2
+
+    def test_the_key_never_reaches_errors_or_logs(
+        self, on: On[Any], caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        a = self.adapter
+        caplog.set_level(logging.DEBUG)
+        log = logging.getLogger("atomr.test")
+        # the right key, and error bodies that repeat it, through retries
+        a.fake.fail_next(429, a.error_payload(429, f"slow down {a.key}"), {"retry-after": "0"})
+        a.fake.fail_next(529, a.error_payload(529, f"overloaded {a.key}"))
+        a.fake.fail_next(500, a.error_payload(500, f"exploded {a.key}"))
+        _, err = on(outcome_on(a.build(retry=FAST_RETRY), a.request("chat", stream=True)))
+        assert err is not None and err.kind == "unavailable" and a.fake.count() == 3
+        log.error("request failed: %s (%r)", err, err)
+        assert_key_nowhere(a.key, err, caplog, capfd)
+        # a wrong key: the provider's own refusal repeats the key it received
+        wrong = new_key("sk-wrong-")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("ATOMR_TEST_WRONG_KEY", wrong)
+            _, err = on(outcome_on(a.build(api_key_env="ATOMR_TEST_WRONG_KEY"), a.request("chat", stream=True)))
+        assert err is not None and err.kind == "auth" and not err.retryable
+        log.error("request failed: %s (%r)", err, err)
+        assert_key_hidden(err, a.key)
+        assert_key_nowhere(wrong, err, caplog, capfd)
+        assert any("request failed" in r.getMessage() for r in caplog.records)
+
+
+async def outcome_on(runner: ModelRunner, request: InferenceRequest) -> tuple[list[Chunk], InferenceError | None]:
+    """Load `runner`, run one request, unload it: its chunks and error."""
+    async with load(runner) as r:
+        return await outcome(r, request)
+
