@@ -17,6 +17,8 @@ from tests.conftest import REPO, Node, node_env
 from tests.fakes.openai_server import FakeOpenAI
 
 KEY = "sk-remote-only"
+# Nothing of the source tree on the path: the wheel is what runs (node_env() puts the repo first).
+WHEEL_ENV = node_env(PYTHONPATH="")
 HEAVY = ("torch", "vllm", "onnxruntime", "onnxruntime_genai", "onnxruntime-genai", "tensorrt_llm", "mistralrs")
 
 CLIENT = """
@@ -39,7 +41,7 @@ def remote_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(REPO)],
         check=True,
         timeout=600,
-        env=node_env(),
+        env=WHEEL_ENV,
         capture_output=True,
     )
     (wheel,) = dist.glob("atomr-*.whl")
@@ -49,7 +51,7 @@ def remote_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{wheel}[remote]"],
         check=True,
         timeout=900,
-        env=node_env(),
+        env=WHEEL_ENV,
         capture_output=True,
     )
     return py
@@ -73,7 +75,9 @@ def test_remote_only_install_serves_without_engines(remote_venv: Path, tmp_path:
         cfg = tmp_path / "remote.yaml"
         engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file)}
         cfg.write_text(yaml.safe_dump({"deployments": [{"name": "gpt", "model": "openai/gpt-fake", "engine": engine}]}))
-        node = Node(config=cfg, python=str(remote_venv), cwd=tmp_path)  # nothing of the source tree on sys.path
+        node = Node(
+            config=cfg, python=str(remote_venv), cwd=tmp_path, env={"PYTHONPATH": ""}
+        )  # nothing of the source tree on sys.path
         try:
             script = CLIENT.format(names=repr(set(HEAVY)))
             out = subprocess.run(
@@ -82,7 +86,7 @@ def test_remote_only_install_serves_without_engines(remote_venv: Path, tmp_path:
                 capture_output=True,
                 text=True,
                 timeout=120,
-                env=node_env(),
+                env=WHEEL_ENV,
                 cwd=tmp_path,
             )
             result = json.loads(out.stdout.strip().splitlines()[-1])

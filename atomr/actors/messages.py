@@ -454,7 +454,7 @@ class GetMetrics:
 class StartHttp:
     """Asks a gateway to serve the OpenAI-compatible HTTP front (answered with Reply(port))."""
 
-    settings: Any  # atomr.http.app.HttpSettings
+    settings: Any  # atomr.http.settings.HttpSettings
     tenants: list[Any]  # atomr.core.tenants.Tenant
 
 
