@@ -27,7 +27,7 @@ import psutil
 import pytest
 import yaml
 
-from atomr import cluster_auth as ca
+from atomr.cluster import auth as ca
 from atomr.client import Client
 from atomr.cluster.system import end_processes, free_port, port_open, system_processes
 from atomr.core.errors import AuthError, ConfigError

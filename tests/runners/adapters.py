@@ -360,6 +360,14 @@ class GeminiAdapter(FakeServedAdapter):
     key_env = "ATOMR_TEST_GEMINI_KEY"
     events_before_text = 0
     pieces_before_bad_event = 1
+    known_issues = {  # noqa: RUF012 - a class constant
+        "test_cancellation[aclose]": (
+            "runner bug: closing a gemini stream (aclose, as run_session does on a deadline) leaves the "
+            "HTTP response open and the provider streams on to the end: GeminiRunner.stream closes "
+            "google-genai's outer generator, which does not close the nested ones that own the response "
+            "(a cancelled task does close it)"
+        ),
+    }
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[None]:

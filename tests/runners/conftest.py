@@ -63,3 +63,12 @@ def on(adapter: RuntimeAdapter, loop: asyncio.AbstractEventLoop, runner: ModelRu
                 loop.run_until_complete(asyncio.sleep(0))
 
     return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A runner bug the contract shows is a strict xfail, with its reason, until it is fixed."""
+    for item in items:
+        adapter = getattr(getattr(item, "cls", None), "adapter", None)
+        reason = getattr(adapter, "known_issues", {}).get(item.name)
+        if reason:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
