@@ -27,8 +27,8 @@ import psutil
 import pytest
 import yaml
 
-from atomr.cluster import auth as ca
 from atomr.client import Client
+from atomr.cluster import auth as ca
 from atomr.cluster.system import end_processes, free_port, port_open, system_processes
 from atomr.core.errors import AuthError, ConfigError
 from tests.conftest import REPO, Node, node_env

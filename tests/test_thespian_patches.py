@@ -264,7 +264,7 @@ def switch_state() -> dict[str, Any]:
     import selectors
     import warnings
 
-    from atomr import thespian_patches as tp
+    from atomr.cluster import thespian_patches as tp
 
     if len(sys.argv) > 2:  # pretend one function differs from the one its patch was written for
         tp.EXPECTED[sys.argv[2]] = "0" * 16
