@@ -89,7 +89,7 @@ def parse_engine_options(runtime: str, engine: Mapping[str, Any], options: type[
         field = f"engine.{name}"
         if err["type"] == "extra_forbidden":
             known = ", ".join(sorted(options.model_fields))
-            message = f"{field} is not a {runtime} engine option; known: {known}"
+            message = f"{field} is not an engine option of the {runtime} runtime; known: {known}"
         else:
             message = f"{field}: {err['msg']}, got {err.get('input')!r}"
         raise ConfigError(message, field=field) from None

@@ -1,16 +1,5 @@
 """The `litellm` runtime, described without importing its SDK."""
 
-from __future__ import annotations
+from atomr.runners.remote.options import remote_spec
 
-from atomr.runners.remote.options import RemoteOptions
-from atomr.runners.spec import RuntimeSpec
-
-SPEC = RuntimeSpec(
-    name="litellm",
-    runner="atomr.runners.remote.litellm.runner:LiteLLMRunner",
-    local=False,
-    package="litellm",
-    extra="remote",
-    prefixes=("litellm",),
-    options=RemoteOptions,
-)
+SPEC = remote_spec("litellm", "LiteLLMRunner", "litellm", ("litellm",))
