@@ -55,7 +55,9 @@ def test_engine_options_name_the_bad_or_unknown_option() -> None:
         with pytest.raises(ConfigError) as info:
             parse_engine_options("ort", engine, OrtOptions)
         assert info.value.field == field, engine
-    with pytest.raises(ConfigError, match=r"engine\.speed is not an engine option of the ort runtime; known: intra_op_threads"):
+    with pytest.raises(
+        ConfigError, match=r"engine\.speed is not an engine option of the ort runtime; known: intra_op_threads"
+    ):
         parse_engine_options("ort", {"speed": 1}, OrtOptions)
 
 

@@ -1,90 +1,52 @@
 """The Gemini runner: the real `google-genai` SDK against a fake Gemini API on 127.0.0.1.
 
-Runner level: chat, completion, streaming, system_instruction, roles, generation config, stop and
-max_output_tokens, logprobs (streamed per response, whole answers through the SDK, none unless
-asked), the URL the SDK calls, the error table (Google's statuses, a bad key answered
-with 400), retries (retry-after header and RetryInfo, never 4xx), the request deadline, the
-circuit breaker, a stream cut mid-way, malformed bodies and API-key redaction. End to end: a real
-node serving a deployment that points at the fake answers `Client.generate` and `Client.stream`
-(with logprobs too).
+What every remote runner does (answers, streaming, stops, seeds, logprobs, cancellation, errors
+mapped (Google's other statuses and a bad key answered with 400 in its adapter), a finish reason, a
+missing key, unknown model, unreachable provider, retry-after, 4xx never retried, deadline,
+circuit breaker, a stream cut mid-way, malformed bodies, the key kept out of errors and logs) is the
+runner contract's (tests/runners/). Here, what is the Gemini runner's own: system_instruction,
+roles, generation config and the URL the SDK calls, its finish-reason table, logprobs as Gemini
+gives them (per streamed response, whole answers through the SDK), error events in a stream,
+RetryInfo. End to end: a real node serving a deployment that
+points at the fake answers `Client.generate` and `Client.stream` (with logprobs too).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import yaml
-from atomr.runners.catalog import runner_class
 from atomr.runners.remote.gemini.runner import GeminiRunner, chosen_logprobs, finish_reason_of
 
 from atomr.client import Client
-from atomr.config import deployment_from_dict
-from atomr.core.errors import (
-    AuthError,
-    CircuitOpenError,
-    InferenceTimeoutError,
-    UnavailableError,
-)
 from atomr.core.types import InferenceRequest, SamplingParams, TokenLogprob, Usage
-from tests.conftest import Node
 from tests.fakes.gemini_server import FakeGemini, error_json, token_logprob, tokenize
-from tests.remote_support import assert_key_hidden as _assert_key_hidden
-from tests.remote_support import chat, load, outcome, run, text_of
+from tests.remote_support import (
+    FAST_RETRY,
+    assert_key_hidden,
+    check_served_through_a_client,
+    fake_server_fixtures,
+    key_file_deployment,
+    load,
+    mixed_roles_chat,
+    node_serving,
+    remote_deployment,
+    run,
+)
+from tests.runners.support import chat, outcome, text
 
 KEY = f"AIza-test-{uuid.uuid4().hex}"
 KEY_ENV = "ATOMR_TEST_GEMINI_KEY"
-NO_RETRY = {"max_attempts": 1}
-FAST_RETRY = {"max_attempts": 3, "backoff_initial_s": 0.05, "backoff_max_s": 0.1, "jitter_s": 0.0}
-NO_BREAKER = {"failure_threshold": 1000}
 STREAM_PATH = "/v1/models/gemini-fake:streamGenerateContent?alt=sse"
-T = TypeVar("T")
+GOOGLE_ENV = ("GOOGLE_GENAI_API_VERSION", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE")
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeGemini]:
-    with FakeGemini(api_key=KEY) as f:
-        yield f
-
-
-@pytest.fixture
-def fake(server: FakeGemini) -> FakeGemini:
-    server.reset()
-    return server
-
-
-@pytest.fixture(autouse=True)
-def key_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, KEY)
-    for name in ("GOOGLE_GENAI_API_VERSION", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE"):
-        monkeypatch.delenv(name, raising=False)
+server, fake, key_env = fake_server_fixtures(FakeGemini, KEY_ENV, KEY, unset=GOOGLE_ENV)
 
 
 def make_runner(fake: FakeGemini, model: str = "gemini/gemini-fake", **engine: Any) -> GeminiRunner:
-    options: dict[str, Any] = {"api_base": fake.url, "api_key_env": KEY_ENV, "retry": NO_RETRY, "circuit": NO_BREAKER}
-    options.update(engine)
-    dep = deployment_from_dict({"name": "gemini", "model": model, "engine": options})
-    assert dep.runtime == "gemini"
-    cls = runner_class(dep.runtime)
-    assert cls is GeminiRunner
-    runner = cls(dep)
-    assert isinstance(runner, GeminiRunner)
-    return runner
-
-
-def loaded(fake: FakeGemini, **engine: Any) -> contextlib.AbstractAsyncContextManager[GeminiRunner]:
-    return load(make_runner(fake, **engine))
-
-
-def assert_key_hidden(err: BaseException, key: str = KEY) -> None:
-    _assert_key_hidden(err, key)
+    return GeminiRunner(remote_deployment(model, fake.url, KEY_ENV, name="gemini", **engine))
 
 
 # ---- chat, completion, streaming ----
@@ -92,29 +54,12 @@ def assert_key_hidden(err: BaseException, key: str = KEY) -> None:
 
 def test_chat_stream_text_usage_finish_and_system_instruction(fake: FakeGemini) -> None:
     async def body() -> None:
-        async with loaded(fake) as runner:
-            req = chat(
-                ("system", "You are terse."),
-                ("user", "Say hello."),
-                ("assistant", "Hello."),
-                ("system", "Answer in English."),
-                ("user", "Again, please."),
-                max_tokens=100,
-                temperature=0.7,
-                top_p=0.9,
-                top_k=40,
-                seed=3,
-            )
-            chunks, err = await outcome(runner, req)
-            assert err is None
+        async with load(make_runner(fake)) as runner:
+            req = mixed_roles_chat(max_tokens=100, temperature=0.7, top_p=0.9, top_k=40, seed=3)
+            chunks, err = await outcome(runner, req)  # the chunks' shape is the runner contract's
             served = fake.served[-1]
-            assert served.stream and served.finish_reason == "STOP"
-            assert text_of(chunks) == served.text == fake.reply_text
-            assert [c.text for c in chunks[:-1]] == tokenize(fake.reply_text)
-            assert all(c.token_count == 1 and c.finish_reason is None for c in chunks[:-1])
-            last = chunks[-1]
-            assert last.finish_reason == "stop" and last.token_count == 0 and last.text == ""
-            assert last.usage == Usage(served.prompt_tokens, served.completion_tokens)
+            assert err is None and served.stream and served.finish_reason == "STOP"
+            assert chunks[-1].usage == Usage(served.prompt_tokens, served.completion_tokens)
             call = fake.calls[-1]
             assert call.path == STREAM_PATH  # google-genai 3.x defaults to API version v1
             assert call.headers.get("x-goog-api-key") == KEY
@@ -140,7 +85,7 @@ def test_completion_google_prefix_and_api_version(fake: FakeGemini) -> None:
             chunks, err = await outcome(runner, req)
         finally:
             await runner.unload()
-        assert err is None and text_of(chunks) == fake.reply_text
+        assert err is None and text(chunks) == fake.reply_text
         assert fake.calls[-1].path == "/v1beta/models/gemini-fake:streamGenerateContent?alt=sse"
         sent = fake.calls[-1].body
         assert sent["contents"] == [{"role": "user", "parts": [{"text": "Once upon a time"}]}]
@@ -152,24 +97,17 @@ def test_completion_google_prefix_and_api_version(fake: FakeGemini) -> None:
     run(body)
 
 
-def test_stop_sequences_and_max_tokens_honoured(fake: FakeGemini) -> None:
+def test_stop_sequences_and_max_tokens_go_on_the_wire(fake: FakeGemini) -> None:
     async def body() -> None:
-        async with loaded(fake) as runner:
+        async with load(make_runner(fake)) as runner:
             chunks, err = await outcome(runner, chat(("user", "hi"), max_tokens=100, stop=(" one", "never")))
-            assert err is None
+            assert err is None and chunks[-1].finish_reason == "stop"
             assert fake.calls[-1].body["generationConfig"]["stopSequences"] == [" one", "never"]
-            assert text_of(chunks) == fake.reply_text[: fake.reply_text.index(" one")]
-            assert chunks[-1].finish_reason == "stop"
-            assert chunks[-1].usage == Usage(1, len(tokenize(text_of(chunks))))
+            assert chunks[-1].usage == Usage(1, len(tokenize(text(chunks))))
 
             chunks, err = await outcome(runner, chat(("user", "hi"), max_tokens=3))
-            assert err is None and fake.served[-1].finish_reason == "MAX_TOKENS"
-            assert text_of(chunks) == "".join(tokenize(fake.reply_text)[:3])
-            assert chunks[-1].finish_reason == "length" and chunks[-1].usage == Usage(1, 3)
-
-            fake.finish_override = "SAFETY"
-            chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert err is None and chunks[-1].finish_reason == "content_filter"
+            assert err is None and fake.calls[-1].body["generationConfig"]["maxOutputTokens"] == 3
+            assert fake.served[-1].finish_reason == "MAX_TOKENS" and chunks[-1].finish_reason == "length"
 
     run(body)
 
@@ -177,14 +115,9 @@ def test_stop_sequences_and_max_tokens_honoured(fake: FakeGemini) -> None:
 # ---- logprobs ----
 
 
-def test_capabilities_say_logprobs() -> None:
-    caps = GeminiRunner.capabilities
-    assert caps.streaming and caps.chat and caps.completion and caps.logprobs and not caps.needs_gpu
-
-
 def test_logprobs_arrive_on_every_streamed_chunk(fake: FakeGemini) -> None:
     async def body() -> None:
-        async with loaded(fake) as runner:
+        async with load(make_runner(fake)) as runner:
             chunks, err = await outcome(runner, chat(("user", "hi"), max_tokens=100, logprobs=True))
             assert err is None
             config = fake.calls[-1].body["generationConfig"]
@@ -211,15 +144,14 @@ def test_logprobs_arrive_on_every_streamed_chunk(fake: FakeGemini) -> None:
     run(body)
 
 
-def test_no_logprobs_unless_asked(fake: FakeGemini) -> None:
+def test_no_logprobs_asked_of_the_api_unless_asked(fake: FakeGemini) -> None:
     async def body() -> None:
-        async with loaded(fake) as runner:
+        async with load(make_runner(fake)) as runner:
             chunks, err = await outcome(runner, chat(("user", "hi"), max_tokens=100))
-            assert err is None and text_of(chunks) == fake.reply_text
+            assert err is None and all(c.logprobs is None for c in chunks)
             config = fake.calls[-1].body["generationConfig"]
             assert "responseLogprobs" not in config and "logprobs" not in config
             assert fake.served[-1].logprobs is None  # the fake sent no logprobsResult
-            assert all(c.logprobs is None for c in chunks)
 
     run(body)
 
@@ -232,7 +164,7 @@ def test_whole_answer_logprobs_through_the_sdk(fake: FakeGemini) -> None:
     async def body() -> None:
         from google.genai import errors, types
 
-        async with loaded(fake) as runner:
+        async with load(make_runner(fake)) as runner:
             tokens = tokenize(fake.reply_text)
             config = types.GenerateContentConfig(response_logprobs=True, logprobs=3, temperature=0.0)
             whole = await runner.client.aio.models.generate_content(model="gemini-fake", contents="hi", config=config)
@@ -284,282 +216,68 @@ def test_finish_reason_table(reason: str, finish: str) -> None:
     assert finish_reason_of(types.FinishReason(reason)) == finish
 
 
-def test_a_missing_key_fails_at_load(fake: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(KEY_ENV)
-    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
-    runner = make_runner(fake)
-    with pytest.raises(AuthError, match=KEY_ENV):
-        asyncio.run(runner.load())
-
-
 # ---- errors ----
-
-ERROR_TABLE = [
-    (400, error_json(400, "Invalid value at 'contents[0].role'"), "invalid_request", False, 400),
-    (
-        400,
-        error_json(400, "The input token count (1234567) exceeds the maximum number of tokens allowed (1048576)."),
-        "context_length",
-        False,
-        400,
-    ),
-    (
-        400,
-        error_json(
-            400,
-            "API key not valid. Please pass a valid API key.",
-            details=[{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}],
-        ),
-        "auth",
-        False,
-        401,
-    ),
-    (401, error_json(401, "Request had invalid authentication credentials."), "auth", False, 401),
-    (403, error_json(403, "Method doesn't allow unregistered callers."), "auth", False, 401),
-    (404, error_json(404, "models/gemini-nope is not found for API version v1."), "not_found", False, 404),
-    (429, error_json(429, "Resource has been exhausted (e.g. check quota)."), "rate_limited", True, 429),
-    (500, error_json(500, "An internal error has occurred."), "unavailable", True, 503),
-    (503, error_json(503, "The model is overloaded. Please try again later."), "unavailable", True, 503),
-    (504, error_json(504, "Deadline expired before operation could complete."), "timeout", True, 504),
-]
-
-
-@pytest.mark.parametrize(("status", "payload", "kind", "retryable", "http_status"), ERROR_TABLE)
-def test_error_table(
-    fake: FakeGemini, status: int, payload: dict[str, Any], kind: str, retryable: bool, http_status: int
-) -> None:
-    payload = {"error": {**payload["error"], "message": payload["error"]["message"] + f" [{KEY}]"}}
-
-    async def body() -> None:
-        async with loaded(fake) as runner:
-            fake.fail_next(status, payload)
-            chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert chunks == [] and err is not None
-            assert (err.kind, err.retryable, err.http_status) == (kind, retryable, http_status)
-            assert payload["error"]["status"] in err.message
-            assert_key_hidden(err)
-            assert fake.count() == 1
-
-    run(body)
 
 
 def test_error_event_mid_stream(fake: FakeGemini) -> None:
     async def body() -> None:
-        async with loaded(fake, retry=FAST_RETRY) as runner:
+        async with load(make_runner(fake, retry=FAST_RETRY)) as runner:
             fake.error_event_next(503, f"The model is overloaded. {KEY}", after=2)
             chunks, err = await outcome(runner, chat(("user", "hi")))
             assert [c.text for c in chunks] == tokenize(fake.reply_text)[:2]
             assert err is not None and err.kind == "unavailable"
-            assert_key_hidden(err)
+            assert_key_hidden(err, KEY)
             assert fake.count() == 1
 
             fake.error_event_next(429, "Resource has been exhausted.", after=0)  # before any text: retried
             chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert err is None and text_of(chunks) == fake.reply_text
+            assert err is None and text(chunks) == fake.reply_text
             assert fake.count() == 3
 
     run(body)
 
 
-# ---- retries, deadline, breaker ----
-
-
-def test_429_retry_after_header_is_honoured_then_succeeds(fake: FakeGemini) -> None:
-    async def body() -> None:
-        async with loaded(fake, retry=FAST_RETRY) as runner:
-            fake.fail_next(429, headers={"retry-after": "1"})
-            chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert err is None and text_of(chunks) == fake.reply_text
-            assert fake.count() == 2
-            assert fake.calls[1].at - fake.calls[0].at >= 1.0
-
-    run(body)
+# ---- retries ----
 
 
 def test_429_retry_info_in_the_body_is_honoured(fake: FakeGemini) -> None:
     retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
 
     async def body() -> None:
-        async with loaded(fake) as runner:
+        async with load(make_runner(fake)) as runner:
             fake.fail_next(429, error_json(429, "Quota exceeded.", details=[retry_info]))
             _, err = await outcome(runner, chat(("user", "hi")))
             assert err is not None and err.kind == "rate_limited" and err.retry_after == 1.0
-        async with loaded(fake, retry=FAST_RETRY) as runner:
+        async with load(make_runner(fake, retry=FAST_RETRY)) as runner:
             fake.reset()
             fake.fail_next(429, error_json(429, "Quota exceeded.", details=[retry_info]))
             chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert err is None and text_of(chunks) == fake.reply_text
+            assert err is None and text(chunks) == fake.reply_text
             assert fake.calls[1].at - fake.calls[0].at >= 1.0
 
     run(body)
-
-
-@pytest.mark.parametrize(("status", "kind"), [(400, "invalid_request"), (401, "auth")])
-def test_400_and_401_are_never_retried(fake: FakeGemini, status: int, kind: str) -> None:
-    async def body() -> None:
-        async with loaded(fake, retry=FAST_RETRY) as runner:
-            fake.fail_next(status, times=2)
-            _, err = await outcome(runner, chat(("user", "hi")))
-            assert err is not None and err.kind == kind
-            assert fake.count() == 1
-
-    run(body)
-
-
-def test_server_errors_are_retried_by_atomr_not_the_sdk(fake: FakeGemini) -> None:
-    async def body() -> None:
-        async with loaded(fake, retry=FAST_RETRY) as runner:
-            fake.fail_next(503, times=2)
-            chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert err is None and text_of(chunks) == fake.reply_text
-            assert fake.count() == 3
-        async with loaded(fake) as runner:  # max_attempts 1: one call, the SDK adds none
-            fake.reset()
-            fake.fail_next(503, times=3)
-            _, err = await outcome(runner, chat(("user", "hi")))
-            assert err is not None and err.kind == "unavailable" and fake.count() == 1
-
-    run(body)
-
-
-def test_deadline_bounds_a_stalled_provider() -> None:
-    async def body(fake: FakeGemini) -> None:
-        async with loaded(fake, retry=FAST_RETRY) as runner:
-            fake.stall_next(10)
-            start = time.monotonic()
-            _, err = await outcome(runner, chat(("user", "hi"), deadline=time.time() + 2))
-            elapsed = time.monotonic() - start
-            assert isinstance(err, InferenceTimeoutError)
-            assert 1.5 < elapsed < 3.0
-            assert fake.count() == 1
-
-    with FakeGemini(api_key=KEY) as stalled:  # its own server: the stalled handler outlives the test
-        run(lambda: body(stalled))
-
-
-def test_circuit_opens_and_fails_fast(fake: FakeGemini) -> None:
-    async def body() -> None:
-        async with loaded(fake, circuit={"failure_threshold": 2, "cooldown_s": 0.3}) as runner:
-            fake.fail_next(503, times=2)
-            for _ in range(2):
-                _, err = await outcome(runner, chat(("user", "hi")))
-                assert err is not None and err.kind == "unavailable"
-            _, err = await outcome(runner, chat(("user", "hi")))
-            assert isinstance(err, CircuitOpenError) and fake.count() == 2
-            await asyncio.sleep(0.35)
-            chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert err is None and text_of(chunks) == fake.reply_text
-            assert runner.status()["circuit"]["state"] == "closed" and fake.count() == 3
-
-    run(body)
-
-
-# ---- broken streams and bodies ----
-
-
-def test_stream_cut_after_five_events(fake: FakeGemini) -> None:
-    async def body() -> None:
-        async with loaded(fake, retry=FAST_RETRY) as runner:
-            fake.cut_next_after(5)
-            chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert [c.text for c in chunks] == tokenize(fake.reply_text)[:5]  # no chunk twice
-            assert isinstance(err, UnavailableError) and "finishReason" in err.message
-            assert fake.count() == 1
-
-    run(body)
-
-
-def test_malformed_body_is_a_clear_error(fake: FakeGemini) -> None:
-    async def body() -> None:
-        async with loaded(fake) as runner:
-            fake.malformed_next()
-            chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert chunks == [] and isinstance(err, UnavailableError)
-            assert "malformed" in err.message and err.details.get("malformed") is True
-            fake.bad_event_next()
-            chunks, err = await outcome(runner, chat(("user", "hi")))
-            assert [c.text for c in chunks] == tokenize(fake.reply_text)[:1]
-            assert isinstance(err, UnavailableError) and "malformed" in err.message
-            assert fake.count() == 2
-
-    run(body)
-
-
-# ---- secrets ----
-
-
-def test_the_key_never_reaches_errors_or_logs(
-    fake: FakeGemini, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    wrong = f"AIza-wrong-{uuid.uuid4().hex}"
-    monkeypatch.setenv("ATOMR_TEST_WRONG_KEY", wrong)
-    caplog.set_level(logging.DEBUG)
-
-    async def body() -> None:
-        async with loaded(fake, retry=FAST_RETRY) as runner:  # right key, error bodies echo it
-            fake.fail_next(429, headers={"retry-after": "0"})
-            fake.fail_next(500)
-            fake.fail_next(503)
-            _, err = await outcome(runner, chat(("user", "hi")))
-            assert isinstance(err, UnavailableError) and "***" in err.message
-            assert_key_hidden(err)
-            logging.getLogger("atomr.test").error("request failed: %s (%r)", err, err)
-        async with loaded(fake, retry=FAST_RETRY, api_key_env="ATOMR_TEST_WRONG_KEY") as runner:
-            _, err = await outcome(runner, chat(("user", "hi")))  # the fake's own 400 echoes the key sent
-        assert isinstance(err, AuthError) and "(got ***)" in err.message
-        assert_key_hidden(err, wrong)
-        logging.getLogger("atomr.test").error("request failed: %s (%r)", err, err)
-
-    run(body)
-    assert any("request failed" in r.getMessage() for r in caplog.records)
-    assert KEY not in caplog.text and wrong not in caplog.text
 
 
 # ---- end to end ----
 
 
 def test_end_to_end_through_a_node(fake: FakeGemini, tmp_path: Path) -> None:
-    key_file = tmp_path / "gemini.key"
-    key_file.write_text(KEY + "\n")
-    config = tmp_path / "node.yaml"
-    deployment = {
-        "name": "gemini",
-        "model": "gemini/gemini-fake",
-        "engine": {"api_base": fake.url, "api_key_file": str(key_file), "retry": FAST_RETRY},
-    }
-    config.write_text(yaml.safe_dump({"deployments": [deployment]}))
-    node = Node(config=config)
-    try:
-        with Client(node.address) as client:
-            got = client.generate(
-                "gemini", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-            )
-            served = fake.served[-1]
-            assert got.text == served.text == fake.reply_text
-            assert got.finish_reason == "stop"
-            assert got.usage == Usage(served.prompt_tokens, served.completion_tokens)
-            assert fake.calls[-1].body["systemInstruction"]["parts"] == [{"text": "Be brief."}]
-            chunks = list(client.stream("gemini", prompt="Tell me", max_tokens=4))
-            served = fake.served[-1]
-            assert "".join(c.text for c in chunks) == served.text == "".join(tokenize(fake.reply_text)[:4])
-            assert chunks[-1].finish_reason == "length"
-            assert chunks[-1].usage == Usage(served.prompt_tokens, 4)
-            fake.fail_next(401)
-            with pytest.raises(AuthError) as info:
-                client.generate("gemini", "Hi")
-            assert KEY not in str(info.value)
-            assert fake.count() == 3
-            # logprobs through the node: a whole answer, then a stream
-            whole = client.generate("gemini", "Hi", max_tokens=5, logprobs=True)
-            tokens = tokenize(fake.reply_text)[:5]
-            assert whole.text == "".join(tokens) and fake.calls[-1].body["generationConfig"]["responseLogprobs"]
-            assert whole.logprobs is not None and [(lp.token, lp.logprob) for lp in whole.logprobs] == [
-                (t, token_logprob(i, t)) for i, t in enumerate(tokens)
-            ]
-            assert whole.confidence is not None and whole.confidence["min_logprob"] < 0
-            chunks = list(client.stream("gemini", prompt="Tell me", max_tokens=4, logprobs=True))
-            assert [lp.token for c in chunks for lp in c.logprobs or ()] == tokenize(fake.reply_text)[:4]
-            assert client.generate("gemini", "Hi", max_tokens=2).logprobs is None
-    finally:
-        assert node.stop() == []
+    deployment = key_file_deployment(tmp_path, "gemini", "gemini/gemini-fake", fake.url, KEY)
+    with node_serving(tmp_path, {"deployments": [deployment]}) as node, Client(node.address) as client:
+
+        def sent(body: dict[str, Any]) -> None:
+            assert body["systemInstruction"]["parts"] == [{"text": "Be brief."}]
+
+        check_served_through_a_client(client, fake, "gemini", KEY, sent)
+        # logprobs through the node: a whole answer, then a stream
+        whole = client.generate("gemini", "Hi", max_tokens=5, logprobs=True)
+        tokens = tokenize(fake.reply_text)[:5]
+        assert whole.text == "".join(tokens) and fake.calls[-1].body["generationConfig"]["responseLogprobs"]
+        assert whole.logprobs is not None and [(lp.token, lp.logprob) for lp in whole.logprobs] == [
+            (t, token_logprob(i, t)) for i, t in enumerate(tokens)
+        ]
+        assert whole.confidence is not None and whole.confidence["min_logprob"] < 0
+        chunks = list(client.stream("gemini", prompt="Tell me", max_tokens=4, logprobs=True))
+        assert [lp.token for c in chunks for lp in c.logprobs or ()] == tokenize(fake.reply_text)[:4]
+        assert client.generate("gemini", "Hi", max_tokens=2).logprobs is None
     assert KEY not in node.output()

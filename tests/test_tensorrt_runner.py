@@ -1,25 +1,23 @@
-"""The TensorRT-LLM runner.
-
-The engine runs on NVIDIA GPUs only and cannot be installed on CPU machines: the tests that load
-the model skip there (saying why). What does not need the package runs everywhere: option
-validation, folder detection, the request -> SamplingParams mapping, the error a missing package
+"""The TensorRT-LLM runner, without the package: it runs on NVIDIA GPUs only and cannot be
+installed on CPU machines. What needs no engine runs everywhere: option validation, folder
+detection, the request -> SamplingParams mapping, logprob entries, the error a missing package
 gives, and that importing the module imports neither tensorrt_llm nor torch.
+
+The model on a GPU (answers, streaming, stops, logprobs, cancellation, context length, concurrency,
+the same greedy text as the other engines) is the runner contract's (tests/runners/), which skips
+without the package and a GPU, saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from atomr.runners.catalog import runner_class
 from atomr.runners.local.tensorrt.runner import (
     TensorRTOptions,
     TensorRTRunner,
@@ -30,33 +28,16 @@ from atomr.runners.local.tensorrt.runner import (
 from atomr.runners.local.tensorrt.spec import is_trt_engine_dir
 
 from atomr.core.deployment import Deployment
-from atomr.core.errors import ConfigError, ContextLengthError, InternalError, NotFoundError, UnavailableError
-from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
-from atomr.models import builtin_model_dir
+from atomr.core.errors import ConfigError, InternalError, NotFoundError, UnavailableError
+from atomr.core.types import SamplingParams
+from tests.local_support import MODEL, tiny_deployment
+from tests.runners.support import chat, collect_now
 
-MODEL = builtin_model_dir("tiny-llama")
 REPO = Path(__file__).resolve().parents[1]
-HAS_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None
 
 
 def deployment(model_path: Path = MODEL, engine: dict[str, object] | None = None) -> Deployment:
-    return Deployment(
-        name="tiny",
-        model="builtin:tiny-llama",
-        runtime="tensorrt",
-        model_path=model_path,
-        gpus_per_replica=1,
-        engine=dict(engine or {}),
-    )
-
-
-# -- without the package -----------------------------------------------------------------------
-
-
-def test_runtime_table_and_capabilities() -> None:
-    assert runner_class("tensorrt") is TensorRTRunner
-    caps = TensorRTRunner.capabilities
-    assert caps.needs_gpu and caps.streaming and caps.logprobs and caps.batching
+    return tiny_deployment("tensorrt", model_path, gpus=1, **(engine or {}))
 
 
 def test_importing_the_module_imports_no_engine() -> None:
@@ -161,111 +142,5 @@ def test_missing_package_names_the_install(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_generate_before_load_is_unavailable() -> None:
-    async def go() -> None:
-        with pytest.raises(UnavailableError):
-            async for _ in TensorRTRunner(deployment()).generate(chat("Hello!")):
-                pass
-
-    asyncio.run(go())
-
-
-# -- on a GPU with TensorRT-LLM ----------------------------------------------------------------
-
-
-def gpu_visible() -> bool:
-    code = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
-    return subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
-
-
-@pytest.fixture(scope="module")
-def runner() -> Iterator[TensorRTRunner]:
-    if not HAS_TRTLLM:
-        pytest.skip("tensorrt_llm is not installed (GPU-only engine)")
-    if not gpu_visible():
-        pytest.skip("no NVIDIA GPU is visible to torch (TensorRT-LLM needs one)")
-    r = TensorRTRunner(deployment(engine={"kv_cache_free_gpu_memory_fraction": 0.2}))
-    asyncio.run(r.load())
-    yield r
-    asyncio.run(r.unload())
-
-
-def completion(prompt: str, **params: object) -> InferenceRequest:
-    return InferenceRequest(model="tiny", prompt=prompt, params=SamplingParams(**params))  # type: ignore[arg-type]
-
-
-def chat(question: str, **params: object) -> InferenceRequest:
-    return InferenceRequest(model="tiny", messages=(Message("user", question),), params=SamplingParams(**params))  # type: ignore[arg-type]
-
-
-async def collect(r: TensorRTRunner, req: InferenceRequest) -> list[Chunk]:
-    req.validate()
-    return [c async for c in r.generate(req)]
-
-
-def run(r: TensorRTRunner, req: InferenceRequest) -> list[Chunk]:
-    return asyncio.run(collect(r, req))
-
-
-def text(chunks: list[Chunk]) -> str:
-    return "".join(c.text for c in chunks)
-
-
-def check_stream(chunks: list[Chunk]) -> Chunk:
-    last = chunks[-1]
-    assert last.finish_reason in ("stop", "length") and last.usage is not None
-    assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
-    assert sum(c.token_count for c in chunks) == last.usage.completion_tokens
-    return last
-
-
-def test_gpu_greedy_streams_and_matches_ort(runner: TensorRTRunner) -> None:
-    chunks = run(runner, chat("What is an actor?", max_tokens=60))
-    last = check_stream(chunks)
-    assert last.usage is not None and last.usage.prompt_tokens == len(runner.prompt_ids(chat("What is an actor?")))
-    if importlib.util.find_spec("onnxruntime_genai") is not None:  # same greedy text as ORT GenAI (fp32 weights)
-        from atomr.runners.local.ort.runner import ort_greedy_reference
-
-        ref = ort_greedy_reference(MODEL, [{"role": "user", "content": "What is an actor?"}], 60)
-        assert text(chunks) == ref
-        assert text(run(runner, completion("The actor model", max_tokens=40))) == ort_greedy_reference(
-            MODEL, "The actor model", 40
-        )
-
-
-def test_gpu_length_stop_logprobs(runner: TensorRTRunner) -> None:
-    last = check_stream(chunks := run(runner, completion("The actor model", max_tokens=5)))
-    assert last.finish_reason == "length" and last.usage is not None and last.usage.completion_tokens == 5
-    full = text(run(runner, completion("The actor model", max_tokens=60)))
-    cut = full.find("small")
-    if cut > 0:
-        chunks = run(runner, completion("The actor model", max_tokens=60, stop=("small",)))
-        assert text(chunks) == full[:cut] and check_stream(chunks).finish_reason == "stop"
-    chunks = run(runner, chat("What is an actor?", max_tokens=20, logprobs=True))
-    lps = [lp for c in chunks for lp in (c.logprobs or ())]
-    assert len(lps) == check_stream(chunks).usage.completion_tokens  # type: ignore[union-attr]
-    assert all(lp.logprob <= 0.0 for lp in lps)
-
-
-def test_gpu_context_length_and_concurrency(runner: TensorRTRunner) -> None:
-    with pytest.raises(ContextLengthError):
-        run(runner, completion("word " * (runner.context_length + 10)))
-    prompts = [chat("What is an actor?"), completion("To bake bread,"), chat("Hello!"), completion("In winter")] * 2
-    sequential = [text(run(runner, p)) for p in prompts]
-
-    async def together() -> list[list[Chunk]]:
-        return await asyncio.gather(*(collect(runner, p) for p in prompts))
-
-    assert [text(c) for c in asyncio.run(together())] == sequential
-
-
-def test_gpu_cancellation(runner: TensorRTRunner) -> None:
-    async def go() -> None:
-        stream = runner.generate(completion("", max_tokens=200, temperature=1.5))
-        assert isinstance(stream, AsyncIterator)
-        await stream.__anext__()
-        await stream.aclose()  # type: ignore[attr-defined]  # aborts the request in TRT-LLM
-        started = time.perf_counter()
-        assert check_stream(await collect(runner, chat("Hello!")))
-        assert time.perf_counter() - started < 10
-
-    asyncio.run(go())
+    with pytest.raises(UnavailableError):
+        collect_now(TensorRTRunner(deployment()), chat("Hello!"))

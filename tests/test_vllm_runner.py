@@ -1,5 +1,10 @@
 """The vLLM runner on the shipped tiny model, real engine (vLLM's CPU build here).
 
+What every runner does (answers, streaming, stops, seeds, logprobs, cancellation, context length,
+concurrency) is the runner contract's (tests/runners/); here, what is vLLM's own: its answers
+against vLLM called directly, its options and environment, where its stop strings end, the
+engine's requests aborted, and the engine process failing or dying.
+
 One engine serves the module (starting one takes ~10 s on these machines); vLLM's output handler
 lives on one event loop, so every test runs its coroutines on the module's loop.
 """
@@ -7,7 +12,6 @@ lives on one event loop, so every test runs its coroutines on the module's loop.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 import subprocess
@@ -22,41 +26,22 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from atomr.runners.catalog import runner_class
 from atomr.runners.common.stops import truncate_at_stop
 from atomr.runners.local.vllm.runner import VllmRunner, vllm_env_defaults, vllm_greedy_reference
 
 from atomr.core.deployment import Deployment
-from atomr.core.errors import (
-    ConfigError,
-    ContextLengthError,
-    InternalError,
-    NotFoundError,
-    RunnerCrashedError,
-    UnavailableError,
-)
-from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams
-from atomr.models import builtin_model_dir
-from tests.local_support import how_streams_ended
+from atomr.core.errors import ConfigError, InternalError, NotFoundError, RunnerCrashedError, UnavailableError
+from atomr.core.types import Chunk, InferenceRequest
+from tests.local_support import ACTOR, ACTOR_CHAT, HELLO, MODEL, VLLM_ENGINE, how_streams_ended, tiny_deployment
+from tests.runners.support import chat, check_stream, collect, collect_now, completion, logprobs_of, text
 
 T = TypeVar("T")
 
-MODEL = builtin_model_dir("tiny-llama")
 REPO = Path(__file__).resolve().parents[1]
-# float32: the checkpoint's own dtype (vLLM would run bfloat16 on CPU); eager: no torch.compile at
-# start (saves ~10-30 s); a small KV cache (vLLM's CPU default claims most of the host's RAM).
-ENGINE: dict[str, Any] = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
-ACTOR = (
-    " is a way to build programs from small pieces that share nothing. Each actor owns its own state and talks "
-    "to other actors only by sending messages. An actor that receives a message may change its state, send "
-    "messages to actors it knows, or create new actors."
-)
 
 
 def deployment(model_path: Path = MODEL, **engine: Any) -> Deployment:
-    return Deployment(
-        name="tiny", model="builtin:tiny-llama", runtime="vllm", model_path=model_path, engine={**ENGINE, **engine}
-    )
+    return tiny_deployment("vllm", model_path, **{**VLLM_ENGINE, **engine})
 
 
 @pytest.fixture(scope="module")
@@ -75,55 +60,16 @@ def runner(loop: asyncio.AbstractEventLoop) -> Iterator[VllmRunner]:
     loop.run_until_complete(r.unload())
 
 
-def completion(prompt: str, **params: Any) -> InferenceRequest:
-    return InferenceRequest(model="tiny", prompt=prompt, params=SamplingParams(**params))
-
-
-def chat(question: str, system: str | None = None, **params: Any) -> InferenceRequest:
-    msgs = ((Message("system", system),) if system else ()) + (Message("user", question),)
-    return InferenceRequest(model="tiny", messages=msgs, params=SamplingParams(**params))
-
-
-async def collect(r: VllmRunner, req: InferenceRequest) -> list[Chunk]:
-    req.validate()
-    return [c async for c in r.generate(req)]
-
-
 def on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     return loop.run_until_complete(coro)
 
 
-def run(loop: asyncio.AbstractEventLoop, r: VllmRunner, req: InferenceRequest) -> list[Chunk]:
-    return on(loop, collect(r, req))
-
-
-def text(chunks: list[Chunk]) -> str:
-    return "".join(c.text for c in chunks)
-
-
-def check_stream(chunks: list[Chunk]) -> Chunk:
-    """Shape every stream must have; returns the last chunk."""
-    last = chunks[-1]
-    assert last.finish_reason in ("stop", "length") and last.usage is not None
-    assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
-    assert all(c.token_count >= 0 for c in chunks) and all(c.token_count or c.text for c in chunks[:-1])
-    assert sum(c.token_count for c in chunks) == last.usage.completion_tokens
-    return last
-
-
 def reference(req: InferenceRequest) -> str:
     what: Any = list(req.messages) if req.messages is not None else req.prompt
-    return vllm_greedy_reference(MODEL, what, req.params.max_tokens, engine=ENGINE)
+    return vllm_greedy_reference(MODEL, what, req.params.max_tokens, engine=VLLM_ENGINE)
 
 
 # -- without an engine ------------------------------------------------------------------------
-
-
-def test_runtime_table_names_this_runner() -> None:
-    assert runner_class("vllm") is VllmRunner
-    caps = VllmRunner.capabilities
-    assert caps.streaming and caps.logprobs and caps.batching and caps.chat and caps.completion
-    assert not caps.needs_gpu
 
 
 def test_importing_the_runner_loads_no_engine() -> None:
@@ -178,30 +124,17 @@ def test_bad_model_folder_is_not_found(tmp_path: Path) -> None:
 # -- the shared engine ------------------------------------------------------------------------
 
 
-def test_completion_greedy_equals_vllm_directly(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
-    req = completion("The actor model", max_tokens=120)
-    chunks = run(loop, runner, req)
-    last = check_stream(chunks)
-    assert text(chunks) == ACTOR == reference(req)
-    assert last.finish_reason == "stop"  # the model ends the paragraph with EOS, which is not counted
-    assert last.usage is not None and last.usage.prompt_tokens == 4 == runner.count_prompt_tokens(req)
-    assert 0 < last.usage.completion_tokens < 120
+def test_greedy_equals_vllm_directly(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
+    for req, expected in [
+        (completion("The actor model", max_tokens=120), ACTOR),
+        (chat("What is an actor?", max_tokens=60), ACTOR_CHAT),
+        (chat(("system", "You are a helpful assistant."), "What is an actor?", max_tokens=60), ACTOR_CHAT),
+        (chat("Hello!"), HELLO),
+    ]:
+        assert text(collect_now(runner, req, loop)) == expected == reference(req)
     for prompt in ("To bake bread,", "", "In winter"):
         req = completion(prompt, max_tokens=50)
-        assert text(run(loop, runner, req)) == reference(req)
-
-
-def test_chat_greedy_equals_vllm_directly(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
-    for system in (None, "You are a helpful assistant."):
-        req = chat("What is an actor?", system, max_tokens=60)
-        chunks = run(loop, runner, req)
-        assert text(chunks) == "An actor is a small program that owns its state and talks by messages."
-        assert text(chunks) == reference(req)
-        last = check_stream(chunks)
-        assert last.finish_reason == "stop" and last.usage is not None
-        assert last.usage.prompt_tokens == runner.count_prompt_tokens(req)
-    req = chat("Hello!")
-    assert text(run(loop, runner, req)) == "Hello! How can I help you today?" == reference(req)
+        assert text(collect_now(runner, req, loop)) == reference(req)
 
 
 def test_greedy_equals_ort(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
@@ -210,38 +143,24 @@ def test_greedy_equals_ort(loop: asyncio.AbstractEventLoop, runner: VllmRunner) 
 
     for req in (completion("To bake bread,", max_tokens=50), chat("Count to five.", max_tokens=40)):
         what: Any = [{"role": m.role, "content": m.content} for m in req.messages] if req.messages else req.prompt
-        assert text(run(loop, runner, req)) == ort_greedy_reference(MODEL, what, req.params.max_tokens)
+        assert text(collect_now(runner, req, loop)) == ort_greedy_reference(MODEL, what, req.params.max_tokens)
 
 
-def test_max_tokens_gives_length(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
-    chunks = run(loop, runner, completion("The actor model", max_tokens=5))
-    last = check_stream(chunks)
-    assert last.finish_reason == "length"
-    assert last.usage is not None and last.usage.completion_tokens == 5
-    assert ACTOR.startswith(text(chunks)) and len(text(chunks)) > 5
+def test_the_token_that_completes_a_stop_string_counts(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
+    def run(prompt: str, **params: Any) -> list[Chunk]:
+        return collect_now(runner, completion(prompt, **params), loop)
 
-
-def test_stop_sequences(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
-    def stopped(prompt: str, stop: tuple[str, ...]) -> list[Chunk]:
-        return run(loop, runner, completion(prompt, max_tokens=100, stop=stop))
-
-    whole = check_stream(stopped("The actor model", ())).usage
-    assert whole is not None
-    for stop in [("small",), ("messages", "pieces that"), ("zebra", "actors."), ("new actors.!",), ("s",)]:
-        chunks = stopped("The actor model", stop)
+    for stop in [("small",), ("messages", "pieces that"), ("zebra", "actors."), ("s",)]:
+        chunks = run("The actor model", max_tokens=100, stop=stop)
         last = check_stream(chunks)
         expected, found = truncate_at_stop(ACTOR, stop)  # runners/common/stops.py on the whole text
-        assert text(chunks) == expected
-        assert last.finish_reason == "stop"  # a stop string, or EOS when none appears
-        assert last.usage is not None and 0 < last.usage.completion_tokens <= whole.completion_tokens
-        if found:  # the token that completed the stop string counts
-            n = last.usage.completion_tokens
-            assert any(s in text(run(loop, runner, completion("The actor model", max_tokens=n))) for s in stop)
-            fewer = text(run(loop, runner, completion("The actor model", max_tokens=n - 1))) if n > 1 else ""
-            assert not any(s in fewer for s in stop)
-    assert text(stopped("The actor model", ("small",))) == " is a way to build programs from "
-    assert text(stopped("The actor model", ("messages", "pieces that"))) == " is a way to build programs from small "
-    chunks = run(loop, runner, chat("Count to five.", stop=(",",)))
+        assert text(chunks) == expected and last.finish_reason == "stop"
+        assert found and last.usage is not None
+        n = last.usage.completion_tokens  # as many tokens as it took to complete the stop string
+        assert any(s in text(run("The actor model", max_tokens=n)) for s in stop)
+        fewer = text(run("The actor model", max_tokens=n - 1)) if n > 1 else ""
+        assert not any(s in fewer for s in stop)
+    chunks = collect_now(runner, chat("Count to five.", stop=(",",)), loop)
     assert text(chunks) == "One" and chunks[-1].finish_reason == "stop"
 
 
@@ -249,72 +168,20 @@ def test_stop_string_completed_with_another_by_one_token(loop: asyncio.AbstractE
     # The token " actor" completes both " actor" and "cto": vLLM stops at the one that ends first
     # ("cto", as if the text came one character at a time); runners/common/stops.py, fed whole
     # tokens, stops at the one that starts first (" actor").
-    chunks = run(loop, runner, completion("The actor model", max_tokens=100, stop=(" actor", "cto")))
+    chunks = collect_now(runner, completion("The actor model", max_tokens=100, stop=(" actor", "cto")), loop)
     assert text(chunks).endswith("nothing. Each a") and chunks[-1].finish_reason == "stop"
     assert truncate_at_stop(ACTOR, (" actor", "cto"))[0].endswith("nothing. Each")
 
 
-def test_logprobs(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
-    for req in (completion("The actor model", max_tokens=20, logprobs=True), chat("Hello!", logprobs=True)):
-        chunks = run(loop, runner, req)
-        last = check_stream(chunks)
-        lps = [lp for c in chunks for lp in (c.logprobs or ())]
-        assert all(c.logprobs is not None and len(c.logprobs) == c.token_count for c in chunks)
-        assert last.usage is not None and len(lps) == last.usage.completion_tokens > 0
-        assert all(math.isfinite(lp.logprob) and lp.logprob <= 0.0 for lp in lps)
-        assert "".join(lp.token for lp in lps) == text(chunks)  # no stop string: the pieces are the text
-        assert sum(lp.logprob for lp in lps) / len(lps) > -0.5  # greedy on memorised text
-    chunks = run(loop, runner, completion("The actor model", max_tokens=20, logprobs=True))
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 20
+def test_logprob_pieces_run_past_a_stop_string(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
     # with a stop string the pieces run on past the cut text (they are the tokens' own text)
-    chunks = run(loop, runner, completion("The actor model", max_tokens=50, logprobs=True, stop=("small",)))
-    pieces = "".join(lp.token for c in chunks for lp in (c.logprobs or ()))
+    req = completion("The actor model", max_tokens=50, logprobs=True, stop=("small",))
+    chunks = collect_now(runner, req, loop)
+    pieces = "".join(lp.token for lp in logprobs_of(chunks))
     assert pieces.startswith(text(chunks)) and "small" in pieces
-    assert all(c.logprobs is None for c in run(loop, runner, completion("The actor model", max_tokens=3)))
-
-
-def test_sampling_with_seed_is_reproducible(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
-    def sample(seed: int | None) -> str:
-        req = chat("Tell me a story.", max_tokens=40, temperature=1.5, top_p=0.95, top_k=50, seed=seed)
-        return text(run(loop, runner, req))
-
-    a = sample(7)
-    assert a == sample(7)
-    assert len({sample(s) for s in range(1, 6)}) > 1  # the seed matters: this is sampling
-    unseeded = run(loop, runner, completion("The", max_tokens=20, temperature=1.0, top_k=40))
-    assert check_stream(unseeded).usage is not None
-
-
-def test_context_length_error(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
-    assert runner.context_length == 256
-    with pytest.raises(ContextLengthError) as info:
-        run(loop, runner, completion("word " * 300))
-    assert info.value.field == "prompt"
-    with pytest.raises(ContextLengthError) as info:
-        run(loop, runner, chat("word " * 300))
-    assert info.value.field == "messages"
-    with pytest.raises(ContextLengthError):  # the prompt fits, prompt + max_tokens does not
-        run(loop, runner, completion("The actor model", max_tokens=253))
-    assert check_stream(run(loop, runner, completion("The actor model", max_tokens=252)))  # exactly the context
-    assert runner.active_generations == 0
-
-
-def test_concurrent_equal_sequential(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:
-    prompts: list[InferenceRequest] = []
-    for i in range(8):
-        if i % 2:
-            prompts.append(chat(["What is an actor?", "Hello!", "What is two plus two?", "Count to five."][i % 4]))
-        else:
-            prompts.append(completion(["The actor model", "To bake bread,", "The weather today", "In winter"][i % 4]))
-    sequential = [text(run(loop, runner, p)) for p in prompts]
-
-    async def together() -> list[list[Chunk]]:
-        return await asyncio.gather(*(collect(runner, p) for p in prompts))
-
-    results = on(loop, together())
-    assert [text(c) for c in results] == sequential
-    for chunks in results:
-        check_stream(chunks)
+    assert len(logprobs_of(chunks)) == check_stream(chunks).usage.completion_tokens  # type: ignore[union-attr]
+    chunks = collect_now(runner, chat("Hello!", logprobs=True), loop)  # chat too, to EOS
+    assert "".join(lp.token for lp in logprobs_of(chunks)) == text(chunks) == HELLO
 
 
 async def wait_engine_idle(r: VllmRunner, timeout: float = 2.0) -> None:

@@ -16,15 +16,17 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
+from atomr.runners.catalog import runner_class
 
 from atomr.core.runner import ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest
-from atomr.runners.catalog import runner_class
 from tests.conftest import THREAD_ENV
 from tests.fakes import anthropic_server, gemini_server, openai_server
+from tests.fakes.anthropic_server import error_json as anthropic_error
+from tests.fakes.gemini_server import error_json as gemini_error
 from tests.local_support import ACTOR, ACTOR_CHAT, HELLO, VLLM_ENGINE, tiny_deployment
 from tests.remote_support import new_key, remote_deployment
-from tests.runners.contract import Answer, RemoteAdapter, RuntimeAdapter
+from tests.runners.contract import Answer, ErrorCase, RemoteAdapter, RuntimeAdapter
 from tests.runners.support import chat, completion
 
 LOCAL_CHATS = ("What is an actor?", "Hello!", "What is two plus two?", "Count to five.")
@@ -236,9 +238,7 @@ class FakeServedAdapter(RemoteAdapter):
         return str(fake.url) + self.api_suffix
 
     def build(self, api_base: str | None = None, model: str | None = None, **engine: Any) -> ModelRunner:
-        dep = remote_deployment(
-            model or self.model, api_base or self.api_base_of(self.fake), self.key_env, **engine
-        )
+        dep = remote_deployment(model or self.model, api_base or self.api_base_of(self.fake), self.key_env, **engine)
         assert dep.runtime == self.runtime
         return runner_class(self.runtime)(dep)
 
@@ -307,6 +307,26 @@ class FakeServedAdapter(RemoteAdapter):
         return self.model.replace("fake", "nope")
 
 
+def openai_error(message: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+
+
+CONTEXT_MESSAGE = (
+    "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens. "
+    "Please reduce the length of the messages."
+)
+# the OpenAI wire's other statuses, and context length told by message
+OPENAI_WIRE_ERRORS = (
+    ErrorCase(403, "auth", False, 401),
+    ErrorCase(408, "timeout", True, 504),
+    ErrorCase(422, "invalid_request", False, 400),
+    ErrorCase(502, "unavailable", True, 503),
+    ErrorCase(503, "unavailable", True, 503),
+    ErrorCase(504, "timeout", True, 504),
+    ErrorCase(400, "context_length", False, 400, openai_error(CONTEXT_MESSAGE), name="by-message"),
+)
+
+
 class OpenAIAdapter(FakeServedAdapter):
     runtime = "openai"
     runner_path = "atomr.runners.remote.openai.runner:OpenAIRunner"
@@ -318,7 +338,25 @@ class OpenAIAdapter(FakeServedAdapter):
     api_suffix = "/v1"
     key_env = "ATOMR_TEST_OPENAI_KEY"
     events_before_text = 1  # the role delta
+    cut_says = "finish_reason"
     pieces_before_bad_event = 2
+    more_errors = (
+        *OPENAI_WIRE_ERRORS,
+        ErrorCase(
+            400, "context_length", False, 400, openai_error("Too long.", "context_length_exceeded"), name="by-code"
+        ),
+        ErrorCase(400, "content_filtered", False, 400, openai_error("Blocked.", "content_filter"), name="by-code"),
+    )
+    finish_reasons = (
+        ("tool_calls", "stop"),
+        ("content_filter", "content_filter"),
+        ("length", "length"),
+        ("eos", "stop"),
+    )
+    keyless = (
+        "with an api_base and no key the openai runner sends the placeholder key EMPTY, as OpenAI-compatible "
+        "servers may want none (test_remote_openai checks it, and the error without an api_base)"
+    )
 
     def fresh(self) -> None:
         self.fake.reset(api_key=self.key)
@@ -330,6 +368,9 @@ class LiteLLMAdapter(OpenAIAdapter):
     provider = "litellm"
     model = "litellm/openai/gpt-fake"
     logprob_modes = frozenset({"chat"})  # LiteLLM gives none for text completions
+    more_errors = OPENAI_WIRE_ERRORS
+    finish_reasons = (("tool_calls", "stop"), ("content_filter", "content_filter"))
+    keyless = "LiteLLM looks each provider's key up itself, when it calls"
 
 
 class AnthropicAdapter(FakeServedAdapter):
@@ -344,10 +385,30 @@ class AnthropicAdapter(FakeServedAdapter):
     model = "anthropic/claude-fake"
     key_env = "ATOMR_TEST_ANTHROPIC_KEY"
     events_before_text = 3  # message_start, content_block_start, ping
+    cut_says = "message_stop"
     pieces_before_bad_event = 1
+    more_errors = (
+        ErrorCase(
+            400, "context_length", False, 400, anthropic_error("invalid_request_error", "prompt is too long: 2 > 1")
+        ),
+        ErrorCase(403, "auth", False, 401, anthropic_error("permission_error", "Your API key cannot")),
+        ErrorCase(413, "context_length", False, 400, anthropic_error("request_too_large", "Request exceeds the bytes")),
+        ErrorCase(503, "unavailable", True, 503, anthropic_error("api_error", "Service unavailable")),
+    )
+    finish_reasons = (("refusal", "content_filter"),)
+
+    def serve_finish(self, reason: str) -> None:
+        self.fake.stop_reason_override = reason
+
+    def error_label(self, payload: Any) -> str | None:
+        return str(payload["error"]["type"])  # e.g. "overloaded_error"
 
     def prompt_tokens(self, runner: ModelRunner, answer: Answer) -> int | None:
         return int(self.fake.served[-1].input_tokens)
+
+
+# a bad key, as Google answers it: 400 with this reason
+BAD_KEY = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]
 
 
 class GeminiAdapter(FakeServedAdapter):
@@ -359,8 +420,21 @@ class GeminiAdapter(FakeServedAdapter):
     model = "gemini/gemini-fake"
     key_env = "ATOMR_TEST_GEMINI_KEY"
     events_before_text = 0
+    cut_says = "finishReason"
     pieces_before_bad_event = 1
-    known_issues = {  # noqa: RUF012 - a class constant
+    more_errors = (
+        ErrorCase(
+            400, "context_length", False, 400, gemini_error(400, "The input token count (9) exceeds the maximum")
+        ),
+        ErrorCase(
+            400, "auth", False, 401, gemini_error(400, "API key not valid.", details=BAD_KEY), reported_status=401
+        ),
+        ErrorCase(403, "auth", False, 401, gemini_error(403, "Method doesn't allow unregistered callers.")),
+        ErrorCase(503, "unavailable", True, 503, gemini_error(503, "The model is overloaded.")),
+        ErrorCase(504, "timeout", True, 504, gemini_error(504, "Deadline expired before completion.")),
+    )
+    finish_reasons = (("SAFETY", "content_filter"),)
+    known_issues = {
         "test_cancellation[aclose]": (
             "runner bug: closing a gemini stream (aclose, as run_session does on a deadline) leaves the "
             "HTTP response open and the provider streams on to the end: GeminiRunner.stream closes "
@@ -375,6 +449,9 @@ class GeminiAdapter(FakeServedAdapter):
             for name in ("GOOGLE_GENAI_API_VERSION", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE"):
                 mp.delenv(name, raising=False)
             yield
+
+    def error_label(self, payload: Any) -> str | None:
+        return str(payload["error"]["status"])  # e.g. "RESOURCE_EXHAUSTED"
 
     def sent_seed(self) -> Any:
         return self.fake.calls[-1].body["generationConfig"].get("seed")

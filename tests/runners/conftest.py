@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from atomr.core.runner import ModelRunner
-from tests.runners.contract import On, RuntimeAdapter
-
-T = TypeVar("T")
+from tests.runners.contract import ERRORS, On, RuntimeAdapter
 
 
 @pytest.fixture(scope="class")
@@ -28,6 +26,7 @@ def adapter(request: pytest.FixtureRequest) -> RuntimeAdapter:
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     yield loop
+    gc.collect()  # an SDK's abandoned stream generators close on this loop, before it closes
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
 
@@ -54,15 +53,7 @@ def runner(adapter: RuntimeAdapter, loop: asyncio.AbstractEventLoop, environment
 def on(adapter: RuntimeAdapter, loop: asyncio.AbstractEventLoop, runner: ModelRunner) -> On[Any]:
     adapter.fresh()
 
-    def run(coro: Coroutine[Any, Any, T]) -> T:
-        try:
-            return loop.run_until_complete(coro)
-        finally:
-            if not adapter.local:
-                gc.collect()  # let an SDK's abandoned stream generators close on this loop
-                loop.run_until_complete(asyncio.sleep(0))
-
-    return run
+    return loop.run_until_complete
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -72,3 +63,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         reason = getattr(adapter, "known_issues", {}).get(item.name)
         if reason:
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Cases that depend on the runtime: the errors every provider shares, then its own; the
+    finish reasons its adapter lists."""
+    adapter = getattr(metafunc.cls, "adapter", None)
+    if "error_case" in metafunc.fixturenames:
+        cases = (*ERRORS, *getattr(adapter, "more_errors", ()))
+        metafunc.parametrize("error_case", cases, ids=[case.id for case in cases])
+    if "finish_case" in metafunc.fixturenames:
+        reasons = getattr(adapter, "finish_reasons", ())
+        metafunc.parametrize("finish_case", reasons, ids=[served for served, _ in reasons])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import importlib
 import logging
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import pytest
+from atomr.runners.catalog import runner_class, spec_of
 
-from atomr.core.errors import ContextLengthError, InferenceError, InvalidRequestError
+from atomr.core.errors import AuthError, ContextLengthError, InferenceError, InvalidRequestError
 from atomr.core.runner import ModelRunner, RunnerCapabilities, check_supported
 from atomr.core.types import Chunk, InferenceRequest
-from atomr.runners.catalog import runner_class, spec_of
 from tests.conftest import require_engine
 from tests.local_support import keep_trying
 from tests.remote_support import FAST_RETRY, NO_RETRY, assert_key_hidden, assert_key_nowhere, load, new_key
@@ -259,6 +260,8 @@ class RunnerContract:
         assert (got, last.finish_reason) == (full, "stop")
         got, last = stopped(full[-6:] + "!")  # held back while it might match, released at the end
         assert (got, last.finish_reason) == (full, "stop")
+        early = full[2:4]  # found at once: hardly any text
+        assert stopped(early)[0] == full[: full.index(early)]
 
     def test_same_seed_same_text(self, runner: ModelRunner, on: On[Any]) -> None:
         a = self.adapter
@@ -381,13 +384,47 @@ class RunnerContract:
             check_stream(chunks)
 
 
+@dataclass(frozen=True)
+class ErrorCase:
+    """An HTTP error from the provider and the taxonomy error it must become."""
+
+    status: int
+    kind: str
+    retryable: bool
+    http_status: int
+    body: Any = None  # the provider's error body (None: the fake's own for the status)
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    reported_status: int | None = None  # the status the error reports, when the runner reads another
+    name: str = ""  # what tells two cases of one status and kind apart
+
+    @property
+    def id(self) -> str:
+        return "-".join(filter(None, (str(self.status), self.kind, self.name)))
+
+
+# what every provider's 400/401/404/429/500/529 must become
+ERRORS = (
+    ErrorCase(400, "invalid_request", False, 400),
+    ErrorCase(401, "auth", False, 401),
+    ErrorCase(404, "not_found", False, 404),
+    ErrorCase(429, "rate_limited", True, 429, headers={"retry-after": "7"}),
+    ErrorCase(500, "unavailable", True, 503),
+    ErrorCase(529, "overloaded", True, 503),
+)
+CIRCUIT = {"failure_threshold": 2, "cooldown_s": 0.3, "half_open_probes": 1}
+
+
 class RemoteAdapter(RuntimeAdapter):
     """A remote API runtime against its fake server (hooks in adapters.py)."""
 
     local = False
     provider: ClassVar[str]  # how its errors begin: "<provider> returned <status>: ..."
+    more_errors: ClassVar[tuple[ErrorCase, ...]] = ()  # the provider's own, beyond ERRORS
+    finish_reasons: ClassVar[tuple[tuple[str, str], ...]] = ()  # (the provider's reason, finish_reason)
     events_before_text: ClassVar[int]  # stream events before the first text
+    cut_says: ClassVar[str]  # what the error of a stream cut short says was missing
     pieces_before_bad_event: ClassVar[int]  # text chunks a stream sends before `bad_event_next`'s event
+    keyless: ClassVar[str | None] = None  # why a missing key does not fail at load (None: it does)
     key_env: ClassVar[str]
     key: str
     fake: Any
@@ -409,53 +446,73 @@ class RemoteAdapter(RuntimeAdapter):
         payload["error"]["message"] = message
         return payload
 
+    def error_label(self, payload: Any) -> str | None:
+        """The provider's name for an error (its type or status) that the error must show."""
+        return None
+
+    def serve_finish(self, reason: str) -> None:
+        """Have the fake end its answers with the provider's `reason`."""
+        self.fake.finish_override = reason
+
     @property
     def unknown_model(self) -> str:
         raise NotImplementedError
 
 
-# status -> (kind, retryable, http status) every provider's error must become
-ERRORS: dict[int, tuple[str, bool, int]] = {
-    400: ("invalid_request", False, 400),
-    401: ("auth", False, 401),
-    404: ("not_found", False, 404),
-    429: ("rate_limited", True, 429),
-    500: ("unavailable", True, 503),
-    529: ("overloaded", True, 503),
-}
-CIRCUIT = {"failure_threshold": 2, "cooldown_s": 0.3, "half_open_probes": 1}
-
-
 class RemoteRunnerContract(RunnerContract):
     """What remote API runners add: their fake's HTTP errors mapped to the taxonomy, retries, the
-    deadline, the circuit breaker, broken streams and bodies, and keys that never show."""
+    deadline, the circuit breaker, broken streams and bodies, and keys that never show.
+
+    `error_case` and `finish_case` are parametrised per runtime (conftest.py): the errors every
+    provider shares, then the adapter's own."""
 
     adapter: ClassVar[RemoteAdapter]
 
-    @pytest.mark.parametrize("status", sorted(ERRORS))
     def test_error_mapping(
         self,
         runner: ModelRunner,
         on: On[Any],
-        status: int,
+        error_case: ErrorCase,
         caplog: pytest.LogCaptureFixture,
         capfd: pytest.CaptureFixture[str],
     ) -> None:
-        a = self.adapter
+        a, case = self.adapter, error_case
         caplog.set_level(logging.DEBUG)
-        kind, retryable, http_status = ERRORS[status]
-        headers = {"retry-after": "7"} if status == 429 else {}
-        a.fake.fail_next(status, a.error_payload(status, f"contract error {status} [{a.key}]"), headers)
+        payload = copy.deepcopy(case.body) if case.body is not None else a.error_payload(case.status, "")
+        said = payload["error"]["message"] or f"contract error {case.status}"
+        payload["error"]["message"] = f"{said} [{a.key}]"  # the key, as providers repeat it
+        a.fake.fail_next(case.status, payload, case.headers)
         chunks, err = on(outcome(runner, a.request("chat", stream=True)))
         assert chunks == [] and err is not None
-        assert (err.kind, err.retryable, err.http_status) == (kind, retryable, http_status), err
+        assert (err.kind, err.retryable, err.http_status) == (case.kind, case.retryable, case.http_status), err
+        status = case.reported_status or case.status
         assert err.details.get("status") == status
         assert err.message.startswith(f"{a.provider} returned {status}")
-        assert f"contract error {status} [***]" in err.message  # the provider's words, the key masked
-        if status == 429:
-            assert err.retry_after == 7.0
+        assert err.message.endswith(f"{said} [***]")  # the provider's words, the key masked
+        label = a.error_label(payload)
+        assert label is None or label in err.message
+        if "retry-after" in case.headers:
+            assert err.retry_after == float(case.headers["retry-after"])
         assert_key_nowhere(a.key, err, caplog, capfd)
         assert a.fake.count() == 1
+
+    def test_finish_reasons_map(self, runner: ModelRunner, on: On[Any], finish_case: tuple[str, str]) -> None:
+        served, expected = finish_case
+        self.adapter.serve_finish(served)
+        chunks, err = on(outcome(runner, self.adapter.request("chat", stream=True)))
+        assert err is None and check_stream(chunks).finish_reason == expected
+
+    def test_a_missing_key_fails_at_load(self, environment: None) -> None:
+        a = self.adapter
+        if a.keyless:
+            pytest.skip(a.keyless)
+        runner = a.build(api_base="http://127.0.0.1:9")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv(a.key_env, raising=False)
+            mp.delenv(type(runner).default_key_env, raising=False)  # type: ignore[attr-defined]
+            with pytest.raises(AuthError, match=a.key_env) as info:
+                asyncio.run(runner.load())
+        assert info.value.field == "engine.api_key_env"
 
     def test_unknown_model_is_not_found(self, on: On[Any]) -> None:
         a = self.adapter
@@ -479,12 +536,20 @@ class RemoteRunnerContract(RunnerContract):
         assert a.fake.count() == 2
         assert a.fake.calls[1].at - a.fake.calls[0].at >= 1.0
 
+    @pytest.mark.parametrize("status", [503, 529])
+    def test_server_errors_are_retried_then_it_succeeds(self, on: On[Any], status: int) -> None:
+        a = self.adapter
+        a.fake.fail_next(status, times=2)
+        chunks, err = on(outcome_on(a.build(retry=FAST_RETRY), a.request("chat", stream=True)))
+        assert err is None and text(chunks) == a.fake.reply_text
+        assert a.fake.count() == 3
+
     @pytest.mark.parametrize("status", [400, 401])
     def test_client_errors_are_never_retried(self, on: On[Any], status: int) -> None:
         a = self.adapter
         a.fake.fail_next(status, times=3)
         _, err = on(outcome_on(a.build(retry={**FAST_RETRY, "max_attempts": 4}), a.request("chat")))
-        assert err is not None and err.kind == ERRORS[status][0] and not err.retryable
+        assert err is not None and err.kind == ("invalid_request" if status == 400 else "auth") and not err.retryable
         assert a.fake.count() == 1
 
     def test_deadline_bounds_a_stalled_provider(self, on: On[Any]) -> None:
@@ -537,7 +602,7 @@ class RemoteRunnerContract(RunnerContract):
         a.fake.cut_next_after(a.events_before_text + 2)  # two pieces of text, then the connection drops
         chunks, err = on(outcome_on(a.build(retry={**FAST_RETRY, "max_attempts": 4}), a.request("chat", stream=True)))
         assert [c.text for c in chunks] == (a.pieces(a.fake.reply_text) or [])[:2]  # no piece twice
-        assert err is not None and err.kind == "unavailable"
+        assert err is not None and err.kind == "unavailable" and a.cut_says in err.message
         assert a.fake.count() == 1  # text had reached the caller: never retried
 
     def test_malformed_answers_give_clear_errors(self, on: On[Any]) -> None:
@@ -587,4 +652,3 @@ async def outcome_on(runner: ModelRunner, request: InferenceRequest) -> tuple[li
     """Load `runner`, run one request, unload it: its chunks and error."""
     async with load(runner) as r:
         return await outcome(r, request)
-

@@ -24,15 +24,15 @@ def chat(
 ) -> InferenceRequest:
     """A chat request; a plain string is a user message, a (role, content) pair any message."""
     messages = tuple(Message("user", t) if isinstance(t, str) else Message(*t) for t in turns)
-    return InferenceRequest(
-        model=model, messages=messages, params=SamplingParams(**params), stream=stream, deadline=deadline
-    )
+    params_ = SamplingParams(**params)
+    return InferenceRequest(model=model, messages=messages, params=params_, stream=stream, deadline=deadline)
 
 
 def completion(
     prompt: str, *, model: str = "tiny", stream: bool = False, deadline: float | None = None, **params: Any
 ) -> InferenceRequest:
-    return InferenceRequest(model=model, prompt=prompt, params=SamplingParams(**params), stream=stream, deadline=deadline)
+    params_ = SamplingParams(**params)
+    return InferenceRequest(model=model, prompt=prompt, params=params_, stream=stream, deadline=deadline)
 
 
 async def collect(runner: ModelRunner, request: InferenceRequest) -> list[Chunk]:

@@ -5,6 +5,7 @@ three schedulers), the remote APIs against their fake servers."""
 from __future__ import annotations
 
 from atomr.runners.catalog import RUNTIMES
+
 from tests.runners import adapters
 from tests.runners.contract import RemoteRunnerContract, RunnerContract
 
