@@ -212,12 +212,13 @@ async def check_openai_wire(r: ModelRunner, fake: Any, key: str) -> None:
     check_openai_stream(chunks, fake.served[-1])
     assert fake.served[-1].prompt_tokens == 4 and chunks[-1].finish_reason == "length"
 
-    chunks, err = await outcome(r, openai_chat(stop=(" one",)))
-    assert err is None and fake.calls[-1].body["stop"] == [" one"]
+    chunks, err = await outcome(r, openai_chat(stop=(" one", "zzz")))
+    assert err is None and fake.calls[-1].body["stop"] == [" one", "zzz"]
     check_openai_stream(chunks, fake.served[-1])
     # max_tokens reached before the stop string: length
     chunks, err = await outcome(r, openai_completion(max_tokens=2, stop=("fake",)))
     assert err is None and fake.calls[-1].body["max_tokens"] == 2 and chunks[-1].finish_reason == "length"
+    assert "".join(c.text for c in chunks) == "Hello from"
 
     chunks, err = await outcome(r, openai_chat(max_tokens=6, logprobs=True))
     assert err is None and fake.calls[-1].body["logprobs"] is True

@@ -105,19 +105,19 @@ class LocalAdapter(RuntimeAdapter):
         # sampled at temperature 2: usually long (EOS is rarely drawn)
         return completion("", max_tokens=250, temperature=2.0)
 
-    async def wait_idle(self, runner: ModelRunner, timeout: float = 10.0) -> None:
+    async def settle(self, runner: ModelRunner, timeout: float = 10.0) -> None:
         """Until no generation is in progress (a safety limit of `timeout` seconds)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while self.active(runner) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.002)
-        assert self.active(runner) == 0, "the engine kept generating after its caller left"
+        assert self.active(runner) == 0, f"generations still in progress after {timeout} s"
 
     async def before_leaving(self, runner: ModelRunner) -> Any:
-        await self.wait_idle(runner)
+        await self.settle(runner)
         return dict(runner.stats)  # type: ignore[attr-defined]
 
     async def stopped_after_leaving(self, runner: ModelRunner, mark: Any, first: Chunk) -> bool:
-        await self.wait_idle(runner)  # the runner's active generations return to zero
+        await self.settle(runner)  # the runner's active generations return to zero
         stats = runner.stats  # type: ignore[attr-defined]
         assert stats["requests"] == mark["requests"] + 1
         if first.finish_reason is not None or stats["cancelled"] == mark["cancelled"]:
@@ -198,11 +198,11 @@ class TensorRTAdapter(LocalAdapter):
         return completion("", max_tokens=200, temperature=1.5)
 
     async def before_leaving(self, runner: ModelRunner) -> Any:
-        await self.wait_idle(runner)
+        await self.settle(runner)
         return None
 
     async def stopped_after_leaving(self, runner: ModelRunner, mark: Any, first: Chunk) -> bool:
-        await self.wait_idle(runner)  # the request was aborted in TRT-LLM
+        await self.settle(runner)  # the request was aborted in TRT-LLM
         return first.finish_reason is None
 
 
@@ -434,14 +434,6 @@ class GeminiAdapter(FakeServedAdapter):
         ErrorCase(504, "timeout", True, 504, gemini_error(504, "Deadline expired before completion.")),
     )
     finish_reasons = (("SAFETY", "content_filter"),)
-    known_issues = {
-        "test_cancellation[aclose]": (
-            "runner bug: closing a gemini stream (aclose, as run_session does on a deadline) leaves the "
-            "HTTP response open and the provider streams on to the end: GeminiRunner.stream closes "
-            "google-genai's outer generator, which does not close the nested ones that own the response "
-            "(a cancelled task does close it)"
-        ),
-    }
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[None]:

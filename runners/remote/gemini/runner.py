@@ -47,6 +47,7 @@ off. The SDK's default API version is "v1" (env GOOGLE_GENAI_API_VERSION changes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -114,6 +115,42 @@ def chosen_logprobs(result: Any) -> tuple[TokenLogprob, ...]:
     """The chosen tokens' logprobs from a candidate's `LogprobsResult` (empty when it has none)."""
     chosen = getattr(result, "chosen_candidates", None) or ()
     return tuple(TokenLogprob(c.token or "", float(c.log_probability)) for c in chosen if c.log_probability is not None)
+
+
+async def in_own_task(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """`items`, read by a task of its own, so that closing this iterator cancels the read in flight.
+
+    google-genai's stream is a chain of async generators whose innermost owns the HTTP response;
+    closing the outermost (what leaving an `async for` early and `aclose` do) leaves the response
+    open and the provider generating to the end, while a cancelled read closes it. One item is read
+    ahead at most.
+    """
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                await queue.put((True, item))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, who raises it
+            await queue.put((False, exc))
+            return
+        await queue.put((False, None))
+
+    task = asyncio.ensure_future(pump())
+    try:
+        while True:
+            ok, value = await queue.get()
+            if ok:
+                yield value
+            elif value is None:
+                return
+            else:
+                raise value
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
 
 
 class GeminiRunner(RemoteRunner):
@@ -197,8 +234,9 @@ class GeminiRunner(RemoteRunner):
         want_lp = request.params.logprobs
         usage: Any = None
         finish: str | None = None
+        pumped = in_own_task(responses)
         try:
-            async for response in responses:
+            async for response in pumped:
                 usage = response.usage_metadata or usage
                 feedback = response.prompt_feedback
                 if feedback is not None and feedback.block_reason:
@@ -215,6 +253,7 @@ class GeminiRunner(RemoteRunner):
                     if candidate.finish_reason:
                         finish = finish_reason_of(candidate.finish_reason)
         finally:
+            await pumped.aclose()  # cancels a read in flight: that closes the HTTP response
             await responses.aclose()
         if finish is None:
             raise UnavailableError("gemini: the stream ended without a finishReason (connection dropped)")
