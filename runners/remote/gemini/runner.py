@@ -50,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.runners.remote.base import RemoteRunner
@@ -117,7 +117,7 @@ def chosen_logprobs(result: Any) -> tuple[TokenLogprob, ...]:
     return tuple(TokenLogprob(c.token or "", float(c.log_probability)) for c in chosen if c.log_probability is not None)
 
 
-async def in_own_task(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def in_own_task(items: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
     """`items`, read by a task of its own, so that closing this iterator cancels the read in flight.
 
     google-genai's stream is a chain of async generators whose innermost owns the HTTP response;
