@@ -1,7 +1,9 @@
 """Tenant-fair scheduling in the coordinator, on a real node in front of a provider that takes a
 fixed 20 ms per call (so the coordinator's queue, not the engine, decides who goes next):
 
-- a tenant flooding 1,000 requests does not slow another tenant of equal weight by more than 2x;
+- a tenant flooding 1,000 requests does not hold back another tenant of equal weight: each of
+  the other tenant's requests reaches the provider after at most a few of the flood's (the ones
+  already on their way), not after the hundreds still queued;
 - with weights 3:1 the order in which requests reach the provider is 3:1 under contention;
 - a higher priority class always goes first;
 - deadlines drop expired work before it reaches the provider.
@@ -9,7 +11,6 @@ fixed 20 ms per call (so the coordinator's queue, not the engine, decides who go
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -86,26 +87,32 @@ def wait_queued(client: Client, at_least: int) -> None:
         time.sleep(0.05)
 
 
-def latencies(client: Client, tenant: str, n: int, **kw: Any) -> list[float]:
+def overtaken(client: Client, provider: FakeOpenAI, tenant: str, n: int, **kw: Any) -> list[int]:
+    """For each of `n` requests of `tenant` in turn: how many other calls reached the provider
+    between its sending and its own arrival there."""
     out = []
     for i in range(n):
-        t = time.perf_counter()
+        with provider.lock:
+            since = len(provider.calls)
         client.generate("fair", f"{tenant}-x{i}", tenant=tenant, max_tokens=4, **kw)
-        out.append(time.perf_counter() - t)
+        with provider.lock:
+            contents = [c.body["messages"][-1]["content"] for c in provider.calls[since:] if c.body]
+        out.append(contents.index(f"{tenant}-x{i}"))
     return out
 
 
 def test_a_flooding_tenant_does_not_starve_an_equal_one(node: Node, provider: FakeOpenAI) -> None:
     provider.stall_next(STALL_S, times=10_000)
     with Client(node.address) as client:
-        idle = statistics.median(latencies(client, "b", 10))
         flooding = flood(client, "a", 1000)
         wait_queued(client, 500)
-        busy = latencies(client, "b", 20)
+        ahead = overtaken(client, provider, "b", 20)
         assert queued(client) > 100  # the flood was still waiting while b was served
         flooding.join(120)
     provider.forget_calls()
-    assert statistics.median(busy) <= 2 * idle, (statistics.median(busy), idle)
+    # Ahead of each b request: at most the flood's requests already dispatched to the replica's 4
+    # slots or on their way to the provider, and the one a takes in its turn (FIFO: hundreds).
+    assert max(ahead) <= 8, ahead
 
 
 def test_weights_3_to_1_give_shares_3_to_1(node: Node, provider: FakeOpenAI) -> None:
@@ -129,7 +136,7 @@ def test_a_higher_priority_class_always_goes_first(node: Node, provider: FakeOpe
         since = len(provider.calls)
         low = flood(client, "low", 300)
         wait_queued(client, 200)
-        high = latencies(client, "high", 10, priority=5)
+        ahead = overtaken(client, provider, "high", 10, priority=5)
         low.join(120)
     order = served_tenants(provider, since)
     provider.forget_calls()
@@ -137,7 +144,7 @@ def test_a_higher_priority_class_always_goes_first(node: Node, provider: FakeOpe
     # never waits behind the backlog: only the few low requests taking a free slot in between
     assert order[first_high : last_high + 1].count("low") <= 10 * 6
     assert order[last_high + 1 :].count("low") >= 100  # the backlog was still there afterwards
-    assert statistics.median(high) < 0.5
+    assert max(ahead) <= 8, ahead  # each high request went out next, past the queued backlog
 
 
 def test_expired_requests_never_reach_the_provider(node: Node, provider: FakeOpenAI, tmp_path: Path) -> None:
