@@ -237,23 +237,23 @@ def test_a_caller_that_leaves_cancels_the_tier_in_flight(node: tuple[Node, str],
     host, _, port = base.removeprefix("http://").partition(":")
     large.stall_next(3.0)  # tier 2 is slow: the caller leaves while it runs
     body = json.dumps({"model": "smart", "prompt": OUT_OF_DOMAIN[2], "max_tokens": 8, "stream": True}).encode()
+    seen = len(n.output().splitlines())
     with socket.create_connection((host, int(port)), timeout=30) as conn:
         conn.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
             + f"content-length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        head = conn.recv(65536).decode(errors="replace")
-        rid = re.search(r"x-request-id: (\w+)", head, re.I)
-        assert rid and "200" in head.splitlines()[0], head
         deadline = time.time() + 10
         while large.count("/completions") == 0 and time.time() < deadline:
             time.sleep(0.02)  # tier 1 passed it up; tier 2 is running
+        assert large.count("/completions") > 0
+    # the caller left before the stream's first byte (its status waits for the first event)
     deadline = time.time() + 10
     outcome = None
     while time.time() < deadline and outcome is None:
-        for line in n.output().splitlines():
-            if f'"{rid.group(1)}:t2"' in line and '"event": "request"' in line:
+        for line in n.output().splitlines()[seen:]:
+            if ':t2"' in line and '"event": "request"' in line:
                 outcome = json.loads(line)["outcome"]
         time.sleep(0.05)
     assert outcome == "cancelled"  # long before the provider would have answered

@@ -162,6 +162,7 @@ def test_the_served_document_is_the_built_one(fuzz_front: tuple[Node, str, set[i
         "/v1/completions",
         "/v1/models",
         "/healthz",
+        "/health",
         "/readyz",
         "/metrics",
         "/openapi.json",

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -179,7 +180,23 @@ def test_a_rate_limited_deployment_is_admitted_from_the_lease_and_served_here(fr
     first, second, third = (chat(base, "limited") for _ in range(3))
     assert first.status_code == 200 and second.status_code == 200
     assert third.status_code == 429 and float(third.headers["retry-after"]) > 0
-    assert third.json()["error"]["type"] == "rate_limit_error" and third.json()["error"]["code"] == "rate_limited"
+    assert third.json()["error"]["type"] == "rate_limit_error"
+    assert third.json()["error"]["code"] == "rate_limit_exceeded"  # as OpenAI spells it
+    # Refused before its first byte, a stream is a 429 with a JSON body too (not an SSE error in a
+    # 200): the openai SDK raises its typed error and its own retry honours Retry-After.
+    statuses: list[int] = []
+    with httpx.Client(event_hooks={"response": [lambda r: statuses.append(r.status_code)]}) as http:
+        sdk = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, http_client=http)
+        with pytest.raises(openai.RateLimitError) as limited:
+            sdk.chat.completions.create(model="limited", messages=[{"role": "user", "content": "hi"}], stream=True)
+        assert limited.value.status_code == 429 and int(limited.value.response.headers["retry-after"]) >= 1
+        assert limited.value.code == "rate_limit_exceeded"
+        retrying = sdk.with_options(max_retries=3)
+        stream = retrying.chat.completions.create(
+            model="limited", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed and statuses[0] == 429 and statuses[-1] == 200, statuses
     time.sleep(3.2)  # the window has passed: served again, in the gateway's one slot (not leaked)
     fourth = chat(base, "limited")
     assert fourth.status_code == 200

@@ -4,7 +4,8 @@ with ``stream: true``.
 Each request is authenticated (tenants with hashed keys, `atomr.core.tenants`), checked against
 its tenant's models and concurrency quota, parsed (`openai_wire`) and handed to the backend, which
 streams its events. When the client goes away, the request is cancelled down to the engine.
-Errors known before the first byte are HTTP statuses with JSON bodies; after it, SSE error events.
+Errors known before the first byte (a stream's first event) are HTTP statuses with JSON bodies;
+after it, SSE error events.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from atomr.core.errors import InferenceError
+from atomr.core.errors import InferenceError, InternalError
 from atomr.core.tenants import Tenant
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent
 from atomr.http import openai_wire as wire
@@ -48,9 +49,19 @@ async def _inference(ctx: FrontContext, request: Request, chat: bool) -> Respons
         return admitted
     tenant, body, req = admitted
     if req.stream:
+        # The status line waits for the first event: an error known before it (unknown model,
+        # context too long, rate limited, no replica) is an HTTP status with a JSON body, which
+        # the SDKs turn into their typed errors and retry; only later errors are SSE events.
+        events = ctx.backend.stream(req)
+        first = await until_disconnect(request, _first_event(events))
+        if not isinstance(first, StreamEvent):
+            await events.aclose()  # type: ignore[attr-defined]
+            ctx.quota.leave(tenant)
+            ctx.metrics.record(route, 499 if first is None else first.http_status)
+            return Response(status_code=499) if first is None else error_response(first)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse(ctx, req, body.model, chat, include_usage, lambda: ctx.quota.leave(tenant), route),
+            _sse(ctx, req, body.model, chat, include_usage, lambda: ctx.quota.leave(tenant), route, first, events),
             media_type="text/event-stream",
             headers={"x-request-id": req.request_id, "cache-control": "no-cache"},
         )
@@ -98,6 +109,22 @@ async def _admit(
     return tenant, body, req
 
 
+async def _first_event(events: AsyncIterator[StreamEvent]) -> StreamEvent | InferenceError:
+    """The stream's first event, or the error that ended it before any."""
+    try:
+        return await anext(events)
+    except InferenceError as exc:
+        return exc
+    except StopAsyncIteration:
+        return InternalError("the request's stream ended before its first event")
+
+
+async def _then(first: StreamEvent, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    yield first
+    async for ev in events:
+        yield ev
+
+
 async def _sse(
     ctx: FrontContext,
     req: InferenceRequest,
@@ -106,13 +133,14 @@ async def _sse(
     include_usage: bool,
     done: Callable[[], None],
     route: str,
+    first_event: StreamEvent,
+    events: AsyncIterator[StreamEvent],
 ) -> AsyncIterator[bytes]:
     enc = wire.StreamEncoder(req.request_id, model, chat, include_usage)
     status = 200
-    events = ctx.backend.stream(req)
     try:
         first = True
-        async for ev in events:
+        async for ev in _then(first_event, events):
             out = enc.start() if first else b""
             first = False
             if ev.chunk is not None:

@@ -1,4 +1,5 @@
-"""``GET /healthz`` (the process is up) and ``GET /readyz`` (every deployment has a ready replica;
+"""``GET /healthz`` and ``GET /health`` (the process is up; ``/health`` is the name vLLM's server
+and the load tools that probe it use) and ``GET /readyz`` (every deployment has a ready replica;
 503 otherwise, or when the cluster does not answer). Neither asks for a key."""
 
 from __future__ import annotations
@@ -22,4 +23,8 @@ def routes(ctx: FrontContext) -> list[Route]:
             return error_response(exc)
         return JSONResponse({"ready": ready, "deployments": states}, status_code=200 if ready else 503)
 
-    return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/health", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]

@@ -301,10 +301,26 @@ _ERROR_TYPES = {
 }
 
 
+# atomr's error kinds whose code OpenAI spells otherwise (clients such as LiteLLM map these codes
+# to their own exception classes); the other kinds are their own code.
+_OPENAI_CODES = {
+    "context_length": "context_length_exceeded",
+    "rate_limited": "rate_limit_exceeded",
+    "auth": "invalid_api_key",
+}
+
+
+def error_code(exc: InferenceError) -> str:
+    """The error's `code` as OpenAI spells it."""
+    if exc.kind == "not_found" and exc.field == "model":
+        return "model_not_found"
+    return _OPENAI_CODES.get(exc.kind, exc.kind)
+
+
 def error_body(exc: InferenceError) -> dict[str, Any]:
     status = exc.http_status
     kind = _ERROR_TYPES.get(status, "server_error" if status < 503 else "service_unavailable_error")
-    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": exc.kind}}
+    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": error_code(exc)}}
 
 
 def error_headers(exc: InferenceError) -> dict[str, str]:

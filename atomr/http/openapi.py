@@ -175,6 +175,7 @@ def _paths(model: str, auth: bool) -> dict[str, Any]:
         },
         "/v1/models": {"get": models_op},
         "/healthz": _public("health", "the process is up", {"200": _json(_ref("Health"), "up")}),
+        "/health": _public("health_alias", "the process is up (vLLM's name)", {"200": _json(_ref("Health"), "up")}),
         "/readyz": _public(
             "readiness",
             "every configured model has a ready replica",
