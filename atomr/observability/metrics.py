@@ -14,6 +14,7 @@ Label sets: deployment, version, runtime, tenant, replica (and outcome / kind wh
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -23,7 +24,8 @@ from prometheus_client.metrics_core import Metric
 
 disable_created_metrics()  # the *_created series double every snapshot and no dashboard uses them
 
-STALE_AFTER_S = 120.0
+STALE_AFTER_S = 120.0  # the collector forgets a source silent this long (a process that died)
+REFRESH_S = STALE_AFTER_S / 4  # a live source re-sends an unchanged snapshot this often
 
 # Seconds; spans a local tiny model (~1 ms) to a slow remote API (~minutes).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -58,12 +60,18 @@ class Recorder:
     source: str
     registry: CollectorRegistry
     dirty: bool = True
+    sent_at: float = -math.inf  # when the last snapshot was taken (time.monotonic())
 
-    def take_snapshot(self) -> list[Metric] | None:
-        """The registry's families when something changed since the last call, else None."""
-        if not self.dirty:
+    def take_snapshot(self, now: float | None = None) -> list[Metric] | None:
+        """The registry's families when something changed since the last snapshot, or when that
+        one is `REFRESH_S` old; else None. The refresh keeps an idle source's series alive: the
+        collector forgets a source that sent nothing for `STALE_AFTER_S`, and a counter that
+        vanished and came back would break `rate()` and the alerts built on it."""
+        now = time.monotonic() if now is None else now
+        if not self.dirty and now - self.sent_at < REFRESH_S:
             return None
         self.dirty = False
+        self.sent_at = now
         return list(self.registry.collect())
 
 
@@ -208,8 +216,8 @@ class SnapshotStore:
     def __init__(self) -> None:
         self._sources: dict[str, tuple[float, list[Metric]]] = {}
 
-    def put(self, source: str, families: list[Metric]) -> None:
-        self._sources[source] = (time.monotonic(), families)
+    def put(self, source: str, families: list[Metric], now: float | None = None) -> None:
+        self._sources[source] = (time.monotonic() if now is None else now, families)
 
     def drop(self, source: str) -> None:
         self._sources.pop(source, None)
@@ -217,11 +225,11 @@ class SnapshotStore:
     def sources(self) -> list[str]:
         return sorted(self._sources)
 
-    def merged(self) -> list[Metric]:
+    def merged(self, now: float | None = None) -> list[Metric]:
         """Every source's families as one set. A series that several sources report (a deployment
         served by its replicas and, for HTTP requests, inside a gateway) is added up; its
-        `_created` time is the earliest."""
-        now = time.monotonic()
+        `_created` time is the earliest. A source silent for `STALE_AFTER_S` is forgotten."""
+        now = time.monotonic() if now is None else now
         for source in [s for s, (t, _) in self._sources.items() if now - t > STALE_AFTER_S]:
             del self._sources[source]
         out: dict[str, Metric] = {}
