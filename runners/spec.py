@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from atomr.runners.common.model_files import hf_folder
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from atomr.core.errors import ConfigError
@@ -37,7 +38,7 @@ class OpenEngineOptions(EngineOptions):
 
 def hf_checkpoint_problem(path: Path) -> str | None:
     """Why `path` is not a Hugging Face checkpoint or engine folder (None when it is one)."""
-    if any((folder / "config.json").is_file() for folder in (path, path / "hf")):
+    if hf_folder(path) is not None:
         return None
     return f"{path} holds no config.json (not a Hugging Face checkpoint or engine folder)"
 

@@ -32,10 +32,23 @@ def model_root(deployment: Deployment) -> Path:
     return Path(model).expanduser()
 
 
-def hf_model_dir(deployment: Deployment) -> Path:
-    """The Hugging Face checkpoint folder (holding ``config.json``): the model folder or its ``hf/``."""
-    root = model_root(deployment)
-    for candidate in (root, root / "hf"):
+def hf_folder(path: Path) -> Path | None:
+    """The folder holding a Hugging Face ``config.json``: `path` itself or its ``hf/`` (None: neither)."""
+    for candidate in (path, path / "hf"):
         if (candidate / "config.json").is_file():
             return candidate
-    raise NotFoundError(f"no Hugging Face checkpoint at {root} (no config.json there or in hf/)", field="model")
+    return None
+
+
+def hf_checkpoint(path: str | Path) -> Path:
+    """`hf_folder(path)`, or a NotFoundError naming the model field."""
+    p = Path(path)
+    folder = hf_folder(p)
+    if folder is None:
+        raise NotFoundError(f"no Hugging Face checkpoint at {p} (no config.json there or in hf/)", field="model")
+    return folder
+
+
+def hf_model_dir(deployment: Deployment) -> Path:
+    """The Hugging Face checkpoint folder (holding ``config.json``): the model folder or its ``hf/``."""
+    return hf_checkpoint(model_root(deployment))

@@ -41,14 +41,6 @@ def _engine_message(exc: BaseException) -> str:
     return _BACKTRACE.split(text, maxsplit=1)[0].strip()
 
 
-def hf_folder(path: str | Path) -> Path:
-    p = Path(path)
-    for candidate in (p, p / "hf"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise NotFoundError(f"no Hugging Face checkpoint at {p} (no config.json there or in hf/)", field="model")
-
-
 def load_error(exc: BaseException, folder: Path) -> InferenceError:
     if isinstance(exc, InferenceError):
         return exc

@@ -72,8 +72,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from atomr.runners.common.model_files import hf_model_dir
-from atomr.runners.local.mistralrs.engine import MODEL_NAME, hf_folder, import_mistralrs, open_runner
+from atomr.runners.common.model_files import hf_checkpoint, hf_model_dir
+from atomr.runners.local.mistralrs.engine import MODEL_NAME, import_mistralrs, open_runner
 from atomr.runners.local.mistralrs.requests import END, Handoff, Job, message_dicts, sampling_kwargs
 from atomr.runners.local.mistralrs.spec import MistralRsOptions
 from atomr.runners.local.mistralrs.worker import Worker
@@ -210,7 +210,7 @@ def mistralrs_greedy_reference(
     (`send_chat_completion_request`). `model_dir` is an HF folder or a folder holding `hf/`.
     """
     mr = import_mistralrs()
-    folder = hf_folder(model_dir)
+    folder = hf_checkpoint(model_dir)
     runner = open_runner(mr, folder, None, "auto")
     greedy = {"max_tokens": max_tokens, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
     if isinstance(prompt_or_messages, str):

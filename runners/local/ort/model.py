@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atomr.runners.common.model_files import model_root
+from atomr.runners.local.ort.spec import ort_folder
 
 from atomr.core.errors import InternalError, InvalidRequestError, NotFoundError
 from atomr.core.types import Message
@@ -35,9 +36,9 @@ def _import_og() -> Any:
 def ort_model_dir(path: str | Path) -> Path:
     """The folder holding `genai_config.json`: `path` itself or its `onnx/` subfolder."""
     p = Path(path)
-    for candidate in (p, p / "onnx"):
-        if (candidate / "genai_config.json").is_file():
-            return candidate
+    folder = ort_folder(p)
+    if folder is not None:
+        return folder
     raise NotFoundError(f"no ORT GenAI model at {p} (no genai_config.json there or in onnx/)", field="model")
 
 

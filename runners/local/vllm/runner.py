@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.runners.common.context import check_context
-from atomr.runners.common.model_files import hf_model_dir
+from atomr.runners.common.model_files import hf_checkpoint, hf_model_dir
 from atomr.runners.local.vllm.engine import (
     DEFAULT_CPU_KV_CACHE_BYTES,
     RESERVED_OPTIONS,
@@ -95,7 +95,6 @@ from atomr.core.errors import (
     InferenceError,
     InternalError,
     InvalidRequestError,
-    NotFoundError,
     RunnerCrashedError,
     UnavailableError,
 )
@@ -328,13 +327,6 @@ class VllmRunner(ModelRunner):
 _REFERENCE: dict[str, Any] = {}
 
 
-def _hf_folder(path: Path) -> Path:
-    for candidate in (path, path / "hf"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise NotFoundError(f"no Hugging Face checkpoint at {path} (no config.json there or in hf/)", field="model")
-
-
 def _reference_llm(folder: Path, options: Mapping[str, Any], gpu: bool) -> Any:
     """One synchronous `vllm.LLM` per process, kept between calls (starting one takes seconds)."""
     key = repr((str(folder), sorted(options.items()), gpu))
@@ -366,7 +358,7 @@ def vllm_greedy_reference(
     as a deployment's `engine:` (pass the runner's, so both run the same dtype); `gpu` False
     applies the CPU environment defaults. The engine is kept for the next call with the same
     arguments (starting one takes seconds)."""
-    llm = _reference_llm(_hf_folder(Path(model_dir)), dict(engine or {}), gpu)
+    llm = _reference_llm(hf_checkpoint(model_dir), dict(engine or {}), gpu)
     params = import_vllm().SamplingParams(max_tokens=max_tokens, temperature=0.0)
     if isinstance(prompt_or_messages, str):
         outputs = llm.generate([prompt_or_messages], params, use_tqdm=False)
