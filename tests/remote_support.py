@@ -55,7 +55,7 @@ def check_openai_stream(chunks: list[Chunk], served: Any, *, logprobs: bool = Fa
     assert last.usage == Usage(served.prompt_tokens, served.completion_tokens)
     if logprobs:
         for i, c in enumerate(chunks[:-1]):
-            assert c.logprobs == (TokenLogprob(c.text, token_logprob(i, c.text)),)
+            assert [(lp.token, lp.logprob) for lp in c.logprobs or ()] == [(c.text, token_logprob(i, c.text))]
         assert last.logprobs == ()
     else:
         assert all(c.logprobs is None for c in chunks)

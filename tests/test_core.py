@@ -17,6 +17,7 @@ from atomr.core.errors import (
     OverloadedError,
     RateLimitedError,
 )
+from atomr.core.messages import ToolCallDelta
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage, make_messages
 from atomr.serving.coalesce import ChunkCoalescer
 
@@ -137,17 +138,30 @@ def test_errors_survive_pickling_with_their_class_and_fields() -> None:
 
 def test_coalescer_sends_first_chunk_at_once_then_by_count_and_time() -> None:
     co = ChunkCoalescer(max_tokens=3, max_delay=0.05)
-    first = co.add(Chunk("a"), now=0.0)
-    assert first is not None and first.text == "a"
-    assert co.add(Chunk("b"), now=0.001) is None
-    assert co.add(Chunk("c"), now=0.002) is None
-    merged = co.add(Chunk("d"), now=0.003)
-    assert merged is not None and merged.text == "bcd" and merged.token_count == 3
-    assert co.add(Chunk("e"), now=0.010) is None
-    timed = co.add(Chunk("f"), now=0.061)
-    assert timed is not None and timed.text == "ef"
+    [first] = co.add(Chunk("a"), now=0.0)
+    assert first.text == "a"
+    assert co.add(Chunk("b"), now=0.001) == []
+    assert co.add(Chunk("c"), now=0.002) == []
+    [merged] = co.add(Chunk("d"), now=0.003)
+    assert merged.text == "bcd" and merged.token_count == 3
+    assert co.add(Chunk("e"), now=0.010) == []
+    [timed] = co.add(Chunk("f"), now=0.061)
+    assert timed.text == "ef"
     co.add(Chunk("g", logprobs=(TokenLogprob("g", -0.5),)), now=0.062)
-    last = co.add(Chunk("h", logprobs=(TokenLogprob("h", -0.1),), finish_reason="stop", usage=Usage(3, 8)), now=0.063)
-    assert last is not None and last.text == "gh" and last.finish_reason == "stop"
+    [last] = co.add(Chunk("h", logprobs=(TokenLogprob("h", -0.1),), finish_reason="stop", usage=Usage(3, 8)), now=0.063)
+    assert last.text == "gh" and last.finish_reason == "stop"
     assert last.usage == Usage(3, 8) and [lp.token for lp in last.logprobs or ()] == ["g", "h"]
     assert co.take() is None
+
+
+def test_coalescer_never_merges_two_choices_and_joins_tool_call_pieces() -> None:
+    co = ChunkCoalescer(max_tokens=100, max_delay=10.0)
+    co.add(Chunk("x"), now=0.0)  # the first chunk leaves at once
+    call = ToolCallDelta(0, "call_1", "get_weather", "")
+    assert co.add(Chunk("", tool_calls=(call,)), now=0.001) == []
+    assert co.add(Chunk("", tool_calls=(ToolCallDelta(0, arguments='{"city":'),)), now=0.002) == []
+    assert co.add(Chunk("", tool_calls=(ToolCallDelta(0, arguments=' "Paris"}'),)), now=0.003) == []
+    [sent] = co.add(Chunk("other", index=1), now=0.004)  # another choice: what was pending goes first
+    assert sent.index == 0 and sent.tool_calls == (ToolCallDelta(0, "call_1", "get_weather", '{"city": "Paris"}'),)
+    held = co.take()
+    assert held is not None and held.index == 1 and held.text == "other"

@@ -36,7 +36,7 @@ from schemathesis.checks import (  # noqa: E402
 )
 
 from atomr.core.tenants import new_key  # noqa: E402
-from atomr.http.openai_wire import parse_chat, parse_completion  # noqa: E402
+from atomr.http.openai_requests import parse_chat, parse_completion  # noqa: E402
 from atomr.http.openapi import openapi_document  # noqa: E402
 from tests.conftest import Node  # noqa: E402
 

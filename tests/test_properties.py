@@ -38,7 +38,7 @@ from atomr.core.deployment import Deployment
 from atomr.core.errors import ConfigError, InferenceError, InvalidRequestError
 from atomr.core.tenants import TenantTable, hash_key, tenants_from_config
 from atomr.core.types import ROLES, InferenceRequest, Message, SamplingParams
-from atomr.http.openai_wire import parse_chat, parse_completion
+from atomr.http.openai_requests import parse_chat, parse_completion
 from atomr.http.settings import HttpSettings, http_settings_from_config
 
 SCALE = max(1, int(os.environ.get("ATOMR_PROPERTY_SCALE", "1")))
@@ -424,10 +424,13 @@ REQUESTS = st.builds(
 
 def usable(p: SamplingParams) -> None:
     """What every runner may rely on once a request has validated."""
-    assert type(p.max_tokens) is int and p.max_tokens >= 1
-    assert type(p.temperature) in (int, float) and 0 <= p.temperature <= 2
-    assert type(p.top_p) in (int, float) and 0 < p.top_p <= 1
-    assert type(p.top_k) is int and p.top_k >= 0
+    assert p.max_tokens is None or (type(p.max_tokens) is int and p.max_tokens >= 1)
+    assert type(p.max_new_tokens) is int and p.max_new_tokens >= 1
+    assert p.temperature is None or (type(p.temperature) in (int, float) and 0 <= p.temperature <= 2)
+    assert p.top_p is None or (type(p.top_p) in (int, float) and 0 < p.top_p <= 1)
+    assert p.top_k is None or (type(p.top_k) is int and p.top_k >= 0)
+    temperature, top_p, top_k = p.sampling
+    assert 0 <= temperature <= 2 and 0 < top_p <= 1 and top_k >= 0
     assert p.seed is None or (type(p.seed) is int and 0 <= p.seed < 2**63)
     assert isinstance(p.stop, tuple | list) and len(p.stop) <= 8
     assert all(isinstance(s, str) and s for s in p.stop)
@@ -452,7 +455,8 @@ def test_validate_passes_only_usable_requests_and_names_the_field_otherwise(req:
     assert (req.messages is None) != (req.prompt is None)
     if req.messages is not None:
         assert len(req.messages) > 0
-        assert all(isinstance(m, Message) and m.role in ROLES and isinstance(m.content, str) for m in req.messages)
+        assert all(isinstance(m, Message) and m.role in ROLES for m in req.messages)
+        assert all(m.content is None or isinstance(m.content, str | tuple) for m in req.messages)
     else:
         assert isinstance(req.prompt, str)
     usable(req.params)
@@ -635,5 +639,7 @@ def test_a_valid_chat_body_becomes_the_same_request(body: dict[str, Any]) -> Non
     assert [m.role for m in req.messages] == [
         "system" if m["role"] == "developer" else m["role"] for m in body["messages"]
     ]
-    assert req.params.max_tokens == body.get("max_tokens", 128)
+    assert req.params.max_tokens == body.get("max_tokens")  # unset stays unset
+    assert req.params.max_new_tokens == body.get("max_tokens", 128)
+    assert req.wire == body and not req.extra
     assert tuple(req.params.stop) == tuple(body.get("stop", ()))

@@ -183,8 +183,8 @@ class Gateway(SidecarActor):
             return
         key, _, tpm, _ = route.limits[stage]
         p = item.request.params
-        chars = len(item.request.prompt or "") + sum(len(m.content) for m in item.request.messages or ())
-        est = estimate_tokens(chars, p.max_tokens) if tpm is not None else 0
+        chars = len(item.request.prompt or "") + sum(len(m.text) for m in item.request.messages or ())
+        est = estimate_tokens(chars, p.max_new_tokens) if tpm is not None else 0
         lease = self.leases.setdefault(key, LocalLease())
         lease.pending.append(PendingAdmission(item, route, stage, est))
         self._serve(key, lease)

@@ -14,7 +14,7 @@ runners go through.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -25,6 +25,29 @@ if TYPE_CHECKING:
     from atomr.core.types import Chunk, InferenceRequest
 
 
+# The optional features a request may ask for; a runner lists those it honours in
+# `RunnerCapabilities.features`. Temperature, top_p, max_tokens and stop every runtime honours.
+FEATURES: dict[str, str] = {
+    "tools": "function tools, tool_choice none/auto, tool calls and tool results in messages",
+    "tool_choice": "tool_choice required or a named function",
+    "parallel_tool_calls": "parallel_tool_calls",
+    "json_object": "response_format json_object",
+    "json_schema": "response_format json_schema",
+    "regex": "response_format regex",
+    "images": "image_url content parts",
+    "n": "n > 1 choices",
+    "penalties": "presence_penalty, frequency_penalty",
+    "logit_bias": "logit_bias",
+    "top_logprobs": "top_logprobs",
+    "top_k": "top_k",
+    "seed": "seed",
+    "reasoning_effort": "reasoning_effort",
+    "user": "user",
+    "metadata": "metadata",
+    "passthrough": "fields atomr does not model, forwarded as sent (OpenAI-wire runtimes)",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class RunnerCapabilities:
     streaming: bool = True
@@ -33,6 +56,7 @@ class RunnerCapabilities:
     chat: bool = True
     completion: bool = True
     needs_gpu: bool = False
+    features: frozenset[str] = frozenset({"seed", "top_k"})  # of FEATURES
 
 
 class ModelRunner(abc.ABC):
@@ -58,12 +82,66 @@ class ModelRunner(abc.ABC):
         """Free the engine. Called once; the process may exit right after."""
 
 
+def requested_features(request: InferenceRequest) -> Iterator[tuple[str, str]]:
+    """(feature, the field that asks for it) for every optional feature `request` uses."""
+    p = request.params
+    has_tool_messages = any(m.tool_calls or m.tool_call_id is not None for m in request.messages or ())
+    if request.tools or has_tool_messages:
+        yield "tools", "tools" if request.tools else "messages"
+    choice = request.tool_choice
+    if choice is not None:
+        yield ("tool_choice" if choice.mode in ("required", "function") else "tools"), "tool_choice"
+    if request.parallel_tool_calls is not None:
+        yield "parallel_tool_calls", "parallel_tool_calls"
+    fmt = request.response_format
+    if fmt is not None and fmt.type != "text":
+        yield fmt.type, "response_format.type"
+    for i, m in enumerate(request.messages or ()):
+        if isinstance(m.content, tuple):
+            for j, part in enumerate(m.content):
+                if part.type == "image_url":
+                    yield "images", f"messages[{i}].content[{j}]"
+                elif part.type != "text":
+                    yield "passthrough", f"messages[{i}].content[{j}].type"
+        for key in m.extra or ():
+            yield "passthrough", f"messages[{i}].{key}"
+    if p.n != 1:
+        yield "n", "n"
+    if p.presence_penalty is not None:
+        yield "penalties", "presence_penalty"
+    if p.frequency_penalty is not None:
+        yield "penalties", "frequency_penalty"
+    if p.logit_bias:
+        yield "logit_bias", "logit_bias"
+    if p.top_logprobs:
+        yield "top_logprobs", "top_logprobs"
+    if p.top_k is not None:
+        yield "top_k", "top_k"
+    if p.seed is not None:
+        yield "seed", "seed"
+    if request.reasoning_effort is not None:
+        yield "reasoning_effort", "reasoning_effort"
+    if request.user is not None:
+        yield "user", "user"
+    if request.metadata:
+        yield "metadata", "metadata"
+    for key in request.extra or ():
+        yield "passthrough", key
+
+
 def check_supported(runner: ModelRunner, request: InferenceRequest) -> None:
     """Raise InvalidRequestError (naming the field and the runtime) when `request` asks `runner`
     for something its capabilities say it does not offer; never answer without it silently."""
     caps = runner.capabilities
     runtime = runner.deployment.runtime
     where = f"deployment {runner.deployment.name!r}"
+    for feature, field_name in requested_features(request):
+        if feature not in caps.features:
+            raise InvalidRequestError(
+                f"the {runtime} runtime does not offer {FEATURES[feature]} ({where}): remove {field_name}",
+                field=field_name,
+                details={"runtime": runtime, "feature": feature},
+            )
     if request.params.logprobs and not caps.logprobs:
         raise InvalidRequestError(
             f"the {runtime} runtime gives no token logprobs ({where}); ask without logprobs",

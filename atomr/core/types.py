@@ -14,50 +14,74 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atomr.core.errors import ErrorInfo, InvalidRequestError
+from atomr.core.messages import (
+    ROLES,
+    Message,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    assemble_tool_calls,
+    merge_tool_deltas,
+)
 
-ROLES = ("system", "user", "assistant")
-FINISH_REASONS = ("stop", "length", "content_filter", "error", "cancelled")
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    role: str
-    content: str
+FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "error", "cancelled")
+DEFAULT_MAX_TOKENS = 64  # what runtimes that need a limit use when the caller gives none
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to generate. temperature 0 means greedy."""
+    """How to generate. A parameter left None (or at its neutral value) was not set by the caller:
+    remote runtimes then send nothing and the provider's default applies; local engines use
+    their own defaults: greedy decoding, `default_max_tokens` new tokens, no top-p/top-k cut."""
 
-    max_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: bool = False
+    top_logprobs: int | None = None
+    n: int = 1
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: Mapping[str, float] | None = None
+    default_max_tokens: int = DEFAULT_MAX_TOKENS  # the limit where a runtime needs one and none was given
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return not self.temperature
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The caller's max_tokens, or the default limit for runtimes that need one."""
+        return self.max_tokens if self.max_tokens is not None else self.default_max_tokens
+
+    @property
+    def sampling(self) -> tuple[float, float, int]:
+        """(temperature, top_p, top_k) with local engines' defaults for what was not set."""
+        return (float(self.temperature or 0.0), float(self.top_p or 1.0), int(self.top_k or 0))
 
     def validate(self) -> None:
+        for name in ("max_tokens", "default_max_tokens"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(_is_int(value) and value >= 1, name, f"must be an integer >= 1, got {value!r}")
+        if self.temperature is not None:
+            _check(_is_number(self.temperature), "temperature", "must be a number")
+            _check(
+                0.0 <= self.temperature <= 2.0,
+                "temperature",
+                f"must be between 0 and 2, got {self.temperature}",
+            )
+        if self.top_p is not None:
+            _check(_is_number(self.top_p), "top_p", "must be a number")
+            _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(
-            isinstance(self.max_tokens, int) and not isinstance(self.max_tokens, bool),
-            "max_tokens",
-            "must be an integer",
-        )
-        _check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
-        _check(_is_number(self.temperature), "temperature", "must be a number")
-        _check(
-            0.0 <= self.temperature <= 2.0,
-            "temperature",
-            f"must be between 0 and 2, got {self.temperature}",
-        )
-        _check(_is_number(self.top_p), "top_p", "must be a number")
-        _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _check(
-            _is_int(self.top_k) and self.top_k >= 0,
+            self.top_k is None or (_is_int(self.top_k) and self.top_k >= 0),
             "top_k",
             f"must be an integer >= 0, got {self.top_k!r}",
         )
@@ -71,11 +95,35 @@ class SamplingParams:
         for s in self.stop:
             _check(isinstance(s, str) and s != "", "stop", "stop sequences must be non-empty strings")
         _check(isinstance(self.logprobs, bool), "logprobs", "must be true or false")
+        _check(
+            self.top_logprobs is None or (_is_int(self.top_logprobs) and 0 <= self.top_logprobs <= 20),
+            "top_logprobs",
+            f"must be an integer from 0 to 20, got {self.top_logprobs!r}",
+        )
+        _check(_is_int(self.n) and 1 <= self.n <= 128, "n", f"must be an integer from 1 to 128, got {self.n!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(_is_number(value) and -2.0 <= value <= 2.0, name, f"must be between -2 and 2, got {value!r}")
+        if self.logit_bias is not None:
+            _check(isinstance(self.logit_bias, Mapping), "logit_bias", "must map token ids to numbers")
+            for k, v in self.logit_bias.items():
+                _check(
+                    str(k).lstrip("-").isdigit() and _is_number(v) and -100 <= v <= 100,
+                    "logit_bias",
+                    "must map token ids to numbers from -100 to 100",
+                )
 
 
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
-    """One generation request. Exactly one of `messages` (chat) or `prompt` (completion)."""
+    """One generation request. Exactly one of `messages` (chat) or `prompt` (completion).
+
+    `extra`: request fields atomr does not model, as the caller sent them (OpenAI-wire runtimes
+    forward them; every other runtime refuses them by name). `wire`: the OpenAI-format body
+    exactly as it came over HTTP, which OpenAI-wire runtimes forward as it is; `headers`: the
+    caller's request headers that its deployment passes on (`forward_headers`).
+    """
 
     model: str
     messages: tuple[Message, ...] | None = None
@@ -87,6 +135,16 @@ class InferenceRequest:
     deadline: float | None = None  # absolute time.time() after which the caller gives up
     stream: bool = False
     wait_for_rate_limit: bool = False  # wait (until the deadline) instead of failing rate_limited
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: str | None = None
+    user: str | None = None
+    metadata: Mapping[str, str] | None = None
+    extra: Mapping[str, Any] | None = None
+    wire: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] | None = None
 
     @property
     def is_chat(self) -> bool:
@@ -104,11 +162,30 @@ class InferenceRequest:
             for i, m in enumerate(self.messages):
                 _check(isinstance(m, Message), f"messages[{i}]", "must be a message")
                 _check(m.role in ROLES, f"messages[{i}].role", f"must be one of {', '.join(ROLES)}")
-                _check(isinstance(m.content, str), f"messages[{i}].content", "must be a string")
+                _check(
+                    m.content is None or isinstance(m.content, str | tuple),
+                    f"messages[{i}].content",
+                    "must be a string or a list of parts",
+                )
         if self.prompt is not None:
             _check(isinstance(self.prompt, str), "prompt", "must be a string")
         _check(isinstance(self.params, SamplingParams), "params", "must be SamplingParams")
         self.params.validate()
+        if self.tools or self.tool_choice is not None:
+            _check(self.is_chat, "tools", "are for chat requests (give messages)")
+        if self.response_format is not None:
+            _check(isinstance(self.response_format, ResponseFormat), "response_format", "must be a ResponseFormat")
+        _check(
+            self.reasoning_effort is None or self.reasoning_effort in REASONING_EFFORTS,
+            "reasoning_effort",
+            f"must be one of {', '.join(REASONING_EFFORTS)}",
+        )
+        _check(
+            self.metadata is None
+            or (isinstance(self.metadata, Mapping) and all(isinstance(v, str) for v in self.metadata.values())),
+            "metadata",
+            "must map keys to strings",
+        )
 
     def with_id(self, request_id: str) -> InferenceRequest:
         return replace(self, request_id=request_id)
@@ -118,12 +195,15 @@ class InferenceRequest:
 class TokenLogprob:
     token: str
     logprob: float
+    top: tuple[TokenLogprob, ...] = ()  # the most likely tokens at this position, when asked for
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from a provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens, spent on hidden reasoning
 
     @property
     def total_tokens(self) -> int:
@@ -132,17 +212,23 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """A piece of generated text. The last chunk of a stream carries finish_reason and usage."""
+    """A piece of generated text of choice `index` (0 unless the caller asked for n > 1), with the
+    pieces of tool calls, reasoning text or a refusal. The last chunk of each choice carries its
+    finish_reason; the last of the stream the usage."""
 
     text: str
     token_count: int = 1
     logprobs: tuple[TokenLogprob, ...] | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
+    index: int = 0
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    reasoning: str = ""
+    refusal: str = ""
 
     @staticmethod
     def merge(chunks: Sequence[Chunk]) -> Chunk:
-        """One chunk holding the text, tokens and logprobs of several, in order."""
+        """One chunk holding the pieces of several chunks of one choice, in order."""
         if len(chunks) == 1:
             return chunks[0]
         logprobs: tuple[TokenLogprob, ...] | None = None
@@ -153,14 +239,32 @@ class Chunk:
             text="".join(c.text for c in chunks),
             token_count=sum(c.token_count for c in chunks),
             logprobs=logprobs,
-            finish_reason=last.finish_reason,
-            usage=last.usage,
+            finish_reason=next((c.finish_reason for c in reversed(chunks) if c.finish_reason), None),
+            usage=next((c.usage for c in reversed(chunks) if c.usage is not None), None),
+            index=last.index,
+            tool_calls=merge_tool_deltas([d for c in chunks for d in c.tool_calls]),
+            reasoning="".join(c.reasoning for c in chunks),
+            refusal="".join(c.refusal for c in chunks),
         )
 
 
 @dataclass(frozen=True, slots=True)
+class Choice:
+    """One of the answers to a request (there are `n`)."""
+
+    index: int
+    text: str
+    finish_reason: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""
+    refusal: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class InferenceResult:
-    """The whole answer to a request, as `Client.generate` returns it."""
+    """The whole answer to a request, as `Client.generate` returns it: the first choice's text,
+    tool calls... at the top, and every choice in `choices`."""
 
     request_id: str
     model: str
@@ -172,6 +276,10 @@ class InferenceResult:
     version: str = ""
     replica: str = ""
     tier: int = 0  # the cascade tier (1-based) whose answer this is; 0 outside cascades
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""
+    refusal: str = ""
+    choices: tuple[Choice, ...] = ()
 
     @property
     def confidence(self) -> dict[str, float] | None:
@@ -201,17 +309,33 @@ class StreamEvent:
 
 def make_messages(raw: Iterable[Mapping[str, Any] | Message]) -> tuple[Message, ...]:
     """Messages from OpenAI-style dicts, with errors naming the offending element."""
-    out: list[Message] = []
-    for i, m in enumerate(raw):
-        if isinstance(m, Message):
-            out.append(m)
-            continue
-        if not isinstance(m, Mapping):
-            raise InvalidRequestError("must be an object with role and content", field=f"messages[{i}]")
-        role, content = m.get("role"), m.get("content")
-        _check(isinstance(role, str), f"messages[{i}].role", "is required and must be a string")
-        _check(isinstance(content, str), f"messages[{i}].content", "is required and must be a string")
-        out.append(Message(str(role), str(content)))
+    return tuple(Message.from_openai(m, f"messages[{i}]") for i, m in enumerate(raw))
+
+
+def assemble_choices(chunks: Sequence[Chunk]) -> tuple[Choice, ...]:
+    """Each choice's whole answer from a request's chunks (of any choices, interleaved)."""
+    by_index: dict[int, list[Chunk]] = {}
+    for c in chunks:
+        by_index.setdefault(c.index, []).append(c)
+    out = []
+    for index in sorted(by_index):
+        pieces = by_index[index]
+        logprobs = None
+        if any(c.logprobs is not None for c in pieces):
+            logprobs = tuple(lp for c in pieces for lp in (c.logprobs or ()))
+        calls = assemble_tool_calls([d for c in pieces for d in c.tool_calls])
+        finish = next((c.finish_reason for c in reversed(pieces) if c.finish_reason), None)
+        out.append(
+            Choice(
+                index=index,
+                text="".join(c.text for c in pieces),
+                finish_reason=finish or ("tool_calls" if calls else "stop"),
+                logprobs=logprobs,
+                tool_calls=calls,
+                reasoning="".join(c.reasoning for c in pieces),
+                refusal="".join(c.refusal for c in pieces),
+            )
+        )
     return tuple(out)
 
 

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from atomr.core.errors import InferenceError, InternalError
 from atomr.core.tenants import Tenant
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent
+from atomr.http import openai_requests
 from atomr.http import openai_wire as wire
 from atomr.http.plumbing import FrontContext, error_response, log, until_disconnect
 from atomr.serving.stream_assembly import assemble_result
@@ -89,14 +90,17 @@ async def _admit(
     try:
         tenant = ctx.authenticate(request)
         raw = await ctx.read_body(request)
-        parse = wire.parse_chat if chat else wire.parse_completion
+        parse = openai_requests.parse_chat if chat else openai_requests.parse_completion
         body, req = parse(raw, ctx.settings.default_max_tokens)
         ctx.tenants.authorize(tenant, req.model)
+        wanted = ctx.backend.forwarded_headers()
+        headers = {k: v for k, v in request.headers.items() if k in wanted} if wanted else None
         req = dataclasses.replace(
             req,
             tenant=tenant.name if tenant is not None else "default",
             priority=tenant.priority if tenant is not None else 0,
             deadline=time.time() + ctx.settings.request_timeout_s,
+            headers=headers or None,
         )
         req.validate()
         ctx.quota.enter(tenant)  # last: nothing after it refuses the request
@@ -144,8 +148,7 @@ async def _sse(
             out = enc.start() if first else b""
             first = False
             if ev.chunk is not None:
-                c = ev.chunk
-                out += enc.chunk(c.text, c.logprobs, c.finish_reason)
+                out += enc.chunk(ev.chunk)
             if ev.final:
                 out += enc.end(ev.usage)
             if out:

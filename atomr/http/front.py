@@ -60,6 +60,7 @@ class HttpFront:
         self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}")
         self.inline = InlineRunners(where)
         self._routing = RoutingSnapshot()
+        self._forwarded: frozenset[str] = frozenset()
         self._queues: dict[str, asyncio.Queue[StreamEvent | None]] = {}
         self._silent: dict[str, InferenceRequest] = {}  # sent, and nothing heard yet
         self._server: uvicorn.Server | None = None
@@ -203,6 +204,9 @@ class HttpFront:
     def model_names(self) -> list[str]:
         return self._routing.model_names()
 
+    def forwarded_headers(self) -> frozenset[str]:
+        return self._forwarded
+
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         return await self.port.readiness()
 
@@ -220,6 +224,7 @@ class HttpFront:
     def routing_changed(self, snapshot: RoutingSnapshot) -> None:
         routes_before = self._routing.routes
         self._routing = snapshot
+        self._forwarded = snapshot.forwarded_headers()
         if snapshot.routes is not routes_before:
             self.inline.refresh(snapshot.routes)
 

@@ -55,6 +55,15 @@ class RoutingSnapshot:
         """Deployments and their aliases, routes and cascades: every name a request may use."""
         return sorted({*self.routes, *self.routed})
 
+    def forwarded_headers(self) -> frozenset[str]:
+        """The request headers some deployment passes on to its provider (`engine.forward_headers`)."""
+        names: set[str] = set()
+        for route in self.routes.values():
+            listed = route.spec.engine.get("forward_headers") if route.spec is not None else None
+            if isinstance(listed, list | tuple):
+                names.update(str(h).lower() for h in listed)
+        return frozenset(names)
+
 
 class InferenceBackend(Protocol):
     """What the HTTP front's app needs from the cluster."""
@@ -65,6 +74,10 @@ class InferenceBackend(Protocol):
         ...
 
     def model_names(self) -> list[str]: ...
+
+    def forwarded_headers(self) -> frozenset[str]:
+        """Lower-case names of the request headers that travel with a request (`forward_headers`)."""
+        ...
 
     async def readiness(self) -> tuple[bool, dict[str, str]]: ...
 

@@ -2,7 +2,8 @@
 
 The first chunk of a stream leaves at once (time to first token matters); later ones are held
 until `max_tokens` tokens are pending or the oldest pending one is `max_delay` seconds old; the
-final chunk flushes everything.
+final chunk flushes everything. Chunks of different choices (n > 1) are never merged: a chunk of
+another choice first sends what is pending.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ class ChunkCoalescer:
     def pending(self) -> bool:
         return bool(self._pending)
 
-    def add(self, chunk: Chunk, now: float) -> Chunk | None:
-        """Take a chunk; return a merged chunk when it is time to send one."""
+    def add(self, chunk: Chunk, now: float) -> list[Chunk]:
+        """Take a chunk; return the chunks to send now (none, or merged ones)."""
+        out: list[Chunk] = []
+        if self._pending and self._pending[-1].index != chunk.index:
+            out.append(self._merge())
         if not self._pending:
             self._oldest = now
         self._pending.append(chunk)
@@ -35,13 +39,16 @@ class ChunkCoalescer:
             or self._pending_tokens >= self.max_tokens
             or now - self._oldest >= self.max_delay
         ):
-            return self.take()
-        return None
+            out.append(self._merge())
+        return out
 
     def take(self) -> Chunk | None:
         """Everything pending as one chunk (None when nothing is pending)."""
         if not self._pending:
             return None
+        return self._merge()
+
+    def _merge(self) -> Chunk:
         merged = Chunk.merge(self._pending)
         self._pending = []
         self._pending_tokens = 0

@@ -95,13 +95,14 @@ async def run_session(
             async for chunk in agen:
                 if request.deadline is not None and time.time() > request.deadline:
                     raise InferenceTimeoutError("deadline passed while generating", field="deadline")
-                out = co.add(chunk, loop.time())
-                if out is not None:
+                ready = co.add(chunk, loop.time())
+                if ready:
                     if timer is not None:
                         timer.cancel()
                         timer = None
-                    emit(out)
-                elif timer is None:
+                    for out in ready:
+                        emit(out)
+                if co.pending and timer is None:
                     timer = loop.call_later(co.max_delay, on_timer)
         finally:
             await agen.aclose()  # type: ignore[attr-defined]

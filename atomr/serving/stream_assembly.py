@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from atomr.core.errors import InferenceError, InferenceTimeoutError, RunnerCrashedError
-from atomr.core.types import Chunk, InferenceRequest, InferenceResult, StreamEvent, Usage
+from atomr.core.types import Choice, Chunk, InferenceRequest, InferenceResult, StreamEvent, Usage, assemble_choices
 
 LATE_CHUNK_WAIT_S = 2.0  # how long a final that overtook its chunks waits for them
 MAX_RESENDS = 1
@@ -104,17 +104,23 @@ class StreamAssembler:
 
 
 def assemble_result(request: InferenceRequest, chunks: list[Chunk], last: StreamEvent) -> InferenceResult:
-    """The whole answer of a request from its chunks and its final event."""
-    whole = Chunk.merge(chunks) if chunks else Chunk("", 0, finish_reason="stop", usage=Usage())
+    """The whole answer of a request from its chunks (of every choice) and its final event."""
+    choices = assemble_choices(chunks) or (Choice(0, "", "stop"),)
+    usage = next((c.usage for c in reversed(chunks) if c.usage is not None), None)
+    first = choices[0]
     return InferenceResult(
         request_id=request.request_id,
         model=request.model,
-        text=whole.text,
-        finish_reason=whole.finish_reason or "stop",
-        usage=whole.usage or Usage(completion_tokens=whole.token_count),
-        logprobs=whole.logprobs,
+        text=first.text,
+        finish_reason=first.finish_reason,
+        usage=usage or last.usage or Usage(completion_tokens=sum(c.token_count for c in chunks)),
+        logprobs=first.logprobs,
         deployment=last.deployment,
         version=last.version,
         replica=last.replica,
         tier=last.tier,
+        tool_calls=first.tool_calls,
+        reasoning=first.reasoning,
+        refusal=first.refusal,
+        choices=choices,
     )

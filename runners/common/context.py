@@ -8,7 +8,7 @@ from atomr.core.types import InferenceRequest
 
 def check_context(request: InferenceRequest, n_prompt: int, context_length: int) -> None:
     """Raise `ContextLengthError` (naming the prompt's field) when prompt + max_tokens do not fit."""
-    max_tokens = request.params.max_tokens
+    max_tokens = request.params.max_new_tokens
     if n_prompt + max_tokens > context_length:
         raise ContextLengthError(
             f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: "

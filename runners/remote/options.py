@@ -15,6 +15,8 @@ class RemoteOptions(OpenEngineOptions):
     api_key_env: str | None = None
     api_key_file: str | None = None
     timeout_s: float = 60.0
+    # request headers passed on to the provider as the caller sent them (names, any case)
+    forward_headers: tuple[str, ...] = ()
 
 
 def remote_spec(name: str, runner_class: str, package: str, prefixes: tuple[str, ...]) -> RuntimeSpec:

@@ -27,16 +27,16 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     top_k 0 means no top-k there too. There is no per-request seed.
     """
     return {
-        "max_tokens": params.max_tokens,
-        "temperature": 0.0 if params.greedy else float(params.temperature),
-        "top_p": float(params.top_p),
-        "top_k": int(params.top_k),
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.sampling[0],
+        "top_p": params.sampling[1],
+        "top_k": params.sampling[2],
         "min_p": 0.0,
     }
 
 
 def message_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
+    return [m.to_openai() for m in messages]
 
 
 class Handoff:

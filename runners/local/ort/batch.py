@@ -21,7 +21,7 @@ from atomr.core.errors import InternalError, UnavailableError
 def _batch_key(job: Job) -> tuple[Any, ...]:
     """Rows of one batched generator share its search options: batch only alike requests."""
     p = job.request.params
-    return (True,) if p.greedy else (False, p.temperature, p.top_p, p.top_k)
+    return (True,) if p.greedy else (False, *p.sampling)
 
 
 class BatchWorker:
@@ -92,7 +92,7 @@ class BatchWorker:
         params = jobs[0].request.params
         search: dict[str, Any] = {
             "batch_size": len(jobs),
-            "max_length": width + max(j.request.params.max_tokens for j in jobs),
+            "max_length": width + max(j.request.params.max_new_tokens for j in jobs),
             "min_length": 0,
         }
         if params.greedy:
@@ -100,9 +100,9 @@ class BatchWorker:
         else:
             search.update(
                 do_sample=True,
-                temperature=float(params.temperature),
-                top_p=float(params.top_p),
-                top_k=search_top_k(params.top_k, m.vocab_size),
+                temperature=params.sampling[0],
+                top_p=params.sampling[1],
+                top_k=search_top_k(params.sampling[2], m.vocab_size),
                 random_seed=search_seed(None),
             )
         gp = og.GeneratorParams(m.model)
@@ -136,7 +136,7 @@ class BatchWorker:
         row_logits = logits[row] if logits is not None and job.request.params.logprobs else None
         if decoding.token(token, row_logits):
             return True
-        if decoding.generated >= job.request.params.max_tokens or ended:
+        if decoding.generated >= job.request.params.max_new_tokens or ended:
             decoding.finish("length")
             return True
         return False

@@ -150,14 +150,14 @@ class EngineDriver:
         try:
             req = engine.create_request()
             opts = og.TurnOptions(req)
-            opts.set_max_generated_tokens(p.max_tokens)
+            opts.set_max_generated_tokens(p.max_new_tokens)
             if p.greedy:
                 opts.set_do_sample(False)
             else:
                 opts.set_do_sample(True)
-                opts.set_temperature(float(p.temperature))
-                opts.set_top_p(float(p.top_p))
-                opts.set_top_k(search_top_k(p.top_k, self._m.vocab_size))  # 0 disables top-k
+                opts.set_temperature(p.sampling[0])
+                opts.set_top_p(p.sampling[1])
+                opts.set_top_k(search_top_k(p.sampling[2], self._m.vocab_size))  # 0 disables top-k
             job.turn_id = int(req.begin_turn(np.asarray(job.ids, dtype=np.int32), opts))
         except (RuntimeError, ValueError) as exc:
             job.channel.put(InternalError(f"ORT GenAI engine refused the request: {exc}"))

@@ -26,15 +26,15 @@ class _GenState:
     def __init__(self, m: OrtModel, job: Job) -> None:
         params = job.request.params
         gp = m.og.GeneratorParams(m.model)
-        search: dict[str, Any] = {"max_length": len(job.ids) + params.max_tokens, "min_length": 0}
+        search: dict[str, Any] = {"max_length": len(job.ids) + params.max_new_tokens, "min_length": 0}
         if params.greedy:
             search["do_sample"] = False
         else:
             search.update(
                 do_sample=True,
-                temperature=float(params.temperature),
-                top_p=float(params.top_p),
-                top_k=search_top_k(params.top_k, m.vocab_size),  # 0 disables top-k in ORT GenAI
+                temperature=params.sampling[0],
+                top_p=params.sampling[1],
+                top_k=search_top_k(params.sampling[2], m.vocab_size),  # 0 disables top-k in ORT GenAI
                 random_seed=search_seed(params.seed),
             )
         gp.set_search_options(**search)
@@ -54,7 +54,7 @@ class _GenState:
             return True
         if decoding.token(token, logits):
             return True
-        if decoding.generated >= self.job.request.params.max_tokens or self.gen.is_done():
+        if decoding.generated >= self.job.request.params.max_new_tokens or self.gen.is_done():
             decoding.finish("length")
             return True
         return False

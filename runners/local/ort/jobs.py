@@ -68,7 +68,7 @@ class Decoding:
         self.stream = m.tokenizer.create_stream()
         self.stops = StopMatcher(request.params.stop)
         self.logprobs = request.params.logprobs
-        self.max_tokens = request.params.max_tokens
+        self.max_tokens = request.params.max_new_tokens
         self.n_prompt = n_prompt
         self.generated = 0
         self.finished = False

@@ -145,7 +145,7 @@ def _check_files(folder: Path, raw: dict[str, Any]) -> None:
 
 
 def _render_chat(m: OrtModel, messages: Sequence[Message]) -> str:
-    payload = json.dumps([{"role": msg.role, "content": msg.content} for msg in messages])
+    payload = json.dumps([msg.to_openai() for msg in messages])
     try:
         return str(m.tokenizer.apply_chat_template(payload, add_generation_prompt=True))
     except (RuntimeError, ValueError) as exc:

@@ -86,11 +86,12 @@ def request_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     Greedy is top_k=1 with temperature and top_p left unset (greedy in TRT-LLM 0.1x, which refuses
     temperature 0, and in 1.x). Stop strings are not passed: the runner matches them on the text.
     """
-    kwargs: dict[str, Any] = {"max_tokens": params.max_tokens, "detokenize": True, "skip_special_tokens": True}
+    kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens, "detokenize": True, "skip_special_tokens": True}
     if params.greedy:
         kwargs["top_k"] = 1
     else:
-        kwargs.update(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(params.top_k))
+        temperature, top_p, top_k = params.sampling
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         if params.seed is not None:
             kwargs["seed"] = params.seed
     if params.logprobs:
@@ -353,7 +354,7 @@ def _finish_reason(out: Any) -> str:
 
 
 def _message_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
+    return [m.to_openai() for m in messages]
 
 
 def _request_error(exc: BaseException, request: InferenceRequest, context_length: int) -> InferenceError:

@@ -23,7 +23,7 @@ def prompt_ids(tokenizer: Any, messages: Sequence[Message] | None, prompt: str |
     """Token ids as vLLM itself makes them: chat via the model's template (which adds BOS, so no
     special tokens are added on top), completion with the tokenizer's special tokens (BOS)."""
     if messages is not None:
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        conversation = [m.to_openai() for m in messages]
         try:
             text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # noqa: BLE001 - jinja and transformers raise many kinds
@@ -38,7 +38,7 @@ def prompt_ids(tokenizer: Any, messages: Sequence[Message] | None, prompt: str |
 
 def sampling_params(v: Vllm, p: SamplingParams) -> Any:
     kwargs: dict[str, Any] = {
-        "max_tokens": p.max_tokens,
+        "max_tokens": p.max_new_tokens,
         "output_kind": v.delta,
         "stop": list(p.stop) or None,
         "logprobs": 0 if p.logprobs else None,  # 0: only the chosen token's logprob
@@ -46,7 +46,8 @@ def sampling_params(v: Vllm, p: SamplingParams) -> Any:
     if p.greedy:
         kwargs["temperature"] = 0.0
     else:
-        kwargs.update(temperature=float(p.temperature), top_p=float(p.top_p), top_k=int(p.top_k), seed=p.seed)
+        temperature, top_p, top_k = p.sampling
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k, seed=p.seed)
     return v.SamplingParams(**kwargs)
 
 

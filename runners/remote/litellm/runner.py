@@ -6,9 +6,10 @@ at any OpenAI-compatible server. Chat requests call `acompletion`, prompt reques
 `atext_completion`; both stream with `stream_options={"include_usage": True}` and LiteLLM's own
 retries off (`num_retries=0`, and `max_retries=0` for the SDK underneath): atomr retries.
 
-Chunks are built as in the `openai` runner: one per delta with text, then a last one without
-text carrying the finish_reason (LiteLLM already maps providers' reasons to OpenAI's, mapped to
-atomr's set here) and the usage.
+Requests and answers are in the OpenAI format, read and written as in the `openai` runner
+(`atomr.runners.remote.openai_format`): the caller's fields are passed as they came (tools,
+response_format, n... which LiteLLM translates for its provider), nothing the caller did not set
+is added, and every choice, tool call, reasoning text and usage detail comes back as chunks.
 
 LiteLLM quirks handled here:
 - Importing litellm fetches a model cost map from the network unless told not to: this module
@@ -49,6 +50,7 @@ variable itself; `api_key_env` / `api_key_file` pass one explicitly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -63,7 +65,8 @@ import litellm  # after the environment above: litellm reads it at import
 from atomr.runners.common.stops import StopMatcher
 from atomr.runners.remote.base import RemoteRunner
 from atomr.runners.remote.errors import error_for_status, redact
-from atomr.runners.remote.openai.runner import finish_reason, malformed, retry_after_from
+from atomr.runners.remote.openai.runner import retry_after_from
+from atomr.runners.remote.openai_format import AnswerReader, malformed, request_body
 from litellm.exceptions import (
     APIConnectionError,
     ContentPolicyViolationError,
@@ -81,8 +84,8 @@ from atomr.core.errors import (
     InvalidRequestError,
     UnavailableError,
 )
-from atomr.core.runner import RunnerCapabilities
-from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
+from atomr.core.runner import FEATURES, RunnerCapabilities
+from atomr.core.types import Chunk, InferenceRequest, Usage
 
 litellm.suppress_debug_info = True
 for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
@@ -111,7 +114,13 @@ class LiteLLMRunner(RemoteRunner):
     provider: ClassVar[str] = "litellm"
     default_key_env: ClassVar[str] = ""
     capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=False
+        streaming=True,
+        logprobs=True,
+        batching=True,
+        chat=True,
+        completion=True,
+        needs_gpu=False,
+        features=frozenset(FEATURES),  # passed on as sent: LiteLLM and the provider judge them
     )
 
     def make_client(self) -> Any:
@@ -136,89 +145,51 @@ class LiteLLMRunner(RemoteRunner):
         return found
 
     def call_args(self, request: InferenceRequest) -> dict[str, Any]:
-        p = request.params
+        """LiteLLM's keyword arguments: the request's OpenAI body (always streamed), then atomr's own."""
         args: dict[str, Any] = dict(self.extra_args)
-        args.update(
-            model=self.model_name,
-            stream=True,
-            stream_options={"include_usage": True},
-            num_retries=0,
-            max_retries=0,
-            timeout=self.timeout_s,
-            max_tokens=p.max_tokens,
-            temperature=p.temperature,
-        )
+        args.update(request_body(dataclasses.replace(request, stream=True), self.model_name))
+        args.update(num_retries=0, max_retries=0, timeout=self.timeout_s)
         if self.api_base:
             args["api_base"] = self.api_base
         if self.api_key:
             args["api_key"] = self.api_key
         if self.options.get("drop_params"):
             args["drop_params"] = True
-        if p.top_p < 1.0:
-            args["top_p"] = p.top_p
-        if p.seed is not None:
-            args["seed"] = p.seed
-        if p.stop:
-            args["stop"] = list(p.stop)
+        forward = {str(h).lower() for h in self.options.get("forward_headers") or ()}
+        if forward and request.headers:
+            passed = {k: v for k, v in request.headers.items() if k.lower() in forward}
+            args["extra_headers"] = {**(args.get("extra_headers") or {}), **passed}
         return args
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         chat = request.is_chat
         want_lp = request.params.logprobs
+        if not chat and want_lp:
+            raise InvalidRequestError(
+                "litellm: logprobs are available for chat requests only (LiteLLM's text-completion stream drops them)",
+                field="logprobs",
+            )
         args = self.call_args(request)
-        if chat:
-            args["messages"] = [{"role": m.role, "content": m.content} for m in request.messages or ()]
-            if want_lp:
-                args["logprobs"] = True
-            response = await litellm.acompletion(**args)
-        else:
-            if want_lp:
-                raise InvalidRequestError(
-                    "litellm: logprobs are available for chat requests only (LiteLLM's text-completion stream "
-                    "drops them)",
-                    field="logprobs",
-                )
-            args["prompt"] = request.prompt or ""
-            response = await litellm.atext_completion(**args)
+        response = await (litellm.acompletion(**args) if chat else litellm.atext_completion(**args))
+        reader = AnswerReader(self.provider, chat, want_lp)
         # LiteLLM sends OpenAI-style providers at most 4 stop strings: the others are matched here
         stops = StopMatcher(request.params.stop) if len(request.params.stop) > MAX_PROVIDER_STOPS else None
-        held_lps: list[TokenLogprob] = []
-        held_tokens = 0
-        finish: str | None = None
-        usage: Usage | None = None
-        deltas = 0
+        held: list[Chunk] = []
         try:
             async for event in response:
-                raw_usage = getattr(event, "usage", None)
-                if raw_usage is not None and getattr(raw_usage, "completion_tokens", None) is not None:
-                    usage = Usage(raw_usage.prompt_tokens or 0, raw_usage.completion_tokens or 0)
-                for choice in getattr(event, "choices", None) or ():
-                    if (getattr(choice, "index", 0) or 0) != 0:
+                for chunk in reader.event(_as_dict(event)):
+                    if stops is None or not chunk.text:
+                        yield chunk
                         continue
-                    if chat:
-                        text = getattr(getattr(choice, "delta", None), "content", None) or ""
-                    else:
-                        text = getattr(choice, "text", None) or ""
-                    if text:
-                        lps = _logprobs(choice) if want_lp else None
-                        deltas += 1
-                        if stops is None:
-                            yield Chunk(text, len(lps) if lps else 1, lps)
-                        else:
-                            held_lps.extend(lps or ())
-                            held_tokens += 1
-                            out, stopped = stops.feed(text)
-                            if out:
-                                yield Chunk(out, held_tokens, tuple(held_lps) if want_lp else None)
-                                held_lps, held_tokens = [], 0
-                            if stopped:
-                                # the rest is not wanted; usage: what reached us (the prompt's is unknown)
-                                finish, usage = "stop", Usage(0, deltas)
-                                break
-                    if getattr(choice, "finish_reason", None):
-                        finish = finish_reason(choice.finish_reason)
-                if stops is not None and stops.stopped:
-                    break
+                    held.append(chunk)
+                    out, stopped = stops.feed(chunk.text)
+                    if out:
+                        yield _joined(held, out, want_lp)
+                        held = []
+                    if stopped:
+                        # the rest is not wanted; usage: what reached us (the prompt's is unknown)
+                        yield Chunk("", 0, () if want_lp else None, "stop", Usage(0, reader.pieces))
+                        return
         finally:
             # the text-completion wrapper has no aclose: close the chat stream it wraps
             inner = getattr(response, "completion_stream", None)
@@ -228,13 +199,12 @@ class LiteLLMRunner(RemoteRunner):
                     await close()
                 except Exception:  # noqa: BLE001 - closing a broken stream may fail again; nothing to add
                     pass
-        if deltas == 0 and usage is None:
+        if reader.pieces == 0 and reader.usage is None:
             raise malformed(self.provider, "an empty stream: no text and no usage (the body was not an SSE stream?)")
-        if finish is None:
-            raise malformed(self.provider, "the stream ended before a finish_reason")
-        if stops is not None and not stops.stopped and (stops.held or held_lps):
-            yield Chunk(stops.flush(), held_tokens, tuple(held_lps) if want_lp else None)
-        yield Chunk("", 0, () if want_lp else None, finish, usage or Usage(0, deltas))
+        if stops is not None and (stops.held or held):
+            yield _joined(held, stops.flush(), want_lp)
+        for chunk in reader.end():
+            yield chunk
 
     def map_error(self, exc: BaseException) -> InferenceError:
         secrets = self.secrets
@@ -286,15 +256,13 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _logprobs(choice: Any) -> tuple[TokenLogprob, ...]:
-    raw = getattr(choice, "logprobs", None)
-    entries = getattr(raw, "content", None) if raw is not None else None
-    if entries is None and isinstance(raw, dict):
-        entries = raw.get("content")
-    out = []
-    for e in entries or ():
-        token = e.get("token") if isinstance(e, dict) else getattr(e, "token", None)
-        value = e.get("logprob") if isinstance(e, dict) else getattr(e, "logprob", None)
-        if token is not None and value is not None:
-            out.append(TokenLogprob(str(token), float(value)))
-    return tuple(out)
+def _as_dict(event: Any) -> Any:
+    """A LiteLLM stream event (a pydantic model) as the OpenAI JSON it stands for."""
+    dump = getattr(event, "model_dump", None)
+    return dump() if dump is not None else event
+
+
+def _joined(held: list[Chunk], text: str, want_lp: bool) -> Chunk:
+    """The text the stop matcher let through, with the tokens and logprobs of the chunks it held."""
+    lps = tuple(lp for c in held for lp in (c.logprobs or ())) if want_lp else None
+    return Chunk(text, sum(c.token_count for c in held) or 1, lps)

@@ -7,18 +7,14 @@ requests to the legacy `/completions`. Streaming requests stream from the provid
 requests whose caller waits for the whole answer get it as one JSON body (cheaper on both sides).
 Requests go through the SDK's generic `post` with plain JSON bodies and answers (see `stream`).
 
-Chunks: one per SSE delta that holds text (token_count 1, or the number of logprob entries when
-logprobs were asked for), then a last chunk with no text carrying the finish_reason (mapped to
-atomr's set: stop, length, content_filter; tool_calls / function_call and anything unknown count
-as "stop") and the usage. Without a usage chunk (a compatible server that ignores
-`stream_options`) usage falls back to the number of text deltas and 0 prompt tokens.
-
-Sampling: max_tokens (sent as `max_tokens`, or as `max_completion_tokens` when
-`engine.max_tokens_param` says so, which OpenAI's reasoning models require), temperature, top_p
-(sent only below 1), seed and stop strings go to the API as they are (OpenAI itself takes at
-most 4 stop strings and answers 400, `invalid_request`, beyond). `top_k` has no OpenAI
-parameter and is not sent. Logprobs: chat `logprobs=true`, completions `logprobs=1`; each text
-chunk then carries the chosen tokens' `TokenLogprob`s (the final chunk an empty tuple).
+Faithful pass-through (`atomr.runners.remote.openai_format`): the body is forwarded as the
+caller sent it (tools, response_format, n, penalties, reasoning_effort, fields atomr does not
+model...); a parameter the caller did not set is not sent, so the provider's default applies.
+`engine.max_tokens_param: max_completion_tokens` renames `max_tokens` (OpenAI's reasoning models
+require it); `engine.forward_headers` lists request headers passed on as the caller sent them.
+Answers: every choice, tool calls, reasoning text, refusals, logprobs and usage details come back
+as chunks. Without a usage chunk (a compatible server that ignores `stream_options`) usage falls
+back to the number of deltas and 0 prompt tokens.
 
 Errors (`map_error`): an HTTP status goes through `error_for_status` with the provider's own
 message (`error.message` of the body; `code: context_length_exceeded` and content-filter codes
@@ -44,12 +40,13 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
 import openai
 from atomr.runners.remote.base import RemoteRunner
 from atomr.runners.remote.errors import error_for_status, parse_retry_after, redact
+from atomr.runners.remote.openai_format import AnswerReader, malformed, request_body
 
 from atomr.core.errors import (
     AuthError,
@@ -61,24 +58,12 @@ from atomr.core.errors import (
     InternalError,
     UnavailableError,
 )
-from atomr.core.runner import RunnerCapabilities
-from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
+from atomr.core.runner import FEATURES, RunnerCapabilities
+from atomr.core.types import Chunk, InferenceRequest
 
-FINISH_REASONS: dict[str, str] = {
-    "stop": "stop",
-    "length": "length",
-    "content_filter": "content_filter",
-    "tool_calls": "stop",
-    "function_call": "stop",
-}
 CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 NO_KEY_PLACEHOLDER = "EMPTY"
-
-
-def finish_reason(raw: str | None) -> str:
-    """atomr's finish reason for an OpenAI one (unknown values, e.g. "eos" from a compatible server, are "stop")."""
-    return FINISH_REASONS.get(raw or "stop", "stop")
 
 
 def retry_after_from(headers: Mapping[str, str] | None) -> float | None:
@@ -131,15 +116,17 @@ def refine(err: InferenceError, code: str | None) -> InferenceError:
     return cls(err.message, retry_after=err.retry_after, details=err.details)
 
 
-def malformed(provider: str, what: str) -> UnavailableError:
-    return UnavailableError(f"{provider}: malformed answer from the provider: {what}", details={"malformed": True})
-
-
 class OpenAIRunner(RemoteRunner):
     provider: ClassVar[str] = "openai"
     default_key_env: ClassVar[str] = "OPENAI_API_KEY"
     capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=False
+        streaming=True,
+        logprobs=True,
+        batching=True,
+        chat=True,
+        completion=True,
+        needs_gpu=False,
+        features=frozenset(FEATURES),  # every field is forwarded as sent: the provider judges it
     )
 
     def make_client(self) -> Any:
@@ -177,118 +164,54 @@ class OpenAIRunner(RemoteRunner):
 
     # ---- requests ----
 
-    def common_args(self, request: InferenceRequest) -> dict[str, Any]:
-        p = request.params
-        args: dict[str, Any] = {"model": self.model_name, "temperature": p.temperature}
-        if request.stream:  # a caller that waits for the whole answer gets it as one JSON body
-            args.update(stream=True, stream_options={"include_usage": True})
-        if p.top_p < 1.0:
-            args["top_p"] = p.top_p
-        if p.seed is not None:
-            args["seed"] = p.seed
-        if p.stop:
-            args["stop"] = list(p.stop)
-        return args
-
-    def chat_args(self, request: InferenceRequest) -> dict[str, Any]:
-        args = self.common_args(request)
-        args["messages"] = [{"role": m.role, "content": m.content} for m in request.messages or ()]
-        args[self.options.get("max_tokens_param", "max_tokens")] = request.params.max_tokens
-        if request.params.logprobs:
-            args["logprobs"] = True
-        return args
-
-    def completion_args(self, request: InferenceRequest) -> dict[str, Any]:
-        args = self.common_args(request)
-        args["prompt"] = request.prompt or ""
-        args["max_tokens"] = request.params.max_tokens
-        if request.params.logprobs:
-            args["logprobs"] = 1
-        return args
+    def headers_for(self, request: InferenceRequest) -> dict[str, str] | None:
+        """The caller's headers this deployment passes on (`engine.forward_headers`)."""
+        wanted = {str(h).lower() for h in self.options.get("forward_headers") or ()}
+        if not wanted or not request.headers:
+            return None
+        return {k: v for k, v in request.headers.items() if k.lower() in wanted} or None
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         chat = request.is_chat
-        args = self.chat_args(request) if chat else self.completion_args(request)
+        body = request_body(request, self.model_name, self.options.get("max_tokens_param", "max_tokens"))
         path = "/chat/completions" if chat else "/completions"
-        want_lp = request.params.logprobs
+        reader = AnswerReader(self.provider, chat, request.params.logprobs)
+        options: dict[str, Any] = {"headers": headers} if (headers := self.headers_for(request)) else {}
         # The SDK's generic `post` (its documented way to any endpoint): it sends the request,
         # maps HTTP errors to its exception classes and decodes JSON and SSE, but skips the typed
         # parameter transform and the pydantic objects of `chat.completions.create`, which cost
         # more CPU than everything else atomr does per request on a fast backend.
         if not request.stream:
-            answer = await self.client.post(path, body=args, cast_to=object)
-            async for chunk in self.whole_answer(answer, chat, want_lp):
+            answer = await self.client.post(path, body=body, cast_to=object, options=options)
+            for chunk in self.whole_answer(reader, answer):
                 yield chunk
             return
         events = await self.client.post(
-            path, body=args, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+            path, body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object], options=options
         )
         async with events:
             ctype = str(events.response.headers.get("content-type", ""))
             if not ctype.startswith("text/event-stream"):
                 # the server ignored stream=true (or sent something else): one whole answer
-                body = await events.response.aread()
-                async for chunk in self.whole_answer(_json_or_text(body), chat, want_lp):
+                raw = await events.response.aread()
+                for chunk in self.whole_answer(reader, _json_or_text(raw)):
                     yield chunk
                 return
-            finish: str | None = None
-            usage: Usage | None = None
-            deltas = 0
             async for event in events:  # the SDK raises APIError for an `error` event
-                if not isinstance(event, Mapping):
-                    raise malformed(self.provider, "an SSE event that is not a JSON object")
-                raw_usage = event.get("usage")
-                if isinstance(raw_usage, Mapping):
-                    usage = Usage(
-                        int(raw_usage.get("prompt_tokens") or 0), int(raw_usage.get("completion_tokens") or 0)
-                    )
-                for choice in event.get("choices") or ():
-                    if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
-                        continue
-                    if chat:
-                        delta = choice.get("delta")
-                        text = (delta.get("content") if isinstance(delta, Mapping) else None) or ""
-                    else:
-                        text = choice.get("text") or ""
-                    if text:
-                        lps = _logprob_values(choice.get("logprobs"), chat) if want_lp else None
-                        deltas += 1
-                        yield Chunk(str(text), len(lps) if lps else 1, lps)
-                    if choice.get("finish_reason"):
-                        finish = finish_reason(choice["finish_reason"])
-            if finish is None:
-                raise malformed(
-                    self.provider,
-                    "the stream ended before a finish_reason (connection dropped or not an SSE stream)",
-                )
-            yield Chunk("", 0, () if want_lp else None, finish, usage or Usage(0, deltas))
+                for chunk in reader.event(event):
+                    yield chunk
+            for chunk in reader.end():
+                yield chunk
 
-    async def whole_answer(self, data: object, chat: bool, want_lp: bool) -> AsyncIterator[Chunk]:
+    def whole_answer(self, reader: AnswerReader, data: object) -> Iterator[Chunk]:
         """Chunks of a JSON answer (decoded by the SDK; a body that was not JSON comes as its text)."""
         if isinstance(data, str):
             shown = redact(data[:200], [self.api_key])
             raise malformed(self.provider, f"expected JSON or an SSE stream, got: {shown!r}")
-        if not isinstance(data, Mapping) or not isinstance(data.get("choices"), list) or not data["choices"]:
-            if isinstance(data, Mapping) and isinstance(data.get("error"), Mapping):
-                said = redact(str(data["error"].get("message") or data["error"]), [self.api_key])
-                raise UnavailableError(f"{self.provider}: the provider answered 200 with an error: {said}")
-            raise malformed(self.provider, "a JSON answer without choices")
-        choice = data["choices"][0]
-        if not isinstance(choice, Mapping):
-            raise malformed(self.provider, "a choice that is not an object")
-        if chat:
-            reply = choice.get("message")
-            raw_text = reply.get("content") if isinstance(reply, Mapping) else None
-        else:
-            raw_text = choice.get("text")
-        text = raw_text if isinstance(raw_text, str) else ""
-        lps: tuple[TokenLogprob, ...] | None = None
-        if want_lp:
-            lps = _logprob_values(choice.get("logprobs"), chat)
-        usage = _usage_of(data.get("usage")) or Usage()
-        if text:
-            yield Chunk(text, usage.completion_tokens or (len(lps) if lps else 1), lps)
-        yield Chunk("", 0, () if want_lp else None, finish_reason(choice.get("finish_reason")), usage)
+        if isinstance(data, Mapping) and not data.get("choices") and isinstance(data.get("error"), Mapping):
+            said = redact(str(data["error"].get("message") or data["error"]), [self.api_key])
+            raise UnavailableError(f"{self.provider}: the provider answered 200 with an error: {said}")
+        return reader.whole(data)
 
     # ---- errors ----
 
@@ -329,21 +252,6 @@ class OpenAIRunner(RemoteRunner):
         return InternalError(f"{self.provider}: {type(exc).__name__}: {redact(str(exc), secrets)}")
 
 
-def _logprob_values(raw: Any, chat: bool) -> tuple[TokenLogprob, ...]:
-    """TokenLogprobs from a JSON logprobs object (chat `content` list or completion arrays)."""
-    if not isinstance(raw, Mapping):
-        return ()
-    if chat:
-        entries = raw.get("content") or []
-        return tuple(
-            TokenLogprob(str(e.get("token", "")), float(e["logprob"]))
-            for e in entries
-            if isinstance(e, Mapping) and isinstance(e.get("logprob"), int | float)
-        )
-    tokens, values = raw.get("tokens") or [], raw.get("token_logprobs") or []
-    return tuple(TokenLogprob(str(t), float(v)) for t, v in zip(tokens, values, strict=False) if v is not None)
-
-
 def _connection_error_in(exc: BaseException) -> ConnectionError | None:
     """A refused or reset connection among the causes of `exc`, if any."""
     seen: BaseException | None = exc
@@ -361,9 +269,3 @@ def _json_or_text(body: bytes) -> object:
         return json.loads(body)
     except ValueError:
         return body.decode(errors="replace")
-
-
-def _usage_of(raw: Any) -> Usage | None:
-    if not isinstance(raw, Mapping):
-        return None
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
