@@ -58,7 +58,15 @@ from atomr.actors.messages import (
 from atomr.cluster.system import connect_system, disconnect_system
 from atomr.config import deployment_from_dict, load_deployments, load_policies
 from atomr.core.deployment import Deployment
-from atomr.core.errors import InferenceError, UnavailableError
+from atomr.core.errors import InferenceError, InvalidRequestError, UnavailableError
+from atomr.core.messages import (
+    ResponseFormat,
+    Tool,
+    ToolChoice,
+    response_format_from_openai,
+    tool_choice_from_openai,
+    tools_from_openai,
+)
 from atomr.core.policies import Policies, policies_from_config
 from atomr.core.status import DeploymentInfo
 from atomr.core.types import (
@@ -232,20 +240,41 @@ class Client:
         tenant: str = "default",
         priority: int = 0,
         wait_for_rate_limit: bool = False,
+        tools: Iterable[Mapping[str, Any] | Tool] | None = None,
+        tool_choice: str | Mapping[str, Any] | ToolChoice | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: Mapping[str, Any] | ResponseFormat | None = None,
+        reasoning_effort: str | None = None,
+        user: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> InferenceRequest:
-        """Build and validate a request (raises InvalidRequestError naming the field)."""
+        """Build and validate a request (raises InvalidRequestError naming the field).
+
+        Messages, `tools`, `tool_choice` and `response_format` are taken as OpenAI's dicts or as
+        atomr's values; sampling parameters (`max_tokens`, `temperature`, `n`, ...) are those of
+        `SamplingParams` (`max_completion_tokens` is `max_tokens`); `extra_body`: more fields, as
+        sent, for OpenAI-wire runtimes (the others refuse them by name).
+        """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        if "max_completion_tokens" in params:
+            params["max_tokens"] = params.pop("max_completion_tokens")
         unknown = set(params) - set(SamplingParams.__dataclass_fields__)
         if unknown:
-            from atomr.core.errors import InvalidRequestError
-
             name = sorted(unknown)[0]
             raise InvalidRequestError(f"{name} is not a known parameter", field=name)
         if "stop" in params:
             stop = params["stop"]
             params["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        tool_list = tools_from_openai(
+            [t.to_openai() if isinstance(t, Tool) else t for t in tools] if tools is not None else None
+        )
+        if isinstance(tool_choice, ToolChoice):
+            tool_choice = tool_choice.to_openai()
+        if isinstance(response_format, ResponseFormat):
+            response_format = response_format.to_openai()
         request = InferenceRequest(
             model=model,
             messages=make_messages(messages) if messages is not None else None,
@@ -256,6 +285,14 @@ class Client:
             deadline=time.time() + (timeout or self.default_timeout),
             stream=stream,
             wait_for_rate_limit=wait_for_rate_limit,
+            tools=tool_list,
+            tool_choice=tool_choice_from_openai(tool_choice, tool_list),
+            parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format_from_openai(response_format),
+            reasoning_effort=reasoning_effort,
+            user=user,
+            metadata=metadata,
+            extra=dict(extra_body) if extra_body else None,
         )
         request.validate()
         return request

@@ -19,7 +19,7 @@ from atomr.config import deployment_from_dict
 from atomr.core.deployment import Deployment
 from atomr.core.errors import AuthError, InferenceError
 from atomr.core.runner import ModelRunner
-from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
+from atomr.core.types import Chunk, InferenceRequest, Usage
 from tests.conftest import Node
 from tests.fakes.openai_server import token_logprob, tokenize
 from tests.runners.support import chat, completion, outcome

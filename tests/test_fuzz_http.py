@@ -26,7 +26,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 
 import requests  # noqa: E402  (schemathesis brings it)
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from schemathesis.checks import (  # noqa: E402
     content_type_conformance,
     not_a_server_error,
@@ -140,7 +140,18 @@ def test_what_the_document_calls_valid_the_parser_accepts(path: str, parse: Any)
     @settings(max_examples=40, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(operation.as_strategy())
     def accepted(case: Any) -> None:
-        _, req = parse(json.dumps(case.body).encode(), 128)
+        body = case.body
+        # what the document says in words only: top_logprobs needs logprobs, a forced tool choice
+        # needs tools and names one of them, function names are unique
+        tools = [t["function"]["name"] for t in body.get("tools") or ()]
+        choice = body.get("tool_choice")
+        assume(not body.get("top_logprobs") or body.get("logprobs"))
+        assume(len(set(tools)) == len(tools))
+        assume(
+            choice in (None, "none", "auto")
+            or (tools and (choice == "required" or choice["function"]["name"] in tools))
+        )
+        _, req = parse(json.dumps(body).encode(), 128)
         req.validate()
 
     accepted()

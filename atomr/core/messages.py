@@ -168,7 +168,7 @@ class Message:
         calls = _tool_calls(raw.get("tool_calls"), f"{where}.tool_calls") if role == "assistant" else ()
         if role != "assistant" and raw.get("tool_calls") is not None:
             raise InvalidRequestError(f"{where}.tool_calls is only for assistant messages", field=f"{where}.tool_calls")
-        content = _content(raw.get("content"), f"{where}.content", allow_none=role == "assistant" and bool(calls))
+        content = _content(raw.get("content"), f"{where}.content", allow_none=role == "assistant")
         call_id = raw.get("tool_call_id")
         if role == "tool":
             _check(isinstance(call_id, str) and call_id != "", f"{where}.tool_call_id", "is required for tool messages")

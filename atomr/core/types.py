@@ -107,11 +107,9 @@ class SamplingParams:
                 _check(_is_number(value) and -2.0 <= value <= 2.0, name, f"must be between -2 and 2, got {value!r}")
         if self.logit_bias is not None:
             _check(isinstance(self.logit_bias, Mapping), "logit_bias", "must map token ids to numbers")
-            for k, v in self.logit_bias.items():
+            for v in self.logit_bias.values():
                 _check(
-                    str(k).lstrip("-").isdigit() and _is_number(v) and -100 <= v <= 100,
-                    "logit_bias",
-                    "must map token ids to numbers from -100 to 100",
+                    _is_number(v) and -100 <= v <= 100, "logit_bias", "must map token ids to numbers from -100 to 100"
                 )
 
 

@@ -1,10 +1,11 @@
 """The documented bodies of the HTTP front, as pydantic models: what `atomr.http.openapi` builds
 the OpenAPI document's schemas from.
 
-The request models say exactly what the server accepts (`openai_wire` parses, and
-`InferenceRequest.validate` checks): every range, the parameters taken only at their neutral value
-(``n`` 1, no tools, no penalties...), and the limits on ``seed`` and ``stop``. The response models
-say what `openai_wire` renders. tests/test_fuzz_http.py checks that bodies generated from the
+The request models say what the server accepts (`openai_requests` parses, and
+`InferenceRequest.validate` checks): every range, the message shapes per role, tools, tool
+choices and response formats, and the limits on ``seed`` and ``stop``. Whether a deployment's
+runtime honours a parameter is decided per request (a 400 naming it otherwise). The response
+models say what `openai_wire` renders. tests/test_fuzz_http.py checks that bodies generated from the
 document are accepted by the parser, and that the server's answers match the document.
 
 Conventions, read by `openapi`: a class docstring becomes the schema's description (so these
@@ -17,16 +18,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 INT64_MAX = 2**63 - 1
 MAX_STOP = 8  # stop sequences (`SamplingParams.validate`)
 
-# Parameters accepted only at their neutral value: anything else is a 400 naming the parameter.
-_Zero = Annotated[float, WithJsonSchema({"type": "number", "enum": [0]})]
-_Nothing = Annotated[dict[str, Any], Field(max_length=0)]
-_NoList = Annotated[list[Any], Field(max_length=0)]
 _Stop = Annotated[str, Field(min_length=1)]
 
 
@@ -38,28 +35,107 @@ class _Open(BaseModel):
 
 # ---- requests ----
 
+_ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
 
 class TextPart(_Open):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Open):
-    role: Literal["system", "developer", "user", "assistant"]
+class ImageUrl(_Open):
+    url: str = Field(pattern=r"^(https?://|data:image/)", description="an http(s) URL or a data:image/... URL")
+    detail: Literal["auto", "low", "high"] | SkipJsonSchema[None] = None
+
+
+class ImagePart(_Open):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str = Field(description="the arguments as JSON text")
+
+
+class ToolCall(_Open):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class SystemMessage(_Open):
+    role: Literal["system", "developer"]
     content: str | list[TextPart]
     name: str | SkipJsonSchema[None] = None
+
+
+class UserMessage(_Open):
+    role: Literal["user"]
+    content: str | list[TextPart | ImagePart]
+    name: str | SkipJsonSchema[None] = None
+
+
+class AssistantMessage(_Open):
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | SkipJsonSchema[None] = None
+    tool_calls: list[ToolCall] | SkipJsonSchema[None] = Field(default=None, min_length=1)
+
+
+class ToolMessage(_Open):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str = Field(min_length=1)
+
+
+ChatMessage = SystemMessage | UserMessage | AssistantMessage | ToolMessage
+
+
+class FunctionDefinition(_Open):
+    name: _ToolName
+    description: str | SkipJsonSchema[None] = None
+    parameters: dict[str, Any] | SkipJsonSchema[None] = Field(default=None, description="a JSON schema")
+    strict: bool | SkipJsonSchema[None] = None
+
+
+class ToolDefinition(_Open):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class _NamedFunction(_Open):
+    name: _ToolName
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"]
+    function: _NamedFunction
+
+
+class JsonSchemaFormat(_Open):
+    name: str = Field(min_length=1)
+    schema_: dict[str, Any] = Field(alias="schema", description="a JSON schema")
+    strict: bool | SkipJsonSchema[None] = None
+
+
+class ResponseFormat(_Open):
+    """text, json_object, json_schema (with `json_schema`), or regex (with `pattern`: an atomr
+    extension honoured by local engines)"""
+
+    type: Literal["text", "json_object", "json_schema", "regex"]
+    json_schema: JsonSchemaFormat | SkipJsonSchema[None] = None
+    pattern: str | SkipJsonSchema[None] = Field(default=None, min_length=1)
 
 
 class StreamOptions(_Open):
     include_usage: bool = False
 
 
-class _ResponseFormat(_Open):
-    type: Literal["text"] | SkipJsonSchema[None] = None
-
-
 class _Request(_Open):
-    """Parameters of both requests (`openai_wire._Common`)."""
+    """Parameters of both requests. A parameter not sent is not set: OpenAI-wire runtimes forward
+    the body as it came (fields not named here too); other runtimes refuse, naming it, a
+    parameter they cannot honour."""
 
     model: str = Field(min_length=1, description="a deployment, alias, route or cascade name")
     max_tokens: int | None = Field(default=None, ge=1)
@@ -71,46 +147,64 @@ class _Request(_Open):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    n: Literal[1] | None = None
-    presence_penalty: _Zero | None = None
-    frequency_penalty: _Zero | None = None
-    logit_bias: _Nothing | None = None
-    tools: _NoList | None = None
-    functions: _NoList | None = None
-    tool_choice: _Nothing | None = None
-    function_call: _Nothing | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, description="token id -> bias"
+    )
 
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: _ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="needs logprobs: true")
+    tools: list[ToolDefinition] | None = Field(default=None, description="function names unique")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None, description="required or a named function need tools (naming one of them)"
+    )
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    metadata: dict[str, str] | None = None
 
 
 class CompletionRequest(_Request):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(description="one prompt per request")
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    echo: Literal[False] | SkipJsonSchema[None] = None
-    suffix: None = None  # null only
-    best_of: Literal[1] | None = None
 
 
 # ---- responses ----
+
+
+class _PromptDetails(BaseModel):
+    cached_tokens: int = Field(ge=0)
+
+
+class _CompletionDetails(BaseModel):
+    reasoning_tokens: int = Field(ge=0)
 
 
 class Usage(BaseModel):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
+    prompt_tokens_details: _PromptDetails | SkipJsonSchema[None] = None
+    completion_tokens_details: _CompletionDetails | SkipJsonSchema[None] = None
+
+
+class _TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[Annotated[int, Field(ge=0, le=255)]]
 
 
 class ChatTokenLogprob(BaseModel):
     token: str
     logprob: float
     bytes: list[Annotated[int, Field(ge=0, le=255)]]
-    top_logprobs: list[Any]
+    top_logprobs: list[_TopLogprob]
 
 
 class ChatLogprobs(BaseModel):
@@ -124,20 +218,29 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[Annotated[int, Field(ge=0)]]
 
 
+class _AnsweredCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class _AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    refusal: str | SkipJsonSchema[None] = None
+    reasoning_content: str | SkipJsonSchema[None] = None
+    tool_calls: list[_AnsweredCall] | SkipJsonSchema[None] = None
 
 
 class _ChatChoice(BaseModel):
-    index: Literal[0]
+    index: int = Field(ge=0)
     message: _AssistantMessage
     logprobs: ChatLogprobs | None
-    finish_reason: str
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 class _CompletionChoice(BaseModel):
-    index: Literal[0]
+    index: int = Field(ge=0)
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: str
@@ -153,13 +256,13 @@ class _Answer(BaseModel):
 
 class ChatCompletion(_Answer):
     object: Literal["chat.completion"]
-    choices: list[_ChatChoice] = Field(min_length=1, max_length=1)
+    choices: list[_ChatChoice] = Field(min_length=1, description="one per n")
     usage: Usage | None
 
 
 class Completion(_Answer):
     object: Literal["text_completion"]
-    choices: list[_CompletionChoice] = Field(min_length=1, max_length=1)
+    choices: list[_CompletionChoice] = Field(min_length=1, description="one per n")
     usage: Usage | None
 
 
@@ -206,7 +309,15 @@ class Error(BaseModel):
 COMPONENTS: tuple[type[BaseModel], ...] = (
     Error,
     TextPart,
-    ChatMessage,
+    ImagePart,
+    ToolCall,
+    SystemMessage,
+    UserMessage,
+    AssistantMessage,
+    ToolMessage,
+    ToolDefinition,
+    NamedToolChoice,
+    ResponseFormat,
     StreamOptions,
     ChatCompletionRequest,
     CompletionRequest,

@@ -17,6 +17,18 @@ key received, which lets tests check that atomr never repeats it), known models,
 most 4 stop strings, max_tokens >= 1, the prompt within `context_window` tokens (400
 `context_length_exceeded`). Error bodies are `{"error": {"message", "type", "param", "code"}}`.
 
+Agent features as the real API serves them: `n` choices (choice k > 0 answers "Choice k: " and
+the reply); `tools`: a call is made when `tool_choice` is "required" or names a function, or, with
+"auto" (or none given), when the last message is the user's and mentions "weather" or "time"
+(both: two calls in parallel, unless `parallel_tool_calls` is false); the arguments are an
+instance of the function's parameter schema (`example_of`), streamed as OpenAI does (a delta
+with id, type and name, then argument pieces of 7 characters); finish_reason "tool_calls". A
+conversation that ends with a tool result is answered "The tool said: <result>". A tool message
+that answers no earlier call is refused (400) as the real API does. `response_format`
+json_object / json_schema: the answer is a JSON object (an instance of the schema).
+`reasoning_effort`: the answer streams `reasoning_content` first and usage counts reasoning
+tokens. Usage has its details (cached_tokens 0).
+
 Extra knobs besides `FakeProvider`'s: `finish_override` (the finish_reason to report instead,
 e.g. "content_filter" or "tool_calls"), `bad_event_next()` (the next stream carries an event
 whose data is not JSON), `omit_usage` (never send the usage chunk), `ignore_stream` (answer one
@@ -172,12 +184,26 @@ class FakeOpenAI(FakeProvider):
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if len(stops) > 4:
             raise _BadRequest("Invalid 'stop': array too long. Expected at most 4 items.", param="stop")
-        if int(body.get("n") or 1) != 1:
-            raise _BadRequest("this fake answers n=1 only", param="n")
+        n = body.get("n", 1)
+        if not isinstance(n, int) or not 1 <= n <= 128:
+            raise _BadRequest(f"Invalid 'n': must be an integer from 1 to 128, got {n!r}.", param="n")
+        calls = _tool_calls(body) if chat else []
+        reply = self.reply_text
+        if chat and isinstance(body["messages"][-1], dict) and body["messages"][-1].get("role") == "tool":
+            reply = f"The tool said: {body['messages'][-1].get('content')}"
+        fmt = body.get("response_format") if chat else None
+        if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+            schema = (fmt.get("json_schema") or {}).get("schema") or {
+                "type": "object",
+                "properties": {"answer": {"type": "string"}},
+            }
+            reply = json.dumps(example_of(schema))
 
-        tokens, finish = self._generate(limit, stops)
-        finish = self.finish_override or finish
-        text = "".join(tokens)
+        tokens, finish = self._generate(limit, stops, reply)
+        finish = "tool_calls" if calls else (self.finish_override or finish)
+        text = "".join(tokens) if not calls else ""
+        tokens = tokens if not calls else []
+        reasoning = "Thinking it over." if chat and body.get("reasoning_effort") else ""
         stream = bool(body.get("stream")) and not self.ignore_stream
         with self.lock:
             self.served.append(Served(route, text, finish, n_prompt, len(tokens), stream))
@@ -187,11 +213,15 @@ class FakeOpenAI(FakeProvider):
 
         want_lp = bool(body.get("logprobs")) if chat else body.get("logprobs") is not None
         top_n = int(body.get("top_logprobs") or 0) if chat else int(body.get("logprobs") or 0)
-        usage = {
+        produced = len(tokens) * n + len(calls) * 8 + (3 if reasoning else 0)
+        usage: dict[str, Any] = {
             "prompt_tokens": n_prompt,
-            "completion_tokens": len(tokens),
-            "total_tokens": n_prompt + len(tokens),
+            "completion_tokens": produced,
+            "total_tokens": n_prompt + produced,
         }
+        if chat:
+            usage["prompt_tokens_details"] = {"cached_tokens": 0}
+            usage["completion_tokens_details"] = {"reasoning_tokens": 3 if reasoning else 0}
         ids = {
             "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
             "created": int(time.time()),
@@ -200,13 +230,26 @@ class FakeOpenAI(FakeProvider):
         }
         if not stream:
             if chat:
-                choice: dict[str, Any] = {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": {"content": _chat_logprobs(tokens, 0, top_n), "refusal": None} if want_lp else None,
-                    "finish_reason": finish,
-                }
-                return Reply(200, {**ids, "object": "chat.completion", "choices": [choice], "usage": usage})
+                choices: list[dict[str, Any]] = []
+                for k in range(n):
+                    toks = _variant(tokens, k)
+                    message: dict[str, Any] = {"role": "assistant", "content": "".join(toks) if not calls else None}
+                    message["refusal"] = None
+                    if reasoning:
+                        message["reasoning_content"] = reasoning
+                    if calls:
+                        message["tool_calls"] = calls
+                    choices.append(
+                        {
+                            "index": k,
+                            "message": message,
+                            "logprobs": {"content": _chat_logprobs(toks, 0, top_n), "refusal": None}
+                            if want_lp
+                            else None,
+                            "finish_reason": finish,
+                        }
+                    )
+                return Reply(200, {**ids, "object": "chat.completion", "choices": choices, "usage": usage})
             choice = {
                 "index": 0,
                 "text": text,
@@ -219,22 +262,8 @@ class FakeOpenAI(FakeProvider):
         obj = "chat.completion.chunk" if chat else "text_completion"
         extra = {"usage": None} if include_usage else {}
         events: list[dict[str, Any]] = []
-        if chat:
-            role = {"role": "assistant", "content": "", "refusal": None}
-            events.append({"index": 0, "delta": role, "logprobs": None, "finish_reason": None})
-        offset = 0
-        for i, tok in enumerate(tokens):
-            if chat:
-                lp = {"content": _chat_logprobs([tok], i, top_n), "refusal": None} if want_lp else None
-                events.append({"index": 0, "delta": {"content": tok}, "logprobs": lp, "finish_reason": None})
-            else:
-                lp = _completion_logprobs([tok], i, top_n, offset) if want_lp else None
-                events.append({"index": 0, "text": tok, "logprobs": lp, "finish_reason": None})
-            offset += len(tok)
-        if chat:
-            events.append({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish})
-        else:
-            events.append({"index": 0, "text": "", "logprobs": None, "finish_reason": finish})
+        for k in range(n):
+            events += _stream_choice(k, _variant(tokens, k), chat, want_lp, top_n, calls, reasoning, finish)
         out = [_sse({**ids, "object": obj, "choices": [c], **extra}) for c in events]
         if include_usage:
             out.append(_sse({**ids, "object": obj, "choices": [], "usage": usage}))
@@ -243,10 +272,10 @@ class FakeOpenAI(FakeProvider):
             out.insert(min(3, len(out) - 1), 'data: {"id": "broken", "choices": [\n\n')
         return Reply(200, events=out)
 
-    def _generate(self, limit: int | None, stops: list[str]) -> tuple[list[str], str]:
+    def _generate(self, limit: int | None, stops: list[str], reply: str) -> tuple[list[str], str]:
         """The tokens of the answer and why it ended, honouring max_tokens and stop strings."""
         text = ""
-        for i, tok in enumerate(tokenize(self.reply_text)):
+        for i, tok in enumerate(tokenize(reply)):
             text += tok
             hits = [text.find(s) for s in stops if s and s in text]
             if hits:
@@ -254,6 +283,130 @@ class FakeOpenAI(FakeProvider):
             if limit is not None and i + 1 >= limit:
                 return tokenize(text), "length"
         return tokenize(text), "stop"
+
+
+def _stream_choice(
+    k: int,
+    tokens: list[str],
+    chat: bool,
+    want_lp: bool,
+    top_n: int,
+    calls: list[dict[str, Any]],
+    reasoning: str,
+    finish: str,
+) -> list[dict[str, Any]]:
+    """The stream events of choice `k`, as OpenAI sends them."""
+    events: list[dict[str, Any]] = []
+    if chat:
+        role = {"role": "assistant", "content": "", "refusal": None}
+        events.append({"index": k, "delta": role, "logprobs": None, "finish_reason": None})
+        for piece in tokenize(reasoning):
+            events.append({"index": k, "delta": {"reasoning_content": piece}, "logprobs": None, "finish_reason": None})
+        for j, call in enumerate(calls):
+            head = {
+                "index": j,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            events.append({"index": k, "delta": {"tool_calls": [head]}, "logprobs": None, "finish_reason": None})
+            args = call["function"]["arguments"]
+            for at in range(0, len(args), 7):
+                piece = {"index": j, "function": {"arguments": args[at : at + 7]}}
+                events.append({"index": k, "delta": {"tool_calls": [piece]}, "logprobs": None, "finish_reason": None})
+    offset = 0
+    for i, tok in enumerate(tokens):
+        if chat:
+            lp = {"content": _chat_logprobs([tok], i, top_n), "refusal": None} if want_lp else None
+            events.append({"index": k, "delta": {"content": tok}, "logprobs": lp, "finish_reason": None})
+        else:
+            lp = _completion_logprobs([tok], i, top_n, offset) if want_lp else None
+            events.append({"index": k, "text": tok, "logprobs": lp, "finish_reason": None})
+        offset += len(tok)
+    if chat:
+        events.append({"index": k, "delta": {}, "logprobs": None, "finish_reason": finish})
+    else:
+        events.append({"index": k, "text": "", "logprobs": None, "finish_reason": finish})
+    return events
+
+
+def _variant(tokens: list[str], k: int) -> list[str]:
+    """Choice k's tokens: the answer itself for choice 0, "Choice k:" and the answer for the others."""
+    return tokens if k == 0 or not tokens else ["Choice", f" {k}:", " " + tokens[0].lstrip(), *tokens[1:]]
+
+
+def example_of(schema: Any) -> Any:
+    """A deterministic instance of a JSON schema (the subset tools and response formats use)."""
+    if not isinstance(schema, dict):
+        return None
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return example_of(schema[key][0])
+    kind = schema.get("type", "object")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: example_of(sub) for name, sub in props.items()}
+    if kind == "array":
+        return [example_of(schema.get("items") or {"type": "string"})]
+    if kind == "integer":
+        return max(1, int(schema.get("minimum", 1)))
+    if kind == "number":
+        return float(max(1, schema.get("minimum", 1)))
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "Paris"
+
+
+def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The calls the fake model makes for this request (none when it answers in text)."""
+    tools = body.get("tools") or []
+    names = [t["function"]["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    messages = body["messages"]
+    answered: set[str] = set()
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            continue
+        for call in m.get("tool_calls") or ():
+            answered.add(call.get("id"))
+        if m.get("role") == "tool" and m.get("tool_call_id") not in answered:
+            raise _BadRequest(
+                "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
+                "'tool_calls'.",
+                param=f"messages.[{i}].role",
+            )
+    choice = body.get("tool_choice", "auto" if tools else "none")
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        if wanted not in names:
+            raise _BadRequest(f"Invalid 'tool_choice': no function named {wanted!r} in tools.", param="tool_choice")
+        chosen = [wanted]
+    elif choice == "required":
+        if not names:
+            raise _BadRequest("'tool_choice' required needs tools.", param="tool_choice")
+        chosen = names[:1]
+    elif choice == "auto" and names and isinstance(messages[-1], dict) and messages[-1].get("role") == "user":
+        said = str(messages[-1].get("content") or "").lower()
+        chosen = [name for name in names if any(w in name.lower() and w in said for w in ("weather", "time"))]
+        if body.get("parallel_tool_calls") is False:
+            chosen = chosen[:1]
+    else:
+        chosen = []
+    schemas = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools if isinstance(t, dict)}
+    return [
+        {
+            "id": f"call_{uuid.uuid4().hex[:20]}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(example_of(schemas[name]))},
+        }
+        for name in chosen
+    ]
 
 
 class _BadRequest(Exception):
