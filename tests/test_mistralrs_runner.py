@@ -20,7 +20,15 @@ import pytest
 from atomr.runners.local.mistralrs.runner import MistralRsRunner, mistralrs_greedy_reference, sampling_kwargs
 
 from atomr.core.deployment import Deployment
-from atomr.core.errors import ConfigError, ContextLengthError, InternalError, NotFoundError, UnavailableError
+from atomr.core.errors import (
+    ConfigError,
+    ContextLengthError,
+    InternalError,
+    InvalidRequestError,
+    NotFoundError,
+    UnavailableError,
+)
+from atomr.core.runner import check_supported
 from atomr.core.types import InferenceRequest, Message, SamplingParams
 from tests.conftest import require_engine
 from tests.local_support import ACTOR, ACTOR_CHAT, MODEL, how_streams_ended, tiny_deployment, wait_idle
@@ -140,8 +148,11 @@ def test_sampling(runner: MistralRsRunner) -> None:
     story = chat("Tell me a story.", max_tokens=40, temperature=1.5, top_p=0.95)
     outs = {text(collect_now(runner, story)) for _ in range(6)}
     assert len(outs) > 1  # sampled, although the model's generation_config says do_sample: false
-    chunks = collect_now(runner, completion("The", max_tokens=20, temperature=1.0, top_k=40, seed=3))
-    assert check_stream(chunks).finish_reason in ("stop", "length")  # a seed is taken (mistral.rs has none)
+    chunks = collect_now(runner, completion("The", max_tokens=20, temperature=1.0, top_k=40))
+    assert check_stream(chunks).finish_reason in ("stop", "length")
+    with pytest.raises(InvalidRequestError) as refused:  # mistral.rs has no per-request seed: never ignored
+        check_supported(runner, completion("The", max_tokens=20, temperature=1.0, seed=3))
+    assert refused.value.field == "seed"
     # top_k=1 is greedy whatever the temperature
     assert text(collect_now(runner, chat("What is an actor?", temperature=2.0, top_k=1))) == ACTOR_CHAT
 

@@ -294,10 +294,10 @@ def test_listed_headers_are_forwarded_and_no_others(front: tuple[Node, str], fak
 
 
 def test_langchain_binds_tools_and_structured_output(front: tuple[Node, str], fake: FakeOpenAI) -> None:
-    lc = pytest.importorskip("langchain_openai")
     from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI  # in the dev extras: never skipped
 
-    llm = lc.ChatOpenAI(model="gpt", base_url=front[1] + "/v1", api_key="unused", max_retries=0, timeout=60)
+    llm = ChatOpenAI(model="gpt", base_url=front[1] + "/v1", api_key="unused", max_retries=0, timeout=60)
 
     def get_weather(city: str, days: int) -> str:
         """The weather in a city."""
@@ -323,7 +323,7 @@ def test_langchain_binds_tools_and_structured_output(front: tuple[Node, str], fa
 
 
 def test_the_litellm_sdk_as_a_client(front: tuple[Node, str], fake: FakeOpenAI) -> None:
-    litellm = pytest.importorskip("litellm")
+    import litellm
     answer = litellm.completion(
         model="openai/gpt", api_base=front[1] + "/v1", api_key="unused", messages=ASK, tools=[WEATHER], num_retries=0
     )

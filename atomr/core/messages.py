@@ -175,7 +175,7 @@ class Message:
         elif call_id is not None:
             raise InvalidRequestError(f"{where}.tool_call_id is only for tool messages", field=f"{where}.tool_call_id")
         extra = {k: v for k, v in raw.items() if k not in _MESSAGE_FIELDS and v is not None}
-        return Message(role, content, name, calls, call_id, extra or None)
+        return Message(str(role), content, name, calls, call_id, extra or None)
 
 
 def _content(raw: object, where: str, allow_none: bool) -> str | tuple[ContentPart, ...] | None:
@@ -215,15 +215,13 @@ def _content(raw: object, where: str, allow_none: bool) -> str | tuple[ContentPa
 def _tool_calls(raw: object, where: str) -> tuple[ToolCall, ...]:
     if raw is None:
         return ()
-    _check(isinstance(raw, list), where, "must be a list of tool calls")
     calls: list[ToolCall] = []
-    for i, call in enumerate(raw):  # type: ignore[arg-type]
+    for i, item in enumerate(_list(raw, where, "must be a list of tool calls")):
         at = f"{where}[{i}]"
-        _check(isinstance(call, Mapping), at, "must be an object")
+        call = _obj(item, at, "must be an object")
         _check(isinstance(call.get("id"), str), f"{at}.id", "is required and must be a string")
         _check(call.get("type", "function") == "function", f"{at}.type", "must be 'function'")
-        fn = call.get("function")
-        _check(isinstance(fn, Mapping), f"{at}.function", "is required and must be an object")
+        fn = _obj(call.get("function"), f"{at}.function", "is required and must be an object")
         _check(isinstance(fn.get("name"), str), f"{at}.function.name", "is required and must be a string")
         args = fn.get("arguments", "")
         _check(isinstance(args, str), f"{at}.function.arguments", "must be a string (JSON text)")
@@ -293,14 +291,12 @@ class ResponseFormat:
 def tools_from_openai(raw: object) -> tuple[Tool, ...]:
     if raw is None:
         return ()
-    _check(isinstance(raw, list), "tools", "must be a list of tools")
     tools: list[Tool] = []
-    for i, tool in enumerate(raw):  # type: ignore[arg-type]
+    for i, item in enumerate(_list(raw, "tools", "must be a list of tools")):
         at = f"tools[{i}]"
-        _check(isinstance(tool, Mapping), at, "must be an object")
+        tool = _obj(item, at, "must be an object")
         _check(tool.get("type") == "function", f"{at}.type", "must be 'function' (the only tool type served)")
-        fn = tool.get("function")
-        _check(isinstance(fn, Mapping), f"{at}.function", "is required and must be an object")
+        fn = _obj(tool.get("function"), f"{at}.function", "is required and must be an object")
         name = fn.get("name")
         _check(
             isinstance(name, str) and 0 < len(name) <= 64 and all(c.isalnum() or c in "_-" for c in name),
@@ -315,7 +311,7 @@ def tools_from_openai(raw: object) -> tuple[Tool, ...]:
         _check(desc is None or isinstance(desc, str), f"{at}.function.description", "must be a string")
         strict = fn.get("strict")
         _check(strict is None or isinstance(strict, bool), f"{at}.function.strict", "must be true or false")
-        tools.append(Tool(name, desc, params, strict))
+        tools.append(Tool(str(name), desc, params, strict))
     names = [t.name for t in tools]
     _check(len(set(names)) == len(names), "tools", "function names must be unique")
     return tuple(tools)
@@ -328,8 +324,9 @@ def tool_choice_from_openai(raw: object, tools: Sequence[Tool]) -> ToolChoice | 
         _check(raw in ("none", "auto", "required"), "tool_choice", "must be none, auto, required or a function")
         choice = ToolChoice(raw)
     else:
-        _check(isinstance(raw, Mapping) and raw.get("type") == "function", "tool_choice", "must name a function")
-        fn = raw.get("function")  # type: ignore[union-attr]
+        named = _obj(raw, "tool_choice", "must be none, auto, required or name a function")
+        _check(named.get("type") == "function", "tool_choice.type", "must be 'function'")
+        fn = named.get("function")
         name = fn.get("name") if isinstance(fn, Mapping) else None
         _check(isinstance(name, str), "tool_choice.function.name", "is required")
         choice = ToolChoice("function", name)
@@ -343,24 +340,34 @@ def tool_choice_from_openai(raw: object, tools: Sequence[Tool]) -> ToolChoice | 
 def response_format_from_openai(raw: object) -> ResponseFormat | None:
     if raw is None:
         return None
-    _check(isinstance(raw, Mapping), "response_format", "must be an object")
-    kind = raw.get("type")  # type: ignore[union-attr]
+    fmt = _obj(raw, "response_format", "must be an object")
+    kind = fmt.get("type")
     _check(kind in RESPONSE_FORMATS, "response_format.type", f"must be one of {', '.join(RESPONSE_FORMATS)}")
     if kind == "json_schema":
-        spec = raw.get("json_schema")  # type: ignore[union-attr]
-        _check(isinstance(spec, Mapping), "response_format.json_schema", "is required and must be an object")
-        schema = spec.get("schema")
-        _check(isinstance(schema, Mapping), "response_format.json_schema.schema", "must be a JSON schema object")
+        spec = _obj(fmt.get("json_schema"), "response_format.json_schema", "is required and must be an object")
+        schema = _obj(spec.get("schema"), "response_format.json_schema.schema", "must be a JSON schema object")
         name = spec.get("name")
         _check(isinstance(name, str) and name != "", "response_format.json_schema.name", "is required")
         strict = spec.get("strict")
         _check(strict is None or isinstance(strict, bool), "response_format.json_schema.strict", "must be a boolean")
         return ResponseFormat("json_schema", schema=schema, name=name, strict=strict)
     if kind == "regex":
-        pattern = raw.get("pattern")  # type: ignore[union-attr]
+        pattern = fmt.get("pattern")
         _check(isinstance(pattern, str) and pattern != "", "response_format.pattern", "is required")
         return ResponseFormat("regex", pattern=pattern)
     return ResponseFormat(str(kind))
+
+
+def _obj(value: object, field_name: str, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidRequestError(f"{field_name} {what}", field=field_name)
+    return value
+
+
+def _list(value: object, field_name: str, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidRequestError(f"{field_name} {what}", field=field_name)
+    return value
 
 
 def _check(ok: bool, field_name: str, what: str) -> None:

@@ -15,7 +15,7 @@ class HttpSettings(BaseModel):
     bind: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (printed at start)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    default_max_tokens: int = Field(default=128, ge=1)  # when a request gives no max_tokens
+    default_max_tokens: int = Field(default=128, ge=1)  # local engines and anthropic, when a request sets none
     request_timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)  # a finite deadline
 
 

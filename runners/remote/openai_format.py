@@ -116,8 +116,8 @@ def usage_of(raw: object) -> Usage | None:
     return Usage(
         int(raw.get("prompt_tokens") or 0),
         int(raw.get("completion_tokens") or 0),
-        int((prompt_details or {}).get("cached_tokens") or 0) if isinstance(prompt_details, Mapping) else 0,
-        int((completion_details or {}).get("reasoning_tokens") or 0) if isinstance(completion_details, Mapping) else 0,
+        int(prompt_details.get("cached_tokens") or 0) if isinstance(prompt_details, Mapping) else 0,
+        int(completion_details.get("reasoning_tokens") or 0) if isinstance(completion_details, Mapping) else 0,
     )
 
 
@@ -157,7 +157,8 @@ def _tool_deltas(raw: object) -> tuple[ToolCallDelta, ...]:
     for i, d in enumerate(raw if isinstance(raw, list) else ()):
         if not isinstance(d, Mapping):
             continue
-        fn = d.get("function") if isinstance(d.get("function"), Mapping) else {}
+        raw_fn = d.get("function")
+        fn: Mapping[str, Any] = raw_fn if isinstance(raw_fn, Mapping) else {}
         out.append(
             ToolCallDelta(
                 int(d.get("index", i)),
@@ -230,7 +231,7 @@ class AnswerReader:
         text = part.get("content") if self.chat else part.get("text")
         text = text if isinstance(text, str) else ""
         reasoning = _reasoning(part)
-        refusal = part.get("refusal") if isinstance(part.get("refusal"), str) else ""
+        refusal = str(part.get("refusal") or "")
         calls = _tool_deltas(part.get("tool_calls")) if self.chat else ()
         if not (text or reasoning or refusal or calls):
             return

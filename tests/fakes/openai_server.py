@@ -312,8 +312,8 @@ def _stream_choice(
             events.append({"index": k, "delta": {"tool_calls": [head]}, "logprobs": None, "finish_reason": None})
             args = call["function"]["arguments"]
             for at in range(0, len(args), 7):
-                piece = {"index": j, "function": {"arguments": args[at : at + 7]}}
-                events.append({"index": k, "delta": {"tool_calls": [piece]}, "logprobs": None, "finish_reason": None})
+                part = {"index": j, "function": {"arguments": args[at : at + 7]}}
+                events.append({"index": k, "delta": {"tool_calls": [part]}, "logprobs": None, "finish_reason": None})
     offset = 0
     for i, tok in enumerate(tokens):
         if chat:

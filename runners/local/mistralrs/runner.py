@@ -93,8 +93,15 @@ class MistralRsRunner(ModelRunner):
     """Serves one Hugging Face checkpoint with mistral.rs; requests run one at a time, FIFO."""
 
     # batching=False: concurrent generate calls queue for the one worker thread.
+    # features: top_k only; mistral.rs has no per-request seed, so a seed is refused by name.
     capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=False, chat=True, completion=True, needs_gpu=False
+        streaming=True,
+        logprobs=True,
+        batching=False,
+        chat=True,
+        completion=True,
+        needs_gpu=False,
+        features=frozenset({"top_k"}),
     )
 
     def __init__(self, deployment: Deployment) -> None:
