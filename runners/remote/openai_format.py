@@ -18,6 +18,7 @@ compatible server, are "stop").
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -223,7 +224,11 @@ class AnswerReader:
             calls = message.get("tool_calls")
             if isinstance(calls, list):  # whole calls: their position is their index
                 message["tool_calls"] = [{**c, "index": i} for i, c in enumerate(calls) if isinstance(c, Mapping)]
-            yield from self._piece(index, message, choice)
+            pieces = list(self._piece(index, message, choice))
+            if pieces and len(data["choices"]) == 1 and self.usage is not None and self.usage.completion_tokens:
+                # one choice: its tokens are the answer's (a whole answer has no per-token count)
+                pieces[0] = dataclasses.replace(pieces[0], token_count=self.usage.completion_tokens)
+            yield from pieces
             self._finishes[index] = finish_reason(choice.get("finish_reason"))
         yield from self.end()
 

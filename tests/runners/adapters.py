@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pytest
 from atomr.runners.catalog import runner_class
 
-from atomr.core.runner import ModelRunner, RunnerCapabilities
+from atomr.core.runner import FEATURES, ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest
 from tests.conftest import THREAD_ENV
 from tests.fakes import anthropic_server, gemini_server, openai_server
@@ -140,7 +140,9 @@ class OrtAdapter(LocalAdapter):
 class VllmAdapter(LocalAdapter):
     runtime = "vllm"
     runner_path = "atomr.runners.local.vllm.runner:VllmRunner"
-    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True)
+    capabilities = RunnerCapabilities(
+        streaming=True, logprobs=True, batching=True, features=frozenset({"seed", "top_k", "penalties", "logit_bias"})
+    )
     one_token_per_chunk = False  # an engine step may bring several tokens
     cut_within = 62  # a quarter of the 250 it would have taken
 
@@ -151,7 +153,9 @@ class VllmAdapter(LocalAdapter):
 class MistralRsAdapter(LocalAdapter):
     runtime = "mistralrs"
     runner_path = "atomr.runners.local.mistralrs.runner:MistralRsRunner"
-    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=False)
+    capabilities = RunnerCapabilities(
+        streaming=True, logprobs=True, batching=False, features=frozenset({"top_k", "penalties", "logit_bias"})
+    )
     no_seed = "mistral.rs takes no per-request seed"
     logprob_modes = frozenset({"chat"})  # its completion API gives none
     streamed_modes = frozenset({"chat"})  # its completion API is not streamed
@@ -218,7 +222,7 @@ class FakeServedAdapter(RemoteAdapter):
     tokenize: ClassVar[Callable[[str], list[str]]]
     model: ClassVar[str]
     api_suffix: ClassVar[str] = ""
-    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True)
+    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True, features=frozenset(FEATURES))
     seed_changes_text = False  # the fake answers the same whatever the seed
 
     def __init__(self) -> None:
@@ -348,7 +352,7 @@ class OpenAIAdapter(FakeServedAdapter):
         ErrorCase(400, "content_filtered", False, 400, openai_error("Blocked.", "content_filter"), name="by-code"),
     )
     finish_reasons = (
-        ("tool_calls", "stop"),
+        ("tool_calls", "tool_calls"),
         ("content_filter", "content_filter"),
         ("length", "length"),
         ("eos", "stop"),
@@ -369,14 +373,30 @@ class LiteLLMAdapter(OpenAIAdapter):
     model = "litellm/openai/gpt-fake"
     logprob_modes = frozenset({"chat"})  # LiteLLM gives none for text completions
     more_errors = OPENAI_WIRE_ERRORS
-    finish_reasons = (("tool_calls", "stop"), ("content_filter", "content_filter"))
+    finish_reasons = (("tool_calls", "tool_calls"), ("content_filter", "content_filter"))
     keyless = "LiteLLM looks each provider's key up itself, when it calls"
 
 
 class AnthropicAdapter(FakeServedAdapter):
     runtime = "anthropic"
     runner_path = "atomr.runners.remote.anthropic.runner:AnthropicRunner"
-    capabilities = RunnerCapabilities(streaming=True, logprobs=False, batching=True)
+    capabilities = RunnerCapabilities(
+        streaming=True,
+        logprobs=False,
+        batching=True,
+        features=frozenset(
+            {
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+                "json_schema",
+                "images",
+                "top_k",
+                "reasoning_effort",
+                "user",
+            }
+        ),
+    )
     no_seed = "the Messages API takes no seed"
     logprob_modes = frozenset()
     provider = "anthropic"
@@ -418,6 +438,26 @@ class GeminiAdapter(FakeServedAdapter):
     fake_class = gemini_server.FakeGemini
     tokenize = staticmethod(gemini_server.tokenize)
     model = "gemini/gemini-fake"
+    capabilities = RunnerCapabilities(
+        streaming=True,
+        logprobs=True,
+        batching=True,
+        features=frozenset(
+            {
+                "tools",
+                "tool_choice",
+                "json_object",
+                "json_schema",
+                "images",
+                "n",
+                "penalties",
+                "top_logprobs",
+                "top_k",
+                "seed",
+                "reasoning_effort",
+            }
+        ),
+    )
     key_env = "ATOMR_TEST_GEMINI_KEY"
     events_before_text = 0
     cut_says = "finishReason"

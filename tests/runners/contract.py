@@ -269,8 +269,12 @@ class RunnerContract:
 
     def test_same_seed_same_text(self, runner: ModelRunner, on: On[Any]) -> None:
         a = self.adapter
-        if a.no_seed:
-            pytest.skip(a.no_seed)
+        if a.no_seed:  # then a seed is refused by name, never ignored
+            assert "seed" not in runner.capabilities.features
+            with pytest.raises(InvalidRequestError) as refused:
+                check_supported(runner, a.sampled(7))
+            assert refused.value.field == "seed"
+            return
 
         def sample(seed: int | None) -> str:
             chunks = on(collect(runner, a.sampled(seed)))

@@ -86,10 +86,10 @@ def check_stream(chunks: list[Chunk], *, one_token_per_chunk: bool = False) -> C
     usage, whose completion tokens are the chunks' tokens. Returns the final chunk."""
     assert chunks, "no chunk at all"
     last = chunks[-1]
-    assert last.finish_reason in ("stop", "length", "content_filter") and last.usage is not None, last
+    assert last.finish_reason in ("stop", "length", "tool_calls", "content_filter") and last.usage is not None, last
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1]), chunks
     assert all(c.token_count >= 0 for c in chunks)
-    assert all(c.text or c.token_count for c in chunks[:-1]), "an empty chunk before the end"
+    assert all(c.text or c.token_count or c.tool_calls or c.reasoning for c in chunks[:-1]), "an empty chunk"
     if one_token_per_chunk:
         assert all(c.token_count in (0, 1) for c in chunks), [c.token_count for c in chunks]
     assert sum(c.token_count for c in chunks) == last.usage.completion_tokens

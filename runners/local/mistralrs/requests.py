@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from atomr.runners.common.logit_bias import token_biases
 from atomr.runners.common.stops import StopMatcher
 
 from atomr.core.errors import InternalError
@@ -24,15 +25,23 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     Every sampling field is explicit so that the model's generation_config.json cannot replace it:
     mistral.rs fills only the fields a request leaves unset (with `do_sample: false` it would set
     top_k=1 and make any temperature greedy). temperature 0 is greedy in mistral.rs (below 1e-7);
-    top_k 0 means no top-k there too. There is no per-request seed.
+    top_k 0 means no top-k there too. There is no per-request seed. Penalties and logit_bias
+    (token id -> bias) are passed when the caller set them.
     """
-    return {
+    out: dict[str, Any] = {
         "max_tokens": params.max_new_tokens,
         "temperature": params.sampling[0],
         "top_p": params.sampling[1],
         "top_k": params.sampling[2],
         "min_p": 0.0,
     }
+    if params.presence_penalty is not None:
+        out["presence_penalty"] = float(params.presence_penalty)
+    if params.frequency_penalty is not None:
+        out["frequency_penalty"] = float(params.frequency_penalty)
+    if params.logit_bias:
+        out["logit_bias"] = token_biases(params.logit_bias)
+    return out
 
 
 def message_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:

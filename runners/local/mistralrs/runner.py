@@ -93,7 +93,7 @@ class MistralRsRunner(ModelRunner):
     """Serves one Hugging Face checkpoint with mistral.rs; requests run one at a time, FIFO."""
 
     # batching=False: concurrent generate calls queue for the one worker thread.
-    # features: top_k only; mistral.rs has no per-request seed, so a seed is refused by name.
+    # mistral.rs has no per-request seed: a seed is refused by name, never ignored.
     capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
         streaming=True,
         logprobs=True,
@@ -101,7 +101,7 @@ class MistralRsRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset({"top_k"}),
+        features=frozenset({"top_k", "penalties", "logit_bias"}),
     )
 
     def __init__(self, deployment: Deployment) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from atomr.runners.common.logit_bias import token_biases
 from atomr.runners.local.vllm.engine import Vllm
 
 from atomr.core.errors import InvalidRequestError
@@ -36,18 +37,26 @@ def prompt_ids(tokenizer: Any, messages: Sequence[Message] | None, prompt: str |
     return [int(i) for i in ids]
 
 
-def sampling_params(v: Vllm, p: SamplingParams) -> Any:
+def sampling_params(v: Vllm, p: SamplingParams, **more: Any) -> Any:
+    """vLLM's SamplingParams for atomr's (`more`: further vLLM arguments, e.g. structured outputs)."""
     kwargs: dict[str, Any] = {
         "max_tokens": p.max_new_tokens,
         "output_kind": v.delta,
         "stop": list(p.stop) or None,
         "logprobs": 0 if p.logprobs else None,  # 0: only the chosen token's logprob
+        **more,
     }
     if p.greedy:
         kwargs["temperature"] = 0.0
     else:
         temperature, top_p, top_k = p.sampling
         kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k, seed=p.seed)
+    if p.presence_penalty is not None:
+        kwargs["presence_penalty"] = float(p.presence_penalty)
+    if p.frequency_penalty is not None:
+        kwargs["frequency_penalty"] = float(p.frequency_penalty)
+    if p.logit_bias:
+        kwargs["logit_bias"] = token_biases(p.logit_bias)
     return v.SamplingParams(**kwargs)
 
 

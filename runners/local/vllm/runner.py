@@ -125,7 +125,13 @@ class VllmRunner(ModelRunner):
 
     # batching: vLLM schedules concurrent requests together (continuous batching).
     capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=False
+        streaming=True,
+        logprobs=True,
+        batching=True,
+        chat=True,
+        completion=True,
+        needs_gpu=False,
+        features=frozenset({"seed", "top_k", "penalties", "logit_bias"}),
     )
 
     def __init__(self, deployment: Deployment) -> None:
@@ -246,7 +252,11 @@ class VllmRunner(ModelRunner):
             prompt = e.engine_prompt(ids)
         except e.v.client_errors as exc:
             raise InvalidRequestError(f"vLLM rejected the prompt: {error_text(exc)}") from None
-        stream = e.engine.generate(prompt, sampling_params(e.v, request.params), engine_id)
+        try:
+            params = sampling_params(e.v, request.params)
+        except ValueError as exc:  # vLLM checks its parameters as it builds them
+            raise InvalidRequestError(f"vLLM refused the sampling parameters: {exc}") from None
+        stream = e.engine.generate(prompt, params, engine_id)
         self._active.add(engine_id)
         generated = 0
         final: Chunk | None = None

@@ -1,25 +1,38 @@
 """Anthropic runner: the Messages API through the official `anthropic` SDK (`AsyncAnthropic`).
 
-Every request is one streamed `messages.create(..., stream=True)` call. atomr messages with role
-"system" are joined (blank line between) into the API's own `system` field; the others become
-user/assistant messages of one text block each; a completion request (`prompt`) is sent as one
-user message. `max_tokens` is required by the API and always sent (`params.max_tokens`);
-`stop` goes as `stop_sequences`. The SDK 2.x no longer types the sampling fields, so
-`temperature` (always: atomr's 0 means greedy, the API's default is 1), `top_p` (when < 1) and
-`top_k` (when > 0) travel in `extra_body`. The API has no seed (ignored) and no logprobs: the
-runner's capabilities say so (`logprobs=False`), and a request asking for them is refused with
-`invalid_request` (field "logprobs") before any call, by the check every runner shares
-(`atomr.core.runner.check_supported`, run by `atomr.serving.session.run_session`).
+Every request is one streamed `messages.create(..., stream=True)` call (a caller waiting for the
+whole answer gets the same chunks, gathered by atomr: a dropped stream is seen as such, closing
+it ends the generation, and the SDK wants long answers streamed). The request is written by
+`messages.request_kwargs` (see `messages.py` for the whole mapping): system messages -> `system`,
+text and image parts -> blocks, assistant tool calls -> `tool_use` blocks, tool messages ->
+`tool_result` blocks in one user turn, tools / tool_choice / parallel_tool_calls, json_schema ->
+`output_config.format`, reasoning_effort -> `output_config.effort`, user -> `metadata.user_id`,
+`max_tokens` always (required by the API), stop -> `stop_sequences`, and temperature, top_p and
+top_k only when the caller set them.
 
-Stream events -> chunks: `message_start` gives the input tokens (plus cache reads/writes),
-each `content_block_delta` of type `text_delta` is one `Chunk` (token_count 1), `message_delta`
-gives `stop_reason` and the cumulative output tokens, `message_stop` ends the stream with an
-empty chunk carrying finish_reason and `Usage`. Pings and non-text blocks (thinking, tool use)
-add no text. A stream that ends before `message_stop` (connection dropped) is an `unavailable`
-error, never a silent short answer.
+Honoured (`capabilities.features`): tools, tool_choice (required / a named function),
+parallel_tool_calls, json_schema, images, top_k, reasoning_effort, user. Refused with
+`invalid_request` naming the field, before any call (`atomr.core.runner.check_supported`):
+logprobs and top_logprobs (the API has none), seed, n > 1, presence/frequency penalties,
+logit_bias (the API has no such parameters), response_format json_object (the API's structured
+output needs a schema) and regex, `metadata` (the API's metadata holds a user id only: send
+`user`), and fields atomr does not model (passthrough), including content parts other than text
+and images.
 
-Finish reasons: end_turn / stop_sequence / tool_use / pause_turn -> "stop", max_tokens /
-model_context_window_exceeded -> "length", refusal -> "content_filter".
+Stream events -> chunks: `message_start` gives the input tokens (plus cache writes and reads);
+a `text` block's `text_delta`s are text chunks; a `tool_use` block is one tool call (OpenAI's
+streaming shape: `content_block_start` gives `ToolCallDelta(k, id, name)`, each
+`input_json_delta` a piece of its arguments; an input given whole in the start block is sent as
+its JSON text); `thinking_delta`s are `reasoning` (thinking blocks and their signatures are kept,
+by the first tool call's id, to be sent back before those calls in the next turn:
+`messages.ThinkingCache`); `message_delta` gives `stop_reason` and the output tokens;
+`message_stop` ends the stream with an empty chunk carrying finish_reason and
+`Usage(input + cache writes + cache reads, output, cached=cache reads, reasoning=thinking
+tokens when the API reports them)`. Pings add nothing. A stream that ends before `message_stop`
+(connection dropped) is an `unavailable` error, never a silent short answer.
+
+Finish reasons: end_turn / stop_sequence / pause_turn -> "stop", tool_use -> "tool_calls",
+max_tokens / model_context_window_exceeded -> "length", refusal -> "content_filter".
 
 Errors: `APIStatusError` -> `error_for_status` with the HTTP status, the body's error type and
 message, `retry-after-ms` / `retry-after` and the key redacted (529 -> overloaded). An `error`
@@ -36,8 +49,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from atomr.runners.remote.anthropic.messages import ThinkingCache, dumps_input, request_kwargs
 from atomr.runners.remote.base import RemoteRunner
 from atomr.runners.remote.errors import error_for_status, parse_retry_after, redact
 
@@ -46,10 +60,14 @@ from atomr.core.errors import (
     InferenceError,
     InferenceTimeoutError,
     InternalError,
-    InvalidRequestError,
     UnavailableError,
 )
+from atomr.core.messages import ToolCallDelta
+from atomr.core.runner import RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Usage
+
+if TYPE_CHECKING:
+    from atomr.core.deployment import Deployment
 
 
 def _import_sdk() -> Any:
@@ -63,7 +81,7 @@ def _import_sdk() -> Any:
 FINISH_REASONS: dict[str, str] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
-    "tool_use": "stop",
+    "tool_use": "tool_calls",
     "pause_turn": "stop",
     "max_tokens": "length",
     "model_context_window_exceeded": "length",
@@ -86,9 +104,116 @@ ERROR_TYPE_STATUS: dict[str, int] = {
 }
 
 
+FEATURES = frozenset(
+    {"tools", "tool_choice", "parallel_tool_calls", "json_schema", "images", "top_k", "reasoning_effort", "user"}
+)
+
+
+class _Reader:
+    """The chunks of one streamed Message, event by event (content blocks by their index)."""
+
+    def __init__(self) -> None:
+        self.input_tokens = self.output_tokens = self.cached_tokens = self.thinking_tokens = 0
+        self.stop_reason: str | None = None
+        self.calls: dict[int, int] = {}  # content block index -> tool call index
+        self.first_call_id: str | None = None
+        self.thinking_blocks: list[dict[str, Any]] = []  # to send back before this answer's calls
+        self._thinking: dict[int, dict[str, Any]] = {}
+
+    def event(self, ev: Any) -> Chunk | None:
+        kind = getattr(ev, "type", None)
+        if kind == "content_block_delta":
+            return self._delta(ev.index, ev.delta)
+        if kind == "content_block_start":
+            return self._start(ev.index, ev.content_block)
+        if kind == "content_block_stop":
+            block = self._thinking.pop(ev.index, None)
+            if block is not None:
+                self.thinking_blocks.append(block)
+        elif kind == "message_start":
+            self._usage(ev.message.usage)
+            self.output_tokens = ev.message.usage.output_tokens or 0
+        elif kind == "message_delta":
+            self.stop_reason = ev.delta.stop_reason or self.stop_reason
+            self._usage(ev.usage)
+            if ev.usage.output_tokens is not None:
+                self.output_tokens = ev.usage.output_tokens
+        return None
+
+    def _start(self, index: int, block: Any) -> Chunk | None:
+        kind = getattr(block, "type", None)
+        if kind == "text":
+            return Chunk(block.text, 1) if getattr(block, "text", "") else None
+        if kind == "tool_use":
+            k = self.calls[index] = len(self.calls)
+            if k == 0:
+                self.first_call_id = block.id
+            whole = getattr(block, "input", None)
+            args = dumps_input(whole) if whole else ""  # streamed input starts as {}
+            return Chunk("", 1, tool_calls=(ToolCallDelta(k, block.id, block.name, args),))
+        if kind == "thinking":
+            self._thinking[index] = {"type": "thinking", "thinking": block.thinking or "", "signature": ""}
+            if block.signature:
+                self._thinking[index]["signature"] = block.signature
+            return Chunk("", 1, reasoning=block.thinking) if block.thinking else None
+        if kind == "redacted_thinking":
+            self._thinking[index] = {"type": "redacted_thinking", "data": block.data}
+        return None
+
+    def _delta(self, index: int, delta: Any) -> Chunk | None:
+        kind = getattr(delta, "type", None)
+        if kind == "text_delta":
+            return Chunk(delta.text, 1) if delta.text else None
+        if kind == "input_json_delta":
+            k = self.calls.get(index)
+            if k is None or not delta.partial_json:
+                return None
+            return Chunk("", 1, tool_calls=(ToolCallDelta(k, arguments=delta.partial_json),))
+        if kind == "thinking_delta":
+            block = self._thinking.get(index)
+            if block is not None:
+                block["thinking"] += delta.thinking
+            return Chunk("", 1, reasoning=delta.thinking) if delta.thinking else None
+        if kind == "signature_delta":
+            block = self._thinking.get(index)
+            if block is not None:
+                block["signature"] += delta.signature
+        return None
+
+    def _usage(self, usage: Any) -> None:
+        """All input tokens (plain, cache writes and cache reads), cache reads and thinking tokens."""
+        plain = getattr(usage, "input_tokens", None)
+        if isinstance(plain, int):
+            writes = getattr(usage, "cache_creation_input_tokens", None)
+            reads = getattr(usage, "cache_read_input_tokens", None)
+            self.input_tokens = plain + (writes if isinstance(writes, int) else 0)
+            self.input_tokens += reads if isinstance(reads, int) else 0
+            self.cached_tokens = reads if isinstance(reads, int) else 0
+        details = getattr(usage, "output_tokens_details", None)
+        thinking = getattr(details, "thinking_tokens", None)
+        if isinstance(thinking, int):
+            self.thinking_tokens = thinking
+
+    def usage(self) -> Usage:
+        return Usage(self.input_tokens, self.output_tokens, self.cached_tokens, self.thinking_tokens)
+
+
 class AnthropicRunner(RemoteRunner):
     provider: ClassVar[str] = "anthropic"
     default_key_env: ClassVar[str] = "ANTHROPIC_API_KEY"
+    capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
+        streaming=True,
+        logprobs=False,
+        batching=True,
+        chat=True,
+        completion=True,
+        needs_gpu=False,
+        features=FEATURES,
+    )
+
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment)
+        self.thinking = ThinkingCache()
 
     def make_client(self) -> Any:
         if not self.api_key:
@@ -107,59 +232,21 @@ class AnthropicRunner(RemoteRunner):
 
     def request_body(self, request: InferenceRequest) -> dict[str, Any]:
         """The keyword arguments of `messages.create` for `request` (without `stream`)."""
-        p = request.params
-        system: list[str] = []
-        messages: list[dict[str, Any]] = []
-        if request.messages is not None:
-            for m in request.messages:
-                if m.role == "system":
-                    system.append(m.content)
-                else:
-                    messages.append({"role": m.role, "content": [{"type": "text", "text": m.content}]})
-        else:
-            messages.append({"role": "user", "content": [{"type": "text", "text": request.prompt or ""}]})
-        if not messages:
-            raise InvalidRequestError("anthropic needs at least one user or assistant message", field="messages")
-        body: dict[str, Any] = {"model": self.model_name, "max_tokens": p.max_tokens, "messages": messages}
-        if system:
-            body["system"] = "\n\n".join(system)
-        if p.stop:
-            body["stop_sequences"] = list(p.stop)
-        extra: dict[str, Any] = {"temperature": p.temperature}
-        if p.top_p < 1.0:
-            extra["top_p"] = p.top_p
-        if p.top_k > 0:
-            extra["top_k"] = p.top_k
-        body["extra_body"] = extra
-        return body
+        return request_kwargs(request, self.model_name, self.thinking)
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         body = self.request_body(request)
         events = await self.client.messages.create(stream=True, **body)
-        input_tokens = output_tokens = 0
-        stop_reason: str | None = None
+        reader = _Reader()
         started = False
         try:
             async for ev in events:
-                kind = getattr(ev, "type", None)
                 started = True
-                if kind == "content_block_delta":
-                    delta = ev.delta
-                    if getattr(delta, "type", None) == "text_delta" and delta.text:
-                        yield Chunk(delta.text, 1)
-                elif kind == "content_block_start":
-                    block = ev.content_block
-                    if getattr(block, "type", None) == "text" and getattr(block, "text", ""):
-                        yield Chunk(block.text, 1)
-                elif kind == "message_start":
-                    input_tokens = _input_tokens(ev.message.usage, input_tokens)
-                    output_tokens = ev.message.usage.output_tokens or 0
-                elif kind == "message_delta":
-                    stop_reason = ev.delta.stop_reason or stop_reason
-                    input_tokens = _input_tokens(ev.usage, input_tokens)
-                    output_tokens = ev.usage.output_tokens if ev.usage.output_tokens is not None else output_tokens
-                elif kind == "message_stop":
+                if getattr(ev, "type", None) == "message_stop":
                     break
+                chunk = reader.event(ev)
+                if chunk is not None:
+                    yield chunk
             else:
                 if not started:
                     ctype = events.response.headers.get("content-type", "none")
@@ -167,12 +254,14 @@ class AnthropicRunner(RemoteRunner):
                         f"anthropic returned a malformed response: no stream events (content-type {ctype})",
                         details={"malformed": True},
                     )
-                if stop_reason is None:
+                if reader.stop_reason is None:
                     raise UnavailableError("anthropic: the stream ended before message_stop (connection dropped)")
         finally:
             await events.close()
-        finish = FINISH_REASONS.get(stop_reason or "end_turn", "stop")
-        yield Chunk("", 0, finish_reason=finish, usage=Usage(input_tokens, output_tokens))
+        if reader.first_call_id is not None:
+            self.thinking.put(reader.first_call_id, reader.thinking_blocks)
+        finish = FINISH_REASONS.get(reader.stop_reason or "end_turn", "stop")
+        yield Chunk("", 0, finish_reason=finish, usage=reader.usage())
 
     def map_error(self, exc: BaseException) -> InferenceError:
         anthropic = _import_sdk()
@@ -202,17 +291,6 @@ class AnthropicRunner(RemoteRunner):
         if transport == "transport":
             return UnavailableError(f"anthropic: the connection failed mid-stream: {redact(str(exc), secrets)[:300]}")
         return InternalError(f"anthropic: {type(exc).__name__}: {redact(str(exc), secrets)[:300]}")
-
-
-def _input_tokens(usage: Any, current: int) -> int:
-    """All input tokens of a usage object (plain, cache writes and cache reads); `current` if absent."""
-    parts = [
-        getattr(usage, name, None)
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    ]
-    if parts[0] is None:
-        return current
-    return sum(p for p in parts if isinstance(p, int))
 
 
 def _error_fields(exc: Any) -> tuple[str | None, str]:

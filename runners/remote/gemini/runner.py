@@ -2,28 +2,45 @@
 
 Model references are "gemini/<name>" or "google/<name>". Every request is one
 `client.aio.models.generate_content_stream` call (`POST /{version}/models/<name>:
-streamGenerateContent?alt=sse`). atomr messages with role "system" are joined (blank line
-between) into `system_instruction`; user messages keep the role "user", assistant messages take
-"model"; a completion request (`prompt`) is one user content. `GenerateContentConfig` carries
-max_output_tokens (`params.max_tokens`), temperature (always: atomr's 0 means greedy), top_p (when
-< 1), top_k (when > 0), stop_sequences and seed. A request asking for logprobs sets
-`response_logprobs=True` and `logprobs=1` (wire: `generationConfig.responseLogprobs`, `logprobs`,
-the number of top candidates per step).
+streamGenerateContent?alt=sse`; a caller waiting for the whole answer gets the same chunks,
+gathered by atomr). The request is written by `messages.py` (see there for the whole mapping):
+system messages -> `system_instruction`, user -> "user" (text, images as inline data), assistant
+-> "model" (text, `function_call` parts with their thought signatures), tool messages ->
+`function_response` parts; a completion request (`prompt`) is one user content. The
+`GenerateContentConfig` carries only what the caller set (max_output_tokens, temperature, top_p,
+top_k, stop_sequences, seed, candidate_count, penalties, logprobs, JSON output, thinking, tools,
+tool_config).
 
-Stream -> chunks: the text parts of the first candidate in one streamed response are one `Chunk`
-(thought parts are skipped); token_count is 1, or with logprobs the number of chosen tokens that
-response reports. With logprobs, each response's candidate carries `logprobs_result`
-(`logprobsResult`) for the tokens of that response: `chosen_candidates[i]` (`chosenCandidates`:
-`token`, `log_probability` / `logProbability`) become the chunk's `TokenLogprob`s, in order
-(`top_candidates` are not used: atomr keeps the chosen token's logprob only); the last chunk's
-logprobs are then an empty tuple. Without logprobs the chunks' logprobs are None. The last chunk
-is empty and carries finish_reason and `Usage(prompt_token_count, candidates_token_count +
-thoughts_token_count)` from the last `usage_metadata` seen. A stream that ends without a
-finishReason (connection dropped) is an `unavailable` error, never a silent short answer. A
-prompt blocked by `prompt_feedback.block_reason` ends with finish_reason "content_filter".
+Honoured (`capabilities.features`): tools, tool_choice (ANY, and `allowed_function_names` for a
+named function), json_object (`response_mime_type` application/json), json_schema (and
+`response_json_schema`), images (data URLs), n (`candidate_count`: each candidate is a choice),
+presence/frequency penalties, top_logprobs (`logprobs` = N: each token's top candidates), top_k,
+seed, reasoning_effort (a thinking level with the thoughts returned; "none" a thinking budget of
+0). Refused with `invalid_request` naming the field, before any call
+(`atomr.core.runner.check_supported`): parallel_tool_calls (no such switch), logit_bias, user and
+metadata (no such fields), response_format regex, fields atomr does not model (passthrough);
+while writing the request: image links (`messages[i].content[j]`: the API reads only files
+uploaded to Google), tool arguments that are not a JSON object, a tool result whose
+`tool_call_id` names no earlier call.
 
-Finish reasons: STOP -> "stop", MAX_TOKENS -> "length", SAFETY / RECITATION / BLOCKLIST /
-PROHIBITED_CONTENT / SPII / IMAGE_* / MODEL_ARMOR -> "content_filter", anything else -> "stop".
+Stream -> chunks: for every candidate (its `index` is the chunk's), the text parts of one streamed
+response are one `Chunk`, thought parts its `reasoning`, and each `function_call` part one whole
+tool call (`ToolCallDelta(k, id, name, json.dumps(args))`; id: Gemini's when it gives one, else
+`call_<24 hex>`; the part's thought signature is kept to be sent back with the call). token_count
+is 1, or with logprobs the number of chosen tokens that response reports. With logprobs, each
+response's candidate carries `logprobs_result` for the tokens of that response:
+`chosen_candidates` become the chunk's `TokenLogprob`s, in order, each with its step's
+`top_candidates` when the caller asked for top_logprobs; each choice's last chunk then has an
+empty tuple. Without logprobs the chunks' logprobs are None. Each choice ends with an empty chunk
+carrying its finish_reason, the last of them `Usage(prompt_token_count, candidates_token_count +
+thoughts_token_count, cached=cached_content_token_count, reasoning=thoughts_token_count)` from the
+last `usage_metadata` seen. A stream that ends without a finishReason (connection dropped) is an
+`unavailable` error, never a silent short answer. A prompt blocked by
+`prompt_feedback.block_reason` ends with finish_reason "content_filter".
+
+Finish reasons: STOP -> "stop" ("tool_calls" when the candidate called functions), MAX_TOKENS ->
+"length", SAFETY / RECITATION / BLOCKLIST / PROHIBITED_CONTENT / SPII / IMAGE_* / MODEL_ARMOR ->
+"content_filter", anything else -> "stop".
 
 Errors: `google.genai.errors.APIError` (`.code`, `.status`, `.message`) -> `error_for_status`
 with the key redacted; Google answers a bad key with 400 INVALID_ARGUMENT "API key not valid"
@@ -50,11 +67,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.runners.remote.base import RemoteRunner
 from atomr.runners.remote.errors import error_for_status, parse_retry_after, redact
+from atomr.runners.remote.gemini.messages import GENERATED_ID, CallMemory, config_of, contents_of
 
 from atomr.core.errors import (
     AuthError,
@@ -65,6 +84,7 @@ from atomr.core.errors import (
     InvalidRequestError,
     UnavailableError,
 )
+from atomr.core.messages import ToolCallDelta
 from atomr.core.runner import RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
 
@@ -117,6 +137,26 @@ def chosen_logprobs(result: Any) -> tuple[TokenLogprob, ...]:
     return tuple(TokenLogprob(c.token or "", float(c.log_probability)) for c in chosen if c.log_probability is not None)
 
 
+def token_logprobs(result: Any) -> tuple[TokenLogprob, ...]:
+    """The chosen tokens' logprobs, each with its step's top candidates when the result has them."""
+    chosen = chosen_logprobs(result)
+    steps = getattr(result, "top_candidates", None) or ()
+    if not steps or len(steps) != len(chosen):
+        return chosen
+    return tuple(
+        TokenLogprob(
+            lp.token,
+            lp.logprob,
+            tuple(
+                TokenLogprob(c.token or "", float(c.log_probability))
+                for c in step.candidates or ()
+                if c.log_probability is not None
+            ),
+        )
+        for lp, step in zip(chosen, steps, strict=True)
+    )
+
+
 async def in_own_task(items: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
     """`items`, read by a task of its own, so that closing this iterator cancels the read in flight.
 
@@ -153,16 +193,113 @@ async def in_own_task(items: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
         await asyncio.wait([task])
 
 
+FEATURES = frozenset(
+    {
+        "tools",
+        "tool_choice",
+        "json_object",
+        "json_schema",
+        "images",
+        "n",
+        "penalties",
+        "top_logprobs",
+        "top_k",
+        "seed",
+        "reasoning_effort",
+    }
+)
+
+
+class _Reader:
+    """Chunks of the streamed responses of one call: every candidate (choice), text, thoughts as
+    reasoning, function calls as whole tool calls, logprobs; then each choice's finish."""
+
+    def __init__(self, want_logprobs: bool, memory: CallMemory, top: bool = False) -> None:
+        self.want_logprobs = want_logprobs
+        self.top = top  # with each token, its step's top candidates (top_logprobs)
+        self.memory = memory
+        self.usage: Any = None
+        self.blocked = False
+        self.finishes: dict[int, str] = {}
+        self.calls: dict[int, int] = {}  # candidate -> tool calls so far
+
+    def response(self, response: Any) -> Iterator[Chunk]:
+        self.usage = response.usage_metadata or self.usage
+        feedback = response.prompt_feedback
+        if feedback is not None and feedback.block_reason:
+            self.blocked = True
+        for position, candidate in enumerate(response.candidates or ()):
+            index = candidate.index if isinstance(candidate.index, int) else position
+            chunk = self._candidate(index, candidate)
+            if chunk is not None:
+                yield chunk
+            if candidate.finish_reason:
+                self.finishes[index] = finish_reason_of(candidate.finish_reason)
+
+    def _candidate(self, index: int, candidate: Any) -> Chunk | None:
+        parts = (candidate.content.parts if candidate.content is not None else None) or ()
+        text = "".join(part.text for part in parts if part.text and not part.thought)
+        reasoning = "".join(part.text for part in parts if part.text and part.thought)
+        deltas: list[ToolCallDelta] = []
+        for part in parts:
+            fn = part.function_call
+            if fn is None:
+                continue
+            k = self.calls.get(index, 0)
+            self.calls[index] = k + 1
+            call_id = fn.id or f"{GENERATED_ID}{uuid.uuid4().hex[:24]}"
+            self.memory.put(call_id, part.thought_signature, own_id=bool(fn.id))
+            args = json.dumps(fn.args or {}, ensure_ascii=False, separators=(",", ":"))
+            deltas.append(ToolCallDelta(k, call_id, fn.name or "", args))
+        if not (text or reasoning or deltas):
+            return None
+        if self.want_logprobs:
+            result = candidate.logprobs_result
+            lps = token_logprobs(result) if self.top else chosen_logprobs(result)
+            return Chunk(text, max(1, len(lps)), lps, index=index, tool_calls=tuple(deltas), reasoning=reasoning)
+        return Chunk(text, 1, index=index, tool_calls=tuple(deltas), reasoning=reasoning)
+
+    def end(self) -> Iterator[Chunk]:
+        if self.blocked and not self.finishes:
+            self.finishes[0] = "content_filter"
+        if not self.finishes:
+            raise UnavailableError("gemini: the stream ended without a finishReason (connection dropped)")
+        u = self.usage
+        thoughts = (u.thoughts_token_count or 0) if u is not None else 0
+        usage = Usage(
+            (u.prompt_token_count or 0) if u is not None else 0,
+            ((u.candidates_token_count or 0) + thoughts) if u is not None else 0,
+            (u.cached_content_token_count or 0) if u is not None else 0,
+            thoughts,
+        )
+        last = max(self.finishes)
+        for index in sorted(self.finishes):
+            finish = self.finishes[index]
+            if finish == "stop" and self.calls.get(index):
+                finish = "tool_calls"
+            if self.blocked:
+                finish = "content_filter"
+            lps = () if self.want_logprobs else None
+            yield Chunk("", 0, lps, finish_reason=finish, usage=usage if index == last else None, index=index)
+
+
 class GeminiRunner(RemoteRunner):
     provider: ClassVar[str] = "gemini"
     default_key_env: ClassVar[str] = "GEMINI_API_KEY"
     capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=False
+        streaming=True,
+        logprobs=True,
+        batching=True,
+        chat=True,
+        completion=True,
+        needs_gpu=False,
+        features=FEATURES,
     )
 
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
         self._http: Any = None  # the httpx2.AsyncClient handed to the SDK
+        self.calls = CallMemory()  # thought signatures and Gemini's call ids, to send back
 
     def make_client(self) -> Any:
         if not self.api_key:
@@ -194,72 +331,29 @@ class GeminiRunner(RemoteRunner):
             await self._http.aclose()
 
     def request_parts(self, request: InferenceRequest) -> tuple[list[Any], str | None, Any]:
-        """(contents, system instruction, GenerateContentConfig) for `request`."""
+        """(contents, system instruction, GenerateContentConfig) for `request` (see `messages.py`)."""
         _, types, _ = _import_sdk()
-        system: list[str] = []
-        contents: list[Any] = []
-        if request.messages is not None:
-            for m in request.messages:
-                if m.role == "system":
-                    system.append(m.content)
-                else:
-                    role = "model" if m.role == "assistant" else "user"
-                    contents.append(types.Content(role=role, parts=[types.Part(text=m.content)]))
-        else:
-            contents.append(types.Content(role="user", parts=[types.Part(text=request.prompt or "")]))
+        contents, instruction = contents_of(types, request, self.calls)
         if not contents:
             raise InvalidRequestError("gemini needs at least one user or assistant message", field="messages")
-        p = request.params
-        instruction = "\n\n".join(system) if system else None
-        config = types.GenerateContentConfig(
-            system_instruction=instruction,
-            max_output_tokens=p.max_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p if p.top_p < 1.0 else None,
-            top_k=p.top_k if p.top_k > 0 else None,
-            stop_sequences=list(p.stop) or None,
-            seed=p.seed,
-            response_logprobs=True if p.logprobs else None,
-            logprobs=1 if p.logprobs else None,  # top candidates per step; atomr keeps the chosen one
-            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-            automatic_continuation=False,
-        )
-        return contents, instruction, config
+        return contents, instruction, config_of(types, request, instruction)
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         contents, _, config = self.request_parts(request)
         responses = await self.client.aio.models.generate_content_stream(
             model=self.model_name, contents=contents, config=config
         )
-        want_lp = request.params.logprobs
-        usage: Any = None
-        finish: str | None = None
+        reader = _Reader(request.params.logprobs, self.calls, top=bool(request.params.top_logprobs))
         pumped = in_own_task(responses)
         try:
             async for response in pumped:
-                usage = response.usage_metadata or usage
-                feedback = response.prompt_feedback
-                if feedback is not None and feedback.block_reason:
-                    finish = "content_filter"
-                for candidate in (response.candidates or [])[:1]:
-                    parts = candidate.content.parts if candidate.content is not None else None
-                    text = "".join(part.text for part in parts or () if part.text and not part.thought)
-                    if text:
-                        if want_lp:
-                            lps = chosen_logprobs(candidate.logprobs_result)
-                            yield Chunk(text, max(1, len(lps)), lps)
-                        else:
-                            yield Chunk(text, 1)
-                    if candidate.finish_reason:
-                        finish = finish_reason_of(candidate.finish_reason)
+                for chunk in reader.response(response):
+                    yield chunk
         finally:
             await pumped.aclose()  # cancels a read in flight: that closes the HTTP response
             await responses.aclose()
-        if finish is None:
-            raise UnavailableError("gemini: the stream ended without a finishReason (connection dropped)")
-        prompt = (usage.prompt_token_count or 0) if usage is not None else 0
-        completion = ((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)) if usage else 0
-        yield Chunk("", 0, () if want_lp else None, finish_reason=finish, usage=Usage(prompt, completion))
+        for chunk in reader.end():
+            yield chunk
 
     def map_error(self, exc: BaseException) -> InferenceError:
         _, _, errors = _import_sdk()
