@@ -95,6 +95,11 @@ def front(tmp_path_factory: pytest.TempPathFactory, provider: FakeOpenAI) -> Ite
             "fallbacks": ["gpt-replica"],
             "serve_in_gateway": False,
         },
+        {
+            "name": "down",
+            "model": "openai/gpt-fake",
+            "engine": {**remote, "api_base": "http://127.0.0.1:9/v1"},  # nothing listens, no fallback
+        },
         {"name": "tiny", "model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}},
     ]
     cfg = folder / "surface.yaml"
@@ -324,6 +329,7 @@ def test_langchain_binds_tools_and_structured_output(front: tuple[Node, str], fa
 
 def test_the_litellm_sdk_as_a_client(front: tuple[Node, str], fake: FakeOpenAI) -> None:
     import litellm
+
     answer = litellm.completion(
         model="openai/gpt", api_base=front[1] + "/v1", api_key="unused", messages=ASK, tools=[WEATHER], num_retries=0
     )
@@ -375,3 +381,23 @@ def test_a_fallback_emits_the_tool_call_once(front: tuple[Node, str], fake: Fake
     heads = [d for e in events for c in e["choices"] for d in c["delta"].get("tool_calls") or () if d.get("id")]
     assert len(heads) == 1 and heads[0]["function"]["name"] == "get_weather"
     assert len(fake.calls) == calls_before + 1  # the fallback's one call; the broken one never reached it
+
+
+def test_errors_before_the_first_byte_of_a_stream_are_http_statuses(sdk: openai.OpenAI, fake: FakeOpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as down:
+        sdk.chat.completions.create(model="down", messages=ASK, stream=True)
+    assert down.value.status_code == 503 and down.value.code == "unavailable"
+    with pytest.raises(openai.BadRequestError) as bad:  # refused before any byte
+        sdk.chat.completions.create(
+            model="gpt",
+            messages=ASK,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "nope"}},
+            stream=True,
+        )
+    assert bad.value.status_code == 400
+    fake.fail_next(429, headers={"retry-after": "1"})
+    retrying = sdk.with_options(max_retries=1)
+    with retrying.chat.completions.create(model="gpt", messages=ASK, stream=True, tools=[WEATHER]) as events:
+        deltas = [d for e in events for c in e.choices for d in c.delta.tool_calls or ()]
+    assert deltas and deltas[0].function and deltas[0].function.name == "get_weather"  # the SDK's retry got it
