@@ -96,6 +96,12 @@ def front(tmp_path_factory: pytest.TempPathFactory, provider: FakeOpenAI) -> Ite
             "serve_in_gateway": False,
         },
         {
+            "name": "gpt-retrying",
+            "model": "openai/gpt-fake",
+            "engine": {**remote, "retry": {"max_attempts": 3, "backoff_initial_s": 0.01}},
+            "fallbacks": ["gpt"],
+        },
+        {
             "name": "down",
             "model": "openai/gpt-fake",
             "engine": {**remote, "api_base": "http://127.0.0.1:9/v1"},  # nothing listens, no fallback
@@ -401,3 +407,24 @@ def test_errors_before_the_first_byte_of_a_stream_are_http_statuses(sdk: openai.
     with retrying.chat.completions.create(model="gpt", messages=ASK, stream=True, tools=[WEATHER]) as events:
         deltas = [d for e in events for c in e.choices for d in c.delta.tool_calls or ()]
     assert deltas and deltas[0].function and deltas[0].function.name == "get_weather"  # the SDK's retry got it
+
+
+def test_a_stream_cut_after_a_tool_call_began_is_never_repeated(front: tuple[Node, str], fake: FakeOpenAI) -> None:
+    """The provider drops the connection in the middle of a call's arguments, on a deployment with
+    retries and a fallback: the caller saw the call's head, so nothing is sent again; the stream
+    ends with an error after the one head."""
+    fake.cut_next_after(4)  # the role delta, the call's head, two argument pieces
+    with httpx.stream(
+        "POST",
+        front[1] + "/v1/chat/completions",
+        json={"model": "gpt-retrying", "messages": ASK, "tools": [WEATHER], "stream": True},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    heads = [
+        d for e in events for c in e.get("choices") or () for d in c["delta"].get("tool_calls") or () if d.get("id")
+    ]
+    assert len(heads) == 1
+    assert events[-1].get("error", {}).get("code") == "unavailable", events[-1]
+    assert len(fake.calls) == 1  # no retry, no fallback once the caller had seen the call begin
