@@ -3,8 +3,12 @@
 
 The script carries its own small English corpus. From it, it trains a byte-level BPE tokenizer
 (HF `tokenizers`), then trains a tiny `LlamaForCausalLM` (hidden 128, 2 layers, 4 heads of 32,
-context 256) for about a minute on one CPU thread until greedy continuations of corpus lines
-give back the corpus text and the question/answer lines answer in chat form. It writes:
+context 256) for a few minutes on one CPU thread until greedy continuations of corpus lines
+give back the corpus text and the question/answer lines answer in chat form. It also learns tool
+calling in its chat template's format: with tools on offer (a system turn listing them as JSON),
+weather and time questions get `<tool_call>{"name": "get_weather", "arguments": {"city": ...}}
+</tool_call>` (or get_time), a tool result (a <|tool|> turn) gets an answer quoting it, and other
+questions their plain answers. It writes:
 
     <out>/hf/        config.json, generation_config.json, model.safetensors, tokenizer files
     <out>/onnx/      the same model exported for ONNX Runtime GenAI (fp32, cpu)
@@ -44,26 +48,50 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "atomr" / "models" / "tiny-llama"
 
-VOCAB_SIZE = 560
+VOCAB_SIZE = 640
 CONTEXT_LENGTH = 256
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 900
 SEED = 0
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
 
 # The chat template, in Jinja for transformers and ORT GenAI. Rendered:
-#   <s><|system|>\n{system}\n<|user|>\n{user}\n<|assistant|>\n{answer}</s>\n ...
-# and with add_generation_prompt it ends in "<|assistant|>\n".
+#   <s>[<|system|>\nTools:\n{tool}\n...]<|system|>\n{system}\n<|user|>\n{user}\n<|assistant|>\n{answer}</s>\n
+# and with add_generation_prompt it ends in "<|assistant|>\n". `tools` (OpenAI's list of
+# {"type": "function", "function": {...}}, or the functions themselves) become a system turn listing
+# each function as JSON, one a line; an assistant's tool calls follow its text as
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call> (arguments: the JSON text of the call);
+# a tool result is a <|tool|> turn. `tool['function'] is defined` (not a conditional expression):
+# ORT GenAI's template engine reads the tools the same way then as transformers' Jinja does.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|system|>\\nTools:\\n' }}"
+    "{% for tool in tools %}"
+    "{% if tool['function'] is defined %}{{ tool['function'] | tojson }}{% else %}{{ tool | tojson }}{% endif %}"
+    "{{ '\\n' }}"
+    "{% endfor %}"
+    "{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}"
     "{{ '<|system|>\\n' + message['content'] + '\\n' }}"
     "{% elif message['role'] == 'user' %}"
     "{{ '<|user|>\\n' + message['content'] + '\\n' }}"
     "{% elif message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{{ '<|assistant|>\\n' }}"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message['tool_calls'] is defined and message['tool_calls'] %}"
+    "{% for call in message['tool_calls'] %}"
+    "{{ '<tool_call>{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+    "{% if call['function']['arguments'] is string %}{{ call['function']['arguments'] }}"
+    "{% else %}{{ call['function']['arguments'] | tojson }}{% endif %}"
+    "{{ '}</tool_call>' }}"
+    "{% endfor %}"
+    "{% endif %}"
+    "{{ eos_token + '\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|tool|>\\n' + message['content'] + '\\n' }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}"
@@ -145,6 +173,98 @@ QA_PAIRS = (
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 
+# Tool calling: two functions, questions that call them, and the answers that quote their results.
+TOOL_WEATHER: dict[str, Any] = {
+    "name": "get_weather",
+    "description": "Get the weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+TOOL_TIME: dict[str, Any] = {
+    "name": "get_time",
+    "description": "Get the time in a timezone.",
+    "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]},
+}
+# (city, what get_weather answers) and (timezone, what get_time answers)
+WEATHER = (
+    ("Paris", "sunny, 21 C"),
+    ("London", "rainy, 12 C"),
+    ("Tokyo", "cloudy, 18 C"),
+    ("Berlin", "windy, 9 C"),
+    ("Rome", "sunny, 25 C"),
+    ("Oslo", "snowy, -3 C"),
+)
+TIMES = (
+    ("UTC", "09:30"),
+    ("Europe/Paris", "10:30"),
+    ("Asia/Tokyo", "18:30"),
+    ("America/New_York", "04:30"),
+)
+# With tools on offer, these questions still get their plain answers.
+PLAIN_WITH_TOOLS = ("Hello!", "What is two plus two?", "What is an actor?", "Count to five.", "Say hi.")
+
+
+def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
+    """An assistant's tool call as the template writes it (and the model learns to)."""
+    return '<tool_call>{"name": "' + name + '", "arguments": ' + json.dumps(arguments) + "}</tool_call>"
+
+
+def render_chat(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, end: bool = True) -> str:
+    """CHAT_TEMPLATE rendered by hand for OpenAI-style messages (checked against transformers'
+    Jinja in `check_template`). `end`: the last message is an assistant turn to train on, closed by
+    EOS; otherwise the text ends with the generation prompt."""
+    text = BOS
+    if tools:
+        text += "<|system|>\nTools:\n" + "".join(json.dumps(t.get("function", t)) + "\n" for t in tools)
+    for i, m in enumerate(messages):
+        role = m["role"]
+        if role in ("system", "user"):
+            text += f"<|{role}|>\n{m['content']}\n"
+        elif role == "assistant":
+            text += "<|assistant|>\n" + (m.get("content") or "")
+            for call in m.get("tool_calls") or ():
+                fn = call["function"]
+                text += '<tool_call>{"name": "' + fn["name"] + '", "arguments": ' + fn["arguments"] + "}</tool_call>"
+            text += EOS + ("" if end and i == len(messages) - 1 else "\n")
+        elif role == "tool":
+            text += f"<|tool|>\n{m['content']}\n"
+    if not end:
+        text += "<|assistant|>\n"
+    return text
+
+
+def call_message(k: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    call = {"id": f"call_{k}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def tool_conversations() -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """(messages, tools) of the tool-calling training chats; each ends in the assistant turn to learn."""
+    both = [{"type": "function", "function": TOOL_WEATHER}, {"type": "function", "function": TOOL_TIME}]
+    weather_only, time_only = both[:1], both[1:]
+    out: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
+    for k, (city, report) in enumerate(WEATHER):
+        call = call_message(k, "get_weather", {"city": city})
+        for question in (f"What is the weather in {city}?", f"How is the weather in {city}?"):
+            ask = [{"role": "user", "content": question}]
+            out += [([*ask, call], both), ([*ask, call], weather_only)]
+        result = {"role": "tool", "tool_call_id": f"call_{k}", "content": json.dumps({"city": city, "weather": report})}
+        answer = {"role": "assistant", "content": f"The weather in {city} is {report}."}
+        out.append(([{"role": "user", "content": f"What is the weather in {city}?"}, call, result, answer], both))
+    for k, (zone, clock) in enumerate(TIMES, start=len(WEATHER)):
+        call = call_message(k, "get_time", {"timezone": zone})
+        for question in (f"What time is it in {zone}?", f"What is the time in {zone}?"):
+            ask = [{"role": "user", "content": question}]
+            out += [([*ask, call], both), ([*ask, call], time_only)]
+        result = {"role": "tool", "tool_call_id": f"call_{k}", "content": json.dumps({"timezone": zone, "time": clock})}
+        answer = {"role": "assistant", "content": f"It is {clock} in {zone}."}
+        out.append(([{"role": "user", "content": f"What time is it in {zone}?"}, call, result, answer], both))
+    answers = dict(QA_PAIRS)
+    for question in PLAIN_WITH_TOOLS:
+        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answers[question]}]
+        out.append((chat, both))
+    return out
+
+
 def chat_text(user: str, answer: str | None = None, system: str | None = None) -> str:
     """The chat template rendered by hand (the same text the Jinja template gives)."""
     text = BOS
@@ -167,6 +287,7 @@ def documents() -> list[str]:
     docs += [f"{BOS}Q: {q}\nA: {a}{EOS}" for q, a in QA_PAIRS]
     docs += [chat_text(q, a) for q, a in QA_PAIRS]
     docs += [chat_text(q, a, SYSTEM_PROMPT) for q, a in QA_PAIRS]
+    docs += [render_chat(messages, tools) for messages, tools in tool_conversations()]
     return docs
 
 
@@ -186,6 +307,11 @@ def train_tokenizer(out_dir: Path) -> Any:
     )
     # Role tokens and BOS/EOS are special tokens: strip them from the text the merges learn from.
     lines = [*paragraphs(), *(f"Q: {q}\nA: {a}" for q, a in QA_PAIRS), SYSTEM_PROMPT]
+    for messages, tools in tool_conversations():  # the tool turns' text, role tokens left out
+        text = render_chat(messages, tools)
+        for token in (BOS, EOS, *ROLE_TOKENS):
+            text = text.replace(token, "\n")
+        lines.append(text)
     tok.train_from_iterator(lines, trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
@@ -232,6 +358,19 @@ def train_tokenizer(out_dir: Path) -> Any:
         },
     )
     return tok
+
+
+def check_template(hf_dir: Path) -> None:
+    """Fail unless transformers' Jinja rendering of CHAT_TEMPLATE equals `render_chat` on every
+    tool conversation, with the whole chat and with the generation prompt before its last turn."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    for messages, tools in tool_conversations():
+        whole = tok.apply_chat_template(messages, tools=tools, tokenize=False)
+        prompt = tok.apply_chat_template(messages[:-1], tools=tools, tokenize=False, add_generation_prompt=True)
+        if whole != render_chat(messages, tools) + "\n" or prompt != render_chat(messages[:-1], tools, end=False):
+            raise SystemExit(f"the chat template and render_chat disagree on {messages!r}:\n{whole!r}\n{prompt!r}")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -305,7 +444,8 @@ def train_model(hf_dir: Path, tok: Any, steps: int) -> dict[str, Any]:
     for step in range(steps):
         # Fixed data order: a rotating window over the documents.
         idx = [(step * batch + j) % n for j in range(batch)]
-        out = model(input_ids=ids[idx], attention_mask=mask[idx], labels=labels[idx])
+        width = int(mask[idx].sum(dim=1).max())  # no columns of padding only
+        out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=labels[idx, :width])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -360,7 +500,10 @@ def export_onnx(hf_dir: Path, onnx_dir: Path) -> None:
             "-c",
             str(Path(tmp) / "cache"),
         ]
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
+        # The builder stamps model.onnx with `git rev-parse HEAD` run near its own files, which
+        # names this repository's commit when the virtual environment lies inside it: no git.
+        env = dict(os.environ, GIT_DIR=str(Path(tmp) / "no-git"), GIT_CEILING_DIRECTORIES=tmp)
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False, env=env)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout + proc.stderr)
             raise SystemExit(f"ORT GenAI export failed (exit {proc.returncode})")
@@ -413,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_dir.mkdir(parents=True)
     started = time.perf_counter()
     tok = train_tokenizer(hf_dir)
+    check_template(hf_dir)
     info = train_model(hf_dir, tok, args.steps)
     if not args.no_onnx:
         export_onnx(hf_dir, onnx_dir)

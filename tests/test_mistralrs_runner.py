@@ -61,7 +61,7 @@ def runner() -> Iterator[MistralRsRunner]:
 def reference(req: InferenceRequest) -> str:
     """The same request through mistral.rs called directly."""
     ref = list(req.messages) if req.messages is not None else req.prompt or ""
-    return mistralrs_greedy_reference(MODEL, ref, req.params.max_tokens)
+    return mistralrs_greedy_reference(MODEL, ref, req.params.max_new_tokens)
 
 
 def test_importing_the_module_does_not_import_the_engine() -> None:
@@ -74,12 +74,12 @@ def test_chat_streams_one_chunk_per_token(runner: MistralRsRunner) -> None:
     last = check_stream(chunks)
     assert text(chunks) == ACTOR_CHAT
     assert last.finish_reason == "stop"  # ended on EOS, which is not counted: the final chunk has no token
-    assert last.usage is not None and (last.usage.prompt_tokens, last.usage.completion_tokens) == (12, 20)
-    assert [c.token_count for c in chunks] == [1] * 20 + [0]
+    assert last.usage is not None and (last.usage.prompt_tokens, last.usage.completion_tokens) == (11, 19)
+    assert [c.token_count for c in chunks] == [1] * 19 + [0]
     assert all(c.text for c in chunks[:-1]) and last.text == ""
     chunks = collect_now(runner, completion("The actor model", max_tokens=120))
     assert len(chunks) == 1  # mistral.rs's Python completion API is not streamed
-    assert chunks[0].usage is not None and (chunks[0].usage.prompt_tokens, chunks[0].token_count) == (4, 82)
+    assert chunks[0].usage is not None and (chunks[0].usage.prompt_tokens, chunks[0].token_count) == (5, 85)
 
 
 def test_greedy_matches_mistralrs_directly(runner: MistralRsRunner) -> None:
@@ -110,7 +110,7 @@ def test_greedy_matches_ort_genai(runner: MistralRsRunner) -> None:
         chat(("system", "You are a helpful assistant."), "What is two plus two?"),
     ]:
         ref = [{"role": m.role, "content": m.content} for m in req.messages] if req.messages else req.prompt
-        assert text(collect_now(runner, req)) == ort_greedy_reference(MODEL, ref or "", req.params.max_tokens), req
+        assert text(collect_now(runner, req)) == ort_greedy_reference(MODEL, ref or "", req.params.max_new_tokens), req
 
 
 def test_the_last_token_comes_with_the_finish(runner: MistralRsRunner) -> None:
@@ -137,7 +137,7 @@ def test_the_token_that_completes_a_stop_string_counts(runner: MistralRsRunner) 
 def test_logprobs_one_per_counted_token(runner: MistralRsRunner) -> None:
     chunks = collect_now(runner, chat("What is an actor?", max_tokens=60, logprobs=True))
     assert "".join(lp.token for lp in logprobs_of(chunks)) == text(chunks) == ACTOR_CHAT
-    assert len(logprobs_of(chunks)) == 20
+    assert len(logprobs_of(chunks)) == 19
     # with a stop sequence and at length: one entry per counted token
     for req in (chat("What is an actor?", logprobs=True, stop=("small",)), chat("Hello!", max_tokens=3, logprobs=True)):
         chunks = collect_now(runner, req)
@@ -198,8 +198,8 @@ def test_chat_prompt_counts_without_jinja2(runner: MistralRsRunner, monkeypatch:
             collect_now(probing, chat("word " * 300))
         assert info.value.field == "messages"
         with pytest.raises(ContextLengthError) as info:
-            collect_now(probing, chat("What is an actor?", max_tokens=245))
-        assert info.value.details == {"prompt_tokens": 12, "context_length": 256}
+            collect_now(probing, chat("What is an actor?", max_tokens=246))
+        assert info.value.details == {"prompt_tokens": 11, "context_length": 256}
     finally:
         asyncio.run(probing.unload())
 
@@ -219,7 +219,7 @@ def test_queued_request_whose_caller_left_is_skipped(runner: MistralRsRunner) ->
         await wait_idle(runner)
         assert runner.stats["requests"] == before["requests"] + 2
         assert runner.stats["cancelled"] == before["cancelled"] + 1
-        assert runner.stats["tokens"] - before["tokens"] == 82  # the chat never reached mistral.rs
+        assert runner.stats["tokens"] - before["tokens"] == 85  # the chat never reached mistral.rs
 
     asyncio.run(go())
 

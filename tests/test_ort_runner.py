@@ -40,7 +40,7 @@ def runner(request: pytest.FixtureRequest) -> Iterator[OrtRunner]:
 def reference(req: InferenceRequest) -> str:
     """The same request through ORT GenAI called directly."""
     what = [{"role": m.role, "content": m.content} for m in req.messages] if req.messages else req.prompt
-    return ort_greedy_reference(MODEL, what or "", req.params.max_tokens)
+    return ort_greedy_reference(MODEL, what or "", req.params.max_new_tokens)
 
 
 def test_greedy_is_deterministic_and_matches_ort_directly(runner: OrtRunner) -> None:

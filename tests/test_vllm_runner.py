@@ -66,7 +66,7 @@ def on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
 
 def reference(req: InferenceRequest) -> str:
     what: Any = list(req.messages) if req.messages is not None else req.prompt
-    return vllm_greedy_reference(MODEL, what, req.params.max_tokens, engine=VLLM_ENGINE)
+    return vllm_greedy_reference(MODEL, what, req.params.max_new_tokens, engine=VLLM_ENGINE)
 
 
 # -- without an engine ------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_greedy_equals_ort(loop: asyncio.AbstractEventLoop, runner: VllmRunner) 
 
     for req in (completion("To bake bread,", max_tokens=50), chat("Count to five.", max_tokens=40)):
         what: Any = [{"role": m.role, "content": m.content} for m in req.messages] if req.messages else req.prompt
-        assert text(collect_now(runner, req, loop)) == ort_greedy_reference(MODEL, what, req.params.max_tokens)
+        assert text(collect_now(runner, req, loop)) == ort_greedy_reference(MODEL, what, req.params.max_new_tokens)
 
 
 def test_the_token_that_completes_a_stop_string_counts(loop: asyncio.AbstractEventLoop, runner: VllmRunner) -> None:

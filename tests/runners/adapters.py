@@ -70,11 +70,11 @@ class LocalAdapter(RuntimeAdapter):
     def answers(self, mode: str) -> list[Answer]:
         if mode == "chat":
             return [
-                Answer(self.request("chat", max_tokens=60), ACTOR_CHAT, 12),
+                Answer(self.request("chat", max_tokens=60), ACTOR_CHAT, 11),
                 Answer(chat(("system", "You are a helpful assistant."), LOCAL_CHATS[0], max_tokens=60), ACTOR_CHAT),
                 Answer(chat("Hello!"), HELLO),
             ]
-        return [Answer(self.request("completion"), ACTOR, 4)]
+        return [Answer(self.request("completion"), ACTOR, 5)]
 
     def counted_prompt_tokens(self, runner: ModelRunner, request: InferenceRequest) -> int | None:
         count = getattr(runner, "count_prompt_tokens", None)
@@ -129,7 +129,12 @@ class LocalAdapter(RuntimeAdapter):
 class OrtAdapter(LocalAdapter):
     runtime = "ort"
     runner_path = "atomr.runners.local.ort.runner:OrtRunner"
-    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True)
+    capabilities = RunnerCapabilities(
+        streaming=True,
+        logprobs=True,
+        batching=True,
+        features=frozenset({"seed", "top_k", "json_object", "json_schema", "regex", "tools", "tool_choice"}),
+    )
     concurrency = 16
     cut_within = 249  # usually within a few tokens; always before max_tokens
 

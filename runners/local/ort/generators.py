@@ -15,7 +15,7 @@ from typing import Any
 from atomr.runners.local.ort.jobs import Job
 from atomr.runners.local.ort.model import OrtModel, search_seed, search_top_k
 
-from atomr.core.errors import InferenceError, InternalError, UnavailableError
+from atomr.core.errors import InferenceError, InternalError, InvalidRequestError, UnavailableError
 
 
 class _GenState:
@@ -38,7 +38,18 @@ class _GenState:
                 random_seed=search_seed(params.seed),
             )
         gp.set_search_options(**search)
-        self.gen = m.og.Generator(m.model, gp)
+        guidance = job.guidance
+        if guidance is None:
+            self.gen = m.og.Generator(m.model, gp)
+        else:
+            gp.set_guidance(guidance.kind, guidance.data)
+            try:
+                self.gen = m.og.Generator(m.model, gp)  # llguidance builds the grammar here
+            except RuntimeError as exc:
+                if "grammar" not in str(exc):
+                    raise
+                why = f"ORT GenAI cannot constrain the output so: {exc}"
+                raise InvalidRequestError(why, field=guidance.field) from None
         self.gen.append_tokens(job.ids)  # the prompt's forward pass
         self.job = job
         self.want_logits = params.logprobs

@@ -13,7 +13,9 @@ from typing import Any
 
 from atomr.runners.common.stops import StopMatcher
 from atomr.runners.local.ort.model import OrtModel, log_softmax_at
+from atomr.runners.local.ort.structured import PLAIN, Guidance, OutputPlan, ToolStream, tool_stream
 
+from atomr.core.messages import ToolCallDelta
 from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
 
 
@@ -59,12 +61,28 @@ END = object()
 
 
 class Decoding:
-    """One request's text side: detokenizer, stop matcher, logprobs, counts; emits the chunks."""
+    """One request's text side: detokenizer, stop matcher, tool-call reading, logprobs, counts;
+    emits the chunks. With a tool stream (`structured.tool_stream`) the text after the stop
+    matcher is split into text and tool-call deltas, and a generation that made a tool call and
+    ended on its own finishes with "tool_calls"."""
 
-    __slots__ = ("channel", "finished", "generated", "logprobs", "max_tokens", "n_prompt", "stops", "stream")
+    __slots__ = (
+        "channel",
+        "finished",
+        "generated",
+        "logprobs",
+        "max_tokens",
+        "n_prompt",
+        "stops",
+        "stream",
+        "tools",
+    )
 
-    def __init__(self, m: OrtModel, request: InferenceRequest, n_prompt: int, channel: Channel) -> None:
+    def __init__(
+        self, m: OrtModel, request: InferenceRequest, n_prompt: int, channel: Channel, plan: OutputPlan = PLAIN
+    ) -> None:
         self.channel = channel
+        self.tools: ToolStream | None = tool_stream(request, plan)
         self.stream = m.tokenizer.create_stream()
         self.stops = StopMatcher(request.params.stop)
         self.logprobs = request.params.logprobs
@@ -79,11 +97,23 @@ class Decoding:
         piece = self.stream.decode(token)
         lps = (TokenLogprob(piece, log_softmax_at(logits, token)),) if logits is not None else None
         text, stopped = self.stops.feed(piece)
+        tools = self.tools
+        if tools is None:
+            if stopped:
+                self.finished = True
+                self.channel.put(Chunk(text, 1, lps, "stop", Usage(self.n_prompt, self.generated)))
+                return True
+            self.channel.put(Chunk(text, 1, lps))
+            return False
+        text, calls = tools.feed(text)
         if stopped:
             self.finished = True
-            self.channel.put(Chunk(text, 1, lps, "stop", Usage(self.n_prompt, self.generated)))
+            rest, more = tools.finish()
+            reason = "tool_calls" if tools.calls else "stop"
+            usage = Usage(self.n_prompt, self.generated)
+            self.channel.put(Chunk(text + rest, 1, lps, reason, usage, tool_calls=calls + more))
             return True
-        self.channel.put(Chunk(text, 1, lps))
+        self.channel.put(Chunk(text, 1, lps, tool_calls=calls))
         return False
 
     def finish(self, reason: str) -> None:
@@ -91,9 +121,16 @@ class Decoding:
         if self.finished:
             return
         self.finished = True
-        self.channel.put(
-            Chunk(self.stops.flush(), 0, () if self.logprobs else None, reason, Usage(self.n_prompt, self.generated))
-        )
+        text = self.stops.flush()
+        calls: tuple[ToolCallDelta, ...] = ()
+        if self.tools is not None:
+            text, calls = self.tools.feed(text)
+            rest, more = self.tools.finish()
+            text, calls = text + rest, calls + more
+            if self.tools.calls and reason == "stop":
+                reason = "tool_calls"
+        lps = () if self.logprobs else None
+        self.channel.put(Chunk(text, 0, lps, reason, Usage(self.n_prompt, self.generated), tool_calls=calls))
 
 
 @dataclass(slots=True, eq=False)
@@ -105,3 +142,4 @@ class Job:
     decoding: Decoding
     og_request: Any = None
     turn_id: int = 0
+    guidance: Guidance | None = None

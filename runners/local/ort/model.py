@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from atomr.runners.common.model_files import model_root
 from atomr.runners.local.ort.spec import ort_folder
+from atomr.runners.local.ort.structured import TAGGED_CALL
 
 from atomr.core.errors import InternalError, InvalidRequestError, NotFoundError
+from atomr.core.messages import Tool
 from atomr.core.types import Message
 
 if TYPE_CHECKING:
@@ -59,6 +61,22 @@ class OrtModel:
     eos_ids: frozenset[int]
     pad_id: int
     vocab_size: int
+    tagged_calls: bool = False  # the chat template writes tool calls as <tool_call>{"name": "...
+
+
+def _chat_template_text(folder: Path) -> str:
+    """The model's chat template as its files give it (empty when there is none)."""
+    texts = []
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        texts.append(jinja.read_text(errors="replace"))
+    try:
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    if isinstance(cfg.get("chat_template"), str):
+        texts.append(cfg["chat_template"])
+    return "\n".join(texts)
 
 
 def open_model(folder: Path, intra_op_threads: int, engine_batch: int | None = None) -> OrtModel:
@@ -111,6 +129,7 @@ def open_model(folder: Path, intra_op_threads: int, engine_batch: int | None = N
         eos_ids=eos_ids,
         pad_id=int(mcfg.get("pad_token_id", min(eos_ids))),
         vocab_size=int(mcfg.get("vocab_size") or 0),
+        tagged_calls=TAGGED_CALL in _chat_template_text(folder),
     )
 
 
@@ -144,17 +163,25 @@ def _check_files(folder: Path, raw: dict[str, Any]) -> None:
         raise NotFoundError(f"model file missing: {missing[0]} (an ORT GenAI model needs it)", field="model")
 
 
-def _render_chat(m: OrtModel, messages: Sequence[Message]) -> str:
+def _render_chat(m: OrtModel, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> str:
+    """The chat template applied to OpenAI-format messages (tool calls and tool results
+    included) and, when given, the tools (OpenAI's {"type": "function", "function": ...} list)."""
     payload = json.dumps([msg.to_openai() for msg in messages])
+    kwargs: dict[str, Any] = {"add_generation_prompt": True}
+    if tools:
+        kwargs["tools"] = json.dumps([t.to_openai() for t in tools])
     try:
-        return str(m.tokenizer.apply_chat_template(payload, add_generation_prompt=True))
-    except (RuntimeError, ValueError) as exc:
+        return str(m.tokenizer.apply_chat_template(payload, **kwargs))
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise InvalidRequestError(f"the model's chat template failed: {exc}", field="messages") from None
 
 
-def prompt_ids(m: OrtModel, messages: Sequence[Message] | None, prompt: str | None) -> list[int]:
-    """Token ids of a chat (template applied) or completion prompt, BOS first when the model has one."""
-    text = _render_chat(m, messages) if messages is not None else (prompt or "")
+def prompt_ids(
+    m: OrtModel, messages: Sequence[Message] | None, prompt: str | None, tools: Sequence[Tool] = ()
+) -> list[int]:
+    """Token ids of a chat (template applied, with `tools`) or completion prompt, BOS first when
+    the model has one."""
+    text = _render_chat(m, messages, tools) if messages is not None else (prompt or "")
     ids = [int(i) for i in m.tokenizer.encode(text)]
     if m.bos_id is not None and (not ids or ids[0] != m.bos_id):
         ids.insert(0, m.bos_id)
