@@ -15,83 +15,27 @@ import pytest
 pytest.importorskip("onnxruntime_genai")
 
 import jsonschema
+from atomr.runners.common.structured import AutoStream, CallStream, output_plan
 from atomr.runners.local.ort.runner import OrtRunner
-from atomr.runners.local.ort.structured import AutoStream, CallStream, output_plan
 
 from atomr.core.errors import InvalidRequestError
-from atomr.core.messages import ResponseFormat, Tool, ToolCall, ToolChoice
-from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, assemble_choices
+from atomr.core.messages import ResponseFormat, ToolCall, ToolChoice
+from atomr.core.types import Message, assemble_choices
 from tests.local_support import HELLO, MODEL, tiny_deployment
 from tests.runners.support import collect, outcome
-
-WEATHER = Tool(
-    "get_weather",
-    "Get the weather in a city.",
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+from tests.structured_support import (
+    ANSWER_SCHEMA,
+    BOOKING,
+    PROMPTS,
+    QUESTIONS,
+    TIME,
+    TOOLS,
+    TRAINED_CALLS,
+    WEATHER,
+    ask,
+    check_call_stream,
+    run_all,
 )
-TIME = Tool(
-    "get_time",
-    "Get the time in a timezone.",
-    {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]},
-)
-TOOLS = (WEATHER, TIME)
-# Bounded strings and numbers: the answers of a tiny model end within max_tokens whatever it writes.
-ANSWER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "answer": {"type": "string", "maxLength": 30},
-        "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
-        "mood": {"enum": ["calm", "busy", "sunny"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3},
-    },
-    "required": ["answer", "confidence", "mood", "tags"],
-    "additionalProperties": False,
-}
-BOOKING = Tool(
-    "book",
-    None,
-    {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 12},
-            "people": {"type": "integer", "minimum": 1, "maximum": 12},
-            "at": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"},
-        },
-        "required": ["city", "people", "at"],
-        "additionalProperties": False,
-    },
-)
-QUESTIONS = [
-    "What is an actor?",
-    "How do actors talk?",
-    "What happens when an actor fails?",
-    "What is greedy decoding?",
-    "What does a seed do?",
-    "Why do servers batch requests?",
-    "What is the weather today?",
-    "What will the weather be tomorrow?",
-    "How do I make soup?",
-    "How do I bake bread?",
-    "What does a garden need?",
-    "What color is the fox?",
-    "Who lives in the library?",
-    "Hello!",
-    "Say hi.",
-    "What is two plus two?",
-    "Count to five.",
-]
-# 50 distinct prompts: the model's own questions, then phrasings it never saw.
-PROMPTS = (QUESTIONS + [f"Tell me about {w}." for w in ("rain", "snow", "bread", "soup", "robots", "cats")])[:23] + [
-    f"Question {i}: {q}" for i, q in enumerate(QUESTIONS * 2)
-][:27]
-# The calls the built-in model was trained to make (scripts/make_tiny_model.py).
-TRAINED_CALLS = {
-    "What is the weather in Paris?": ("get_weather", {"city": "Paris"}),
-    "How is the weather in Tokyo?": ("get_weather", {"city": "Tokyo"}),
-    "What is the weather in Oslo?": ("get_weather", {"city": "Oslo"}),
-    "What time is it in UTC?": ("get_time", {"timezone": "UTC"}),
-    "What is the time in Asia/Tokyo?": ("get_time", {"timezone": "Asia/Tokyo"}),
-}
 
 
 @pytest.fixture(scope="module")
@@ -100,32 +44,6 @@ def runner() -> Iterator[OrtRunner]:
     asyncio.run(r.load())
     yield r
     asyncio.run(r.unload())
-
-
-def ask(
-    question: str | list[Message],
-    *,
-    max_tokens: int = 120,
-    tools: tuple[Tool, ...] = (),
-    tool_choice: ToolChoice | None = None,
-    response_format: ResponseFormat | None = None,
-) -> InferenceRequest:
-    messages = (Message("user", question),) if isinstance(question, str) else tuple(question)
-    return InferenceRequest(
-        model="tiny",
-        messages=messages,
-        params=SamplingParams(max_tokens=max_tokens),
-        tools=tools,
-        tool_choice=tool_choice,
-        response_format=response_format,
-    )
-
-
-def run_all(runner: OrtRunner, requests: list[InferenceRequest]) -> list[list[Chunk]]:
-    async def go() -> list[list[Chunk]]:
-        return list(await asyncio.gather(*(collect(runner, r) for r in requests)))
-
-    return asyncio.run(go())
 
 
 # -- structured outputs ------------------------------------------------------------------------
@@ -193,18 +111,6 @@ def test_what_guidance_cannot_do_is_refused_by_field(runner: OrtRunner) -> None:
 
 
 # -- forced tool calls -------------------------------------------------------------------------
-
-
-def check_call_stream(chunks: list[Chunk], request: InferenceRequest) -> ToolCall:
-    """One tool call streamed as OpenAI streams it; returns it."""
-    deltas = [d for c in chunks for d in c.tool_calls]
-    assert deltas and deltas[0].id == f"call_{request.request_id[:12]}_0" and deltas[0].name
-    assert deltas[0].arguments == ""
-    assert all(d.index == 0 and d.id is None and d.name is None for d in deltas[1:])
-    (choice,) = assemble_choices(chunks)
-    assert choice.finish_reason == "tool_calls" and choice.text == ""
-    (call,) = choice.tool_calls
-    return call
 
 
 def test_named_tool_choice_arguments_always_validate(runner: OrtRunner) -> None:

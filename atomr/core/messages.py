@@ -152,6 +152,13 @@ class Message:
             out.update(self.extra)
         return out
 
+    def for_template(self) -> dict[str, Any]:
+        """The message as a chat template takes it: `to_openai` with the content as plain text
+        (local engines take text only; an assistant message that only calls tools has "")."""
+        out = self.to_openai()
+        out["content"] = self.text
+        return out
+
     @staticmethod
     def from_openai(raw: object, where: str) -> Message:
         """A message from an OpenAI-shaped dict; errors name `where` (``messages[2]``) and the field."""

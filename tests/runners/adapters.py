@@ -146,7 +146,12 @@ class VllmAdapter(LocalAdapter):
     runtime = "vllm"
     runner_path = "atomr.runners.local.vllm.runner:VllmRunner"
     capabilities = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=True, features=frozenset({"seed", "top_k", "penalties", "logit_bias"})
+        streaming=True,
+        logprobs=True,
+        batching=True,
+        features=frozenset(
+            {"seed", "top_k", "penalties", "logit_bias", "json_object", "json_schema", "regex", "tools", "tool_choice"}
+        ),
     )
     one_token_per_chunk = False  # an engine step may bring several tokens
     cut_within = 62  # a quarter of the 250 it would have taken
@@ -159,7 +164,12 @@ class MistralRsAdapter(LocalAdapter):
     runtime = "mistralrs"
     runner_path = "atomr.runners.local.mistralrs.runner:MistralRsRunner"
     capabilities = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=False, features=frozenset({"top_k", "penalties", "logit_bias"})
+        streaming=True,
+        logprobs=True,
+        batching=False,
+        features=frozenset(
+            {"top_k", "penalties", "logit_bias", "json_object", "json_schema", "regex", "tools", "tool_choice"}
+        ),
     )
     no_seed = "mistral.rs takes no per-request seed"
     logprob_modes = frozenset({"chat"})  # its completion API gives none

@@ -17,6 +17,7 @@ from atomr.core.errors import (
     ContextLengthError,
     InferenceError,
     InternalError,
+    InvalidRequestError,
     NotFoundError,
 )
 from atomr.core.types import InferenceRequest
@@ -70,11 +71,16 @@ def open_runner(mr: Any, folder: Path, arch: str | None, dtype: str) -> Any:
         raise load_error(exc, folder) from None
 
 
-def request_error(exc: BaseException, request: InferenceRequest, context_length: int) -> InferenceError:
-    """An engine exception raised while serving `request`, as an InferenceError."""
+def request_error(
+    exc: BaseException, request: InferenceRequest, context_length: int, grammar_field: str | None = None
+) -> InferenceError:
+    """An engine exception raised while serving `request`, as an InferenceError (`grammar_field`:
+    the request field its grammar came from, named when mistral.rs refuses the grammar)."""
     if isinstance(exc, InferenceError):
         return exc
     message = _engine_message(exc)
+    if grammar_field is not None and "Invalid grammar" in message:
+        return InvalidRequestError(f"mistral.rs cannot compile it: {message}", field=grammar_field)
     if "sequence length is greater than" in message:  # mistral.rs refusing a prompt longer than the context
         return ContextLengthError(
             f"the prompt is longer than the model's context length of {context_length} ({message})",

@@ -15,7 +15,7 @@ from atomr.runners.local.mistralrs.engine import MODEL_NAME
 
 # Conversations that check, at load, that the Python rendering of the chat template counts the
 # same prompt tokens as mistral.rs (a model whose template refuses one of them skips it).
-_CHECK_CHATS: tuple[list[dict[str, str]], ...] = (
+_CHECK_CHATS: tuple[list[dict[str, Any]], ...] = (
     [{"role": "user", "content": "Hello!"}],
     [
         {"role": "system", "content": "Be brief."},
@@ -26,7 +26,11 @@ _CHECK_CHATS: tuple[list[dict[str, str]], ...] = (
 )
 
 
-def _python_chat_template(folder: Path) -> Callable[[list[dict[str, str]]], str] | None:
+Chat = list[dict[str, Any]]
+Tools = list[dict[str, Any]] | None
+
+
+def _python_chat_template(folder: Path) -> Callable[[Chat, Tools], str] | None:
     """The checkpoint's chat template rendered with jinja2 the way HF tokenizers do, if possible.
 
     None when jinja2 is not installed or no template is found in `chat_template.jinja` or
@@ -65,8 +69,8 @@ def _python_chat_template(folder: Path) -> Callable[[list[dict[str, str]]], str]
         return None
     tokens = {name: special(name) for name in ("bos_token", "eos_token", "unk_token")}
 
-    def render(messages: list[dict[str, str]]) -> str:
-        return str(template.render(messages=messages, add_generation_prompt=True, **tokens))
+    def render(messages: Chat, tools: Tools) -> str:
+        return str(template.render(messages=messages, tools=tools, add_generation_prompt=True, **tokens))
 
     return render
 
@@ -87,22 +91,24 @@ class ChatPrompts:
         self._render = _python_chat_template(folder)
         self.method = "template" if self._render is not None and self._rendering_agrees() else "probe"
 
-    def count(self, messages: list[dict[str, str]]) -> int:
+    def count(self, messages: Chat, tools: Tools = None) -> int:
+        """The prompt's tokens with `tools` (OpenAI's tool dicts) rendered by the template too."""
         if self.method == "template":
             try:
-                return self._rendered(messages)
+                return self._rendered(messages, tools)
             except Exception:  # noqa: BLE001 - the template refused the messages here: mistral.rs says why
                 pass
-        return self.probe(messages)
+        return self.probe(messages, tools)
 
-    def probe(self, messages: list[dict[str, str]]) -> int:
+    def probe(self, messages: Chat, tools: Tools = None) -> int:
         greedy = {"max_tokens": 1, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
-        request = self._mr.ChatCompletionRequest(model=MODEL_NAME, messages=messages, **greedy)
+        schemas = [json.dumps(t) for t in tools] if tools else None
+        request = self._mr.ChatCompletionRequest(model=MODEL_NAME, messages=messages, tool_schemas=schemas, **greedy)
         return int(self._runner.send_chat_completion_request(request).usage.prompt_tokens)
 
-    def _rendered(self, messages: list[dict[str, str]]) -> int:
+    def _rendered(self, messages: Chat, tools: Tools = None) -> int:
         assert self._render is not None
-        return len(self._runner.tokenize_text(self._render(messages), False, None))
+        return len(self._runner.tokenize_text(self._render(messages, tools), False, None))
 
     def _rendering_agrees(self) -> bool:
         checked = 0

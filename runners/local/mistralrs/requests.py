@@ -7,6 +7,7 @@ sequences, logprobs, token counts).
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 from atomr.runners.common.logit_bias import token_biases
 from atomr.runners.common.stops import StopMatcher
+from atomr.runners.common.structured import PLAIN, OutputPlan
 
 from atomr.core.errors import InternalError
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
@@ -44,8 +46,21 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     return out
 
 
-def message_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
-    return [m.to_openai() for m in messages]
+def constraint_kwargs(plan: OutputPlan) -> dict[str, Any]:
+    """mistral.rs request fields for a plan: its guidance as a grammar (mistral.rs's llguidance
+    takes JSON schemas, regexes and lark grammars), and the tools its chat template renders."""
+    out: dict[str, Any] = {}
+    g = plan.guidance
+    if g is not None:
+        out["grammar"] = g.data
+        out["grammar_type"] = {"json_schema": "json_schema", "regex": "regex"}.get(g.kind, "lark")
+    if plan.tools_mode == "auto" and plan.template_tools:
+        out["tool_schemas"] = [json.dumps(t.to_openai()) for t in plan.template_tools]
+    return out
+
+
+def message_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    return [m.for_template() for m in messages]
 
 
 class Handoff:
@@ -75,6 +90,7 @@ END = object()
 class Job:
     request: InferenceRequest
     out: Handoff
+    plan: OutputPlan = PLAIN  # guidance and tools (`atomr.runners.common.structured`)
     cancel: threading.Event = field(default_factory=threading.Event)
     generated: int = 0  # completion tokens produced so far (EOS not counted)
     finished: bool = False  # the final chunk was handed over

@@ -30,7 +30,15 @@ the worker has started it.
 Sampling: temperature 0 is greedy; top_p and top_k (0: off) are always sent, so the model's
 `generation_config.json` (which may say `do_sample: false`) does not override them. mistral.rs has
 no per-request seed: sampling draws from one engine-wide generator seeded with a constant when the
-model loads, so a request's `seed` is ignored.
+model loads, so a request with a `seed` is refused (field "seed"). Penalties and logit_bias are
+mistral.rs's own.
+
+Structured outputs and tools (`atomr.runners.common.structured`): response_format json_schema /
+json_object / regex and forced tool calls are mistral.rs grammars (its llguidance: `grammar_type`
+json_schema, regex or lark); with tool_choice auto the tools go to the chat template
+(`tool_schemas`) and `<tool_call>` tags in the streamed text become tool calls (mistral.rs's own
+tool-call parsing applies to whole answers only). A forced call is the bare arguments under the
+function's schema: mistral.rs's chat API cannot prefill the model's own call opening.
 
 Token accounting: EOS is not a completion token and has no chunk; `usage.completion_tokens`
 equals the sum of chunk `token_count`s (mistral.rs itself counts EOS, which is subtracted) and, for
@@ -67,12 +75,14 @@ request's job, sampling translation, chat stream to chunks), `prompts` (chat pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from atomr.runners.common.model_files import hf_checkpoint, hf_model_dir
+from atomr.runners.common.structured import OutputPlan, output_plan, tool_stream, with_tool_calls
 from atomr.runners.local.mistralrs.engine import MODEL_NAME, import_mistralrs, open_runner
 from atomr.runners.local.mistralrs.requests import END, Handoff, Job, message_dicts, sampling_kwargs
 from atomr.runners.local.mistralrs.spec import MistralRsOptions
@@ -101,7 +111,9 @@ class MistralRsRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset({"top_k", "penalties", "logit_bias"}),
+        features=frozenset(
+            {"top_k", "penalties", "logit_bias", "json_object", "json_schema", "regex", "tools", "tool_choice"}
+        ),
     )
 
     def __init__(self, deployment: Deployment) -> None:
@@ -173,13 +185,27 @@ class MistralRsRunner(ModelRunner):
     # -- generation --------------------------------------------------------------------------
 
     async def generate(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
+        # No prefill through mistral.rs's chat API: forced tool calls are generated as bare
+        # arguments under their schema (`structured.output_plan` with tagged_calls=False).
+        plan = output_plan(request, tagged_calls=False)
+        chunks = with_tool_calls(self._generate(request, plan), tool_stream(request, plan))
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+
+    async def _generate(self, request: InferenceRequest, plan: OutputPlan) -> AsyncIterator[Chunk]:
         worker = self._loaded()
         if request.messages is None and request.params.logprobs:
             raise InvalidRequestError(
                 "mistral.rs gives logprobs for chat requests only (its completion API has none)",
                 field="logprobs",
             )
-        job = Job(request, Handoff(asyncio.get_running_loop()))
+        if request.messages is None and plan.guidance is not None:
+            raise InvalidRequestError(
+                "mistral.rs constrains chat requests only (its completion API takes no grammar)",
+                field="response_format",
+            )
+        job = Job(request, Handoff(asyncio.get_running_loop()), plan)
         with self._lock:
             self._active += 1
         self._jobs.add(job)

@@ -14,7 +14,7 @@ from typing import Any
 from atomr.runners.common.context import check_context
 from atomr.runners.local.mistralrs.engine import MODEL_NAME, import_mistralrs, load_error, open_runner, request_error
 from atomr.runners.local.mistralrs.prompts import ChatPrompts
-from atomr.runners.local.mistralrs.requests import ChatStream, Job, message_dicts, sampling_kwargs
+from atomr.runners.local.mistralrs.requests import ChatStream, Job, constraint_kwargs, message_dicts, sampling_kwargs
 
 from atomr.core.errors import InferenceError, InternalError, UnavailableError
 from atomr.core.types import Chunk, Usage
@@ -82,7 +82,9 @@ class Worker:
                     if not job.cancel.is_set():
                         self._serve(mr, runner, job)
                 except BaseException as exc:  # noqa: BLE001 - answer the caller with the engine's reason
-                    job.out.put(request_error(exc, job.request, self.context_length))
+                    guidance = job.plan.guidance
+                    field = guidance.field if guidance is not None else None
+                    job.out.put(request_error(exc, job.request, self.context_length, field))
                 self._on_done(job)
         finally:
             while True:  # stopping: whatever is still queued gets an answer
@@ -102,14 +104,21 @@ class Worker:
             self._serve_completion(mr, runner, job, kwargs)
             return
         messages = message_dicts(request.messages)
+        constraint = constraint_kwargs(job.plan)
+        tools = [t.to_openai() for t in job.plan.template_tools] if "tool_schemas" in constraint else None
         assert self.prompts is not None
-        n_prompt = self.prompts.count(messages)
+        n_prompt = self.prompts.count(messages, tools)
         check_context(request, n_prompt, self.context_length)
         if job.cancel.is_set():
             return
         stream: Any = runner.send_chat_completion_request(
             mr.ChatCompletionRequest(
-                model=MODEL_NAME, messages=messages, stream=True, logprobs=request.params.logprobs, **kwargs
+                model=MODEL_NAME,
+                messages=messages,
+                stream=True,
+                logprobs=request.params.logprobs,
+                **kwargs,
+                **constraint,
             )
         )
         decoding = ChatStream(job, n_prompt)

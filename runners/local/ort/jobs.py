@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from atomr.runners.common.stops import StopMatcher
+from atomr.runners.common.structured import PLAIN, Guidance, OutputPlan, ToolStream, tool_stream
 from atomr.runners.local.ort.model import OrtModel, log_softmax_at
-from atomr.runners.local.ort.structured import PLAIN, Guidance, OutputPlan, ToolStream, tool_stream
 
 from atomr.core.messages import ToolCallDelta
 from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atomr.runners.common.model_files import model_root
+from atomr.runners.common.structured import TAGGED_CALL
 from atomr.runners.local.ort.spec import ort_folder
-from atomr.runners.local.ort.structured import TAGGED_CALL
 
 from atomr.core.errors import InternalError, InvalidRequestError, NotFoundError
 from atomr.core.messages import Tool
@@ -166,7 +166,7 @@ def _check_files(folder: Path, raw: dict[str, Any]) -> None:
 def _render_chat(m: OrtModel, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> str:
     """The chat template applied to OpenAI-format messages (tool calls and tool results
     included) and, when given, the tools (OpenAI's {"type": "function", "function": ...} list)."""
-    payload = json.dumps([msg.to_openai() for msg in messages])
+    payload = json.dumps([msg.for_template() for msg in messages])
     kwargs: dict[str, Any] = {"add_generation_prompt": True}
     if tools:
         kwargs["tools"] = json.dumps([t.to_openai() for t in tools])

@@ -82,13 +82,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from atomr.runners.common.context import check_context
+from atomr.runners.common.structured import OutputPlan, output_plan
 from atomr.runners.local.ort.batch import BatchWorker
 from atomr.runners.local.ort.engine import EngineDriver, uses_engine
 from atomr.runners.local.ort.generators import Stepper
 from atomr.runners.local.ort.jobs import END, Channel, Decoding, Job
 from atomr.runners.local.ort.model import OrtModel, open_model, ort_model_dir, prompt_ids, resolve_model_dir
 from atomr.runners.local.ort.spec import OrtOptions
-from atomr.runners.local.ort.structured import OutputPlan, output_plan
 from atomr.runners.spec import parse_engine_options
 
 from atomr.core.errors import UnavailableError

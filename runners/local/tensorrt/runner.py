@@ -353,8 +353,8 @@ def _finish_reason(out: Any) -> str:
     raise InternalError(f"TensorRT-LLM ended the request with finish_reason {reason!r}")
 
 
-def _message_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
-    return [m.to_openai() for m in messages]
+def _message_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    return [m.for_template() for m in messages]
 
 
 def _request_error(exc: BaseException, request: InferenceRequest, context_length: int) -> InferenceError:

@@ -49,6 +49,7 @@ class Vllm:
     AsyncEngineArgs: Any
     LLM: Any
     SamplingParams: Any
+    StructuredOutputsParams: Any
     TokensPrompt: Any
     delta: Any  # RequestOutputKind.DELTA
     engine_dead: tuple[type[BaseException], ...]
@@ -81,6 +82,7 @@ def import_vllm() -> Vllm:
         AsyncEngineArgs=arg_utils.AsyncEngineArgs,
         LLM=entry.LLM,
         SamplingParams=sampling.SamplingParams,
+        StructuredOutputsParams=getattr(sampling, "StructuredOutputsParams", None),
         TokensPrompt=inputs.TokensPrompt,
         delta=sampling.RequestOutputKind.DELTA,
         engine_dead=(engine_errors.EngineDeadError,),
@@ -137,7 +139,9 @@ def engine_kwargs(v: Vllm, options: Mapping[str, Any], *, cpu: bool) -> dict[str
             raise ConfigError(f"engine.{key} is not a vLLM engine argument", field=f"engine.{key}")
         if _accepts(field.type, value) is False:
             raise ConfigError(f"engine.{key} must be {_describe(field.type)}, got {value!r}", field=f"engine.{key}")
-    kwargs: dict[str, Any] = {"disable_log_stats": True}
+    # guidance (llguidance) for structured outputs: it takes the lark grammars of forced tool
+    # calls and writes JSON without free whitespace where the schema says so (`structured`)
+    kwargs: dict[str, Any] = {"disable_log_stats": True, "structured_outputs_config": {"backend": "guidance"}}
     kv_sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & options.keys()
     if cpu and not kv_sized and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
         kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES

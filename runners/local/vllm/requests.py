@@ -4,10 +4,12 @@ sampling parameters as vLLM's, vLLM's finish reasons and logprob entries as atom
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from atomr.runners.common.logit_bias import token_biases
+from atomr.runners.common.structured import PLAIN, Guidance, OutputPlan
 from atomr.runners.local.vllm.engine import Vllm
 
 from atomr.core.errors import InvalidRequestError
@@ -20,16 +22,20 @@ if TYPE_CHECKING:
 FINISH_REASONS = {"stop": "stop", "length": "length", "repetition": "stop"}
 
 
-def prompt_ids(tokenizer: Any, messages: Sequence[Message] | None, prompt: str | None) -> list[int]:
+def prompt_ids(
+    tokenizer: Any, messages: Sequence[Message] | None, prompt: str | None, plan: OutputPlan = PLAIN
+) -> list[int]:
     """Token ids as vLLM itself makes them: chat via the model's template (which adds BOS, so no
-    special tokens are added on top), completion with the tokenizer's special tokens (BOS)."""
+    special tokens are added on top), with the plan's tools and its prefill; completion with the
+    tokenizer's special tokens (BOS)."""
     if messages is not None:
-        conversation = [m.to_openai() for m in messages]
+        conversation = [m.for_template() for m in messages]
+        tools = [t.to_openai() for t in plan.template_tools] or None
         try:
-            text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(conversation, tools=tools, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # noqa: BLE001 - jinja and transformers raise many kinds
             raise InvalidRequestError(f"the model's chat template failed: {exc}", field="messages") from None
-        ids = tokenizer.encode(str(text), add_special_tokens=False)
+        ids = tokenizer.encode(str(text) + plan.prefill, add_special_tokens=False)
     else:
         ids = tokenizer.encode(prompt or "", add_special_tokens=True)
     if not ids:
@@ -58,6 +64,19 @@ def sampling_params(v: Vllm, p: SamplingParams, **more: Any) -> Any:
     if p.logit_bias:
         kwargs["logit_bias"] = token_biases(p.logit_bias)
     return v.SamplingParams(**kwargs)
+
+
+def structured_outputs(v: Vllm, guidance: Guidance | None) -> dict[str, Any]:
+    """vLLM's `structured_outputs` argument for a plan's guidance (none: no argument)."""
+    if guidance is None:
+        return {}
+    if guidance.kind == "json_schema":
+        spec = v.StructuredOutputsParams(json=json.loads(guidance.data))
+    elif guidance.kind == "regex":
+        spec = v.StructuredOutputsParams(regex=guidance.data)
+    else:  # a lark grammar in llguidance's dialect
+        spec = v.StructuredOutputsParams(grammar=guidance.data)
+    return {"structured_outputs": spec}
 
 
 def logprob_entry(e: LoadedEngine, entry: Any, token: int) -> TokenLogprob:

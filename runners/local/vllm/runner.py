@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.runners.common.context import check_context
 from atomr.runners.common.model_files import hf_checkpoint, hf_model_dir
+from atomr.runners.common.structured import TAGGED_CALL, OutputPlan, output_plan, tool_stream, with_tool_calls
 from atomr.runners.local.vllm.engine import (
     DEFAULT_CPU_KV_CACHE_BYTES,
     RESERVED_OPTIONS,
@@ -88,7 +89,13 @@ from atomr.runners.local.vllm.process import (
     start_engine,
     stop_when_started,
 )
-from atomr.runners.local.vllm.requests import FINISH_REASONS, logprob_entry, prompt_ids, sampling_params
+from atomr.runners.local.vllm.requests import (
+    FINISH_REASONS,
+    logprob_entry,
+    prompt_ids,
+    sampling_params,
+    structured_outputs,
+)
 
 from atomr.core.errors import (
     ConfigError,
@@ -131,7 +138,9 @@ class VllmRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset({"seed", "top_k", "penalties", "logit_bias"}),
+        features=frozenset(
+            {"seed", "top_k", "penalties", "logit_bias", "json_object", "json_schema", "regex", "tools", "tool_choice"}
+        ),
     )
 
     def __init__(self, deployment: Deployment) -> None:
@@ -234,17 +243,30 @@ class VllmRunner(ModelRunner):
 
     def count_prompt_tokens(self, request: InferenceRequest) -> int:
         """Prompt tokens of `request` as the runner feeds them (template and BOS included)."""
-        return len(prompt_ids(self._loaded().tokenizer, request.messages, request.prompt))
+        e = self._loaded()
+        return len(prompt_ids(e.tokenizer, request.messages, request.prompt, self._plan(e, request)))
+
+    @staticmethod
+    def _plan(e: LoadedEngine, request: InferenceRequest) -> OutputPlan:
+        template = getattr(e.tokenizer, "chat_template", None)
+        return output_plan(request, tagged_calls=isinstance(template, str) and TAGGED_CALL in template)
 
     # -- generation --------------------------------------------------------------------------
 
     async def generate(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         e = self._loaded()
+        plan = self._plan(e, request)
+        chunks = with_tool_calls(self._generate(e, request, plan), tool_stream(request, plan))
+        async with contextlib.aclosing(chunks):  # closing it aborts the engine's request
+            async for chunk in chunks:
+                yield chunk
+
+    async def _generate(self, e: LoadedEngine, request: InferenceRequest, plan: OutputPlan) -> AsyncIterator[Chunk]:
         if asyncio.get_running_loop() is not e.loop:
             raise InternalError("the vLLM runner must be used on the event loop that loaded it")
         if e.engine.errored:
             raise RunnerCrashedError(f"the vLLM engine has died: {e.death_reason()}")
-        ids = prompt_ids(e.tokenizer, request.messages, request.prompt)
+        ids = prompt_ids(e.tokenizer, request.messages, request.prompt, plan)
         check_context(request, len(ids), e.context_length)
         want_logprobs = request.params.logprobs
         engine_id = f"{request.request_id}-{next(self._ids)}"  # unique even if a caller reuses ids
@@ -253,7 +275,7 @@ class VllmRunner(ModelRunner):
         except e.v.client_errors as exc:
             raise InvalidRequestError(f"vLLM rejected the prompt: {error_text(exc)}") from None
         try:
-            params = sampling_params(e.v, request.params)
+            params = sampling_params(e.v, request.params, **structured_outputs(e.v, plan.guidance))
         except ValueError as exc:  # vLLM checks its parameters as it builds them
             raise InvalidRequestError(f"vLLM refused the sampling parameters: {exc}") from None
         stream = e.engine.generate(prompt, params, engine_id)

@@ -1,13 +1,15 @@
-"""Structured outputs and tool calls on ORT GenAI: what a request's `response_format`, `tools` and
-`tool_choice` make of its generation (`OutputPlan`), and the text-to-tool-call streams that turn
-the generated text into tool-call chunks.
+"""Structured outputs and tool calls on local engines: what a request's `response_format`, `tools`
+and `tool_choice` make of its generation (`OutputPlan`), and the text-to-tool-call streams that
+turn the generated text into tool-call chunks (`with_tool_calls`). Engine-free: each engine
+applies the plan's `Guidance` its own way (ORT GenAI's `GeneratorParams.set_guidance`, vLLM's
+structured outputs with its guidance backend; both are llguidance inside).
 
-Guidance is ORT GenAI 0.18's `GeneratorParams.set_guidance` (llguidance inside ORT GenAI, built
-from the model's own tokenizer): "json_schema" for response_format json_schema / json_object and
-for a forced tool call (its arguments under the function's parameter schema), "regex" for
-response_format regex. JSON is generated without free whitespace, spaced as Python's `json.dumps` spaces it
-(`", "`, `": "`; llguidance's `x-guidance` options, unless the caller's schema sets x-guidance
-itself): a small model otherwise fills the allowed whitespace with newlines until max_tokens.
+Guidance kinds: "json_schema" for response_format json_schema / json_object and for a forced
+tool call (its arguments under the function's parameter schema), "regex" for response_format
+regex, "lark_grammar" for forced calls in a model's tagged format. JSON is generated without
+free whitespace, spaced as Python's `json.dumps` spaces it (`", "`, `": "`; llguidance's
+`x-guidance` options, unless the caller's schema sets x-guidance itself): a small model otherwise
+fills the allowed whitespace with newlines until max_tokens.
 
 Tool calls:
 - tool_choice a named function, or "required" with one tool: the whole answer is that function's
@@ -28,15 +30,16 @@ Tool calls:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from atomr.core.errors import InvalidRequestError
 from atomr.core.messages import Tool, ToolCallDelta
-from atomr.core.types import InferenceRequest
+from atomr.core.types import Chunk, InferenceRequest
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
@@ -359,3 +362,24 @@ def tool_stream(request: InferenceRequest, plan: OutputPlan) -> ToolStream | Non
     if plan.tools_mode == "auto":
         return AutoStream(request)
     return None
+
+
+async def with_tool_calls(chunks: AsyncIterator[Chunk], tools: ToolStream | None) -> AsyncGenerator[Chunk, None]:
+    """`chunks` (an engine's text chunks, stop sequences already applied) with their text read by
+    `tools`: text that is a tool call becomes tool-call deltas, and an answer that made a call and
+    ended on its own finishes with "tool_calls". Token counts and logprobs stay with their chunks."""
+    try:
+        async for chunk in chunks:
+            if tools is None:
+                yield chunk
+                continue
+            text, calls = tools.feed(chunk.text)
+            if chunk.finish_reason is not None:
+                rest, more = tools.finish()
+                text, calls = text + rest, calls + more
+                reason = "tool_calls" if tools.calls and chunk.finish_reason == "stop" else chunk.finish_reason
+                yield dataclasses.replace(chunk, text=text, tool_calls=calls, finish_reason=reason)
+            elif text or calls or chunk.token_count:
+                yield dataclasses.replace(chunk, text=text, tool_calls=calls)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
