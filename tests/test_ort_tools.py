@@ -5,6 +5,7 @@ conversations with tool results, and the same through a node's HTTP front with t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -312,3 +313,16 @@ def test_openai_sdk_structured_output_and_named_tool_call(local_node: Any) -> No
     assert deltas[0].id and deltas[0].function and deltas[0].function.name == "get_weather"
     assert json.loads("".join(d.function.arguments or "" for d in deltas if d.function)) == {"city": "Paris"}
     assert pieces[-1].finish_reason == "tool_calls"
+
+
+def test_parallel_tool_calls_false_makes_one_call_at_most() -> None:
+    text = '<tool_call>{"name": "get_time", "arguments": {"timezone": "UTC"}}</tool_call>'
+    text += '<tool_call>{"name": "get_weather", "arguments": {"city": "Lima"}}</tool_call>'
+    for parallel, calls in ((None, 2), (True, 2), (False, 1)):
+        request = dataclasses.replace(ask("x", tools=TOOLS), parallel_tool_calls=parallel)
+        stream = AutoStream(request)
+        out, deltas = stream.feed(text)
+        rest, more = stream.finish()
+        heads = [d for d in (*deltas, *more) if d.id is not None]
+        assert len(heads) == calls == stream.calls
+        assert (out + rest == "") == (calls == 2)  # the call past the limit stays text, as written

@@ -31,6 +31,7 @@ import yaml
 from atomr.client import Client
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI
+from tests.structured_support import TOOLS as TRAINED_TOOLS
 
 KEY = "sk-surface-" + "s" * 24
 WEATHER = {
@@ -428,3 +429,47 @@ def test_a_stream_cut_after_a_tool_call_began_is_never_repeated(front: tuple[Nod
     assert len(heads) == 1
     assert events[-1].get("error", {}).get("code") == "unavailable", events[-1]
     assert len(fake.calls) == 1  # no retry, no fallback once the caller had seen the call begin
+
+
+def test_langchain_and_litellm_on_the_embedded_model(front: tuple[Node, str]) -> None:
+    """The same clients against the embedded model (ORT GenAI): an agent's tool round trip on a
+    question it was trained on, and structured output under a grammar."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model="tiny", base_url=front[1] + "/v1", api_key="unused", max_retries=0, timeout=120, max_tokens=60
+    )
+
+    def get_weather(city: str) -> str:
+        return json.dumps({"city": city, "weather": "sunny, 21 C"})
+
+    bound = llm.bind_tools([t.to_openai() for t in TRAINED_TOOLS])  # the tools as the model learnt them
+    question = HumanMessage("What is the weather in Paris?")
+    ai = bound.invoke([question])
+    (call,) = ai.tool_calls
+    assert (call["name"], call["args"]) == ("get_weather", {"city": "Paris"})
+    final = bound.invoke([question, ai, ToolMessage(get_weather(**call["args"]), tool_call_id=call["id"])])
+    assert final.content == "The weather in Paris is sunny, 21 C."
+
+    class Verdict(pydantic.BaseModel):
+        answer: str = pydantic.Field(max_length=20)
+        sure: bool
+
+    for method in ("json_schema", "function_calling"):
+        verdict = llm.with_structured_output(Verdict, method=method).invoke("Is an actor a small program?")
+        assert isinstance(verdict, Verdict) and len(verdict.answer) <= 20
+
+    import litellm
+
+    answer = litellm.completion(
+        model="openai/tiny",
+        api_base=front[1] + "/v1",
+        api_key="unused",
+        messages=[{"role": "user", "content": "What time is it in UTC?"}],
+        tools=[t.to_openai() for t in TRAINED_TOOLS],
+        max_tokens=60,
+        num_retries=0,
+    )
+    (tool_call,) = answer.choices[0].message.tool_calls
+    assert tool_call.function.name == "get_time" and json.loads(tool_call.function.arguments) == {"timezone": "UTC"}

@@ -13,7 +13,8 @@ fills the allowed whitespace with newlines until max_tokens.
 
 Tool calls:
 - tool_choice a named function, or "required" with one tool: the whole answer is that function's
-  arguments, generated under its parameter schema; streamed as call 0 (id, name, then argument
+  arguments, generated under its parameter schema (`arguments_schema`: the declared parameters
+  only, unless the schema says `additionalProperties`); streamed as call 0 (id, name, then argument
   pieces), finish_reason "tool_calls". When the model's chat template writes tool calls as
   `<tool_call>{"name": ..., "arguments": ...}` (the built-in model's), the prompt is extended with
   that opening up to the arguments (`prefill`), so the model writes them where it learnt to.
@@ -110,10 +111,20 @@ def _format_guidance(request: InferenceRequest) -> Guidance | None:
     raise InvalidRequestError(f"unknown response_format type {fmt.type!r}", field="response_format.type")
 
 
+def arguments_schema(tool: Tool) -> dict[str, Any]:
+    """The schema a forced call's arguments are generated under: the tool's, with only its declared
+    parameters unless it says `additionalProperties` itself (models write a function's parameters;
+    a small one held to a schema that allows any key writes keys until max_tokens)."""
+    schema = dict(tool.schema)
+    if isinstance(schema.get("properties"), Mapping) and "additionalProperties" not in schema:
+        schema["additionalProperties"] = False
+    return schema
+
+
 def _call_schema(tool: Tool) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": dict(tool.schema)},
+        "properties": {"name": {"const": tool.name}, "arguments": arguments_schema(tool)},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
@@ -128,11 +139,11 @@ def _lark_json(schema: Mapping[str, Any]) -> str:
 
 def _forced(tool: Tool, tools: tuple[Tool, ...], tagged_calls: bool) -> OutputPlan:
     if not tagged_calls:
-        return OutputPlan(_schema_guidance(tool.schema, "tools"), "arguments", tool.name, tools)
+        return OutputPlan(_schema_guidance(arguments_schema(tool), "tools"), "arguments", tool.name, tools)
     # The model writes the arguments after the opening it learnt, and closes the call as it learnt
     # to (its tokens may join the arguments' last brace and the closing tag): a grammar that ends
     # in the closing, which the tool stream then drops.
-    grammar = f"%llguidance {{}}\nstart: args {json.dumps(CALL_END)}\nargs: {_lark_json(tool.schema)}\n"
+    grammar = f"%llguidance {{}}\nstart: args {json.dumps(CALL_END)}\nargs: {_lark_json(arguments_schema(tool))}\n"
     prefill = TAGGED_CALL + tool.name + '", "arguments": '
     return OutputPlan(Guidance("lark_grammar", grammar, "tools"), "arguments", tool.name, tools, prefill, CALL_END)
 
@@ -145,7 +156,10 @@ def _any_call(tools: tuple[Tool, ...], tagged_calls: bool) -> OutputPlan:
     rules = [f"start: {' | '.join(f'call_{i}' for i in range(len(tools)))}"]
     for i, tool in enumerate(tools):
         opening = json.dumps(tool.name + '", "arguments": ')
-        rules += [f"call_{i}: {opening} args_{i} {json.dumps(CALL_END)}", f"args_{i}: {_lark_json(tool.schema)}"]
+        rules += [
+            f"call_{i}: {opening} args_{i} {json.dumps(CALL_END)}",
+            f"args_{i}: {_lark_json(arguments_schema(tool))}",
+        ]
     grammar = "%llguidance {}\n" + "\n".join(rules) + "\n"
     return OutputPlan(Guidance("lark_grammar", grammar, "tools"), "call", None, tools, TAGGED_CALL, CALL_END)
 
@@ -276,15 +290,19 @@ class CallStream(ToolStream):
 
 
 class AutoStream(ToolStream):
-    """Text with tool calls in <tool_call>{"name": ..., "arguments": {...}}</tool_call> tags."""
+    """Text with tool calls in <tool_call>{"name": ..., "arguments": {...}}</tool_call> tags. With
+    `parallel_tool_calls: false` only the first call is one: a later tag stays text, as written."""
 
     def __init__(self, request: InferenceRequest) -> None:
         self._request = request
+        self._limit = 1 if request.parallel_tool_calls is False else None
         self._names = frozenset(t.name for t in request.tools)
         self._held = ""  # text that may begin a tag
         self._call: str | None = None  # inside a tag: its text so far
 
     def _parse(self, body: str) -> tuple[ToolCallDelta, ...] | None:
+        if self._limit is not None and self.calls >= self._limit:
+            return None
         try:
             obj = json.loads(body)
         except ValueError:

@@ -133,7 +133,9 @@ class OrtAdapter(LocalAdapter):
         streaming=True,
         logprobs=True,
         batching=True,
-        features=frozenset({"seed", "top_k", "json_object", "json_schema", "regex", "tools", "tool_choice"}),
+        features=frozenset(
+            {"seed", "top_k", "json_object", "json_schema", "regex", "tools", "tool_choice", "parallel_tool_calls"}
+        ),
     )
     concurrency = 16
     cut_within = 249  # usually within a few tokens; always before max_tokens
@@ -150,7 +152,18 @@ class VllmAdapter(LocalAdapter):
         logprobs=True,
         batching=True,
         features=frozenset(
-            {"seed", "top_k", "penalties", "logit_bias", "json_object", "json_schema", "regex", "tools", "tool_choice"}
+            {
+                "seed",
+                "top_k",
+                "penalties",
+                "logit_bias",
+                "json_object",
+                "json_schema",
+                "regex",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+            }
         ),
     )
     one_token_per_chunk = False  # an engine step may bring several tokens
@@ -168,7 +181,17 @@ class MistralRsAdapter(LocalAdapter):
         logprobs=True,
         batching=False,
         features=frozenset(
-            {"top_k", "penalties", "logit_bias", "json_object", "json_schema", "regex", "tools", "tool_choice"}
+            {
+                "top_k",
+                "penalties",
+                "logit_bias",
+                "json_object",
+                "json_schema",
+                "regex",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+            }
         ),
     )
     no_seed = "mistral.rs takes no per-request seed"

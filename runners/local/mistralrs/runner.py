@@ -112,7 +112,17 @@ class MistralRsRunner(ModelRunner):
         completion=True,
         needs_gpu=False,
         features=frozenset(
-            {"top_k", "penalties", "logit_bias", "json_object", "json_schema", "regex", "tools", "tool_choice"}
+            {
+                "top_k",
+                "penalties",
+                "logit_bias",
+                "json_object",
+                "json_schema",
+                "regex",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+            }
         ),
     )
 

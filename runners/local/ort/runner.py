@@ -112,7 +112,9 @@ class OrtRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset({"seed", "top_k", "json_object", "json_schema", "regex", "tools", "tool_choice"}),
+        features=frozenset(
+            {"seed", "top_k", "json_object", "json_schema", "regex", "tools", "tool_choice", "parallel_tool_calls"}
+        ),
     )
 
     def __init__(self, deployment: Deployment) -> None:

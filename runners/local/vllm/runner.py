@@ -139,7 +139,18 @@ class VllmRunner(ModelRunner):
         completion=True,
         needs_gpu=False,
         features=frozenset(
-            {"seed", "top_k", "penalties", "logit_bias", "json_object", "json_schema", "regex", "tools", "tool_choice"}
+            {
+                "seed",
+                "top_k",
+                "penalties",
+                "logit_bias",
+                "json_object",
+                "json_schema",
+                "regex",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+            }
         ),
     )
 
