@@ -64,6 +64,17 @@ class ToolCall:
         """The arguments as JSON values (raises ValueError when the model wrote invalid JSON)."""
         return json.loads(self.arguments) if self.arguments else {}
 
+    def arguments_object(self, field_name: str) -> dict[str, Any]:
+        """The arguments as a JSON object, for APIs that take them as one; InvalidRequestError
+        naming `field_name` when they are not valid JSON or not an object."""
+        try:
+            args = self.parsed_arguments()
+        except ValueError as exc:
+            raise InvalidRequestError(f"{field_name} is not valid JSON: {exc}", field=field_name) from None
+        if not isinstance(args, dict):
+            raise InvalidRequestError(f"{field_name} must be a JSON object", field=field_name)
+        return args
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCallDelta:

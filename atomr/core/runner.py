@@ -48,6 +48,10 @@ FEATURES: dict[str, str] = {
 }
 
 
+# What local engines honour through a grammar and the chat template (`atomr.runners.common.structured`).
+GUIDED = frozenset({"json_object", "json_schema", "regex", "tools", "tool_choice", "parallel_tool_calls"})
+
+
 @dataclass(frozen=True, slots=True)
 class RunnerCapabilities:
     streaming: bool = True

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pytest
 from atomr.runners.catalog import runner_class
 
-from atomr.core.runner import FEATURES, ModelRunner, RunnerCapabilities
+from atomr.core.runner import FEATURES, GUIDED, ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest
 from tests.conftest import THREAD_ENV
 from tests.fakes import anthropic_server, gemini_server, openai_server
@@ -133,9 +133,7 @@ class OrtAdapter(LocalAdapter):
         streaming=True,
         logprobs=True,
         batching=True,
-        features=frozenset(
-            {"seed", "top_k", "json_object", "json_schema", "regex", "tools", "tool_choice", "parallel_tool_calls"}
-        ),
+        features=GUIDED | {"seed", "top_k"},
     )
     concurrency = 16
     cut_within = 249  # usually within a few tokens; always before max_tokens
@@ -151,20 +149,7 @@ class VllmAdapter(LocalAdapter):
         streaming=True,
         logprobs=True,
         batching=True,
-        features=frozenset(
-            {
-                "seed",
-                "top_k",
-                "penalties",
-                "logit_bias",
-                "json_object",
-                "json_schema",
-                "regex",
-                "tools",
-                "tool_choice",
-                "parallel_tool_calls",
-            }
-        ),
+        features=GUIDED | {"seed", "top_k", "penalties", "logit_bias"},
     )
     one_token_per_chunk = False  # an engine step may bring several tokens
     cut_within = 62  # a quarter of the 250 it would have taken
@@ -180,19 +165,7 @@ class MistralRsAdapter(LocalAdapter):
         streaming=True,
         logprobs=True,
         batching=False,
-        features=frozenset(
-            {
-                "top_k",
-                "penalties",
-                "logit_bias",
-                "json_object",
-                "json_schema",
-                "regex",
-                "tools",
-                "tool_choice",
-                "parallel_tool_calls",
-            }
-        ),
+        features=GUIDED | {"top_k", "penalties", "logit_bias"},
     )
     no_seed = "mistral.rs takes no per-request seed"
     logprob_modes = frozenset({"chat"})  # its completion API gives none

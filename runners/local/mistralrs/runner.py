@@ -90,7 +90,7 @@ from atomr.runners.local.mistralrs.worker import Worker
 from atomr.runners.spec import parse_engine_options
 
 from atomr.core.errors import InvalidRequestError, UnavailableError
-from atomr.core.runner import ModelRunner, RunnerCapabilities
+from atomr.core.runner import GUIDED, ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message
 
 if TYPE_CHECKING:
@@ -111,19 +111,7 @@ class MistralRsRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset(
-            {
-                "top_k",
-                "penalties",
-                "logit_bias",
-                "json_object",
-                "json_schema",
-                "regex",
-                "tools",
-                "tool_choice",
-                "parallel_tool_calls",
-            }
-        ),
+        features=GUIDED | {"top_k", "penalties", "logit_bias"},
     )
 
     def __init__(self, deployment: Deployment) -> None:

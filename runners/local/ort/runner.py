@@ -92,7 +92,7 @@ from atomr.runners.local.ort.spec import OrtOptions
 from atomr.runners.spec import parse_engine_options
 
 from atomr.core.errors import UnavailableError
-from atomr.core.runner import ModelRunner, RunnerCapabilities
+from atomr.core.runner import GUIDED, ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message
 
 if TYPE_CHECKING:
@@ -112,9 +112,7 @@ class OrtRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset(
-            {"seed", "top_k", "json_object", "json_schema", "regex", "tools", "tool_choice", "parallel_tool_calls"}
-        ),
+        features=GUIDED | {"seed", "top_k"},
     )
 
     def __init__(self, deployment: Deployment) -> None:

@@ -24,6 +24,11 @@ the deployment does not set it:
                          (`gpu_memory_utilization` of total memory), 21 GiB here, which took ~23 s
                          to allocate. Setting `gpu_memory_utilization`, or VLLM_CPU_KVCACHE_SPACE in
                          the environment, keeps vLLM's sizing instead.
+  structured_outputs_config  {"backend": "guidance"}: llguidance, which takes the lark grammars
+                         of forced tool calls and writes JSON without free whitespace where the
+                         schema's `x-guidance` says so (with xgrammar the tiny model filled JSON's
+                         whitespace with newlines until max_tokens, `disable_any_whitespace`
+                         notwithstanding)
 Environment defaults (`vllm_env_defaults`, applied before vLLM is imported, never overriding a
 variable already set): VLLM_NO_USAGE_STATS=1 always; for a replica without GPUs
 (`gpus_per_replica: 0`) also VLLM_ENABLE_V1_MULTIPROCESSING=0 (the engine core runs the model
@@ -54,6 +59,11 @@ Engine quirks seen here: with `dtype: bfloat16` (vLLM's CPU default for a float3
 (load fails at the warm-up request and says so); float32, or bfloat16 compiled, work. The first
 request with logprobs makes vLLM compile its logprob ranking (~3 s), so the warm-up asks for
 logprobs. Greedy text equals ORT GenAI's on the tiny model (float32).
+
+Structured outputs and tools (`atomr.runners.common.structured`): response_format json_schema /
+json_object / regex and forced tool calls are vLLM structured outputs; tools and a forced call's
+opening go through the chat template; `<tool_call>` tags in the text become tool calls
+(`with_tool_calls`). Penalties and logit_bias are vLLM's own; n > 1 is refused.
 
 Modules: `engine` (importing vLLM, its environment, engine options and config), `process` (the
 engine core process: its output, start and stop), `requests` (prompt, sampling and output
@@ -105,7 +115,7 @@ from atomr.core.errors import (
     RunnerCrashedError,
     UnavailableError,
 )
-from atomr.core.runner import ModelRunner, RunnerCapabilities
+from atomr.core.runner import GUIDED, ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
 
 if TYPE_CHECKING:
@@ -138,20 +148,7 @@ class VllmRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset(
-            {
-                "seed",
-                "top_k",
-                "penalties",
-                "logit_bias",
-                "json_object",
-                "json_schema",
-                "regex",
-                "tools",
-                "tool_choice",
-                "parallel_tool_calls",
-            }
-        ),
+        features=GUIDED | {"seed", "top_k", "penalties", "logit_bias"},
     )
 
     def __init__(self, deployment: Deployment) -> None:

@@ -116,13 +116,7 @@ def tool_use_blocks(m: Message, where: str, thinking: ThinkingCache | None) -> l
     if text:
         blocks.append({"type": "text", "text": text})
     for j, call in enumerate(m.tool_calls):
-        field = f"{where}.tool_calls[{j}].function.arguments"
-        try:
-            args = call.parsed_arguments()
-        except ValueError as exc:
-            raise InvalidRequestError(f"{field} is not valid JSON: {exc}", field=field) from None
-        if not isinstance(args, dict):
-            raise InvalidRequestError(f"{field} must be a JSON object (anthropic's tool input)", field=field)
+        args = call.arguments_object(f"{where}.tool_calls[{j}].function.arguments")
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": args})
     return blocks or [{"type": "text", "text": text}]
 

@@ -105,13 +105,7 @@ def _user_parts(types: Any, m: Message, where: str) -> list[Any]:
 def _model_parts(types: Any, m: Message, where: str, memory: CallMemory | None) -> list[Any]:
     parts: list[Any] = [types.Part(text=m.text)] if m.text or not m.tool_calls else []
     for j, call in enumerate(m.tool_calls):
-        field = f"{where}.tool_calls[{j}].function.arguments"
-        try:
-            args = call.parsed_arguments()
-        except ValueError as exc:
-            raise InvalidRequestError(f"{field} is not valid JSON: {exc}", field=field) from None
-        if not isinstance(args, dict):
-            raise InvalidRequestError(f"{field} must be a JSON object (gemini's function args)", field=field)
+        args = call.arguments_object(f"{where}.tool_calls[{j}].function.arguments")
         signature = memory.signature(call.id) if memory is not None else None
         if signature is None and j == 0:
             signature = SKIP_SIGNATURE
