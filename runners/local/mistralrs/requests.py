@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atomr.runners.common.logit_bias import token_biases
+from atomr.runners.common.penalties import penalty_kwargs
 from atomr.runners.common.stops import StopMatcher
 from atomr.runners.common.structured import PLAIN, OutputPlan
 
@@ -36,13 +36,8 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "top_p": params.sampling[1],
         "top_k": params.sampling[2],
         "min_p": 0.0,
+        **penalty_kwargs(params),
     }
-    if params.presence_penalty is not None:
-        out["presence_penalty"] = float(params.presence_penalty)
-    if params.frequency_penalty is not None:
-        out["frequency_penalty"] = float(params.frequency_penalty)
-    if params.logit_bias:
-        out["logit_bias"] = token_biases(params.logit_bias)
     return out
 
 

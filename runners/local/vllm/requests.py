@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from atomr.runners.common.logit_bias import token_biases
+from atomr.runners.common.penalties import penalty_kwargs
 from atomr.runners.common.structured import PLAIN, Guidance, OutputPlan
 from atomr.runners.local.vllm.engine import Vllm
 
@@ -57,12 +57,7 @@ def sampling_params(v: Vllm, p: SamplingParams, **more: Any) -> Any:
     else:
         temperature, top_p, top_k = p.sampling
         kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k, seed=p.seed)
-    if p.presence_penalty is not None:
-        kwargs["presence_penalty"] = float(p.presence_penalty)
-    if p.frequency_penalty is not None:
-        kwargs["frequency_penalty"] = float(p.frequency_penalty)
-    if p.logit_bias:
-        kwargs["logit_bias"] = token_biases(p.logit_bias)
+    kwargs.update(penalty_kwargs(p))
     return v.SamplingParams(**kwargs)
 
 
