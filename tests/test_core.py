@@ -165,3 +165,14 @@ def test_coalescer_never_merges_two_choices_and_joins_tool_call_pieces() -> None
     assert sent.index == 0 and sent.tool_calls == (ToolCallDelta(0, "call_1", "get_weather", '{"city": "Paris"}'),)
     held = co.take()
     assert held is not None and held.index == 1 and held.text == "other"
+
+
+def test_every_error_kind_comes_back_from_the_code_the_http_front_answers_with() -> None:
+    from atomr.core import errors
+    from atomr.http.openai_wire import error_code, kind_of_code
+
+    kinds = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.InferenceError)]
+    for cls in kinds:
+        for field in (None, "model"):
+            exc = cls("x", field=field)
+            assert kind_of_code(error_code(exc)) == exc.kind, (cls, field)

@@ -208,6 +208,13 @@ _OPENAI_CODES = {
 }
 
 
+def kind_of_code(code: str) -> str:
+    """atomr's error kind for an error `code` this front answers with (the inverse of `error_code`)."""
+    if code == "model_not_found":
+        return "not_found"
+    return next((kind for kind, spelled in _OPENAI_CODES.items() if spelled == code), code)
+
+
 def error_code(exc: InferenceError) -> str:
     """The error's `code` as OpenAI spells it."""
     if exc.kind == "not_found" and exc.field == "model":

@@ -34,6 +34,7 @@ import yaml
 
 from atomr.client import Client
 from atomr.core.errors import InferenceError
+from atomr.http.openai_wire import kind_of_code
 from atomr.models import builtin_model_dir
 from tests.conftest import Node
 
@@ -164,7 +165,7 @@ class Load:
                     continue
                 data = json.loads(event)
                 if "error" in data:
-                    o.error = str(data["error"].get("code") or data["error"].get("type"))
+                    o.error = kind_of_code(str(data["error"].get("code") or data["error"].get("type")))
                     o.detail = str(data["error"].get("message"))
                     o.ends += 1
                     continue
@@ -279,7 +280,7 @@ def sse_events(lines: Iterator[str]) -> Iterator[str]:
 def _http_error(o: Outcome, status: int, content: bytes) -> None:
     try:
         err = json.loads(content)["error"]
-        o.error = str(err.get("code") or err.get("type"))
+        o.error = kind_of_code(str(err.get("code") or err.get("type")))
         o.detail = f"{status}: {err.get('message')}"
     except (ValueError, KeyError, TypeError):
         o.error, o.detail = f"unstructured: HTTP {status}", content[:200].decode(errors="replace")
