@@ -13,7 +13,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from atomr.core.tenants import TenantTable
-from atomr.http import chat, health, metrics, models, openapi
+from atomr.http import anthropic_messages, chat, health, metrics, models, openapi
 from atomr.http.plumbing import FrontContext, exception_handlers
 from atomr.http.port import InferenceBackend
 from atomr.http.settings import HttpSettings
@@ -26,6 +26,7 @@ def make_app(
     ctx = FrontContext(backend, tenants, settings, http_metrics)
     routes = [
         *chat.routes(ctx),
+        *anthropic_messages.routes(ctx),
         *models.routes(ctx),
         *health.routes(ctx),
         *metrics.routes(ctx),

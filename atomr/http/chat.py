@@ -15,7 +15,8 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
@@ -23,29 +24,77 @@ from starlette.routing import Route
 
 from atomr.core.errors import InferenceError, InternalError
 from atomr.core.tenants import Tenant
-from atomr.core.types import Chunk, InferenceRequest, StreamEvent
+from atomr.core.types import Chunk, InferenceRequest, InferenceResult, StreamEvent, Usage
 from atomr.http import openai_requests
 from atomr.http import openai_wire as wire
-from atomr.http.plumbing import FrontContext, error_response, log, until_disconnect
+from atomr.http.plumbing import FrontContext, bearer, error_response, log, until_disconnect
 from atomr.serving.stream_assembly import assemble_result
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
 
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """One wire an inference endpoint speaks: how its bodies are read, its answers, streams and
+    errors written, and where its callers put their key."""
+
+    route: str
+    parse: Callable[[bytes, int], tuple[Any, InferenceRequest]]
+    render: Callable[[InferenceRequest, Any, InferenceResult], dict[str, Any]]
+    writer: Callable[[InferenceRequest, Any], StreamWriter]
+    error_response: Callable[[InferenceError], Response] = error_response
+    api_key: Callable[[Request], str | None] = bearer
+
+
+class StreamWriter(Protocol):
+    """The bytes of one streamed answer in a dialect's events."""
+
+    def start(self) -> bytes: ...
+
+    def chunk(self, c: Chunk) -> bytes: ...
+
+    def end(self, usage: Usage | None) -> bytes: ...
+
+    def error(self, exc: InferenceError) -> bytes: ...
+
+
+def _openai_writer(chat: bool) -> Callable[[InferenceRequest, Any], StreamWriter]:
+    def writer(req: InferenceRequest, body: Any) -> StreamWriter:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return wire.StreamEncoder(req.request_id, body.model, chat, include_usage)
+
+    return writer
+
+
+OPENAI_CHAT = Dialect(
+    CHAT,
+    openai_requests.parse_chat,
+    lambda req, body, result: wire.chat_response(req.request_id, body.model, result),
+    _openai_writer(True),
+)
+OPENAI_COMPLETIONS = Dialect(
+    COMPLETIONS,
+    openai_requests.parse_completion,
+    lambda req, body, result: wire.completion_response(req.request_id, body.model, result),
+    _openai_writer(False),
+)
+
+
 def routes(ctx: FrontContext) -> list[Route]:
     async def chat_completions(request: Request) -> Response:
-        return await _inference(ctx, request, chat=True)
+        return await serve(ctx, request, OPENAI_CHAT)
 
     async def completions(request: Request) -> Response:
-        return await _inference(ctx, request, chat=False)
+        return await serve(ctx, request, OPENAI_COMPLETIONS)
 
     return [Route(CHAT, chat_completions, methods=["POST"]), Route(COMPLETIONS, completions, methods=["POST"])]
 
 
-async def _inference(ctx: FrontContext, request: Request, chat: bool) -> Response:
-    route = CHAT if chat else COMPLETIONS
-    admitted = await _admit(ctx, request, chat, route)
+async def serve(ctx: FrontContext, request: Request, dialect: Dialect) -> Response:
+    """One inference request in `dialect`: admitted, run, and answered whole or streamed."""
+    route = dialect.route
+    admitted = await _admit(ctx, request, dialect)
     if isinstance(admitted, Response):
         return admitted
     tenant, body, req = admitted
@@ -59,10 +108,9 @@ async def _inference(ctx: FrontContext, request: Request, chat: bool) -> Respons
             await events.aclose()  # type: ignore[attr-defined]
             ctx.quota.leave(tenant)
             ctx.metrics.record(route, 499 if first is None else first.http_status)
-            return Response(status_code=499) if first is None else error_response(first)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return Response(status_code=499) if first is None else dialect.error_response(first)
         return StreamingResponse(
-            _sse(ctx, req, body.model, chat, include_usage, lambda: ctx.quota.leave(tenant), route, first, events),
+            _sse(ctx, dialect.writer(req, body), lambda: ctx.quota.leave(tenant), route, first, events),
             media_type="text/event-stream",
             headers={"x-request-id": req.request_id, "cache-control": "no-cache"},
         )
@@ -72,26 +120,25 @@ async def _inference(ctx: FrontContext, request: Request, chat: bool) -> Respons
         ctx.quota.leave(tenant)
     if isinstance(outcome, InferenceError):
         ctx.metrics.record(route, outcome.http_status)
-        return error_response(outcome)
+        return dialect.error_response(outcome)
     if outcome is None:  # the client left; the request was cancelled
         ctx.metrics.record(route, 499)
         return Response(status_code=499)
     ctx.metrics.record(route, 200)
-    render = wire.chat_response if chat else wire.completion_response
-    text = json.dumps(render(req.request_id, body.model, outcome), separators=(",", ":"))
+    text = json.dumps(dialect.render(req, body, outcome), separators=(",", ":"))
     return Response(text, media_type="application/json", headers={"x-request-id": req.request_id})
 
 
 async def _admit(
-    ctx: FrontContext, request: Request, chat: bool, route: str
+    ctx: FrontContext, request: Request, dialect: Dialect
 ) -> tuple[Tenant | None, Any, InferenceRequest] | Response:
     """The caller's tenant, body and request, counted in the tenant's quota; or the refusal."""
     tenant: Tenant | None = None
+    route = dialect.route
     try:
-        tenant = ctx.authenticate(request)
+        tenant = ctx.tenants.authenticate(dialect.api_key(request))
         raw = await ctx.read_body(request)
-        parse = openai_requests.parse_chat if chat else openai_requests.parse_completion
-        body, req = parse(raw, ctx.settings.default_max_tokens)
+        body, req = dialect.parse(raw, ctx.settings.default_max_tokens)
         ctx.tenants.authorize(tenant, req.model)
         wanted = ctx.backend.forwarded_headers()
         headers = {k: v for k, v in request.headers.items() if k in wanted} if wanted else None
@@ -109,7 +156,7 @@ async def _admit(
     except InferenceError as exc:
         ctx.metrics.record(route, exc.http_status)
         log.info("http request refused", route=route, status=exc.http_status, kind=exc.kind, field=exc.field)
-        return error_response(exc)
+        return dialect.error_response(exc)
     return tenant, body, req
 
 
@@ -131,16 +178,12 @@ async def _then(first: StreamEvent, events: AsyncIterator[StreamEvent]) -> Async
 
 async def _sse(
     ctx: FrontContext,
-    req: InferenceRequest,
-    model: str,
-    chat: bool,
-    include_usage: bool,
+    enc: StreamWriter,
     done: Callable[[], None],
     route: str,
     first_event: StreamEvent,
     events: AsyncIterator[StreamEvent],
 ) -> AsyncIterator[bytes]:
-    enc = wire.StreamEncoder(req.request_id, model, chat, include_usage)
     status = 200
     try:
         first = True
