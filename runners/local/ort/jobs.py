@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from atomr.runners.common.stops import StopMatcher
-from atomr.runners.common.structured import PLAIN, Guidance, OutputPlan, ToolStream, tool_stream
+from atomr.runners.common.structured import Guidance
 from atomr.runners.local.ort.model import OrtModel, log_softmax_at
 
-from atomr.core.messages import ToolCallDelta
 from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
 
 
@@ -61,28 +60,13 @@ END = object()
 
 
 class Decoding:
-    """One request's text side: detokenizer, stop matcher, tool-call reading, logprobs, counts;
-    emits the chunks. With a tool stream (`structured.tool_stream`) the text after the stop
-    matcher is split into text and tool-call deltas, and a generation that made a tool call and
-    ended on its own finishes with "tool_calls"."""
+    """One request's text side: detokenizer, stop matcher, logprobs, counts; emits the chunks.
+    (Tool calls are read from these chunks by the runner: `structured.with_tool_calls`.)"""
 
-    __slots__ = (
-        "channel",
-        "finished",
-        "generated",
-        "logprobs",
-        "max_tokens",
-        "n_prompt",
-        "stops",
-        "stream",
-        "tools",
-    )
+    __slots__ = ("channel", "finished", "generated", "logprobs", "max_tokens", "n_prompt", "stops", "stream")
 
-    def __init__(
-        self, m: OrtModel, request: InferenceRequest, n_prompt: int, channel: Channel, plan: OutputPlan = PLAIN
-    ) -> None:
+    def __init__(self, m: OrtModel, request: InferenceRequest, n_prompt: int, channel: Channel) -> None:
         self.channel = channel
-        self.tools: ToolStream | None = tool_stream(request, plan)
         self.stream = m.tokenizer.create_stream()
         self.stops = StopMatcher(request.params.stop)
         self.logprobs = request.params.logprobs
@@ -97,23 +81,11 @@ class Decoding:
         piece = self.stream.decode(token)
         lps = (TokenLogprob(piece, log_softmax_at(logits, token)),) if logits is not None else None
         text, stopped = self.stops.feed(piece)
-        tools = self.tools
-        if tools is None:
-            if stopped:
-                self.finished = True
-                self.channel.put(Chunk(text, 1, lps, "stop", Usage(self.n_prompt, self.generated)))
-                return True
-            self.channel.put(Chunk(text, 1, lps))
-            return False
-        text, calls = tools.feed(text)
         if stopped:
             self.finished = True
-            rest, more = tools.finish()
-            reason = "tool_calls" if tools.calls else "stop"
-            usage = Usage(self.n_prompt, self.generated)
-            self.channel.put(Chunk(text + rest, 1, lps, reason, usage, tool_calls=calls + more))
+            self.channel.put(Chunk(text, 1, lps, "stop", Usage(self.n_prompt, self.generated)))
             return True
-        self.channel.put(Chunk(text, 1, lps, tool_calls=calls))
+        self.channel.put(Chunk(text, 1, lps))
         return False
 
     def finish(self, reason: str) -> None:
@@ -121,16 +93,9 @@ class Decoding:
         if self.finished:
             return
         self.finished = True
-        text = self.stops.flush()
-        calls: tuple[ToolCallDelta, ...] = ()
-        if self.tools is not None:
-            text, calls = self.tools.feed(text)
-            rest, more = self.tools.finish()
-            text, calls = text + rest, calls + more
-            if self.tools.calls and reason == "stop":
-                reason = "tool_calls"
-        lps = () if self.logprobs else None
-        self.channel.put(Chunk(text, 0, lps, reason, Usage(self.n_prompt, self.generated), tool_calls=calls))
+        self.channel.put(
+            Chunk(self.stops.flush(), 0, () if self.logprobs else None, reason, Usage(self.n_prompt, self.generated))
+        )
 
 
 @dataclass(slots=True, eq=False)

@@ -76,13 +76,14 @@ to a scheduler, and `ort_greedy_reference`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from atomr.runners.common.context import check_context
-from atomr.runners.common.structured import OutputPlan, output_plan
+from atomr.runners.common.structured import OutputPlan, output_plan, tool_stream, with_tool_calls
 from atomr.runners.local.ort.batch import BatchWorker
 from atomr.runners.local.ort.engine import EngineDriver, uses_engine
 from atomr.runners.local.ort.generators import Stepper
@@ -213,14 +214,20 @@ class OrtRunner(ModelRunner):
 
     async def generate(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         m = self._loaded()
+        plan = output_plan(request, m.tagged_calls)
+        chunks = with_tool_calls(self._generate(m, request, plan), tool_stream(request, plan))
+        async with contextlib.aclosing(chunks):  # closing it stops the generation
+            async for chunk in chunks:
+                yield chunk
+
+    async def _generate(self, m: OrtModel, request: InferenceRequest, plan: OutputPlan) -> AsyncIterator[Chunk]:
         stepper = self._stepper
         if stepper is None:
             raise UnavailableError("the ORT runner is unloaded")
-        plan = output_plan(request, m.tagged_calls)
         ids = self._prompt(m, request, plan)
         check_context(request, len(ids), m.context_length)
         channel = Channel(asyncio.get_running_loop())
-        decoding = Decoding(m, request, len(ids), channel, plan)
+        decoding = Decoding(m, request, len(ids), channel)
         job = Job(request, channel, threading.Event(), ids, decoding, guidance=plan.guidance)
         worker = self._worker_for(job, stepper)
         with self._active_lock:
