@@ -13,6 +13,7 @@ Engine options (`engine:` in the deployment YAML):
   api_key_env     environment variable holding the key (default: the provider's usual one)
   api_key_file    file holding the key (read at load; wins over api_key_env)
   timeout_s       per-call HTTP timeout (the request's deadline still bounds everything)
+  forward_headers request headers passed on to the provider as the caller sent them
   retry           {max_attempts, backoff_initial_s, backoff_max_s, jitter_s}
   circuit         {failure_threshold, cooldown_s, half_open_probes}
 """
@@ -50,6 +51,7 @@ class RemoteRunner(ModelRunner):
         common = parse_engine_options(deployment.runtime, deployment.engine, RemoteOptions)
         self.api_base: str | None = common.api_base
         self.timeout_s = common.timeout_s
+        self.forward_headers = frozenset(h.lower() for h in common.forward_headers)
         self.retry = RetryPolicy.from_options(self.options)
         self.breaker = CircuitBreaker.from_options(self.options)
         self.api_key: str | None = None
@@ -67,6 +69,12 @@ class RemoteRunner(ModelRunner):
                 ) from None
         env = self.options.get("api_key_env") or self.default_key_env
         return os.environ.get(env) if env else None
+
+    def forwarded(self, request: InferenceRequest) -> dict[str, str] | None:
+        """The caller's request headers this deployment passes on (`engine.forward_headers`)."""
+        if not self.forward_headers or not request.headers:
+            return None
+        return {k: v for k, v in request.headers.items() if k.lower() in self.forward_headers} or None
 
     async def load(self) -> None:
         self.api_key = self.read_api_key()

@@ -155,9 +155,8 @@ class LiteLLMRunner(RemoteRunner):
             args["api_key"] = self.api_key
         if self.options.get("drop_params"):
             args["drop_params"] = True
-        forward = {str(h).lower() for h in self.options.get("forward_headers") or ()}
-        if forward and request.headers:
-            passed = {k: v for k, v in request.headers.items() if k.lower() in forward}
+        passed = self.forwarded(request)
+        if passed:
             args["extra_headers"] = {**(args.get("extra_headers") or {}), **passed}
         return args
 

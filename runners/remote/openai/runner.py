@@ -164,19 +164,12 @@ class OpenAIRunner(RemoteRunner):
 
     # ---- requests ----
 
-    def headers_for(self, request: InferenceRequest) -> dict[str, str] | None:
-        """The caller's headers this deployment passes on (`engine.forward_headers`)."""
-        wanted = {str(h).lower() for h in self.options.get("forward_headers") or ()}
-        if not wanted or not request.headers:
-            return None
-        return {k: v for k, v in request.headers.items() if k.lower() in wanted} or None
-
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         chat = request.is_chat
         body = request_body(request, self.model_name, self.options.get("max_tokens_param", "max_tokens"))
         path = "/chat/completions" if chat else "/completions"
         reader = AnswerReader(self.provider, chat, request.params.logprobs)
-        options: dict[str, Any] = {"headers": headers} if (headers := self.headers_for(request)) else {}
+        options: dict[str, Any] = {"headers": headers} if (headers := self.forwarded(request)) else {}
         # The SDK's generic `post` (its documented way to any endpoint): it sends the request,
         # maps HTTP errors to its exception classes and decodes JSON and SSE, but skips the typed
         # parameter transform and the pydantic objects of `chat.completions.create`, which cost
