@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,6 +28,7 @@ from starlette.routing import Route
 from atomr.core.errors import InferenceError, InvalidRequestError
 from atomr.core.messages import ContentPart, Message, Tool, ToolCall, ToolChoice
 from atomr.core.types import Chunk, InferenceRequest, InferenceResult, SamplingParams, Usage
+from atomr.http.bodies import decode_body
 from atomr.http.chat import Dialect, serve
 from atomr.http.plumbing import FrontContext, bearer
 
@@ -61,28 +62,8 @@ class MessagesBody(BaseModel):
     stream: bool = False
 
 
-def _field(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse(raw: bytes, default_max_tokens: int) -> tuple[MessagesBody, InferenceRequest]:
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequestError(f"the body is not valid JSON: {exc}", field="body") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("the body must be a JSON object", field="body")
-    try:
-        body = MessagesBody.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        name = _field(tuple(err["loc"])) or "body"
-        if err["type"] == "extra_forbidden":
-            raise InvalidRequestError(f"{name}: not taken by this server's Messages API", field=name) from None
-        raise InvalidRequestError(f"{name}: {err['msg']}", field=name) from None
+    _, body = decode_body(raw, MessagesBody)
     messages = _system(body.system) + _messages(body.messages)
     tools = tuple(_tool(t, i) for i, t in enumerate(body.tools or ()))
     choice, parallel = _tool_choice(body.tool_choice, tools)

@@ -14,14 +14,14 @@ meets its runner (`atomr.core.runner.check_supported`), which refuses by field w
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from atomr.core.errors import InvalidRequestError
 from atomr.core.messages import response_format_from_openai, tool_choice_from_openai, tools_from_openai
 from atomr.core.types import InferenceRequest, SamplingParams, make_messages
+from atomr.http.bodies import decode_body
 
 
 class _StreamOptions(BaseModel):
@@ -65,43 +65,6 @@ class CompletionBody(_Common):
     logprobs: int | None = Field(default=None, ge=0, le=5)
 
 
-def _param(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("str", "function-after[...]") or part.startswith(("list[", "dict[")):
-            continue  # pydantic's union-branch names, not parameters
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-def _invalid(exc: ValidationError) -> InvalidRequestError:
-    err = exc.errors(include_url=False)[0]
-    param = _param(tuple(err["loc"]))
-    if err["type"] in ("model_type", "model_attributes_type"):  # an object was expected
-        if not param:
-            return InvalidRequestError("the body must be a JSON object", field="body")
-        return InvalidRequestError(f"'{param}' must be an object", field=param)
-    if err["type"] == "missing":
-        return InvalidRequestError(f"'{param}' is required", field=param)
-    return InvalidRequestError(f"'{param}': {err['msg']}", field=param or "body")
-
-
-def _decode(raw: bytes, model: type[BaseModel]) -> tuple[dict[str, Any], Any]:
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to be a request
-        raise InvalidRequestError(f"the body is not valid JSON: {exc}", field="body") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("the body must be a JSON object", field="body")
-    try:
-        return data, model.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-
-
 def _params(body: _Common, max_tokens: int | None, logprobs: bool, top: int | None, default_max: int) -> SamplingParams:
     stop = body.stop
     return SamplingParams(
@@ -122,7 +85,7 @@ def _params(body: _Common, max_tokens: int | None, logprobs: bool, top: int | No
 
 
 def parse_chat(raw: bytes, default_max_tokens: int) -> tuple[ChatBody, InferenceRequest]:
-    data, body = _decode(raw, ChatBody)
+    data, body = decode_body(raw, ChatBody)
     messages = make_messages(body.messages)
     tools = tools_from_openai(body.tools)
     if body.top_logprobs and not body.logprobs:
@@ -153,7 +116,7 @@ def parse_chat(raw: bytes, default_max_tokens: int) -> tuple[ChatBody, Inference
 
 
 def parse_completion(raw: bytes, default_max_tokens: int) -> tuple[CompletionBody, InferenceRequest]:
-    data, body = _decode(raw, CompletionBody)
+    data, body = decode_body(raw, CompletionBody)
     prompt = body.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
