@@ -182,9 +182,8 @@ class Gateway(SidecarActor):
             self._forward(item, route)
             return
         key, _, tpm, _ = route.limits[stage]
-        p = item.request.params
-        chars = len(item.request.prompt or "") + sum(len(m.text) for m in item.request.messages or ())
-        est = estimate_tokens(chars, p.max_new_tokens) if tpm is not None else 0
+        req = item.request
+        est = estimate_tokens(req.prompt_chars, req.completion_budget) if tpm is not None else 0
         lease = self.leases.setdefault(key, LocalLease())
         lease.pending.append(PendingAdmission(item, route, stage, est))
         self._serve(key, lease)

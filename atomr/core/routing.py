@@ -109,9 +109,8 @@ def _quality(route: Route) -> int:
 
 
 def _price(routes: Mapping[str, Route], request: InferenceRequest) -> Callable[[str], float]:
-    chars = len(request.prompt or "") + sum(len(m.text) for m in request.messages or ())
-    completion = request.params.max_new_tokens
-    prompt = max(0, estimate_tokens(chars, completion) - completion)
+    completion = request.completion_budget
+    prompt = max(0, estimate_tokens(request.prompt_chars, completion) - completion)
 
     def key(name: str) -> float:
         spec = routes[name].spec

@@ -4,6 +4,11 @@ Runners know nothing of actors: a runner host calls `load`, then `generate` for 
 once on one asyncio loop, then `unload`. Which runtimes exist and which class runs each is the
 runtime catalog's business (`atomr.runners.catalog`), so that core names no engine.
 
+Besides generating, a runner may embed texts (`embed`, for an embedding model or an embeddings
+API) and count a prompt's tokens (`count_tokens`, where it has the tokenizer or its provider
+counts); it says so in `capabilities.embeddings` / `.count_tokens`. An embedding model that does
+not generate text sets `capabilities.generate` false.
+
 A runner declares what it offers in `capabilities`; `check_supported` refuses, before any
 generation, a request that asks for what its runner lacks (logprobs from a runtime that has none,
 chat from a completion-only one, ...). It is called in one place for every runner, local or
@@ -45,8 +50,15 @@ FEATURES: dict[str, str] = {
     "user": "user",
     "metadata": "metadata",
     "passthrough": "fields atomr does not model, forwarded as sent (OpenAI-wire runtimes)",
+    "dimensions": "dimensions (shorter embedding vectors)",
 }
 
+
+_TASK_WORDS = {
+    "generate": "generate text: it is an embedding model",
+    "embed": "make embeddings",
+    "count_tokens": "count tokens",
+}
 
 # What local engines honour through a grammar and the chat template (`atomr.runners.common.structured`).
 GUIDED = frozenset({"json_object", "json_schema", "regex", "tools", "tool_choice", "parallel_tool_calls"})
@@ -60,6 +72,9 @@ class RunnerCapabilities:
     chat: bool = True
     completion: bool = True
     needs_gpu: bool = False
+    generate: bool = True  # it generates text (false for an embedding model)
+    embeddings: bool = False  # it implements `ModelRunner.embed`
+    count_tokens: bool = False  # it implements `ModelRunner.count_tokens`
     features: frozenset[str] = frozenset({"seed", "top_k"})  # of FEATURES
 
 
@@ -78,6 +93,17 @@ class ModelRunner(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         """Yield chunks; the last one carries finish_reason and usage."""
+
+    async def embed(self, request: InferenceRequest) -> Chunk:
+        """The embeddings of `request.inputs`, all in one engine (or provider) call where it can:
+        one chunk whose `embeddings` hold a vector per input, in order (`atomr.core.vectors`),
+        and whose usage counts the input tokens. Only runners with `capabilities.embeddings`."""
+        raise NotImplementedError
+
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        """How many input tokens the prompt of `request` (messages, tools...) takes on this model.
+        Only runners with `capabilities.count_tokens`."""
+        raise NotImplementedError
 
     async def health(self) -> bool:
         return True
@@ -139,6 +165,21 @@ def check_supported(runner: ModelRunner, request: InferenceRequest) -> None:
     caps = runner.capabilities
     runtime = runner.deployment.runtime
     where = f"deployment {runner.deployment.name!r}"
+    offered = {"generate": caps.generate, "embed": caps.embeddings, "count_tokens": caps.count_tokens}
+    if not offered[request.task]:
+        raise InvalidRequestError(
+            f"{where} ({runtime} runtime, model {runner.deployment.model!r}) does not {_TASK_WORDS[request.task]}",
+            field="model",
+            details={"runtime": runtime, "task": request.task},
+        )
+    if request.task == "embed":
+        if request.dimensions is not None and "dimensions" not in caps.features:
+            raise InvalidRequestError(
+                f"the {runtime} runtime cannot shorten embeddings ({where}): remove dimensions",
+                field="dimensions",
+                details={"runtime": runtime, "feature": "dimensions"},
+            )
+        return
     for feature, field_name in requested_features(request):
         if feature not in caps.features:
             raise InvalidRequestError(

@@ -25,8 +25,13 @@ from atomr.core.messages import (
     assemble_tool_calls,
     merge_tool_deltas,
 )
+from atomr.core.vectors import unpack_vector
 
 FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "error", "cancelled")
+# What a request asks of its deployment: text (or tool calls) generated, its inputs embedded, or
+# its prompt's tokens counted (answered as the usage's prompt_tokens, with nothing generated).
+TASKS = ("generate", "embed", "count_tokens")
+MAX_EMBEDDING_INPUTS = 2048
 DEFAULT_MAX_TOKENS = 64  # what runtimes that need a limit use when the caller gives none
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
@@ -115,7 +120,9 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class InferenceRequest:
-    """One generation request. Exactly one of `messages` (chat) or `prompt` (completion).
+    """One request: generation (exactly one of `messages` (chat) or `prompt` (completion)), an
+    embedding of `inputs` (`task` "embed", with `dimensions` when the caller wants shorter
+    vectors) or a count of the prompt's tokens (`task` "count_tokens").
 
     `extra`: request fields atomr does not model, as the caller sent them (OpenAI-wire runtimes
     forward them; every other runtime refuses them by name). `wire`: the OpenAI-format body
@@ -143,13 +150,31 @@ class InferenceRequest:
     extra: Mapping[str, Any] | None = None
     wire: Mapping[str, Any] | None = None
     headers: Mapping[str, str] | None = None
+    task: str = "generate"
+    inputs: tuple[str, ...] | None = None
+    dimensions: int | None = None
 
     @property
     def is_chat(self) -> bool:
         return self.messages is not None
 
+    @property
+    def prompt_chars(self) -> int:
+        """The characters of everything the model reads (for token estimates before the call)."""
+        chars = len(self.prompt or "") + sum(len(m.text) for m in self.messages or ())
+        return chars + sum(len(t) for t in self.inputs or ())
+
+    @property
+    def completion_budget(self) -> int:
+        """The most tokens this request may generate (none when it generates nothing)."""
+        return self.params.max_new_tokens if self.task == "generate" else 0
+
     def validate(self) -> None:
         _check(isinstance(self.model, str) and self.model != "", "model", "must be a model name")
+        _check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}")
+        if self.task == "embed":
+            self._validate_embed()
+            return
         if self.messages is None and self.prompt is None:
             raise InvalidRequestError("give either messages (chat) or prompt", field="messages")
         if self.messages is not None and self.prompt is not None:
@@ -183,6 +208,24 @@ class InferenceRequest:
             or (isinstance(self.metadata, Mapping) and all(isinstance(v, str) for v in self.metadata.values())),
             "metadata",
             "must map keys to strings",
+        )
+
+    def _validate_embed(self) -> None:
+        _check(self.messages is None and self.prompt is None, "input", "an embedding request takes inputs only")
+        inputs = self.inputs
+        _check(isinstance(inputs, tuple | list) and len(inputs) > 0, "input", "must be a non-empty list of strings")
+        assert inputs is not None
+        _check(
+            len(inputs) <= MAX_EMBEDDING_INPUTS,
+            "input",
+            f"at most {MAX_EMBEDDING_INPUTS} inputs in one request, got {len(inputs)}",
+        )
+        for i, text in enumerate(inputs):
+            _check(isinstance(text, str) and text != "", f"input[{i}]", "must be a non-empty string")
+        _check(
+            self.dimensions is None or (_is_int(self.dimensions) and self.dimensions >= 1),
+            "dimensions",
+            f"must be an integer >= 1, got {self.dimensions!r}",
         )
 
     def with_id(self, request_id: str) -> InferenceRequest:
@@ -223,6 +266,7 @@ class Chunk:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     reasoning: str = ""
     refusal: str = ""
+    embeddings: tuple[bytes, ...] = ()  # an embedding request's vectors (`atomr.core.vectors`)
 
     @staticmethod
     def merge(chunks: Sequence[Chunk]) -> Chunk:
@@ -243,6 +287,7 @@ class Chunk:
             tool_calls=merge_tool_deltas([d for c in chunks for d in c.tool_calls]),
             reasoning="".join(c.reasoning for c in chunks),
             refusal="".join(c.refusal for c in chunks),
+            embeddings=tuple(v for c in chunks for v in c.embeddings),
         )
 
 
@@ -278,6 +323,11 @@ class InferenceResult:
     reasoning: str = ""
     refusal: str = ""
     choices: tuple[Choice, ...] = ()
+    embeddings: tuple[bytes, ...] = ()  # an embedding request's vectors, one per input, in order
+
+    def vectors(self) -> list[list[float]]:
+        """The embeddings as lists of floats."""
+        return [unpack_vector(v) for v in self.embeddings]
 
     @property
     def confidence(self) -> dict[str, float] | None:

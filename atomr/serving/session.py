@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -90,7 +90,7 @@ async def run_session(
         if runner is None:
             raise RuntimeError("runner not loaded")
         check_supported(runner, request)  # e.g. logprobs from a runtime that has none: refused here
-        agen = runner.generate(request)
+        agen = _answers(runner, request)
         try:
             async for chunk in agen:
                 if request.deadline is not None and time.time() > request.deadline:
@@ -116,6 +116,21 @@ async def run_session(
     finally:
         if timer is not None:
             timer.cancel()
+
+
+def _answers(runner: ModelRunner, request: InferenceRequest) -> AsyncIterator[Chunk]:
+    """The chunks of `request` on `runner`: generated, or the one chunk of an embedding or count."""
+    if request.task == "generate":
+        return runner.generate(request)
+    return _one(runner, request)
+
+
+async def _one(runner: ModelRunner, request: InferenceRequest) -> AsyncIterator[Chunk]:
+    if request.task == "embed":
+        yield await runner.embed(request)
+    else:
+        count = await runner.count_tokens(request)
+        yield Chunk("", token_count=0, finish_reason="stop", usage=Usage(prompt_tokens=count))
 
 
 def record_end(

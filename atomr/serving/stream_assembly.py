@@ -123,4 +123,5 @@ def assemble_result(request: InferenceRequest, chunks: list[Chunk], last: Stream
         reasoning=first.reasoning,
         refusal=first.refusal,
         choices=choices,
+        embeddings=tuple(v for c in chunks for v in c.embeddings),
     )
