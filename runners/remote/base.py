@@ -2,7 +2,8 @@
 
 A provider module subclasses `RemoteRunner` and writes three things: `make_client` (its official
 SDK's async client, with the SDK's own retries off: atomr retries), `stream` (one provider call
-turned into chunks) and `map_error` (its SDK's exceptions to `error_for_status`). Everything else
+turned into chunks) and `map_error` (its SDK's exceptions to `error_for_status`). Calls answered in
+one piece (embeddings, token counts) go through `once`, under the same policy as `generate`. Everything else
 (deadline, retry policy, breaker, key handling) lives here and in `resilience.py`. A provider
 whose API gives token logprobs says so in its `capabilities` (the default here says none); a
 request asking for logprobs from one that does not is refused before generation
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,6 +89,21 @@ class RemoteRunner(ModelRunner):
             deadline=request.deadline,
             map_error=self.map_error,
         )
+
+    async def once(self, request: InferenceRequest, call: Callable[[], Awaitable[Chunk]]) -> Chunk:
+        """The one chunk of a provider call that answers in one piece (embeddings, a token count),
+        with the same deadline, retries, circuit breaker and error mapping as `generate`."""
+
+        async def single() -> AsyncIterator[Chunk]:
+            yield await call()
+
+        answers = resilient_stream(
+            single, policy=self.retry, breaker=self.breaker, deadline=request.deadline, map_error=self.map_error
+        )
+        try:
+            return await anext(answers)
+        finally:
+            await answers.aclose()  # type: ignore[attr-defined]
 
     async def unload(self) -> None:
         close = getattr(self.client, "close", None) or getattr(self.client, "aclose", None)
