@@ -45,6 +45,9 @@ class Dialect:
     writer: Callable[[InferenceRequest, Any], StreamWriter]
     error_response: Callable[[InferenceError], Response] = error_response
     api_key: Callable[[Request], str | None] = bearer
+    # The request completed once its tenant is known, before it is checked (the Responses wire
+    # puts the stored conversation it continues in front); None: the request as parsed.
+    resolve: Callable[[Any, InferenceRequest], InferenceRequest] | None = None
 
 
 class StreamWriter(Protocol):
@@ -148,7 +151,10 @@ async def _admit(
             priority=tenant.priority if tenant is not None else 0,
             deadline=time.time() + ctx.settings.request_timeout_s,
             headers=headers or None,
+            endpoint=route,
         )
+        if dialect.resolve is not None:
+            req = dialect.resolve(body, req)
         req.validate()
         ctx.quota.enter(tenant)  # last: nothing after it refuses the request
     except ClientDisconnect:

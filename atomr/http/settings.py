@@ -17,6 +17,10 @@ class HttpSettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     default_max_tokens: int = Field(default=128, ge=1)  # local engines and anthropic, when a request sets none
     request_timeout_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)  # a finite deadline
+    # POST /v1/responses keeps this many answers (oldest evicted first; 0: none kept, so no
+    # previous_response_id), each for at most this long
+    responses_store_max_items: int = Field(default=1000, ge=0)
+    responses_store_max_age_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
 
 
 def http_settings_from_config(raw: Any, where: str = "config") -> HttpSettings | None:
