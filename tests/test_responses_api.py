@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import openai
 import pytest
 import yaml
+from pydantic import BaseModel, Field
 
 from atomr.core.errors import InvalidRequestError
 from atomr.core.messages import Message, ToolCall
@@ -115,6 +116,14 @@ def other_tenant(base_url: str) -> Iterator[openai.OpenAI]:
         yield sdk
 
 
+class Forecast(BaseModel):
+    """A pydantic model the SDK turns into a strict json_schema format and parses the answer into."""
+
+    answer: str = Field(max_length=30)
+    mood: Literal["calm", "busy", "sunny"]
+    confidence: int = Field(ge=0, le=100)
+
+
 def squeezed(types: list[str]) -> list[str]:
     """Event types with runs of the same type as one."""
     return [t for i, t in enumerate(types) if i == 0 or types[i - 1] != t]
@@ -123,7 +132,7 @@ def squeezed(types: list[str]) -> list[str]:
 def test_text_whole_and_streamed(client: openai.OpenAI) -> None:
     whole = client.responses.create(model="tiny", input="Hello!")
     assert whole.object == "response" and whole.id.startswith("resp_") and whole.status == "completed"
-    assert whole.output_text == HELLO and whole.model == "tiny" and whole.store is True
+    assert whole.output_text == HELLO and whole.model == "tiny" and whole.to_dict()["store"] is True
     (message,) = whole.output
     assert message.type == "message" and message.role == "assistant" and message.status == "completed"
     assert message.content[0].type == "output_text" and message.content[0].annotations == []
@@ -140,7 +149,8 @@ def test_text_whole_and_streamed(client: openai.OpenAI) -> None:
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == HELLO
     assert final.output_text == HELLO and final.status == "completed" and final.id != whole.id
     assert final.usage is not None and final.usage.output_tokens == usage.output_tokens
-    assert [item.id for item in final.output] == [final.output[0].id] and final.output[0].id.startswith("msg_")
+    items: list[Any] = final.output
+    assert len(items) == 1 and items[0].id.startswith("msg_")
 
     raw = list(client.responses.create(model="tiny", input="Hello!", stream=True))
     assert squeezed([e.type for e in raw]) == [*TEXT_EVENTS, "response.completed"]
@@ -150,25 +160,26 @@ def test_text_whole_and_streamed(client: openai.OpenAI) -> None:
 def test_max_output_tokens_leaves_the_answer_incomplete(client: openai.OpenAI) -> None:
     short = client.responses.create(model="tiny", input="Hello!", max_output_tokens=2)
     assert short.status == "incomplete" and short.incomplete_details is not None
-    assert short.incomplete_details.reason == "max_output_tokens" and short.output[0].status == "incomplete"
+    message: Any = short.output[0]
+    assert short.incomplete_details.reason == "max_output_tokens" and message.status == "incomplete"
     assert short.max_output_tokens == 2 and HELLO.startswith(short.output_text)
     events = list(client.responses.create(model="tiny", input="Hello!", max_output_tokens=2, stream=True))
     assert squeezed([e.type for e in events]) == [*TEXT_EVENTS, "response.incomplete"]
-    last = events[-1].response  # type: ignore[union-attr]
+    last: Any = events[-1].response  # type: ignore[union-attr]
     assert last.output_text == short.output_text and last.incomplete_details.reason == "max_output_tokens"
 
 
 def test_a_tool_round_trip_on_the_embedded_model(client: openai.OpenAI) -> None:
     ask: list[Any] = [{"role": "user", "content": ASK}]
     first = client.responses.create(model="tiny", input=ask, tools=TOOLS, store=False, max_output_tokens=60)
-    assert first.store is False
-    (call,) = first.output
+    assert first.to_dict()["store"] is False
+    calls: list[Any] = first.output
+    (call,) = calls
     assert call.type == "function_call" and call.status == "completed" and call.id and call.id.startswith("fc_")
     assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
     answer = {"type": "function_call_output", "call_id": call.call_id, "output": SUNNY}
-    second = client.responses.create(
-        model="tiny", input=[*ask, *first.output, answer], tools=TOOLS, max_output_tokens=40
-    )
+    turns: list[Any] = [*ask, *first.output, answer]
+    second = client.responses.create(model="tiny", input=turns, tools=TOOLS, max_output_tokens=40)
     assert second.output_text == "The weather in Paris is sunny, 21 C."
 
     forced: Any = {"type": "function", "name": "get_weather"}
@@ -186,31 +197,24 @@ def test_a_tool_round_trip_on_the_embedded_model(client: openai.OpenAI) -> None:
         "response.output_item.done",
         "response.completed",
     ]
-    (streamed,) = final.output
+    streamed: Any = final.output[0]
+    assert len(final.output) == 1
     assert streamed.type == "function_call" and json.loads(streamed.arguments) == {"city": "Paris"}
     done = next(e for e in events if e.type == "response.function_call_arguments.done")
-    assert done.arguments == streamed.arguments  # type: ignore[union-attr]
+    assert done.arguments == streamed.arguments
 
 
 def test_json_schema_answers_validate(client: openai.OpenAI) -> None:
-    fmt = {"type": "json_schema", "name": "answer", "schema": ANSWER_SCHEMA, "strict": True}
-    whole = client.responses.create(
-        model="tiny",
-        input="What is an actor?",
-        text={"format": fmt},  # type: ignore[typeddict-item]
-        max_output_tokens=120,
-    )
+    text: Any = {"format": {"type": "json_schema", "name": "answer", "schema": ANSWER_SCHEMA, "strict": True}}
+    whole = client.responses.create(model="tiny", input="What is an actor?", text=text, max_output_tokens=120)
     assert whole.status == "completed" and whole.text is not None and whole.text.format is not None
     assert whole.text.format.type == "json_schema"
     jsonschema.validate(json.loads(whole.output_text), ANSWER_SCHEMA)
-    with client.responses.stream(
-        model="tiny",
-        input="What is an actor?",
-        text={"format": fmt},  # type: ignore[typeddict-item]
-        max_output_tokens=120,
-    ) as stream:
+    with client.responses.stream(model="tiny", input="What is an actor?", text=text, max_output_tokens=120) as stream:
         final = stream.get_final_response()
     assert final.output_text == whole.output_text
+    parsed = client.responses.parse(model="tiny", input="What is a seed?", text_format=Forecast, max_output_tokens=120)
+    assert isinstance(parsed.output_parsed, Forecast) and parsed.output_parsed.mood in ("calm", "busy", "sunny")
 
 
 def test_a_stored_conversation_continues_on_an_openai_wire_provider(
@@ -262,6 +266,7 @@ def test_a_stored_conversation_continues_on_an_openai_wire_provider(
     assert third.status == "incomplete" and third.output_text == "Hello from the"
 
     assert client.responses.retrieve(second.id).model_dump() == second.model_dump()
+    assert client.responses.retrieve(third.id).model_dump() == third.model_dump()  # kept when streamed too
     with pytest.raises(openai.NotFoundError) as theirs:
         other_tenant.responses.retrieve(second.id)
     assert second.id in theirs.value.message
@@ -309,9 +314,9 @@ def test_a_failure_mid_stream_is_an_error_event(client: openai.OpenAI, provider:
     events = list(client.responses.create(model="gpt", input="Hello!", stream=True))
     assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
     error, failed = events[-2:]
-    assert error.type == "error" and error.message  # type: ignore[union-attr]
-    assert failed.type == "response.failed" and failed.response.status == "failed"  # type: ignore[union-attr]
-    assert failed.response.error is not None and failed.response.error.message == error.message  # type: ignore[union-attr]
+    assert error.type == "error" and error.message
+    assert failed.type == "response.failed" and failed.response.status == "failed"
+    assert failed.response.error is not None and failed.response.error.message == error.message
     assert [e.sequence_number for e in events] == list(range(len(events)))
 
 

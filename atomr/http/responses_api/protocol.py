@@ -1,14 +1,15 @@
 """Responses API request bodies in: ``POST /v1/responses`` as an `InferenceRequest`.
 
 ``instructions`` becomes a system message first; ``input`` (a string, or items) the chat after
-it: ``message`` items (role user, assistant, system or developer; content a string or
-``input_text`` / ``output_text`` / ``refusal`` / ``input_image`` parts), ``function_call`` items
-(the assistant's tool calls, joined to the assistant message before them), ``function_call_output``
-items (tool messages) and ``reasoning`` items, which are left out of the chat as chat templates
-leave out earlier turns' reasoning. Function ``tools`` (``name``, ``description``,
-``parameters``, ``strict``), ``tool_choice``, ``parallel_tool_calls``, ``text.format`` (text,
-json_object, json_schema), ``reasoning.effort``, ``max_output_tokens``, ``temperature``,
-``top_p``, ``metadata`` and ``user`` map to their `InferenceRequest` fields.
+it: ``message`` items (role user, assistant, system or developer; content a string or parts:
+``input_text`` and ``input_image``, or for the assistant ``input_text``, ``output_text`` and
+``refusal``, read as its text), ``function_call`` items (the assistant's tool calls, joined to
+the assistant message before them), ``function_call_output`` items (tool messages) and
+``reasoning`` items, which are left out of the chat as chat templates leave out earlier turns'
+reasoning. Function ``tools`` (``name``, ``description``, ``parameters``, ``strict``),
+``tool_choice``, ``parallel_tool_calls``, ``text.format`` (text, json_object, json_schema),
+``reasoning.effort``, ``max_output_tokens``, ``temperature``, ``top_p``, ``metadata`` and
+``user`` map to their `InferenceRequest` fields.
 
 A field or item this wire does not serve (built-in tools, ``include``, ``truncation``,
 ``item_reference``...) is refused with an `InvalidRequestError` naming it the way OpenAI does
@@ -185,9 +186,9 @@ def _message(item: Mapping[str, Any], at: str) -> Message:
 
 def _part(part: Any, role: str, at: str) -> ContentPart:
     kind = part.get("type") if isinstance(part, Mapping) else None
-    taken = ("output_text", "refusal") if role == "assistant" else ("input_text", "input_image")
-    if kind not in taken:
-        raise InvalidRequestError(f"{at}.type: a {role} message takes {' or '.join(taken)} parts", field=f"{at}.type")
+    taken = ("input_text", "output_text", "refusal") if role == "assistant" else ("input_text", "input_image")
+    if not isinstance(kind, str) or kind not in taken:
+        raise InvalidRequestError(f"{at}.type: {role} messages take {', '.join(taken)} parts", field=f"{at}.type")
     _known_keys(part, _PART_KEYS[kind], at)
     if kind == "input_image":
         return _image(part, at)
