@@ -50,9 +50,14 @@ FEATURES: dict[str, str] = {
     "user": "user",
     "metadata": "metadata",
     "passthrough": "fields atomr does not model, forwarded as sent (OpenAI-wire runtimes)",
+    "messages_passthrough": "fields of Anthropic's Messages wire atomr does not model (thinking...), forwarded as sent",
     "dimensions": "dimensions (shorter embedding vectors)",
 }
 
+
+# What a runtime speaking the OpenAI wire takes: every field of that wire, forwarded as sent (the
+# provider judges it); not the fields of other wires.
+OPENAI_WIRE = frozenset(FEATURES) - {"messages_passthrough"}
 
 _TASK_WORDS = {
     "generate": "generate text: it is an embedding model",
@@ -115,6 +120,8 @@ class ModelRunner(abc.ABC):
 def requested_features(request: InferenceRequest) -> Iterator[tuple[str, str]]:
     """(feature, the field that asks for it) for every optional feature `request` uses."""
     p = request.params
+    # what atomr does not model can only go to a runtime that speaks the wire it came in
+    passthrough = "messages_passthrough" if request.wire_api == "anthropic" else "passthrough"
     has_tool_messages = any(m.tool_calls or m.tool_call_id is not None for m in request.messages or ())
     if request.tools or has_tool_messages:
         yield "tools", "tools" if request.tools else "messages"
@@ -132,9 +139,9 @@ def requested_features(request: InferenceRequest) -> Iterator[tuple[str, str]]:
                 if part.type == "image_url":
                     yield "images", f"messages[{i}].content[{j}]"
                 elif part.type != "text":
-                    yield "passthrough", f"messages[{i}].content[{j}].type"
+                    yield passthrough, f"messages[{i}].content[{j}].type"
         for key in m.extra or ():
-            yield "passthrough", f"messages[{i}].{key}"
+            yield passthrough, f"messages[{i}].{key}"
     if p.n != 1:
         yield "n", "n"
     if p.presence_penalty is not None:
@@ -156,7 +163,7 @@ def requested_features(request: InferenceRequest) -> Iterator[tuple[str, str]]:
     if request.metadata:
         yield "metadata", "metadata"
     for key in request.extra or ():
-        yield "passthrough", key
+        yield passthrough, key
 
 
 def check_supported(runner: ModelRunner, request: InferenceRequest) -> None:

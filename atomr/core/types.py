@@ -124,10 +124,12 @@ class InferenceRequest:
     embedding of `inputs` (`task` "embed", with `dimensions` when the caller wants shorter
     vectors) or a count of the prompt's tokens (`task` "count_tokens").
 
-    `extra`: request fields atomr does not model, as the caller sent them (OpenAI-wire runtimes
-    forward them; every other runtime refuses them by name). `wire`: the OpenAI-format body
-    exactly as it came over HTTP, which OpenAI-wire runtimes forward as it is; `headers`: the
-    caller's request headers that its deployment passes on (`forward_headers`).
+    `extra`: request fields atomr does not model, as the caller sent them (runtimes that speak the
+    wire they came in forward them; every other runtime refuses them by name). `wire`: the body
+    exactly as it came over HTTP, in the API named by `wire_api` ("openai" for chat and
+    completions, "anthropic" for Messages), which a runtime speaking that API forwards as it is;
+    `headers`: the caller's request headers that its deployment passes on (`forward_headers`).
+    `endpoint`: where the request came in (an HTTP route, or "client"), for its log line.
     """
 
     model: str
@@ -149,7 +151,9 @@ class InferenceRequest:
     metadata: Mapping[str, str] | None = None
     extra: Mapping[str, Any] | None = None
     wire: Mapping[str, Any] | None = None
+    wire_api: str | None = None
     headers: Mapping[str, str] | None = None
+    endpoint: str = "client"
     task: str = "generate"
     inputs: tuple[str, ...] | None = None
     dimensions: int | None = None
@@ -267,6 +271,9 @@ class Chunk:
     reasoning: str = ""
     refusal: str = ""
     embeddings: tuple[bytes, ...] = ()  # an embedding request's vectors (`atomr.core.vectors`)
+    # The provider's own stream events this chunk was read from, kept for a caller speaking the
+    # provider's wire (a Messages request served by the anthropic runtime gets them as they came).
+    wire_events: tuple[Mapping[str, Any], ...] = ()
 
     @staticmethod
     def merge(chunks: Sequence[Chunk]) -> Chunk:
@@ -288,6 +295,7 @@ class Chunk:
             reasoning="".join(c.reasoning for c in chunks),
             refusal="".join(c.refusal for c in chunks),
             embeddings=tuple(v for c in chunks for v in c.embeddings),
+            wire_events=tuple(e for c in chunks for e in c.wire_events),
         )
 
 
@@ -324,6 +332,7 @@ class InferenceResult:
     refusal: str = ""
     choices: tuple[Choice, ...] = ()
     embeddings: tuple[bytes, ...] = ()  # an embedding request's vectors, one per input, in order
+    wire_events: tuple[Mapping[str, Any], ...] = ()  # the provider's events, for a caller of its wire
 
     def vectors(self) -> list[list[float]]:
         """The embeddings as lists of floats."""

@@ -1,18 +1,26 @@
-"""``POST /v1/messages``: Anthropic's Messages wire over any deployment.
+"""``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: Anthropic's Messages wire over
+any deployment (the answers' side is `atomr.http.anthropic_answers`).
 
 A Messages body becomes the same `InferenceRequest` an OpenAI chat body does: ``system`` a system
 message; content blocks text, image (base64 or URL), ``tool_use`` (assistant tool calls) and
 ``tool_result`` (tool messages, in their order); ``tools`` (``input_schema``) and ``tool_choice``
 (auto / any / tool / none, ``disable_parallel_tool_use``); ``stop_sequences``, ``max_tokens``,
-``temperature`` / ``top_p`` / ``top_k``, ``metadata.user_id`` (as ``user``). A field this wire
-does not take over every runtime (``thinking``, ``service_tier``...) is refused by name.
+``temperature`` / ``top_p`` / ``top_k``, ``metadata.user_id`` (as ``user``).
 
-Answers are Messages: text and ``tool_use`` content blocks, ``stop_reason`` (end_turn,
-max_tokens, tool_use, refusal) and usage; streams are Anthropic's events (``message_start``,
-``content_block_start`` / ``_delta`` (``text_delta``, ``input_json_delta``) / ``_stop``,
-``message_delta`` with stop_reason and usage, ``message_stop``). Errors are
-``{"type": "error", "error": {"type", "message"}}`` with Anthropic's statuses. The caller's key
-may come as ``x-api-key`` (Anthropic's way) or ``Authorization: Bearer``.
+The body also travels as sent (`InferenceRequest.wire`, ``wire_api`` "anthropic"): an `anthropic`
+deployment forwards it as it came, so what atomr does not model reaches it too: fields such as
+``thinking`` or ``service_tier`` (kept in `extra`), blocks such as ``thinking``, ``document`` or
+non-text tool results (content parts kept as sent), the API's own tools (web search...).
+Every other runtime refuses those by name (`atomr.core.runner.check_supported`). One thing is
+dropped for them without a word: ``cache_control`` marks, a caching hint that changes no answer.
+
+``count_tokens`` takes the same prompt without ``max_tokens`` and answers ``{"input_tokens": N}``
+from the deployment's own tokenizer (local runtimes) or its provider (`anthropic`); runtimes that
+cannot count refuse it, naming ``model``.
+
+The caller's key may come as ``x-api-key`` (Anthropic's way) or ``Authorization: Bearer``;
+``anthropic-version`` and ``anthropic-beta`` headers are accepted (a deployment passes them on
+when its ``forward_headers`` names them).
 """
 
 from __future__ import annotations
@@ -22,51 +30,46 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from atomr.core.errors import InferenceError, InvalidRequestError
+from atomr.core.errors import InvalidRequestError
 from atomr.core.messages import ContentPart, Message, Tool, ToolCall, ToolChoice
-from atomr.core.types import Chunk, InferenceRequest, InferenceResult, SamplingParams, Usage
+from atomr.core.types import InferenceRequest, SamplingParams
+from atomr.http.anthropic_answers import MessagesStream, error_response, render, render_count
 from atomr.http.bodies import decode_body
 from atomr.http.chat import Dialect, serve
 from atomr.http.plumbing import FrontContext, bearer
 
 MESSAGES = "/v1/messages"
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-}
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
-class MessagesBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Prompt(BaseModel):
+    """What both ``/v1/messages`` and its ``count_tokens`` take. Fields atomr does not model
+    (``thinking``, ``service_tier``, ``mcp_servers``...) are kept as sent: the anthropic runtime
+    forwards them, every other runtime refuses them by name."""
+
+    model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
     messages: list[Any] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+
+
+class MessagesBody(_Prompt):
+    max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = Field(default=None, max_length=8)
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
     metadata: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None
     stream: bool = False
 
 
 def parse(raw: bytes, default_max_tokens: int) -> tuple[MessagesBody, InferenceRequest]:
-    _, body = decode_body(raw, MessagesBody)
-    messages = _system(body.system) + _messages(body.messages)
-    tools = tuple(_tool(t, i) for i, t in enumerate(body.tools or ()))
-    choice, parallel = _tool_choice(body.tool_choice, tools)
+    data, body = decode_body(raw, MessagesBody)
     user = (body.metadata or {}).get("user_id")
     params = SamplingParams(
         max_tokens=body.max_tokens,
@@ -76,17 +79,31 @@ def parse(raw: bytes, default_max_tokens: int) -> tuple[MessagesBody, InferenceR
         stop=tuple(body.stop_sequences or ()),
         default_max_tokens=default_max_tokens,
     )
-    request = InferenceRequest(
+    request = _request(data, body, params=params, stream=body.stream, user=str(user) if user is not None else None)
+    return body, request
+
+
+def parse_count(raw: bytes, default_max_tokens: int) -> tuple[_Prompt, InferenceRequest]:
+    """A ``count_tokens`` body: the prompt of a Messages request, answered with its token count."""
+    data, body = decode_body(raw, _Prompt)
+    return body, _request(data, body, task="count_tokens")
+
+
+def _request(data: dict[str, Any], body: _Prompt, **fields: Any) -> InferenceRequest:
+    """The request of a Messages-wire body: its prompt typed, and the body as sent in `wire`."""
+    tools, unmodeled = _tools(body.tools or [])
+    choice, parallel = _tool_choice(body.tool_choice, tools)
+    return InferenceRequest(
         model=body.model,
-        messages=messages,
-        params=params,
-        stream=body.stream,
+        messages=_system(body.system) + _messages(body.messages),
         tools=tools,
         tool_choice=choice,
         parallel_tool_calls=parallel,
-        user=str(user) if user is not None else None,
+        extra={**(body.model_extra or {}), **unmodeled} or None,
+        wire=data,
+        wire_api="anthropic",
+        **fields,
     )
-    return body, request
 
 
 def _system(system: str | list[dict[str, Any]] | None) -> tuple[Message, ...]:
@@ -116,7 +133,9 @@ def _messages(raw: list[Any]) -> tuple[Message, ...]:
         calls: list[ToolCall] = []
         for j, block in enumerate(content):
             at = f"{where}.content[{j}]"
-            kind = block.get("type") if isinstance(block, dict) else None
+            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                raise InvalidRequestError(f"{at} must be a content block with a type", field=at)
+            kind = block["type"]
             if kind == "text" and isinstance(block.get("text"), str):
                 parts.append(ContentPart("text", text=block["text"]))
             elif kind == "image" and m["role"] == "user":
@@ -128,9 +147,12 @@ def _messages(raw: list[Any]) -> tuple[Message, ...]:
             elif kind == "tool_result" and m["role"] == "user":
                 if not isinstance(block.get("tool_use_id"), str):
                     raise InvalidRequestError(f"{at}.tool_use_id is required", field=f"{at}.tool_use_id")
-                out.append(Message("tool", _result_text(block.get("content"), at), tool_call_id=block["tool_use_id"]))
-            else:
+                result = _result_content(block.get("content"), at)
+                out.append(Message("tool", result, tool_call_id=block["tool_use_id"]))
+            elif kind in ("text", "image", "tool_use", "tool_result"):
                 raise InvalidRequestError(f"{at}: a {kind!r} block is not taken in a {m['role']} message", field=at)
+            else:  # thinking, document, search_result...: only the anthropic runtime takes them
+                parts.append(ContentPart(kind, data=block))
         if parts or calls:
             out.append(Message(m["role"], tuple(parts) if parts else None, tool_calls=tuple(calls)))
     return tuple(out)
@@ -144,12 +166,28 @@ def _image_url(source: Any, at: str) -> str:
     raise InvalidRequestError(f"{at}.source must be a base64 or url image source", field=f"{at}.source")
 
 
-def _result_text(content: Any, at: str) -> str:
+def _result_content(content: Any, at: str) -> str | tuple[ContentPart, ...]:
+    """A tool result's content: its text, or (images, documents...) its blocks as sent."""
     if content is None or isinstance(content, str):
         return content or ""
-    if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+    if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
+        raise InvalidRequestError(f"{at}.content must be a string or blocks", field=f"{at}.content")
+    if all(b.get("type") == "text" for b in content):
         return "".join(str(b.get("text", "")) for b in content)
-    raise InvalidRequestError(f"{at}.content: tool results are taken as text", field=f"{at}.content")
+    return tuple(ContentPart(str(b.get("type")), data=b) for b in content)
+
+
+def _tools(raw: list[dict[str, Any]]) -> tuple[tuple[Tool, ...], dict[str, Any]]:
+    """Client tools typed; the API's own tools (web search, code execution...) kept as sent,
+    keyed by where they are (``tools[2]``), for the anthropic runtime alone."""
+    typed: list[Tool] = []
+    unmodeled: dict[str, Any] = {}
+    for i, tool in enumerate(raw):
+        if tool.get("type", "custom") == "custom":
+            typed.append(_tool(tool, i))
+        else:
+            unmodeled[f"tools[{i}]"] = tool
+    return tuple(typed), unmodeled
 
 
 def _tool(raw: dict[str, Any], i: int) -> Tool:
@@ -179,125 +217,19 @@ def _tool_choice(raw: dict[str, Any] | None, tools: tuple[Tool, ...]) -> tuple[T
     return ToolChoice(modes[str(kind)]), parallel
 
 
-# ---- answers ----
-
-
-def _message_id(req: InferenceRequest) -> str:
-    return f"msg_{req.request_id}"
-
-
-def _usage(u: Usage | None) -> dict[str, int]:
-    u = u or Usage()
-    return {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}
-
-
-def render(req: InferenceRequest, body: Any, result: InferenceResult) -> dict[str, Any]:
-    content: list[dict[str, Any]] = []
-    if result.text:
-        content.append({"type": "text", "text": result.text})
-    for call in result.tool_calls:
-        content.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments_object("tool")})
-    return {
-        "id": _message_id(req),
-        "type": "message",
-        "role": "assistant",
-        "model": body.model,
-        "content": content,
-        "stop_reason": STOP_REASONS.get(result.finish_reason, "end_turn"),
-        "stop_sequence": None,
-        "usage": _usage(result.usage),
-    }
-
-
-def _event(kind: str, payload: dict[str, Any]) -> bytes:
-    data = json.dumps({"type": kind, **payload}, separators=(",", ":"))
-    return f"event: {kind}\ndata: {data}\n\n".encode()
-
-
-class MessagesStream:
-    """Anthropic's stream events for one answer: one content block per run of text and per tool call."""
-
-    def __init__(self, req: InferenceRequest, body: Any) -> None:
-        self.req, self.model = req, body.model
-        self._block = -1  # index of the open block
-        self._open: str | None = None  # "text", or the tool call index as "call:<k>"
-        self._finish = "stop"
-
-    def start(self) -> bytes:
-        message = {
-            "id": _message_id(self.req),
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
-        }
-        return _event("message_start", {"message": message})
-
-    def _close(self) -> bytes:
-        if self._open is None:
-            return b""
-        self._open = None
-        return _event("content_block_stop", {"index": self._block})
-
-    def _begin(self, name: str, block: dict[str, Any]) -> bytes:
-        out = self._close()
-        self._block += 1
-        self._open = name
-        return out + _event("content_block_start", {"index": self._block, "content_block": block})
-
-    def chunk(self, c: Chunk) -> bytes:
-        if c.index != 0:
-            return b""  # Messages has one choice
-        out = b""
-        if c.text:
-            if self._open != "text":
-                out += self._begin("text", {"type": "text", "text": ""})
-            delta = {"type": "text_delta", "text": c.text}
-            out += _event("content_block_delta", {"index": self._block, "delta": delta})
-        for d in c.tool_calls:
-            name = f"call:{d.index}"
-            if self._open != name:
-                block = {"type": "tool_use", "id": d.id or "", "name": d.name or "", "input": {}}
-                out += self._begin(name, block)
-            if d.arguments:
-                delta = {"type": "input_json_delta", "partial_json": d.arguments}
-                out += _event("content_block_delta", {"index": self._block, "delta": delta})
-        if c.finish_reason:
-            self._finish = c.finish_reason
-        return out
-
-    def end(self, usage: Usage | None) -> bytes:
-        delta = {"stop_reason": STOP_REASONS.get(self._finish, "end_turn"), "stop_sequence": None}
-        out = self._close()
-        out += _event("message_delta", {"delta": delta, "usage": {"output_tokens": _usage(usage)["output_tokens"]}})
-        return out + _event("message_stop", {})
-
-    def error(self, exc: InferenceError) -> bytes:
-        return _event("error", {"error": error_body(exc)["error"]})
-
-
-def error_body(exc: InferenceError) -> dict[str, Any]:
-    kind = _ERROR_TYPES.get(exc.http_status, "api_error")
-    return {"type": "error", "error": {"type": kind, "message": exc.message}}
-
-
-def error_response(exc: InferenceError) -> Response:
-    headers = {"retry-after": str(max(1, round(exc.retry_after + 0.499)))} if exc.retry_after else None
-    return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
-
-
 def api_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or bearer(request)
 
 
 MESSAGES_DIALECT = Dialect(MESSAGES, parse, render, MessagesStream, error_response, api_key)
+COUNT_DIALECT = Dialect(COUNT_TOKENS, parse_count, render_count, MessagesStream, error_response, api_key)
 
 
 def routes(ctx: FrontContext) -> list[Route]:
     async def messages(request: Request) -> Response:
         return await serve(ctx, request, MESSAGES_DIALECT)
 
-    return [Route(MESSAGES, messages, methods=["POST"])]
+    async def count_tokens(request: Request) -> Response:
+        return await serve(ctx, request, COUNT_DIALECT)
+
+    return [Route(MESSAGES, messages, methods=["POST"]), Route(COUNT_TOKENS, count_tokens, methods=["POST"])]

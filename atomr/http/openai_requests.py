@@ -111,6 +111,7 @@ def parse_chat(raw: bytes, default_max_tokens: int) -> tuple[ChatBody, Inference
         metadata=body.metadata,
         extra=body.model_extra or None,
         wire=data,
+        wire_api="openai",
     )
     return body, request
 
@@ -132,5 +133,6 @@ def parse_completion(raw: bytes, default_max_tokens: int) -> tuple[CompletionBod
         user=body.user,
         extra=body.model_extra or None,
         wire=data,
+        wire_api="openai",
     )
     return body, request

@@ -143,11 +143,15 @@ def record_end(
     usage: Usage | None,
 ) -> None:
     """A request's end: counted in its deployment's metrics and logged in one line."""
+    if request.task == "count_tokens":
+        usage = None  # the tokens counted were not consumed
     if metrics is not None:
         metrics.request_done(request.tenant, replica, outcome, latency_s, usage)
     log.info(
         "request",
         request_id=request.request_id,
+        endpoint=request.endpoint,
+        task=request.task,
         tenant=request.tenant,
         deployment=deployment,
         replica=replica,

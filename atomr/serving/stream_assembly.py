@@ -124,4 +124,5 @@ def assemble_result(request: InferenceRequest, chunks: list[Chunk], last: Stream
         refusal=first.refusal,
         choices=choices,
         embeddings=tuple(v for c in chunks for v in c.embeddings),
+        wire_events=tuple(e for c in chunks for e in c.wire_events),
     )

@@ -87,7 +87,7 @@ def typed_body(request: InferenceRequest, max_tokens_param: str = "max_tokens") 
 
 def request_body(request: InferenceRequest, model: str, max_tokens_param: str = "max_tokens") -> dict[str, Any]:
     """The body to send for `request` to `model`: its wire body as sent, or its typed fields."""
-    if request.wire is not None:
+    if request.wire is not None and request.wire_api == "openai":
         body = dict(request.wire)
         if request.is_chat and max_tokens_param != "max_tokens" and "max_tokens" in body:
             body[max_tokens_param] = body.pop("max_tokens")  # the deployment says its models want the other name

@@ -1,6 +1,8 @@
 """A fake Anthropic Messages API on 127.0.0.1 speaking the real wire format, for the `anthropic` runner.
 
-Route: `POST /v1/messages`. Without `"stream": true` the answer is one `message` object; with it,
+Routes: `POST /v1/messages/count_tokens` (`{"input_tokens": N}`, N counted as below, for a prompt
+checked as a message's is) and `POST /v1/messages`. Without `"stream": true` the answer is one
+`message` object; with it,
 SSE events as the API sends them (`event: <type>\\ndata: <json>\\n\\n`): `message_start` (with
 `usage.input_tokens`), `content_block_start`, a `ping`, one `content_block_delta` (`text_delta`)
 per token, `content_block_stop`, `message_delta` (`stop_reason`, `stop_sequence`,
@@ -162,10 +164,12 @@ class FakeAnthropic(FakeProvider):
             got = _key_of(headers)
             if got != self.api_key:
                 return Reply(401, error_json("authentication_error", f"invalid x-api-key: {got}"))
-        if route != "/v1/messages":
+        if route not in ("/v1/messages", "/v1/messages/count_tokens"):
             return Reply(404, error_json("not_found_error", f"Not found: {route}"))
         if not isinstance(body, dict):
             return Reply(400, error_json("invalid_request_error", "The request body is not valid JSON."))
+        if route.endswith("/count_tokens"):
+            return self._count(body)
         problem = self._check(body)
         if problem is not None:
             return Reply(400, error_json("invalid_request_error", problem)) if isinstance(problem, str) else problem
@@ -187,6 +191,16 @@ class FakeAnthropic(FakeProvider):
             message.update(content=blocks, stop_reason=stop_reason, stop_sequence=stop_sequence, usage=usage)
             return Reply(200, message)
         return Reply(events=self._events(body["model"], blocks, stop_reason, stop_sequence, usage))
+
+    def _count(self, body: dict[str, Any]) -> Reply:
+        """``count_tokens``: the prompt checked as for a message (without max_tokens), counted."""
+        extra = sorted(set(body) - COUNT_FIELDS)
+        if extra:
+            return Reply(400, error_json("invalid_request_error", f"{extra[0]}: Extra inputs are not permitted"))
+        problem = self._check({**body, "max_tokens": 1})
+        if problem is not None:
+            return Reply(400, error_json("invalid_request_error", problem)) if isinstance(problem, str) else problem
+        return Reply(200, {"input_tokens": _input_tokens(body)})
 
     def _usage(self, input_tokens: int, output_tokens: int) -> dict[str, Any]:
         usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
@@ -338,6 +352,9 @@ REQUEST_FIELDS = frozenset(
         "cache_control",
         "inference_geo",
     }
+)
+COUNT_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config", "cache_control"}
 )
 _TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")

@@ -76,10 +76,6 @@ class LocalAdapter(RuntimeAdapter):
             ]
         return [Answer(self.request("completion"), ACTOR, 5)]
 
-    def counted_prompt_tokens(self, runner: ModelRunner, request: InferenceRequest) -> int | None:
-        count = getattr(runner, "count_prompt_tokens", None)
-        return int(count(request)) if count is not None else None
-
     def reached(self, runner: ModelRunner) -> int | None:
         return int(runner.stats["requests"])  # type: ignore[attr-defined]
 
@@ -133,6 +129,7 @@ class OrtAdapter(LocalAdapter):
         streaming=True,
         logprobs=True,
         batching=True,
+        count_tokens=True,
         features=GUIDED | {"seed", "top_k"},
     )
     concurrency = 16
@@ -149,6 +146,7 @@ class VllmAdapter(LocalAdapter):
         streaming=True,
         logprobs=True,
         batching=True,
+        count_tokens=True,
         features=GUIDED | {"seed", "top_k", "penalties", "logit_bias"},
     )
     one_token_per_chunk = False  # an engine step may bring several tokens
@@ -185,7 +183,7 @@ def gpu_visible() -> bool:
 class TensorRTAdapter(LocalAdapter):
     runtime = "tensorrt"
     runner_path = "atomr.runners.local.tensorrt.runner:TensorRTRunner"
-    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True, needs_gpu=True)
+    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True, needs_gpu=True, count_tokens=True)
     one_token_per_chunk = False
     cut_within = 199
 
@@ -199,9 +197,6 @@ class TensorRTAdapter(LocalAdapter):
 
     def deployment(self) -> Any:
         return tiny_deployment(self.runtime, gpus=1, **self.engine)
-
-    def counted_prompt_tokens(self, runner: ModelRunner, request: InferenceRequest) -> int | None:
-        return len(runner.prompt_ids(request))  # type: ignore[attr-defined]
 
     def reached(self, runner: ModelRunner) -> int | None:
         return None  # TensorRT-LLM keeps no count
@@ -233,7 +228,9 @@ class FakeServedAdapter(RemoteAdapter):
     tokenize: ClassVar[Callable[[str], list[str]]]
     model: ClassVar[str]
     api_suffix: ClassVar[str] = ""
-    capabilities = RunnerCapabilities(streaming=True, logprobs=True, batching=True, features=frozenset(FEATURES))
+    capabilities = RunnerCapabilities(
+        streaming=True, logprobs=True, batching=True, features=frozenset(FEATURES) - {"messages_passthrough"}
+    )
     seed_changes_text = False  # the fake answers the same whatever the seed
 
     def __init__(self) -> None:
@@ -395,10 +392,12 @@ class AnthropicAdapter(FakeServedAdapter):
         streaming=True,
         logprobs=False,
         batching=True,
+        count_tokens=True,
         features=frozenset(
             {
                 "tools",
                 "tool_choice",
+                "messages_passthrough",
                 "parallel_tool_calls",
                 "json_schema",
                 "images",

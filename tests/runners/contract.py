@@ -127,10 +127,6 @@ class RuntimeAdapter:
         """The prompt tokens the last request (answer's) must report."""
         return answer.prompt_tokens
 
-    def counted_prompt_tokens(self, runner: ModelRunner, request: InferenceRequest) -> int | None:
-        """The runner's own count of a request's prompt tokens, where it offers one."""
-        return None
-
     def reached(self, runner: ModelRunner) -> int | None:
         """How many requests reached the engine or provider so far (None: not observable)."""
         return None
@@ -199,16 +195,15 @@ class RunnerContract:
             last = check_stream(chunks)
             assert (text(chunks), last.finish_reason) == (answer.text, "stop"), answer.request
             assert all(c.logprobs is None for c in chunks)  # none unless asked
-            self.check_usage(runner, answer, last)
+            self.check_usage(runner, on, answer, last)
 
-    def check_usage(self, runner: ModelRunner, answer: Answer, last: Chunk) -> None:
+    def check_usage(self, runner: ModelRunner, on: On[Any], answer: Answer, last: Chunk) -> None:
         assert last.usage is not None and last.usage.completion_tokens > 0
         expected = self.adapter.prompt_tokens(runner, answer)
         if expected is not None:
             assert last.usage.prompt_tokens == expected
-        counted = self.adapter.counted_prompt_tokens(runner, answer.request)
-        if counted is not None:  # the runner's own count agrees with what it reports
-            assert last.usage.prompt_tokens == counted
+        if runner.capabilities.count_tokens:  # the runner's own count agrees with what it reports
+            assert last.usage.prompt_tokens == on(runner.count_tokens(answer.request))
 
     @pytest.mark.parametrize("mode", MODES)
     def test_streaming(self, runner: ModelRunner, on: On[Any], mode: str) -> None:
@@ -218,7 +213,7 @@ class RunnerContract:
             chunks = on(collect(runner, streamed(answer.request)))
             last = check_stream(chunks, one_token_per_chunk=a.one_per_chunk(mode))
             assert (text(chunks), last.finish_reason) == (answer.text, "stop")
-            self.check_usage(runner, answer, last)
+            self.check_usage(runner, on, answer, last)
             pieces = a.pieces(answer.text)
             if pieces is not None:
                 assert [c.text for c in chunks[:-1]] == pieces and last.text == ""

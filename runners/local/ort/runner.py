@@ -113,6 +113,7 @@ class OrtRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
+        count_tokens=True,
         features=GUIDED | {"seed", "top_k"},
     )
 
@@ -189,7 +190,7 @@ class OrtRunner(ModelRunner):
             raise UnavailableError("the ORT model is not loaded")
         return self._m
 
-    def count_prompt_tokens(self, request: InferenceRequest) -> int:
+    async def count_tokens(self, request: InferenceRequest) -> int:
         """Prompt tokens of `request` as the runner feeds them (template, tools and BOS included)."""
         m = self._loaded()
         return len(self._prompt(m, request, output_plan(request, m.tagged_calls)))

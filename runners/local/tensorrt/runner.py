@@ -204,7 +204,7 @@ class TensorRTRunner(ModelRunner):
     """Serves one model with TensorRT-LLM on the GPU(s) this process sees."""
 
     capabilities: ClassVar[RunnerCapabilities] = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=True
+        streaming=True, logprobs=True, batching=True, chat=True, completion=True, needs_gpu=True, count_tokens=True
     )
 
     def __init__(self, deployment: Deployment) -> None:
@@ -262,6 +262,9 @@ class TensorRTRunner(ModelRunner):
         if self._m is None:
             raise UnavailableError("the TensorRT-LLM model is not loaded")
         return self._m
+
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        return len(self.prompt_ids(request))
 
     def prompt_ids(self, request: InferenceRequest) -> list[int]:
         """Token ids fed to TRT-LLM: the chat template rendered (BOS from it) or the completion prompt."""

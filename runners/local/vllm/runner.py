@@ -148,6 +148,7 @@ class VllmRunner(ModelRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
+        count_tokens=True,
         features=GUIDED | {"seed", "top_k", "penalties", "logit_bias"},
     )
 
@@ -249,7 +250,7 @@ class VllmRunner(ModelRunner):
         e = self._e
         return [int(p.pid) for p in core_processes(e.engine)] if e is not None else []
 
-    def count_prompt_tokens(self, request: InferenceRequest) -> int:
+    async def count_tokens(self, request: InferenceRequest) -> int:
         """Prompt tokens of `request` as the runner feeds them (template and BOS included)."""
         e = self._loaded()
         return len(prompt_ids(e.tokenizer, request.messages, request.prompt, self._plan(e, request)))

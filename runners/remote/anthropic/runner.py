@@ -47,6 +47,7 @@ SDK notes (anthropic 2.x): `max_retries=0` turns the SDK's own retries off (atom
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -105,7 +106,17 @@ ERROR_TYPE_STATUS: dict[str, int] = {
 
 
 FEATURES = frozenset(
-    {"tools", "tool_choice", "parallel_tool_calls", "json_schema", "images", "top_k", "reasoning_effort", "user"}
+    {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "json_schema",
+        "images",
+        "top_k",
+        "reasoning_effort",
+        "user",
+        "messages_passthrough",
+    }
 )
 
 
@@ -208,6 +219,7 @@ class AnthropicRunner(RemoteRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
+        count_tokens=True,
         features=FEATURES,
     )
 
@@ -231,22 +243,53 @@ class AnthropicRunner(RemoteRunner):
         )
 
     def request_body(self, request: InferenceRequest) -> dict[str, Any]:
-        """The keyword arguments of `messages.create` for `request` (without `stream`)."""
-        return request_kwargs(request, self.model_name, self.thinking)
+        """The keyword arguments of `messages.create` for `request` (without `stream`): a Messages
+        body as it came (only the model changed), else written from the typed request."""
+        if _relayed(request):
+            assert request.wire is not None
+            sent = {k: v for k, v in request.wire.items() if k not in ("model", "stream")}
+            # the SDK types the arguments it knows; the rest go as they are, through extra_body
+            required: dict[str, Any] = {k: sent.pop(k) for k in ("messages", "max_tokens") if k in sent}
+            body: dict[str, Any] = {"model": self.model_name, **required, "extra_body": sent}
+        else:
+            body = request_kwargs(request, self.model_name, self.thinking)
+        headers = self.forwarded(request)
+        if headers:
+            body["extra_headers"] = headers
+        return body
+
+    async def count_tokens(self, request: InferenceRequest) -> int:
+        body = self.request_body(request)
+        body.pop("max_tokens", None)
+        extra = body.get("extra_body")
+        if isinstance(extra, dict):  # what count_tokens does not take
+            for name in ("temperature", "top_p", "top_k", "stop_sequences", "metadata", "max_tokens"):
+                extra.pop(name, None)
+
+        async def call() -> Chunk:
+            counted = await self.client.messages.count_tokens(**body)
+            return Chunk("", 0, finish_reason="stop", usage=Usage(prompt_tokens=int(counted.input_tokens)))
+
+        chunk = await self.once(request, call)
+        return chunk.usage.prompt_tokens if chunk.usage is not None else 0
 
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
         body = self.request_body(request)
+        relay = _relayed(request)
         events = await self.client.messages.create(stream=True, **body)
         reader = _Reader()
         started = False
+        last: tuple[dict[str, Any], ...] = ()
         try:
             async for ev in events:
                 started = True
+                raw = (ev.to_dict(mode="json"),) if relay else ()
                 if getattr(ev, "type", None) == "message_stop":
+                    last = raw
                     break
                 chunk = reader.event(ev)
-                if chunk is not None:
-                    yield chunk
+                if chunk is not None or raw:
+                    yield dataclasses.replace(chunk or Chunk("", 0), wire_events=raw)
             else:
                 if not started:
                     ctype = events.response.headers.get("content-type", "none")
@@ -261,7 +304,7 @@ class AnthropicRunner(RemoteRunner):
         if reader.first_call_id is not None:
             self.thinking.put(reader.first_call_id, reader.thinking_blocks)
         finish = FINISH_REASONS.get(reader.stop_reason or "end_turn", "stop")
-        yield Chunk("", 0, finish_reason=finish, usage=reader.usage())
+        yield Chunk("", 0, finish_reason=finish, usage=reader.usage(), wire_events=last)
 
     def map_error(self, exc: BaseException) -> InferenceError:
         anthropic = _import_sdk()
@@ -291,6 +334,12 @@ class AnthropicRunner(RemoteRunner):
         if transport == "transport":
             return UnavailableError(f"anthropic: the connection failed mid-stream: {redact(str(exc), secrets)[:300]}")
         return InternalError(f"anthropic: {type(exc).__name__}: {redact(str(exc), secrets)[:300]}")
+
+
+def _relayed(request: InferenceRequest) -> bool:
+    """Whether `request` came in Anthropic's own wire: then its body is forwarded as it came and
+    the API's events go back with the chunks, for the caller to get them as they were."""
+    return request.wire is not None and request.wire_api == "anthropic"
 
 
 def _error_fields(exc: Any) -> tuple[str | None, str]:

@@ -84,7 +84,7 @@ from atomr.core.errors import (
     InvalidRequestError,
     UnavailableError,
 )
-from atomr.core.runner import FEATURES, RunnerCapabilities
+from atomr.core.runner import OPENAI_WIRE, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Usage
 
 litellm.suppress_debug_info = True
@@ -120,7 +120,7 @@ class LiteLLMRunner(RemoteRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset(FEATURES),  # passed on as sent: LiteLLM and the provider judge them
+        features=OPENAI_WIRE,
     )
 
     def make_client(self) -> Any:

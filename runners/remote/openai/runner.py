@@ -58,7 +58,7 @@ from atomr.core.errors import (
     InternalError,
     UnavailableError,
 )
-from atomr.core.runner import FEATURES, RunnerCapabilities
+from atomr.core.runner import OPENAI_WIRE, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest
 
 CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
@@ -126,7 +126,7 @@ class OpenAIRunner(RemoteRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
-        features=frozenset(FEATURES),  # every field is forwarded as sent: the provider judges it
+        features=OPENAI_WIRE,
     )
 
     def make_client(self) -> Any:
