@@ -36,8 +36,10 @@ from schemathesis.checks import (  # noqa: E402
 )
 
 from atomr.core.tenants import new_key  # noqa: E402
+from atomr.http import anthropic_messages  # noqa: E402
 from atomr.http.openai_requests import parse_chat, parse_completion  # noqa: E402
 from atomr.http.openapi import openapi_document  # noqa: E402
+from atomr.http.responses_api import protocol as responses_protocol  # noqa: E402
 from tests.conftest import Node  # noqa: E402
 
 KEY, KEY_HASH = new_key()
@@ -131,8 +133,34 @@ def test_the_node_survives_the_fuzzing(fuzz_front: tuple[Node, str, set[int]]) -
         assert not [s for s in statuses if s >= 500]
 
 
+def _tool_names(path: str, body: dict[str, Any]) -> list[str]:
+    tools = body.get("tools") or ()
+    return [t["function"]["name"] if path.endswith("completions") else t["name"] for t in tools]
+
+
+def _forced_tool(path: str, body: dict[str, Any]) -> str | None:
+    """The tool a body's tool_choice names; "" for a choice that needs tools without naming one."""
+    choice = body.get("tool_choice")
+    if (
+        choice is None
+        or choice in ("none", "auto")
+        or (isinstance(choice, dict) and choice["type"] in ("auto", "none"))
+    ):
+        return None
+    if choice in ("required",) or choice["type"] == "any":
+        return ""
+    return str(choice["function"]["name"] if path.endswith("completions") else choice["name"])
+
+
 @pytest.mark.parametrize(
-    ("path", "parse"), [("/v1/chat/completions", parse_chat), ("/v1/completions", parse_completion)]
+    ("path", "parse"),
+    [
+        ("/v1/chat/completions", parse_chat),
+        ("/v1/completions", parse_completion),
+        ("/v1/messages", anthropic_messages.parse),
+        ("/v1/messages/count_tokens", anthropic_messages.parse_count),
+        ("/v1/responses", responses_protocol.parse),
+    ],
 )
 def test_what_the_document_calls_valid_the_parser_accepts(path: str, parse: Any) -> None:
     operation = schemathesis.openapi.from_dict(openapi_document(["tiny"]))[path]["POST"]
@@ -143,14 +171,11 @@ def test_what_the_document_calls_valid_the_parser_accepts(path: str, parse: Any)
         body = case.body
         # what the document says in words only: top_logprobs needs logprobs, a forced tool choice
         # needs tools and names one of them, function names are unique
-        tools = [t["function"]["name"] for t in body.get("tools") or ()]
-        choice = body.get("tool_choice")
+        tools = _tool_names(path, body)
+        forced = _forced_tool(path, body)
         assume(not body.get("top_logprobs") or body.get("logprobs"))
         assume(len(set(tools)) == len(tools))
-        assume(
-            choice in (None, "none", "auto")
-            or (tools and (choice == "required" or choice["function"]["name"] in tools))
-        )
+        assume(forced is None or (tools and (forced == "" or forced in tools)))
         _, req = parse(json.dumps(body).encode(), 128)
         req.validate()
 
@@ -171,6 +196,10 @@ def test_the_served_document_is_the_built_one(fuzz_front: tuple[Node, str, set[i
     assert set(served.json()["paths"]) == {
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
         "/v1/models",
         "/healthz",
         "/health",

@@ -127,7 +127,7 @@ def _messages(raw: list[Any]) -> tuple[Message, ...]:
         if isinstance(content, str):
             out.append(Message(m["role"], content))
             continue
-        if not isinstance(content, list):
+        if not isinstance(content, list) or not content:
             raise InvalidRequestError(f"{where}.content must be a string or blocks", field=f"{where}.content")
         parts: list[ContentPart] = []
         calls: list[ToolCall] = []
@@ -212,7 +212,7 @@ def _tool_choice(raw: dict[str, Any] | None, tools: tuple[Tool, ...]) -> tuple[T
             raise InvalidRequestError("tool_choice.name names no tool of tools", field="tool_choice.name")
         return ToolChoice("function", str(name)), parallel
     modes = {"auto": "auto", "any": "required", "none": "none"}
-    if kind not in modes:
+    if not isinstance(kind, str) or kind not in modes:
         raise InvalidRequestError("tool_choice.type must be auto, any, tool or none", field="tool_choice.type")
     return ToolChoice(modes[str(kind)]), parallel
 

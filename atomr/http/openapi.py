@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from atomr.http import schemas
+from atomr.http import anthropic_schemas, schemas
 from atomr.http.plumbing import FrontContext
+from atomr.http.responses_api import schemas as responses_schemas
 
 OPENAPI_VERSION = "3.0.3"
 _REF = "#/components/schemas/"
@@ -81,9 +82,10 @@ def _union(schema: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def _schemas() -> dict[str, Any]:
-    _, top = models_json_schema([(m, "validation") for m in schemas.COMPONENTS], ref_template=_REF + "{model}")
+    components = (*schemas.COMPONENTS, *anthropic_schemas.COMPONENTS, *responses_schemas.COMPONENTS)
+    _, top = models_json_schema([(m, "validation") for m in components], ref_template=_REF + "{model}")
     defs: dict[str, Any] = top["$defs"]
-    named = [m.__name__ for m in schemas.COMPONENTS]
+    named = [m.__name__ for m in components]
     inline = {name: s for name, s in defs.items() if name not in named}
     return {name: openapi30(defs[name], inline) for name in named}
 
@@ -114,17 +116,32 @@ _ERROR_TEXT = {
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
 
-def _errors(*statuses: str) -> dict[str, Any]:
+def _errors(*statuses: str, schema: str = "Error") -> dict[str, Any]:
     out = {}
     for status in statuses:
-        out[status] = _json(_ref("Error"), _ERROR_TEXT[status])
+        out[status] = _json(_ref(schema), _ERROR_TEXT[status])
         if status in ("429", "503"):
             out[status]["headers"] = _RETRY_AFTER
     return out
 
 
-def _inference(kind: str, summary: str, example: dict[str, Any], auth: bool) -> dict[str, Any]:
+def _inference(
+    kind: str,
+    summary: str,
+    example: dict[str, Any],
+    auth: bool,
+    *,
+    answer: str | None = None,
+    error: str = "Error",
+    streams: bool = True,
+) -> dict[str, Any]:
+    """A POST that runs a request on a deployment: `kind` + "Request" in, `answer` (default
+    `kind`) out, or server-sent events with ``stream: true``; errors in the `error` schema."""
     request_id = {"x-request-id": {"description": "the request's id, as in the logs", "schema": _STRING}}
+    content: dict[str, Any] = {"application/json": {"schema": _ref(answer or kind)}}
+    if streams:
+        content["text/event-stream"] = {"schema": _ref("ServerSentEvent")}
+    statuses = ("400", *(("401", "403") if auth else ()), "404", "413", "429", "500", "502", "503", "504")
     op: dict[str, Any] = {
         "operationId": "create" + kind,
         "summary": summary,
@@ -134,19 +151,35 @@ def _inference(kind: str, summary: str, example: dict[str, Any], auth: bool) -> 
         },
         "responses": {
             "200": {
-                "description": "the answer: one JSON object, or server-sent events with stream: true",
+                "description": "the answer: one JSON object" + (", or server-sent events with stream: true" * streams),
                 "headers": request_id,
-                "content": {
-                    "application/json": {"schema": _ref(kind)},
-                    "text/event-stream": {"schema": _ref("ServerSentEvent")},
-                },
+                "content": content,
             },
-            **_errors("400", *(("401", "403") if auth else ()), "404", "413", "429", "500", "502", "503", "504"),
+            **_errors(*statuses, schema=error),
         },
     }
     if not auth:
         op["security"] = []
+    elif error == "MessagesError":  # Anthropic's clients send their key as x-api-key
+        op["security"] = [{"bearer": []}, {"x-api-key": []}]
     return op
+
+
+def _stored_response(auth: bool) -> dict[str, Any]:
+    """``GET`` and ``DELETE /v1/responses/{response_id}``: an answer the caller's tenant stored."""
+    param = {"name": "response_id", "in": "path", "required": True, "schema": _STRING}
+    errors = _errors("400", *(("401",) if auth else ()), "404")
+    ops = {
+        "get": ("getResponse", "a stored answer", _json(_ref("Response"), "the stored answer")),
+        "delete": ("deleteResponse", "forget a stored answer", _json(_ref("DeletedResponse"), "it is gone")),
+    }
+    out: dict[str, Any] = {}
+    for method, (operation_id, summary, ok) in ops.items():
+        out[method] = {"operationId": operation_id, "summary": summary, "parameters": [param]}
+        out[method]["responses"] = {"200": ok, **errors}
+        if not auth:
+            out[method]["security"] = []
+    return out
 
 
 def _public(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +188,8 @@ def _public(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[
 
 
 def _paths(model: str, auth: bool) -> dict[str, Any]:
-    chat_example = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
+    hello = [{"role": "user", "content": "Hello"}]
+    chat_example = {"model": model, "messages": hello, "max_tokens": 16}
     completion_example = {"model": model, "prompt": "The actor model", "max_tokens": 16}
     models_op: dict[str, Any] = {
         "operationId": "listModels",
@@ -173,6 +207,36 @@ def _paths(model: str, auth: bool) -> dict[str, Any]:
         "/v1/completions": {
             "post": _inference("Completion", "a text completion (JSON, or SSE with stream)", completion_example, auth)
         },
+        "/v1/messages": {
+            "post": _inference(
+                "Messages",
+                "Anthropic's Messages wire (JSON, or its SSE events with stream)",
+                chat_example,
+                auth,
+                answer="Message",
+                error="MessagesError",
+            )
+        },
+        "/v1/messages/count_tokens": {
+            "post": _inference(
+                "CountTokens",
+                "the input tokens of a Messages prompt (where the deployment's runtime can count)",
+                {"model": model, "messages": hello},
+                auth,
+                answer="TokenCount",
+                error="MessagesError",
+                streams=False,
+            )
+        },
+        "/v1/responses": {
+            "post": _inference(
+                "Response",
+                "OpenAI's Responses API (JSON, or its semantic SSE events with stream)",
+                {"model": model, "input": "Hello", "max_output_tokens": 16},
+                auth,
+            )
+        },
+        "/v1/responses/{response_id}": _stored_response(auth),
         "/v1/models": {"get": models_op},
         "/healthz": _public("health", "the process is up", {"200": _json(_ref("Health"), "up")}),
         "/health": _public("health_alias", "the process is up (vLLM's name)", {"200": _json(_ref("Health"), "up")}),
@@ -203,14 +267,15 @@ def openapi_document(models: Sequence[str] = (), *, auth: bool = True) -> dict[s
         "info": {
             "title": "atomr HTTP front",
             "version": "1",
-            "description": "OpenAI-compatible chat and completions over atomr's deployments, routes and cascades.",
+            "description": "OpenAI's and Anthropic's wires over atomr's deployments, routes and cascades.",
         },
         "paths": _paths(models[0] if models else "tiny", auth),
         "components": {"schemas": copy.deepcopy(_schemas())},
     }
     if auth:
         doc["components"]["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer", "description": "a tenant's API key (atomr-key makes one)"}
+            "bearer": {"type": "http", "scheme": "bearer", "description": "a tenant's API key (atomr-key makes one)"},
+            "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "the same key"},
         }
         doc["security"] = [{"bearer": []}]
     return doc

@@ -95,15 +95,19 @@ def routes(ctx: FrontContext) -> list[Route]:
         try:
             found = _stored(ctx, wire.store, request)
         except InferenceError as exc:
+            ctx.metrics.record(ONE_RESPONSE, exc.http_status)
             return error_response(exc)
+        ctx.metrics.record(ONE_RESPONSE, 200)
         return JSONResponse(found.response)
 
     async def delete(request: Request) -> Response:
         try:
             found = _stored(ctx, wire.store, request)
         except InferenceError as exc:
+            ctx.metrics.record(ONE_RESPONSE, exc.http_status)
             return error_response(exc)
         wire.store.delete(found.id, found.tenant)
+        ctx.metrics.record(ONE_RESPONSE, 200)
         return JSONResponse({"id": found.id, "object": "response", "deleted": True})
 
     return [
