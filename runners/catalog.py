@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atomr.runners.local.mistralrs.spec import SPEC as MISTRALRS
+from atomr.runners.local.ort.spec import EMBEDDING_SPEC as ORT_EMBED
 from atomr.runners.local.ort.spec import SPEC as ORT
 from atomr.runners.local.tensorrt.spec import SPEC as TENSORRT
 from atomr.runners.local.vllm.spec import SPEC as VLLM
@@ -23,7 +24,7 @@ from atomr.core.deployment import BUILTIN_PREFIX, Deployment, Placement
 from atomr.core.errors import ConfigError
 from atomr.core.runner import ModelRunner
 
-RUNTIMES: tuple[RuntimeSpec, ...] = (ORT, TENSORRT, VLLM, MISTRALRS, OPENAI, ANTHROPIC, GEMINI, LITELLM)
+RUNTIMES: tuple[RuntimeSpec, ...] = (ORT, ORT_EMBED, TENSORRT, VLLM, MISTRALRS, OPENAI, ANTHROPIC, GEMINI, LITELLM)
 
 BY_NAME: dict[str, RuntimeSpec] = {spec.name: spec for spec in RUNTIMES}
 BY_PREFIX: dict[str, RuntimeSpec] = {prefix: spec for spec in RUNTIMES for prefix in spec.prefixes}
@@ -80,10 +81,15 @@ def _provider(model: str) -> RuntimeSpec | None:
 def infer_runtime(model: str, path: Path | None = None) -> str:
     """Runtime from a model reference: provider prefix, built-in model, or folder contents.
 
-    Raises ValueError (the config loader names the field) when nothing matches.
+    A built-in model is served by the built-in runtime that recognises its folder (`path`), else
+    by the first built-in runtime (`ort`, whose built-in models also hold an `hf/` checkpoint for
+    the other local engines). Raises ValueError (the config loader names the field) when nothing
+    matches.
     """
     if model.startswith(BUILTIN_PREFIX):
-        return next(spec.name for spec in RUNTIMES if spec.builtin)
+        builtins = [spec for spec in RUNTIMES if spec.builtin]
+        own = [s for s in builtins if path is not None and s.recognise is not None and s.recognise(path)]
+        return (own or builtins)[0].name
     provider = _provider(model)
     if provider is not None and (path is None or not path.exists()):
         return provider.name
