@@ -180,12 +180,15 @@ def check_supported(runner: ModelRunner, request: InferenceRequest) -> None:
             details={"runtime": runtime, "task": request.task},
         )
     if request.task == "embed":
-        if request.dimensions is not None and "dimensions" not in caps.features:
-            raise InvalidRequestError(
-                f"the {runtime} runtime cannot shorten embeddings ({where}): remove dimensions",
-                field="dimensions",
-                details={"runtime": runtime, "feature": "dimensions"},
-            )
+        asked = {"dimensions": request.dimensions, "user": request.user}
+        for feature in (name for name, value in asked.items() if value is not None):
+            if feature not in caps.features:
+                raise InvalidRequestError(
+                    f"the {runtime} runtime does not offer {FEATURES[feature]} for embeddings ({where}): "
+                    f"remove {feature}",
+                    field=feature,
+                    details={"runtime": runtime, "feature": feature},
+                )
         return
     for feature, field_name in requested_features(request):
         if feature not in caps.features:
