@@ -3,7 +3,7 @@
 Routes: `POST /v1/chat/completions` (a `chat.completion` object, or with `"stream": true` SSE
 `data: {chat.completion.chunk}` events: a role delta, one content delta per token, a chunk with
 the finish_reason, a usage chunk when `stream_options.include_usage`, then `data: [DONE]`),
-`POST /v1/completions` (the same for `text_completion`) and `GET /v1/models`.
+`POST /v1/completions` (the same for `text_completion`), `POST /v1/embeddings` and `GET /v1/models`.
 
 The "model" answers `reply_text` whatever it is asked. Tokens are words with their leading
 whitespace ("Hello", " from", " the", ...), so a stream has one delta per word; prompt tokens
@@ -29,6 +29,14 @@ json_object / json_schema: the answer is a JSON object (an instance of the schem
 `reasoning_effort`: the answer streams `reasoning_content` first and usage counts reasoning
 tokens. Usage has its details (cached_tokens 0).
 
+Embeddings as the real API serves them, for the models in `embedding_models` (not listed by
+`/v1/models`): `input` a string or a list of at most 2048 non-empty strings; each vector is
+derived from its text alone (a hash of it, `embedding_of`), `EMBEDDING_DIMENSIONS` numbers of
+unit length, float32; `dimensions` keeps the first N, scaled back to unit length (more than the
+model has is a 400); `encoding_format` "float" (the default: JSON numbers, the float32 values) or
+"base64" (base64 of the float32 little-endian bytes); usage counts the inputs' tokens.
+`count("/v1/embeddings")` tells how many calls reached it.
+
 Extra knobs besides `FakeProvider`'s: `finish_override` (the finish_reason to report instead,
 e.g. "content_filter" or "tool_calls"), `bad_event_next()` (the next stream carries an event
 whose data is not JSON), `omit_usage` (never send the usage chunk), `ignore_stream` (answer one
@@ -39,8 +47,12 @@ makes a long-lived fake (a module fixture) fresh again between tests.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
 import re
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +62,7 @@ from urllib.parse import urlsplit
 from tests.fakes.server import FakeProvider, Reply
 
 _TOKEN = re.compile(r"\s*\S+|\s+$")
+EMBEDDING_DIMENSIONS = 64
 DEFAULT_REPLY = "Hello from the fake provider, one word at a time, as a real stream would."
 
 ERROR_TYPES = {
@@ -74,6 +87,16 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+def embedding_of(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The fake's vector of `text` (float32 values, unit length), its first `dimensions` numbers
+    scaled back to unit length as OpenAI shortens vectors."""
+    digest = b"".join(hashlib.sha256(f"{k}:{text}".encode()).digest() for k in range(EMBEDDING_DIMENSIONS // 8))
+    full = [(b - 127.5) / 127.5 for b in digest[:EMBEDDING_DIMENSIONS]]
+    head = full[:dimensions]
+    norm = math.sqrt(sum(v * v for v in head))
+    return list(struct.unpack(f"<{len(head)}f", struct.pack(f"<{len(head)}f", *(v / norm for v in head))))
+
+
 def token_logprob(index: int, token: str) -> float:
     """A deterministic, plausible logprob for the token at `index`."""
     return -round(0.05 + 0.01 * (index % 7) + 0.001 * len(token), 6)
@@ -93,6 +116,7 @@ class FakeOpenAI(FakeProvider):
     def __init__(self, api_key: str | None = None, models: tuple[str, ...] = ("gpt-fake", "gpt-fake-instruct")) -> None:
         super().__init__()
         self.models = models
+        self.embedding_models = ("text-embedding-fake",)
         self.served: list[Served] = []
         self.reset(api_key)
 
@@ -138,11 +162,11 @@ class FakeOpenAI(FakeProvider):
             now = int(time.time())
             data = [{"id": m, "object": "model", "created": now, "owned_by": "fake"} for m in self.models]
             return Reply(200, {"object": "list", "data": data})
-        if route in ("/v1/chat/completions", "/v1/completions"):
+        if route in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             if not isinstance(body, dict):
                 return Reply(400, _error("We could not parse the JSON body of your request.", "invalid_request_error"))
             try:
-                return self._complete(route, body)
+                return self._embed(body) if route == "/v1/embeddings" else self._complete(route, body)
             except _BadRequest as exc:
                 return Reply(exc.status, _error(exc.message, exc.kind, param=exc.param, code=exc.code))
         return Reply(404, _error(f"Invalid URL (POST {route})", "invalid_request_error"))
@@ -271,6 +295,37 @@ class FakeOpenAI(FakeProvider):
         if bad_event:
             out.insert(min(3, len(out) - 1), 'data: {"id": "broken", "choices": [\n\n')
         return Reply(200, events=out)
+
+    def _embed(self, body: dict[str, Any]) -> Reply:
+        model = body.get("model")
+        if model not in self.embedding_models:
+            raise _BadRequest(
+                f"The model `{model}` does not exist or you do not have access to it.",
+                status=404,
+                code="model_not_found",
+                param="model",
+            )
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not 1 <= len(texts) <= 2048 or not all(isinstance(t, str) for t in texts):
+            raise _BadRequest("'input' must be a string or an array of 1 to 2048 strings", param="input")
+        if "" in texts:
+            raise _BadRequest("'$.input' is invalid: an input is an empty string", param="input")
+        dims = body.get("dimensions", EMBEDDING_DIMENSIONS)
+        if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= EMBEDDING_DIMENSIONS:
+            raise _BadRequest(f"This model does not support specifying dimensions of {dims!r}.", param="dimensions")
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            message = f"Invalid 'encoding_format': expected float or base64, got {fmt!r}."
+            raise _BadRequest(message, param="encoding_format")
+        data = []
+        for i, text in enumerate(texts):
+            vector = embedding_of(text, dims)
+            packed = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector if fmt == "float" else packed})
+        tokens = sum(len(tokenize(t)) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return Reply(200, {"object": "list", "data": data, "model": model, "usage": usage})
 
     def _generate(self, limit: int | None, stops: list[str], reply: str) -> tuple[list[str], str]:
         """The tokens of the answer and why it ended, honouring max_tokens and stop strings."""

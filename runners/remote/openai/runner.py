@@ -7,6 +7,13 @@ requests to the legacy `/completions`. Streaming requests stream from the provid
 requests whose caller waits for the whole answer get it as one JSON body (cheaper on both sides).
 Requests go through the SDK's generic `post` with plain JSON bodies and answers (see `stream`).
 
+Embeddings (`embed`): all inputs of a request in ONE `POST /embeddings` call, behind the same
+retries, breaker and deadline as generation (`stream` answers an embedding request with its one
+chunk), with `encoding_format: "base64"` on the wire: the provider sends each vector as base64 of
+float32 little-endian, which is exactly how atomr carries vectors, so no number is parsed here (a
+compatible server that answers floats anyway is read too). `dimensions` and `user` are passed on;
+usage is the provider's `prompt_tokens`.
+
 Faithful pass-through (`atomr.runners.remote.openai_format`): the body is forwarded as the
 caller sent it (tools, response_format, n, penalties, reasoning_effort, fields atomr does not
 model...); a parameter the caller did not set is not sent, so the provider's default applies.
@@ -37,6 +44,8 @@ OpenAI-compatible servers without auth expect); one without `api_base` fails to 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import json
 import time
@@ -59,7 +68,8 @@ from atomr.core.errors import (
     UnavailableError,
 )
 from atomr.core.runner import OPENAI_WIRE, RunnerCapabilities
-from atomr.core.types import Chunk, InferenceRequest
+from atomr.core.types import Chunk, InferenceRequest, Usage
+from atomr.core.vectors import pack_vector
 
 CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
@@ -116,6 +126,44 @@ def refine(err: InferenceError, code: str | None) -> InferenceError:
     return cls(err.message, retry_after=err.retry_after, details=err.details)
 
 
+def embeddings_chunk(provider: str, answer: object, count: int) -> Chunk:
+    """The one chunk of an OpenAI-format embeddings answer (``{"data": [{"index", "embedding"}],
+    "usage"}``): a vector per input, in input order; an embedding is base64 of float32 (as asked)
+    or a list of numbers (a server that ignores ``encoding_format``)."""
+    data = answer.get("data") if isinstance(answer, Mapping) else None
+    if not isinstance(data, list) or len(data) != count:
+        got = len(data) if isinstance(data, list) else type(data).__name__
+        raise malformed(provider, f"expected {count} embeddings in data, got {got}")
+    vectors: list[bytes | None] = [None] * count
+    for item in data:
+        index = item.get("index") if isinstance(item, Mapping) else None
+        if not isinstance(index, int) or not 0 <= index < count or vectors[index] is not None:
+            raise malformed(provider, f"an embedding with a bad or repeated index: {index!r}")
+        vectors[index] = _vector_bytes(provider, item.get("embedding"))
+    usage = answer.get("usage") if isinstance(answer, Mapping) else None
+    prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+    return Chunk(
+        "",
+        token_count=0,
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else 0),
+        embeddings=tuple(v for v in vectors if v is not None),
+    )
+
+
+def _vector_bytes(provider: str, embedding: object) -> bytes:
+    if isinstance(embedding, str):
+        try:
+            raw = base64.b64decode(embedding, validate=True)
+        except binascii.Error:
+            raw = b"?"  # refused below
+        if raw and len(raw) % 4 == 0:
+            return raw
+    elif isinstance(embedding, list) and embedding and all(isinstance(x, int | float) for x in embedding):
+        return pack_vector(embedding)
+    raise malformed(provider, "an embedding that is neither base64 of float32 nor a list of numbers")
+
+
 class OpenAIRunner(RemoteRunner):
     provider: ClassVar[str] = "openai"
     default_key_env: ClassVar[str] = "OPENAI_API_KEY"
@@ -126,6 +174,7 @@ class OpenAIRunner(RemoteRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
+        embeddings=True,
         features=OPENAI_WIRE,
     )
 
@@ -164,7 +213,29 @@ class OpenAIRunner(RemoteRunner):
 
     # ---- requests ----
 
+    async def embed(self, request: InferenceRequest) -> Chunk:
+        """All inputs in one provider call, behind `generate`'s retries, breaker and deadline."""
+        (chunk,) = [c async for c in self.generate(request)]
+        return chunk
+
+    async def embeddings(self, request: InferenceRequest) -> Chunk:
+        """One `POST /embeddings` for every input of `request`."""
+        inputs = list(request.inputs or ())
+        body: dict[str, Any] = {"model": self.model_name, "input": inputs, "encoding_format": "base64"}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user is not None:
+            body["user"] = request.user
+        options: dict[str, Any] = {"headers": headers} if (headers := self.forwarded(request)) else {}
+        answer = await self.client.post("/embeddings", body=body, cast_to=object, options=options)
+        if isinstance(answer, str):
+            raise malformed(self.provider, f"expected JSON, got: {redact(answer[:200], [self.api_key])!r}")
+        return embeddings_chunk(self.provider, answer, len(inputs))
+
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
+        if request.task == "embed":
+            yield await self.embeddings(request)
+            return
         chat = request.is_chat
         body = request_body(request, self.model_name, self.options.get("max_tokens_param", "max_tokens"))
         path = "/chat/completions" if chat else "/completions"
