@@ -5,6 +5,13 @@ Routes: `POST /{version}/models/{model}:generateContent` (one `GenerateContentRe
 json>` events, one text part per token; the last carries `finishReason`; every event carries the
 running `usageMetadata`). `{version}` is any of v1, v1beta, v1alpha: google-genai 3.x sends v1 by
 default (or `HttpOptions.api_version`), and each call records the one it used (`versions`).
+`POST /{version}/models/{model}:batchEmbedContents` embeds, for the models in `embedding_models`
+(the route google-genai's `embed_content` calls on the Gemini API; `:embedContent` is Vertex
+AI's): `requests[]`, each `{model: "models/<the same model>", content: {parts: [{text}]},
+outputDimensionality?}`, answered `{"embeddings": [{"values": [...]}], "usageMetadata"}` in
+order. Vectors come from a hash of the text (`embedding_of`: `EMBEDDING_DIMENSIONS` numbers of
+unit length); `outputDimensionality` keeps the first N without scaling them back to unit length,
+as Gemini does; usage counts the texts' tokens.
 
 The "model" answers `reply_text` whatever it is asked. Tokens are words with their leading
 whitespace; prompt tokens are the words of the system instruction and of every content part.
@@ -56,7 +63,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -72,7 +81,10 @@ _URL_SAFE = str.maketrans("-_", "+/")
 
 _TOKEN = re.compile(r"\s*\S+|\s+$")
 DEFAULT_REPLY = "Hello from the fake Gemini, one word at a time, as a real stream would."
-_ROUTE = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_ROUTE = re.compile(
+    r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)$"
+)
+EMBEDDING_DIMENSIONS = 48
 
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -92,6 +104,14 @@ STATUS_NAMES = {
 def tokenize(text: str) -> list[str]:
     """The fake's tokens: words with their leading whitespace."""
     return _TOKEN.findall(text)
+
+
+def embedding_of(text: str) -> list[float]:
+    """The fake's whole vector of `text`: `EMBEDDING_DIMENSIONS` numbers of unit length."""
+    digest = hashlib.sha512(text.encode()).digest()[:EMBEDDING_DIMENSIONS]
+    values = [(b - 127.5) / 127.5 for b in digest]
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values]
 
 
 def token_logprob(index: int, token: str) -> float:
@@ -125,6 +145,7 @@ class FakeGemini(FakeProvider):
         super().__init__()
         self.api_key = api_key
         self.models = models
+        self.embedding_models = ("gemini-embedding-fake",)
         self.reply_text = DEFAULT_REPLY
         self.context_window = 4096
         self.finish_override: str | None = None
@@ -188,10 +209,13 @@ class FakeGemini(FakeProvider):
                     400,
                     error_json(400, f"API key not valid. Please pass a valid API key. (got {got})", details=[detail]),
                 )
-        if model not in self.models:
+        served_here = self.embedding_models if method == "batchEmbedContents" else self.models
+        if model not in served_here:
             return Reply(404, error_json(404, f"models/{model} is not found for API version {version}."))
         if not isinstance(body, dict):
             return Reply(400, error_json(400, "Invalid JSON payload received."))
+        if method == "batchEmbedContents":
+            return _embed(model, body)
         problem = self._check(body)
         if problem is not None:
             return problem
@@ -452,6 +476,29 @@ def _reply_for(body: dict[str, Any], default: str) -> str:
         ]
         return "The tool said: " + "; ".join(quoted)
     return default
+
+
+def _embed(model: str, body: dict[str, Any]) -> Reply:
+    requests = body.get("requests")
+    if not isinstance(requests, list) or not requests:
+        return Reply(400, error_json(400, "* BatchEmbedContentsRequest.requests: must not be empty"))
+    embeddings, tokens = [], 0
+    for i, request in enumerate(requests):
+        where = f"* BatchEmbedContentsRequest.requests[{i}]"
+        if not isinstance(request, dict) or request.get("model") != f"models/{model}":
+            return Reply(400, error_json(400, f"{where}.model: must be the model of the request's URL"))
+        parts = (request.get("content") or {}).get("parts")
+        texts = [p.get("text") for p in parts or () if isinstance(p, dict)]
+        if not texts or not all(isinstance(t, str) and t for t in texts):
+            return Reply(400, error_json(400, f"{where}.content: must hold non-empty text parts"))
+        size = request.get("outputDimensionality", EMBEDDING_DIMENSIONS)
+        if not isinstance(size, int) or not 1 <= size <= EMBEDDING_DIMENSIONS:
+            return Reply(400, error_json(400, f"{where}.output_dimensionality: must be 1 to {EMBEDDING_DIMENSIONS}"))
+        text = "".join(texts)
+        embeddings.append({"values": embedding_of(text)[:size]})
+        tokens += len(tokenize(text))
+    usage = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+    return Reply(200, {"embeddings": embeddings, "usageMetadata": usage})
 
 
 def _key_of(path: str, headers: dict[str, str]) -> str:

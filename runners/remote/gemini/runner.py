@@ -38,6 +38,15 @@ last `usage_metadata` seen. A stream that ends without a finishReason (connectio
 `unavailable` error, never a silent short answer. A prompt blocked by
 `prompt_feedback.block_reason` ends with finish_reason "content_filter".
 
+Embeddings (`embed`): all inputs of a request in ONE `client.aio.models.embed_content` call (the
+Gemini API's `POST /{version}/models/<name>:batchEmbedContents`, one request per input, each
+input its own `Content` so that no two are merged into one vector), behind the same retries,
+breaker and deadline as generation (`stream` answers an embedding request with its one chunk).
+`dimensions` is sent as `output_dimensionality` (capability "dimensions"); Gemini cuts its
+vectors without scaling them back to unit length, so atomr does (`atomr.core.vectors.shorten`),
+as OpenAI's `dimensions` gives them. Usage: `usage_metadata.prompt_token_count` when the API
+gives it, else 0. `user` has no counterpart and is refused by field.
+
 Finish reasons: STOP -> "stop" ("tool_calls" when the candidate called functions), MAX_TOKENS ->
 "length", SAFETY / RECITATION / BLOCKLIST / PROHIBITED_CONTENT / SPII / IMAGE_* / MODEL_ARMOR ->
 "content_filter", anything else -> "stop".
@@ -87,6 +96,7 @@ from atomr.core.errors import (
 from atomr.core.messages import ToolCallDelta
 from atomr.core.runner import RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, TokenLogprob, Usage
+from atomr.core.vectors import pack_vector, shorten
 
 if TYPE_CHECKING:
     from atomr.core.deployment import Deployment
@@ -206,6 +216,7 @@ FEATURES = frozenset(
         "top_k",
         "seed",
         "reasoning_effort",
+        "dimensions",
     }
 )
 
@@ -293,6 +304,7 @@ class GeminiRunner(RemoteRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
+        embeddings=True,
         features=FEATURES,
     )
 
@@ -338,7 +350,38 @@ class GeminiRunner(RemoteRunner):
             raise InvalidRequestError("gemini needs at least one user or assistant message", field="messages")
         return contents, instruction, config_of(types, request, instruction)
 
+    async def embed(self, request: InferenceRequest) -> Chunk:
+        """All inputs in one provider call, behind `generate`'s retries, breaker and deadline."""
+        (chunk,) = [c async for c in self.generate(request)]
+        return chunk
+
+    async def embeddings(self, request: InferenceRequest) -> Chunk:
+        """One `embed_content` call (`:batchEmbedContents`) for every input of `request`."""
+        _, types, _ = _import_sdk()
+        inputs = request.inputs or ()
+        contents = [types.Content(parts=[types.Part(text=text)]) for text in inputs]
+        wanted = request.dimensions
+        config = types.EmbedContentConfig(output_dimensionality=wanted) if wanted is not None else None
+        answer = await self.client.aio.models.embed_content(model=self.model_name, contents=contents, config=config)
+        found = [e.values for e in answer.embeddings or () if e.values]
+        if len(found) != len(inputs):
+            raise UnavailableError(
+                f"gemini returned a malformed response: {len(found)} embeddings for {len(inputs)} inputs",
+                details={"malformed": True},
+            )
+        usage = answer.usage_metadata
+        return Chunk(
+            "",
+            token_count=0,
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=(usage.prompt_token_count or 0) if usage is not None else 0),
+            embeddings=tuple(pack_vector(shorten(v, wanted) if wanted is not None else v) for v in found),
+        )
+
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
+        if request.task == "embed":
+            yield await self.embeddings(request)
+            return
         contents, _, config = self.request_parts(request)
         responses = await self.client.aio.models.generate_content_stream(
             model=self.model_name, contents=contents, config=config
