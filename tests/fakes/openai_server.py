@@ -116,7 +116,7 @@ class FakeOpenAI(FakeProvider):
     def __init__(self, api_key: str | None = None, models: tuple[str, ...] = ("gpt-fake", "gpt-fake-instruct")) -> None:
         super().__init__()
         self.models = models
-        self.embedding_models = ("text-embedding-fake",)
+        self.embedding_models = ("text-embedding-3-fake",)
         self.served: list[Served] = []
         self.reset(api_key)
 

@@ -6,6 +6,13 @@ at any OpenAI-compatible server. Chat requests call `acompletion`, prompt reques
 `atext_completion`; both stream with `stream_options={"include_usage": True}` and LiteLLM's own
 retries off (`num_retries=0`, and `max_retries=0` for the SDK underneath): atomr retries.
 
+Embeddings (`embed`): all inputs of a request in ONE `litellm.aembedding` call (model as above,
+e.g. `litellm/openai/text-embedding-3-small`), behind the same retries, breaker and deadline as
+generation (`stream` answers an embedding request with its one chunk); `dimensions` and `user` are
+passed on, the provider (through LiteLLM) judges them; the answer is read as the `openai` runner
+reads OpenAI's (`embeddings_chunk`: vectors in input order, usage's `prompt_tokens`). No
+`encoding_format` is sent: LiteLLM hands back numbers whatever its provider's wire.
+
 Requests and answers are in the OpenAI format, read and written as in the `openai` runner
 (`atomr.runners.remote.openai_format`): the caller's fields are passed as they came (tools,
 response_format, n... which LiteLLM translates for its provider), nothing the caller did not set
@@ -65,7 +72,7 @@ import litellm  # after the environment above: litellm reads it at import
 from atomr.runners.common.stops import StopMatcher
 from atomr.runners.remote.base import RemoteRunner
 from atomr.runners.remote.errors import error_for_status, redact
-from atomr.runners.remote.openai.runner import retry_after_from
+from atomr.runners.remote.openai.runner import embeddings_chunk, retry_after_from
 from atomr.runners.remote.openai_format import AnswerReader, malformed, request_body
 from litellm.exceptions import (
     APIConnectionError,
@@ -148,6 +155,20 @@ class LiteLLMRunner(RemoteRunner):
         """LiteLLM's keyword arguments: the request's OpenAI body (always streamed), then atomr's own."""
         args: dict[str, Any] = dict(self.extra_args)
         args.update(request_body(dataclasses.replace(request, stream=True), self.model_name))
+        return self.with_own_args(args, request)
+
+    def embedding_args(self, request: InferenceRequest) -> dict[str, Any]:
+        """`litellm.aembedding`'s keyword arguments: every input, dimensions and user when set."""
+        args: dict[str, Any] = dict(self.extra_args)
+        args.update(model=self.model_name, input=list(request.inputs or ()))
+        if request.dimensions is not None:
+            args["dimensions"] = request.dimensions
+        if request.user is not None:
+            args["user"] = request.user
+        return self.with_own_args(args, request)
+
+    def with_own_args(self, args: dict[str, Any], request: InferenceRequest) -> dict[str, Any]:
+        """`args` with atomr's own: no LiteLLM retries, the timeout, the provider, key and headers."""
         args.update(num_retries=0, max_retries=0, timeout=self.timeout_s)
         if self.api_base:
             args["api_base"] = self.api_base
@@ -160,7 +181,20 @@ class LiteLLMRunner(RemoteRunner):
             args["extra_headers"] = {**(args.get("extra_headers") or {}), **passed}
         return args
 
+    async def embed(self, request: InferenceRequest) -> Chunk:
+        """All inputs in one provider call, behind `generate`'s retries, breaker and deadline."""
+        (chunk,) = [c async for c in self.generate(request)]
+        return chunk
+
+    async def embeddings(self, request: InferenceRequest) -> Chunk:
+        """One `litellm.aembedding` call for every input of `request`."""
+        response = await litellm.aembedding(**self.embedding_args(request))
+        return embeddings_chunk(self.provider, _as_dict(response), len(request.inputs or ()))
+
     async def stream(self, request: InferenceRequest) -> AsyncIterator[Chunk]:
+        if request.task == "embed":
+            yield await self.embeddings(request)
+            return
         chat = request.is_chat
         want_lp = request.params.logprobs
         if not chat and want_lp:
