@@ -229,7 +229,11 @@ class FakeServedAdapter(RemoteAdapter):
     model: ClassVar[str]
     api_suffix: ClassVar[str] = ""
     capabilities = RunnerCapabilities(
-        streaming=True, logprobs=True, batching=True, features=frozenset(FEATURES) - {"messages_passthrough"}
+        streaming=True,
+        logprobs=True,
+        batching=True,
+        embeddings=True,
+        features=frozenset(FEATURES) - {"messages_passthrough"},
     )
     seed_changes_text = False  # the fake answers the same whatever the seed
 
@@ -465,8 +469,10 @@ class GeminiAdapter(FakeServedAdapter):
                 "top_k",
                 "seed",
                 "reasoning_effort",
+                "dimensions",
             }
         ),
+        embeddings=True,
     )
     key_env = "ATOMR_TEST_GEMINI_KEY"
     events_before_text = 0

@@ -127,6 +127,7 @@ class LiteLLMRunner(RemoteRunner):
         chat=True,
         completion=True,
         needs_gpu=False,
+        embeddings=True,
         features=OPENAI_WIRE,
     )
 
