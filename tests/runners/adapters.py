@@ -227,6 +227,8 @@ class FakeServedAdapter(RemoteAdapter):
     fake_class: ClassVar[type[Any]]
     tokenize: ClassVar[Callable[[str], list[str]]]
     model: ClassVar[str]
+    embedding_model: ClassVar[str] = ""  # where capabilities.embeddings: a model the fake embeds with
+    vector_of: ClassVar[Callable[[str], list[float]]]  # ... and the vector it gives a text
     api_suffix: ClassVar[str] = ""
     capabilities = RunnerCapabilities(
         streaming=True,
@@ -351,6 +353,8 @@ class OpenAIAdapter(FakeServedAdapter):
     fake_class = openai_server.FakeOpenAI
     tokenize = staticmethod(openai_server.tokenize)
     model = "openai/gpt-fake"
+    embedding_model = "openai/text-embedding-3-fake"
+    vector_of = staticmethod(openai_server.embedding_of)
     api_suffix = "/v1"
     key_env = "ATOMR_TEST_OPENAI_KEY"
     events_before_text = 1  # the role delta
@@ -383,6 +387,7 @@ class LiteLLMAdapter(OpenAIAdapter):
     runner_path = "atomr.runners.remote.litellm.runner:LiteLLMRunner"
     provider = "litellm"
     model = "litellm/openai/gpt-fake"
+    embedding_model = "litellm/openai/text-embedding-3-fake"
     logprob_modes = frozenset({"chat"})  # LiteLLM gives none for text completions
     more_errors = OPENAI_WIRE_ERRORS
     finish_reasons = (("tool_calls", "tool_calls"), ("content_filter", "content_filter"))
@@ -452,6 +457,8 @@ class GeminiAdapter(FakeServedAdapter):
     fake_class = gemini_server.FakeGemini
     tokenize = staticmethod(gemini_server.tokenize)
     model = "gemini/gemini-fake"
+    embedding_model = "gemini/gemini-embedding-fake"
+    vector_of = staticmethod(gemini_server.embedding_of)
     capabilities = RunnerCapabilities(
         streaming=True,
         logprobs=True,

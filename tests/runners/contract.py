@@ -33,6 +33,7 @@ from atomr.runners.catalog import runner_class, spec_of
 from atomr.core.errors import AuthError, ContextLengthError, InferenceError, InvalidRequestError
 from atomr.core.runner import ModelRunner, RunnerCapabilities, check_supported
 from atomr.core.types import Chunk, InferenceRequest
+from atomr.core.vectors import unpack_vector
 from tests.conftest import require_engine
 from tests.local_support import keep_trying
 from tests.remote_support import FAST_RETRY, NO_RETRY, assert_key_hidden, assert_key_nowhere, load, new_key
@@ -519,6 +520,48 @@ class RemoteRunnerContract(RunnerContract):
                 asyncio.run(runner.load())
         assert info.value.field == "engine.api_key_env"
 
+    # -- embeddings (the runtimes that declare them) -------------------------------------------
+
+    def _embedder(self, model: str | None = None) -> ModelRunner:
+        a = self.adapter
+        if not a.capabilities.embeddings:
+            pytest.skip(f"the {a.runtime} runtime makes no embeddings")
+        return a.build(model=model or a.embedding_model)
+
+    def test_embeddings_every_input_in_one_provider_call(self, on: On[Any]) -> None:
+        a = self.adapter
+        runner = self._embedder()
+        texts = [f"sentence {i} on topic {i % 7}" for i in range(256)]
+
+        async def twice() -> tuple[Chunk, Chunk]:
+            async with load(runner) as r:
+                return await r.embed(embed_request(texts)), await r.embed(embed_request(texts[:3]))
+
+        whole, again = on(twice())
+        assert a.fake.count() == 2  # 256 inputs, one call; then 3 inputs, one call
+        vectors = [unpack_vector(v) for v in whole.embeddings]
+        assert len(vectors) == 256 and whole.finish_reason == "stop"
+        assert [unpack_vector(v) for v in again.embeddings] == vectors[:3]  # the same text, the same vector
+        for text, vector in zip(texts[:8], vectors, strict=False):  # in input order, as the provider made them
+            assert vector == pytest.approx(a.vector_of(text), abs=1e-6)
+        assert whole.usage.prompt_tokens == sum(len(a.tokenize(t)) for t in texts)
+
+    def test_embeddings_shortened_to_dimensions(self, on: On[Any]) -> None:
+        runner = self._embedder()
+        chunk = on(outcome_embed(runner, embed_request(["short vectors please"], dimensions=16)))
+        (vector,) = [unpack_vector(v) for v in chunk.embeddings]
+        assert len(vector) == 16 and math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-5)
+
+    def test_embeddings_errors_are_the_taxonomy(self, on: On[Any]) -> None:
+        a = self.adapter
+        with pytest.raises(InferenceError) as info:  # a chat model asked to embed: the provider's 4xx, mapped
+            on(outcome_embed(self._embedder(model=a.unknown_model), embed_request(["hello"])))
+        assert info.value.kind in ("not_found", "invalid_request"), info.value
+        a.fake.fail_next(429, a.error_payload(429, "Slow down."), {"retry-after": "7"})
+        with pytest.raises(InferenceError) as info:
+            on(outcome_embed(self._embedder(), embed_request(["hello"])))
+        assert (info.value.kind, info.value.retry_after) == ("rate_limited", 7.0)
+
     def test_unknown_model_is_not_found(self, on: On[Any]) -> None:
         a = self.adapter
         name = a.unknown_model.rpartition("/")[2]
@@ -651,6 +694,18 @@ class RemoteRunnerContract(RunnerContract):
         assert_key_hidden(err, a.key)
         assert_key_nowhere(wrong, err, caplog, capfd)
         assert any("request failed" in r.getMessage() for r in caplog.records)
+
+
+async def outcome_embed(runner: ModelRunner, request: InferenceRequest) -> Chunk:
+    """Load `runner`, embed `request`'s inputs, unload it."""
+    async with load(runner) as r:
+        return await r.embed(request)
+
+
+def embed_request(texts: list[str], **fields: Any) -> InferenceRequest:
+    request = InferenceRequest(model="remote", task="embed", inputs=tuple(texts), **fields)
+    request.validate()
+    return request
 
 
 async def outcome_on(runner: ModelRunner, request: InferenceRequest) -> tuple[list[Chunk], InferenceError | None]:

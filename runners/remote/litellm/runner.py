@@ -41,6 +41,8 @@ LiteLLM quirks handled here:
   `ContentPolicyViolationError` `content_filtered`, `Timeout` `timeout`, `APIConnectionError`
   (which LiteLLM labels 500) `unavailable`, a `MidStreamFallbackError` wrapping a JSON decoding
   error a malformed answer. Retry-after comes from the error's headers.
+- LiteLLM's OpenAI embedding handler turns `max_retries=0` into its default of 2 retries (it
+  tests `max_retries or DEFAULT_MAX_RETRIES`): `litellm.DEFAULT_MAX_RETRIES` is set to 0 here.
 - A compatible server that ignores `stream: true` and answers one JSON object looks, through
   LiteLLM, like an empty stream: it is reported as malformed (the `openai` runner reads it).
 
@@ -95,6 +97,9 @@ from atomr.core.runner import OPENAI_WIRE, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Usage
 
 litellm.suppress_debug_info = True
+# LiteLLM's OpenAI embedding handler reads `max_retries=0` as unset (`max_retries or
+# DEFAULT_MAX_RETRIES`) and retried a 429 twice inside one call: atomr retries, so its default is 0.
+litellm.DEFAULT_MAX_RETRIES = 0
 for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
     try:
         logging.getLogger(_name).setLevel(os.environ.get("LITELLM_LOG", "WARNING").upper())
