@@ -27,7 +27,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ from atomr.core.types import (
     Message,
     SamplingParams,
     StreamEvent,
+    Usage,
     make_messages,
 )
 from atomr.serving.stream_assembly import StreamAssembler, assemble_result
@@ -100,6 +102,17 @@ def parse_address(address: str | None) -> tuple[str, int]:
         return host or "127.0.0.1", int(port)
     except ValueError:
         raise UnavailableError(f"bad node address {text!r}; expected HOST:PORT", field="address") from None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """What `Client.embed` returns: one vector per input, in order, and where they were made."""
+
+    vectors: list[list[float]]
+    usage: Usage  # the inputs' tokens, as prompt_tokens
+    model: str
+    deployment: str
+    request_id: str
 
 
 class Client:
@@ -201,6 +214,33 @@ class Client:
     def generate_request(self, request: InferenceRequest) -> InferenceResult:
         """Send a prepared request (validated again by the gateway) and return its answer."""
         return _collect(request, self._events(request))
+
+    def embed(
+        self,
+        model: str,
+        inputs: str | Sequence[str],
+        *,
+        dimensions: int | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        tenant: str = "default",
+        priority: int = 0,
+    ) -> EmbeddingResult:
+        """The embeddings of `inputs` (one text or several, all in one request) by the deployment
+        `model`; `dimensions`: shorter vectors, where its runtime makes them."""
+        request = InferenceRequest(
+            model=model,
+            task="embed",
+            inputs=(inputs,) if isinstance(inputs, str) else tuple(inputs),
+            dimensions=dimensions,
+            user=user,
+            tenant=tenant,
+            priority=priority,
+            deadline=time.time() + (timeout or self.default_timeout),
+        )
+        request.validate()
+        result = self.generate_request(request)
+        return EmbeddingResult(result.vectors(), result.usage, result.model, result.deployment, result.request_id)
 
     def generate_many(self, requests: list[InferenceRequest]) -> list[InferenceResult | InferenceError]:
         """Send several requests in one message; each gets its result or its error, in order."""

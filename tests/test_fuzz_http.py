@@ -36,7 +36,7 @@ from schemathesis.checks import (  # noqa: E402
 )
 
 from atomr.core.tenants import new_key  # noqa: E402
-from atomr.http import anthropic_messages  # noqa: E402
+from atomr.http import anthropic_messages, embeddings  # noqa: E402
 from atomr.http.openai_requests import parse_chat, parse_completion  # noqa: E402
 from atomr.http.openapi import openapi_document  # noqa: E402
 from atomr.http.responses_api import protocol as responses_protocol  # noqa: E402
@@ -160,6 +160,7 @@ def _forced_tool(path: str, body: dict[str, Any]) -> str | None:
         ("/v1/messages", anthropic_messages.parse),
         ("/v1/messages/count_tokens", anthropic_messages.parse_count),
         ("/v1/responses", responses_protocol.parse),
+        ("/v1/embeddings", embeddings.parse),
     ],
 )
 def test_what_the_document_calls_valid_the_parser_accepts(path: str, parse: Any) -> None:
@@ -196,6 +197,7 @@ def test_the_served_document_is_the_built_one(fuzz_front: tuple[Node, str, set[i
     assert set(served.json()["paths"]) == {
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/embeddings",
         "/v1/messages",
         "/v1/messages/count_tokens",
         "/v1/responses",

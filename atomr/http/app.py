@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP application (Starlette), over an `InferenceBackend`.
 
 Routes, one module per group: ``POST /v1/chat/completions`` and ``POST /v1/completions``
-(`chat`), ``POST /v1/messages`` (`anthropic_messages`), ``POST /v1/responses`` and ``GET`` /
-``DELETE /v1/responses/{id}`` (`responses_api`), ``GET /v1/models`` (`models`), ``GET /healthz``
-and ``GET /readyz`` (`health`), ``GET /metrics`` (`metrics`), ``GET /openapi.json`` (`openapi`).
+(`chat`), ``POST /v1/embeddings`` (`embeddings`), ``POST /v1/messages`` (`anthropic_messages`),
+``POST /v1/responses`` and ``GET`` / ``DELETE /v1/responses/{id}`` (`responses_api`),
+``GET /v1/models`` (`models`), ``GET /healthz`` and ``GET /readyz`` (`health`), ``GET /metrics``
+(`metrics`), ``GET /openapi.json`` (`openapi`).
 What they share (auth, tenant quotas, body reading, error responses) is in `plumbing`. This
 package knows nothing of actors: the process that hosts the front supplies the backend
 (`atomr.http.front`, over the port in `atomr.http.port`).
@@ -14,7 +15,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from atomr.core.tenants import TenantTable
-from atomr.http import anthropic_messages, chat, health, metrics, models, openapi, responses_api
+from atomr.http import anthropic_messages, chat, embeddings, health, metrics, models, openapi, responses_api
 from atomr.http.plumbing import FrontContext, exception_handlers
 from atomr.http.port import InferenceBackend
 from atomr.http.settings import HttpSettings
@@ -27,6 +28,7 @@ def make_app(
     ctx = FrontContext(backend, tenants, settings, http_metrics)
     routes = [
         *chat.routes(ctx),
+        *embeddings.routes(ctx),
         *anthropic_messages.routes(ctx),
         *responses_api.routes(ctx),
         *models.routes(ctx),

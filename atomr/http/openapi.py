@@ -207,6 +207,16 @@ def _paths(model: str, auth: bool) -> dict[str, Any]:
         "/v1/completions": {
             "post": _inference("Completion", "a text completion (JSON, or SSE with stream)", completion_example, auth)
         },
+        "/v1/embeddings": {
+            "post": _inference(
+                "Embedding",
+                "embeddings of one text or several (every input in one engine or provider call)",
+                {"model": model, "input": ["The actor model", "Hello"]},
+                auth,
+                answer="EmbeddingList",
+                streams=False,
+            )
+        },
         "/v1/messages": {
             "post": _inference(
                 "Messages",

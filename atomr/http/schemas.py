@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from atomr.core.types import MAX_EMBEDDING_INPUTS
+
 INT64_MAX = 2**63 - 1
 MAX_STOP = 8  # stop sequences (`SamplingParams.validate`)
 
@@ -273,6 +275,43 @@ class ServerSentEvent(BaseModel):
     event: str | SkipJsonSchema[None] = None
 
 
+_EmbeddingInput = Annotated[str, Field(min_length=1)]
+
+
+class EmbeddingRequest(BaseModel):
+    """Embeddings of one text or several; all inputs of a request go to the engine (or the
+    provider) in one call. Token arrays are not taken (400 naming input)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    input: _EmbeddingInput | Annotated[list[_EmbeddingInput], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    encoding_format: Literal["float", "base64"] | SkipJsonSchema[None] = Field(
+        default=None, description="float (the default): lists of numbers; base64: float32 little-endian bytes"
+    )
+    dimensions: Annotated[int, Field(ge=1, le=INT64_MAX)] | SkipJsonSchema[None] = Field(
+        default=None, description="shorter vectors, where the deployment's runtime makes them"
+    )
+    user: str | SkipJsonSchema[None] = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 class Model(BaseModel):
     id: str
     object: Literal["model"]
@@ -328,6 +367,8 @@ COMPONENTS: tuple[type[BaseModel], ...] = (
     ChatCompletion,
     Completion,
     ServerSentEvent,
+    EmbeddingRequest,
+    EmbeddingList,
     Model,
     ModelList,
     Health,

@@ -542,8 +542,8 @@ class RemoteRunnerContract(RunnerContract):
         vectors = [unpack_vector(v) for v in whole.embeddings]
         assert len(vectors) == 256 and whole.finish_reason == "stop"
         assert [unpack_vector(v) for v in again.embeddings] == vectors[:3]  # the same text, the same vector
-        for text, vector in zip(texts[:8], vectors, strict=False):  # in input order, as the provider made them
-            assert vector == pytest.approx(a.vector_of(text), abs=1e-6)
+        for sentence, vector in zip(texts[:8], vectors, strict=False):  # in input order, as the provider made them
+            assert vector == pytest.approx(a.vector_of(sentence), abs=1e-6)
         assert whole.usage.prompt_tokens == sum(len(a.tokenize(t)) for t in texts)
 
     def test_embeddings_shortened_to_dimensions(self, on: On[Any]) -> None:

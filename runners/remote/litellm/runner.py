@@ -99,7 +99,7 @@ from atomr.core.types import Chunk, InferenceRequest, Usage
 litellm.suppress_debug_info = True
 # LiteLLM's OpenAI embedding handler reads `max_retries=0` as unset (`max_retries or
 # DEFAULT_MAX_RETRIES`) and retried a 429 twice inside one call: atomr retries, so its default is 0.
-litellm.DEFAULT_MAX_RETRIES = 0
+litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[misc]
 for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
     try:
         logging.getLogger(_name).setLevel(os.environ.get("LITELLM_LOG", "WARNING").upper())
