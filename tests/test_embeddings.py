@@ -21,8 +21,12 @@ import importlib.util
 import itertools
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -332,3 +336,37 @@ def test_models_metrics_and_the_client(node: Node, front: str, sdk: openai.OpenA
         if x.get("event") == "request" and x.get("deployment") == "embed"
     }
     assert {("/v1/embeddings", "embed"), ("client", "embed")} <= logged, logged  # one log line per request, labelled
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "tokenizers", "onnx")),
+    reason="the make-model extra (torch, transformers, onnx) is not installed",
+)
+def test_remaking_the_embedding_model_is_byte_identical(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    manifests = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "make_tiny_embedding_model.py"),
+                "--out",
+                str(out),
+                "--steps",
+                "20",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        manifest = json.loads((out / "MANIFEST.json").read_text())
+        for rel, info in manifest["files"].items():
+            assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == info["sha256"], rel
+        manifests.append(manifest["files"])
+    assert manifests[0] == manifests[1]
+    assert set(manifests[0]) == {"onnx/model.onnx", "onnx/tokenizer.json", "onnx/embedding_config.json"}
