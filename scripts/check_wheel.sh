@@ -36,6 +36,11 @@ grep -qx ready node.log || { echo "the node from the wheel did not get ready"; c
 import sys
 import atomr, atomr.runners.catalog
 assert not atomr.__file__.startswith(sys.argv[1]), f"atomr imported from the source tree: {atomr.__file__}"
+from pathlib import Path
+models = Path(atomr.__file__).parent / "models"
+for name in ("tiny-llama/onnx/genai_config.json", "tiny-embed/onnx/model.onnx", "tiny-embed/onnx/tokenizer.json",
+             "tiny-embed/onnx/embedding_config.json"):
+    assert (models / name).is_file(), f"the wheel lacks atomr/models/{name}"
 PY
 answer="$("$work/venv/bin/atomr-chat" tiny "Hello" --json)"
 echo "atomr-chat: $answer"

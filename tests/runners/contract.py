@@ -19,6 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import importlib
+import itertools
 import logging
 import math
 import socket
@@ -167,13 +168,29 @@ class RuntimeAdapter:
         was cut short (False when it ended by itself first)."""
         raise NotImplementedError
 
+    # embeddings (where `capabilities.embeddings`)
 
-class RunnerContract:
-    """The tests every runtime passes. A subclass sets `adapter`."""
+    def embedding(self, runner: ModelRunner) -> contextlib.AbstractAsyncContextManager[ModelRunner]:
+        """A loaded runner of an embedding model (`runner` itself, or one built for the purpose)."""
+        raise NotImplementedError
+
+    def embed_calls(self, runner: ModelRunner) -> int:
+        """Engine (or provider) calls an embedding runner has made so far."""
+        raise NotImplementedError
+
+    def expected_vector(self, text: str) -> list[float] | None:
+        """The vector `text` must get, where it is known."""
+        return None
+
+    def embedding_tokens(self, texts: list[str]) -> int | None:
+        """The prompt tokens embedding `texts` must report, where it is known."""
+        return None
+
+
+class CatalogContract:
+    """What the catalog and the runner class say: the runner the catalog names, its capabilities."""
 
     adapter: ClassVar[RuntimeAdapter]
-
-    # -- what the catalog and the class say -------------------------------------------------
 
     def test_catalog_names_the_runner_and_its_capabilities(self) -> None:
         a = self.adapter
@@ -185,6 +202,12 @@ class RunnerContract:
         assert spec_of(a.runtime).local == a.local
         assert cls.capabilities == a.capabilities
         assert bool(a.logprob_modes) == a.capabilities.logprobs
+
+
+class RunnerContract(CatalogContract):
+    """The tests every generating runtime passes. A subclass sets `adapter`."""
+
+    adapter: ClassVar[RuntimeAdapter]
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -465,7 +488,58 @@ class RemoteAdapter(RuntimeAdapter):
         raise NotImplementedError
 
 
-class RemoteRunnerContract(RunnerContract):
+class EmbeddingContract(CatalogContract):
+    """What every runtime that declares embeddings does (others skip): all inputs of a request in
+    one engine or provider call, in input order, the same text the same vector, usage,
+    `dimensions` shortened to unit length. The adapter supplies `embedding(runner)` (a loaded
+    embedding runner), `embed_calls(runner)` (engine or provider calls so far), and where it knows
+    them `expected_vector(text)` and `embedding_tokens(texts)`."""
+
+    adapter: ClassVar[RuntimeAdapter]
+
+    def _embedding(self, runner: ModelRunner) -> contextlib.AbstractAsyncContextManager[ModelRunner]:
+        a = self.adapter
+        if not a.capabilities.embeddings:
+            pytest.skip(f"the {a.runtime} runtime makes no embeddings")
+        return a.embedding(runner)
+
+    def test_embeddings_every_input_in_one_call(self, runner: ModelRunner, on: On[Any]) -> None:
+        a = self.adapter
+        texts = [f"sentence {i} on topic {i % 7}" for i in range(256)]
+
+        async def twice() -> tuple[Chunk, Chunk, list[int]]:
+            async with self._embedding(runner) as r:
+                calls = [a.embed_calls(r)]
+                whole = await r.embed(embed_request(texts))
+                calls.append(a.embed_calls(r))
+                again = await r.embed(embed_request(texts[:3]))
+                calls.append(a.embed_calls(r))
+                return whole, again, calls
+
+        whole, again, calls = on(twice())
+        assert [b - a for a, b in itertools.pairwise(calls)] == [1, 1]  # 256 inputs one call; 3 inputs one call
+        vectors = [unpack_vector(v) for v in whole.embeddings]
+        assert len(vectors) == 256 and whole.finish_reason == "stop"
+        again_vectors = [unpack_vector(v) for v in again.embeddings]
+        for mine, first in zip(again_vectors, vectors, strict=False):  # the same text, the same vector
+            assert mine == pytest.approx(first, abs=1e-5)  # (a local batch pads: float32 rounding)
+        assert len({tuple(v) for v in vectors}) == 256  # every text its own vector
+        for sentence, vector in zip(texts[:8], vectors, strict=False):  # in input order, as made
+            expected = a.expected_vector(sentence)
+            assert expected is None or vector == pytest.approx(expected, abs=1e-6)
+        tokens = a.embedding_tokens(texts)
+        assert whole.usage.prompt_tokens == tokens if tokens is not None else whole.usage.prompt_tokens >= 256
+
+    def test_embeddings_shortened_to_dimensions(self, runner: ModelRunner, on: On[Any]) -> None:
+        async def shortened() -> Chunk:
+            async with self._embedding(runner) as r:
+                return await r.embed(embed_request(["short vectors please"], dimensions=16))
+
+        (vector,) = [unpack_vector(v) for v in on(shortened()).embeddings]
+        assert len(vector) == 16 and math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-5)
+
+
+class RemoteRunnerContract(RunnerContract, EmbeddingContract):
     """What remote API runners add: their fake's HTTP errors mapped to the taxonomy, retries, the
     deadline, the circuit breaker, broken streams and bodies, and keys that never show.
 
@@ -520,46 +594,16 @@ class RemoteRunnerContract(RunnerContract):
                 asyncio.run(runner.load())
         assert info.value.field == "engine.api_key_env"
 
-    # -- embeddings (the runtimes that declare them) -------------------------------------------
-
-    def _embedder(self, model: str | None = None) -> ModelRunner:
+    def test_embeddings_errors_are_the_taxonomy(self, on: On[Any]) -> None:
         a = self.adapter
         if not a.capabilities.embeddings:
             pytest.skip(f"the {a.runtime} runtime makes no embeddings")
-        return a.build(model=model or a.embedding_model)
-
-    def test_embeddings_every_input_in_one_provider_call(self, on: On[Any]) -> None:
-        a = self.adapter
-        runner = self._embedder()
-        texts = [f"sentence {i} on topic {i % 7}" for i in range(256)]
-
-        async def twice() -> tuple[Chunk, Chunk]:
-            async with load(runner) as r:
-                return await r.embed(embed_request(texts)), await r.embed(embed_request(texts[:3]))
-
-        whole, again = on(twice())
-        assert a.fake.count() == 2  # 256 inputs, one call; then 3 inputs, one call
-        vectors = [unpack_vector(v) for v in whole.embeddings]
-        assert len(vectors) == 256 and whole.finish_reason == "stop"
-        assert [unpack_vector(v) for v in again.embeddings] == vectors[:3]  # the same text, the same vector
-        for sentence, vector in zip(texts[:8], vectors, strict=False):  # in input order, as the provider made them
-            assert vector == pytest.approx(a.vector_of(sentence), abs=1e-6)
-        assert whole.usage.prompt_tokens == sum(len(a.tokenize(t)) for t in texts)
-
-    def test_embeddings_shortened_to_dimensions(self, on: On[Any]) -> None:
-        runner = self._embedder()
-        chunk = on(outcome_embed(runner, embed_request(["short vectors please"], dimensions=16)))
-        (vector,) = [unpack_vector(v) for v in chunk.embeddings]
-        assert len(vector) == 16 and math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-5)
-
-    def test_embeddings_errors_are_the_taxonomy(self, on: On[Any]) -> None:
-        a = self.adapter
         with pytest.raises(InferenceError) as info:  # a chat model asked to embed: the provider's 4xx, mapped
-            on(outcome_embed(self._embedder(model=a.unknown_model), embed_request(["hello"])))
+            on(outcome_embed(a.build(model=a.unknown_model), embed_request(["hello"])))
         assert info.value.kind in ("not_found", "invalid_request"), info.value
         a.fake.fail_next(429, a.error_payload(429, "Slow down."), {"retry-after": "7"})
         with pytest.raises(InferenceError) as info:
-            on(outcome_embed(self._embedder(), embed_request(["hello"])))
+            on(outcome_embed(a.build(model=a.embedding_model), embed_request(["hello"])))
         assert (info.value.kind, info.value.retry_after) == ("rate_limited", 7.0)
 
     def test_unknown_model_is_not_found(self, on: On[Any]) -> None:

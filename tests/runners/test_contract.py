@@ -7,7 +7,7 @@ from __future__ import annotations
 from atomr.runners.catalog import RUNTIMES
 
 from tests.runners import adapters
-from tests.runners.contract import RemoteRunnerContract, RunnerContract
+from tests.runners.contract import EmbeddingContract, RemoteRunnerContract, RunnerContract
 
 
 class TestOrtBatch(RunnerContract):
@@ -20,6 +20,10 @@ class TestOrtEngine(RunnerContract):
 
 class TestOrtGenerators(RunnerContract):
     adapter = adapters.OrtAdapter("generators")
+
+
+class TestOrtEmbed(EmbeddingContract):
+    adapter = adapters.OrtEmbedAdapter()
 
 
 class TestVllm(RunnerContract):
@@ -36,6 +40,10 @@ class TestTensorRT(RunnerContract):
 
 class TestOpenAI(RemoteRunnerContract):
     adapter = adapters.OpenAIAdapter()
+
+
+class TestOpenAISdk(RemoteRunnerContract):
+    adapter = adapters.OpenAISdkAdapter()
 
 
 class TestAnthropic(RemoteRunnerContract):

@@ -7,15 +7,15 @@ waiting or the first has waited `max_wait_ms`, then run together with right-padd
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from atomr.runners.common.batching import BatchCollector
+from atomr.runners.common.engine_thread import EngineThread
 from atomr.runners.local.ort.jobs import Job
 from atomr.runners.local.ort.model import OrtModel, search_seed, search_top_k
 
-from atomr.core.errors import InternalError, UnavailableError
+from atomr.core.errors import InternalError
 
 
 def _batch_key(job: Job) -> tuple[Any, ...]:
@@ -24,7 +24,7 @@ def _batch_key(job: Job) -> tuple[Any, ...]:
     return (True,) if p.greedy else (False, *p.sampling)
 
 
-class BatchWorker:
+class BatchWorker(EngineThread[Job]):
     """Dynamic batching: runs batches from a `BatchCollector`, one batched og.Generator each.
 
     The prompts of a batch are right-padded into one tensor; every step makes one token for each
@@ -34,23 +34,14 @@ class BatchWorker:
     """
 
     def __init__(self, m: OrtModel, on_done: Callable[[Job], None], max_batch_size: int, max_wait_s: float) -> None:
+        super().__init__("atomr-ort-batches", "the ORT batching thread")
         self._m = m
         self._on_done = on_done
         self._collector: BatchCollector[Job] = BatchCollector(max_batch_size, max_wait_s, key=_batch_key)
-        self._thread = threading.Thread(target=self._main, name="atomr-ort-batches", daemon=True)
         self.batches = 0  # batches run, and requests in them: rows / batches is the mean batch size
         self.rows = 0
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, job: Job) -> None:
-        if not self.alive:
-            raise UnavailableError("the ORT batching thread has stopped")
+    def _accept(self, job: Job) -> None:
         self._collector.submit(job)
 
     def cancel(self, job: Job) -> None:
@@ -59,7 +50,7 @@ class BatchWorker:
     def stop(self) -> None:
         for job in self._collector.close():
             self._on_done(job)
-        self._thread.join()
+        self.join()
 
     def _drop_cancelled(self, job: Job) -> bool:
         if job.cancel.is_set():

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomr.runners.common.batching import BatchCollector
+from atomr.runners.common.engine_thread import EngineThread
 from atomr.runners.common.model_files import model_root
 from atomr.runners.local.ort.spec import OrtEmbeddingOptions, embedding_folder
 from atomr.runners.spec import parse_engine_options
@@ -133,33 +133,24 @@ class Job:
         self.loop.call_soon_threadsafe(deliver)
 
 
-class EmbeddingWorker:
+class EmbeddingWorker(EngineThread[Job]):
     """The thread that runs batches of jobs through the session, one `run` per group of jobs."""
 
     def __init__(self, model: EmbeddingModel, options: OrtEmbeddingOptions) -> None:
+        super().__init__("atomr-ort-embed", "the ORT embedding thread")
         self._m = model
         self._max_inputs = options.max_batch_inputs
         self._collector: BatchCollector[Job] = BatchCollector(options.max_batch_size, options.max_wait_ms / 1000.0)
-        self._thread = threading.Thread(target=self._main, name="atomr-ort-embed", daemon=True)
         self.calls = 0  # session.run calls, and the inputs they embedded
         self.inputs = 0
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, job: Job) -> None:
-        if not self.alive:
-            raise UnavailableError("the ORT embedding thread has stopped")
+    def _accept(self, job: Job) -> None:
         self._collector.submit(job)
 
     def stop(self) -> None:
         for job in self._collector.close():
             job.settle(UnavailableError("the ort-embed runner was unloaded before the request ran"))
-        self._thread.join()
+        self.join()
 
     def _main(self) -> None:
         while (batch := self._collector.next_batch(drop=lambda job: job.future.done())) is not None:

@@ -12,10 +12,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from atomr.runners.common.engine_thread import EngineThread
 from atomr.runners.local.ort.jobs import Job
 from atomr.runners.local.ort.model import OrtModel, search_seed, search_top_k
 
-from atomr.core.errors import InferenceError, InternalError, InvalidRequestError, UnavailableError
+from atomr.core.errors import InferenceError, InternalError, InvalidRequestError
 
 
 class _GenState:
@@ -71,7 +72,7 @@ class _GenState:
         return False
 
 
-class Stepper:
+class Stepper(EngineThread[Job]):
     """Steps one og.Generator per request, round-robin, on one thread.
 
     A new request joins at the next round (its prompt pass runs then), so requests start at once
@@ -79,22 +80,13 @@ class Stepper:
     """
 
     def __init__(self, m: OrtModel, on_done: Callable[[Job], None]) -> None:
+        super().__init__("atomr-ort-generators", "the ORT generator thread")
         self._m = m
         self._on_done = on_done
         self._inbox: collections.deque[Job | None] = collections.deque()
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="atomr-ort-generators", daemon=True)
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, job: Job) -> None:
-        if not self.alive:
-            raise UnavailableError("the ORT generator thread has stopped")
+    def _accept(self, job: Job) -> None:
         self._inbox.append(job)
         self._wake.set()
 
@@ -104,7 +96,7 @@ class Stepper:
     def stop(self) -> None:
         self._inbox.append(None)
         self._wake.set()
-        self._thread.join()
+        self.join()
 
     def _main(self) -> None:
         active: list[_GenState] = []
