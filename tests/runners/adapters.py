@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
 from atomr.runners.catalog import runner_class
 
+from atomr.config import deployment_from_dict
 from atomr.core.runner import FEATURES, GUIDED, ModelRunner, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest
 from tests.conftest import THREAD_ENV
@@ -25,7 +26,7 @@ from tests.fakes import anthropic_server, gemini_server, openai_server
 from tests.fakes.anthropic_server import error_json as anthropic_error
 from tests.fakes.gemini_server import error_json as gemini_error
 from tests.local_support import ACTOR, ACTOR_CHAT, HELLO, VLLM_ENGINE, tiny_deployment
-from tests.remote_support import new_key, remote_deployment
+from tests.remote_support import load, new_key, remote_deployment
 from tests.runners.contract import Answer, ErrorCase, RemoteAdapter, RuntimeAdapter
 from tests.runners.support import chat, completion
 
@@ -139,6 +140,47 @@ class OrtAdapter(LocalAdapter):
         super().__init__(scheduler=scheduler)
 
 
+class OrtEmbedAdapter(RuntimeAdapter):
+    """The `ort-embed` runtime on the built-in tiny embedding model (it only embeds: the embedding
+    contract alone)."""
+
+    runtime = "ort-embed"
+    runner_path = "atomr.runners.local.ort.embedding:OrtEmbeddingRunner"
+    capabilities = RunnerCapabilities(
+        streaming=False,
+        logprobs=False,
+        batching=True,
+        chat=False,
+        completion=False,
+        generate=False,
+        embeddings=True,
+        features=frozenset({"dimensions"}),
+    )
+    local = True
+    logprob_modes = frozenset()  # it generates nothing
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in THREAD_ENV.items():
+                mp.setenv(name, value)
+            yield
+
+    async def start(self) -> ModelRunner:
+        dep = deployment_from_dict({"name": "embed", "model": "builtin:tiny-embed", "engine": {"intra_op_threads": 1}})
+        runner = runner_class(self.runtime)(dep)
+        await runner.load()
+        assert await runner.health()
+        return runner
+
+    @contextlib.asynccontextmanager
+    async def embedding(self, runner: ModelRunner) -> AsyncIterator[ModelRunner]:
+        yield runner  # loaded once for the class
+
+    def embed_calls(self, runner: ModelRunner) -> int:
+        return int(runner.engine_calls)  # type: ignore[attr-defined]
+
+
 class VllmAdapter(LocalAdapter):
     runtime = "vllm"
     runner_path = "atomr.runners.local.vllm.runner:VllmRunner"
@@ -227,6 +269,7 @@ class FakeServedAdapter(RemoteAdapter):
     fake_class: ClassVar[type[Any]]
     tokenize: ClassVar[Callable[[str], list[str]]]
     model: ClassVar[str]
+    engine: ClassVar[dict[str, Any]] = {}  # engine options of every deployment built
     embedding_model: ClassVar[str] = ""  # where capabilities.embeddings: a model the fake embeds with
     vector_of: ClassVar[Callable[[str], list[float]]]  # ... and the vector it gives a text
     api_suffix: ClassVar[str] = ""
@@ -252,10 +295,25 @@ class FakeServedAdapter(RemoteAdapter):
     def new_fake(self, api_key: str | None) -> Any:
         return self.fake_class(api_key=api_key)
 
+    @contextlib.asynccontextmanager
+    async def embedding(self, runner: ModelRunner) -> AsyncIterator[ModelRunner]:
+        async with load(self.build(model=self.embedding_model)) as r:
+            yield r
+
+    def embed_calls(self, runner: ModelRunner) -> int:
+        return int(self.fake.count())
+
+    def expected_vector(self, text: str) -> list[float] | None:
+        return self.vector_of(text)
+
+    def embedding_tokens(self, texts: list[str]) -> int | None:
+        return sum(len(self.tokenize(t)) for t in texts)
+
     def api_base_of(self, fake: Any) -> str:
         return str(fake.url) + self.api_suffix
 
     def build(self, api_base: str | None = None, model: str | None = None, **engine: Any) -> ModelRunner:
+        engine = {**self.engine, **engine}
         dep = remote_deployment(model or self.model, api_base or self.api_base_of(self.fake), self.key_env, **engine)
         assert dep.runtime == self.runtime
         return runner_class(self.runtime)(dep)
@@ -380,6 +438,12 @@ class OpenAIAdapter(FakeServedAdapter):
 
     def fresh(self) -> None:
         self.fake.reset(api_key=self.key)
+
+
+class OpenAISdkAdapter(OpenAIAdapter):
+    """The `openai` runtime on the official SDK's transport (the reference for the lean one)."""
+
+    engine = {"transport": "sdk"}
 
 
 class LiteLLMAdapter(OpenAIAdapter):
