@@ -154,6 +154,14 @@ def test_coalescer_sends_first_chunk_at_once_then_by_count_and_time() -> None:
     assert co.take() is None
 
 
+def test_a_coalescer_switched_off_sends_every_chunk_as_it_came() -> None:
+    co = ChunkCoalescer.for_limits(False, max_tokens=16, max_delay=10.0)
+    chunks = [Chunk("a"), Chunk("", token_count=0), Chunk("b"), Chunk("c", finish_reason="stop", usage=Usage(1, 3))]
+    for i, chunk in enumerate(chunks):
+        assert co.add(chunk, now=0.001 * i) == [chunk]
+    assert co.take() is None
+
+
 def test_coalescer_never_merges_two_choices_and_joins_tool_call_pieces() -> None:
     co = ChunkCoalescer(max_tokens=100, max_delay=10.0)
     co.add(Chunk("x"), now=0.0)  # the first chunk leaves at once

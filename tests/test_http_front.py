@@ -32,7 +32,7 @@ import openai
 from atomr.client import Client
 from atomr.core.tenants import new_key
 from tests.conftest import Node
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, tokenize
 
 KEY_A, HASH_A = new_key()
 KEY_B, HASH_B = new_key()
@@ -66,6 +66,10 @@ deployments:
     limits: {{max_inflight_per_replica: 16}}
   - name: gpt
     model: openai/gpt-fake
+    engine: {{api_base: "{provider.url}/v1", api_key_file: {folder / "provider.key"}, retry: {{max_attempts: 1}}}}
+  - name: gpt-raw
+    model: openai/gpt-fake
+    limits: {{coalesce: false}}
     engine: {{api_base: "{provider.url}/v1", api_key_file: {folder / "provider.key"}, retry: {{max_attempts: 1}}}}
 """
     )
@@ -241,7 +245,7 @@ def test_huge_body_is_refused_and_the_node_keeps_serving(front: tuple[Node, str]
     assert curl(base + "/healthz")[0] == 200
     assert curl(base + "/health") == (200, {"status": "ok"})  # vLLM's name, which load tools probe
     code, ready = curl(base + "/readyz")
-    assert code == 200 and ready["deployments"] == {"tiny": "ready", "gpt": "ready"}
+    assert code == 200 and ready["deployments"] == {"tiny": "ready", "gpt": "ready", "gpt-raw": "ready"}
 
 
 def test_request_id_is_logged_and_the_key_never_is(front: tuple[Node, str]) -> None:
@@ -294,3 +298,14 @@ def test_client_disconnect_cancels_the_request(front: tuple[Node, str], provider
     assert rec["latency_ms"] < 2500
     for _ in range(2):  # the tenant may have 2 in flight: both slots are free
         assert sdk(base).completions.create(model="tiny", prompt="x", max_tokens=2).choices[0].text is not None
+
+
+def test_coalescing_off_relays_the_upstream_chunking(front: tuple[Node, str], provider: FakeOpenAI) -> None:
+    _, base = front
+    c = sdk(base, KEY_OPS)
+    events = list(
+        c.chat.completions.create(model="gpt-raw", messages=CHAT, stream=True, stream_options={"include_usage": True})
+    )
+    pieces = [e.choices[0].delta.content for e in events if e.choices and e.choices[0].delta.content]
+    assert pieces == tokenize(provider.reply_text)  # one SSE event per upstream delta, none merged
+    assert events[-1].usage is not None and events[-1].usage.completion_tokens == len(pieces)

@@ -30,6 +30,8 @@ class Limits(BaseModel):
     max_inflight_per_replica: int = Field(32, ge=1, le=4096)
     max_queue: int = Field(256, ge=0, le=100_000)
     max_queue_per_tenant: int | None = Field(None, ge=0, le=100_000)  # one tenant's share of max_queue
+    # False: every chunk the runner makes is sent as it came (a client sees the upstream's chunking)
+    coalesce: bool = True
     chunk_max_tokens: int = Field(16, ge=1, le=4096)
     chunk_max_delay_ms: float = Field(20.0, ge=0.0, le=10_000.0)
     request_timeout_s: float = Field(300.0, gt=0.0)

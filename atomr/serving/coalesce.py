@@ -3,7 +3,9 @@
 The first chunk of a stream leaves at once (time to first token matters); later ones are held
 until `max_tokens` tokens are pending or the oldest pending one is `max_delay` seconds old; the
 final chunk flushes everything. Chunks of different choices (n > 1) are never merged: a chunk of
-another choice first sends what is pending.
+another choice first sends what is pending. A deployment with ``limits.coalesce: false`` sends
+every chunk as its runner made it (for pass-through streams whose clients want the upstream's
+chunking).
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from atomr.core.types import Chunk
 
 
 class ChunkCoalescer:
+    @classmethod
+    def for_limits(cls, coalesce: bool, max_tokens: int, max_delay: float) -> ChunkCoalescer:
+        """The deployment's coalescer; with `coalesce` off, one that passes every chunk on as it
+        came (nothing is ever held: one token and no delay are always reached)."""
+        return cls(max_tokens, max_delay) if coalesce else cls(1, 0.0)
+
     def __init__(self, max_tokens: int, max_delay: float) -> None:
         self.max_tokens = max_tokens
         self.max_delay = max_delay

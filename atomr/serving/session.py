@@ -64,7 +64,7 @@ async def run_session(
     ev = EventMaker(request.request_id, replica, deployment.name, deployment.version)
     loop = asyncio.get_running_loop()
     limits = deployment.limits
-    co = ChunkCoalescer(limits.chunk_max_tokens, limits.chunk_max_delay_ms / 1000.0)
+    co = ChunkCoalescer.for_limits(limits.coalesce, limits.chunk_max_tokens, limits.chunk_max_delay_ms / 1000.0)
     timer: asyncio.TimerHandle | None = None
     sent = 0
     usage: Usage | None = None
