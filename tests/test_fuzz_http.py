@@ -138,6 +138,13 @@ def _tool_names(path: str, body: dict[str, Any]) -> list[str]:
     return [t["function"]["name"] if path.endswith("completions") else t["name"] for t in tools]
 
 
+def _format_complete(fmt: dict[str, Any]) -> bool:
+    """A response_format of type json_schema holds its json_schema, one of type regex its pattern
+    (ResponseFormat's description says so; one OpenAPI 3.0 object cannot)."""
+    wants = {"json_schema": "json_schema", "regex": "pattern"}.get(str(fmt.get("type")))
+    return wants is None or fmt.get(wants) is not None
+
+
 def _forced_tool(path: str, body: dict[str, Any]) -> str | None:
     """The tool a body's tool_choice names; "" for a choice that needs tools without naming one."""
     choice = body.get("tool_choice")
@@ -171,10 +178,13 @@ def test_what_the_document_calls_valid_the_parser_accepts(path: str, parse: Any)
     def accepted(case: Any) -> None:
         body = case.body
         # what the document says in words only: top_logprobs needs logprobs, a forced tool choice
-        # needs tools and names one of them, function names are unique
+        # needs tools and names one of them, function names are unique, a response format holds
+        # what its type needs
         tools = _tool_names(path, body)
         forced = _forced_tool(path, body)
         assume(not body.get("top_logprobs") or body.get("logprobs"))
+        fmt = body.get("response_format") if path.endswith("completions") else None
+        assume(not isinstance(fmt, dict) or _format_complete(fmt))
         assume(len(set(tools)) == len(tools))
         assume(forced is None or (tools and (forced == "" or forced in tools)))
         _, req = parse(json.dumps(body).encode(), 128)

@@ -37,6 +37,15 @@ LOCAL_PROMPTS = ("The actor model", "To bake bread,", "The weather today", "In w
 # -- local engines ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def pinned_threads() -> Iterator[None]:
+    """The engines' thread pools pinned to one thread (OMP, RAYON...) while a runner is loaded."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in THREAD_ENV.items():
+            mp.setenv(name, value)
+        yield
+
+
 class LocalAdapter(RuntimeAdapter):
     """A local engine on the tiny model, one thread (OMP/RAYON pinned), loaded once per class."""
 
@@ -46,12 +55,8 @@ class LocalAdapter(RuntimeAdapter):
     def __init__(self, **engine: Any) -> None:
         self.engine = engine
 
-    @contextlib.contextmanager
-    def environment(self) -> Iterator[None]:
-        with pytest.MonkeyPatch.context() as mp:
-            for name, value in THREAD_ENV.items():
-                mp.setenv(name, value)
-            yield
+    def environment(self) -> contextlib.AbstractContextManager[None]:
+        return pinned_threads()
 
     def deployment(self) -> Any:
         return tiny_deployment(self.runtime, **self.engine)
@@ -159,12 +164,8 @@ class OrtEmbedAdapter(RuntimeAdapter):
     local = True
     logprob_modes = frozenset()  # it generates nothing
 
-    @contextlib.contextmanager
-    def environment(self) -> Iterator[None]:
-        with pytest.MonkeyPatch.context() as mp:
-            for name, value in THREAD_ENV.items():
-                mp.setenv(name, value)
-            yield
+    def environment(self) -> contextlib.AbstractContextManager[None]:
+        return pinned_threads()
 
     async def start(self) -> ModelRunner:
         dep = deployment_from_dict({"name": "embed", "model": "builtin:tiny-embed", "engine": {"intra_op_threads": 1}})
