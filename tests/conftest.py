@@ -6,6 +6,7 @@ is created) in a temporary folder, so tests neither need nor touch the user's ow
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -80,6 +81,15 @@ def leak_guard() -> Iterator[None]:
     if _OWN_STATE_DIR:
         shutil.rmtree(STATE_DIR, ignore_errors=True)
     assert not pids, f"processes left behind by the test run (ended now): {pids}"
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop for a module that drives a runner in this process (one loop: a runner stays
+    bound to the loop that loaded it)."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,11 @@ the greedy answers every engine gives), and waiting on a runner's generations.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -87,3 +92,26 @@ async def how_streams_ended(
         except UnavailableError:
             outcomes.append("unavailable")
     return outcomes
+
+
+def remade_manifests(script: Path, out: Path, steps: int = 20) -> list[dict[str, Any]]:
+    """Run a make-model `script` twice (into out/a and out/b, one thread, a fixed hash seed, `steps`
+    training steps); each run's manifest of files, every file checked against its sha256 there."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    manifests = []
+    for name in ("a", "b"):
+        folder = out / name
+        proc = subprocess.run(
+            [sys.executable, str(script), "--out", str(folder), "--steps", str(steps)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        files = json.loads((folder / "MANIFEST.json").read_text())["files"]
+        for rel, info in files.items():
+            assert hashlib.sha256((folder / rel).read_bytes()).hexdigest() == info["sha256"], rel
+        manifests.append(files)
+    return manifests

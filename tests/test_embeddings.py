@@ -21,10 +21,7 @@ import importlib.util
 import itertools
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -38,12 +35,13 @@ import yaml
 from atomr.client import Client
 from atomr.config import deployment_from_dict
 from atomr.core.errors import ContextLengthError, InvalidRequestError
-from atomr.core.types import InferenceRequest
 from atomr.core.vectors import unpack_vector
 from tests.conftest import REPO, Node, require_engine
 from tests.fakes import gemini_server, openai_server
 from tests.fakes.gemini_server import FakeGemini
 from tests.fakes.openai_server import FakeOpenAI
+from tests.local_support import remade_manifests
+from tests.runners.contract import embed_request
 
 KEY = "sk-embeddings-" + "e" * 24
 TINY_EMBED = REPO / "atomr" / "models" / "tiny-embed"
@@ -84,13 +82,6 @@ def test_the_shipped_model_is_its_manifest_and_small() -> None:
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def runner(loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
     """The `ort-embed` runner of builtin:tiny-embed, loaded in this process (to count engine calls)."""
     require_engine("onnxruntime", "ort")
@@ -105,12 +96,6 @@ def runner(loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
         yield r
     finally:
         loop.run_until_complete(r.unload())
-
-
-def embed_request(texts: list[str], **fields: Any) -> InferenceRequest:
-    request = InferenceRequest(model="embed", task="embed", inputs=tuple(texts), **fields)
-    request.validate()
-    return request
 
 
 def test_a_256_input_request_is_one_engine_call(runner: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -344,29 +329,6 @@ def test_models_metrics_and_the_client(node: Node, front: str, sdk: openai.OpenA
     reason="the make-model extra (torch, transformers, onnx) is not installed",
 )
 def test_remaking_the_embedding_model_is_byte_identical(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    manifests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "scripts" / "make_tiny_embedding_model.py"),
-                "--out",
-                str(out),
-                "--steps",
-                "20",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        manifest = json.loads((out / "MANIFEST.json").read_text())
-        for rel, info in manifest["files"].items():
-            assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == info["sha256"], rel
-        manifests.append(manifest["files"])
+    manifests = remade_manifests(REPO / "scripts" / "make_tiny_embedding_model.py", tmp_path)
     assert manifests[0] == manifests[1]
     assert set(manifests[0]) == {"onnx/model.onnx", "onnx/tokenizer.json", "onnx/embedding_config.json"}

@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,8 @@ from atomr.models import BUILTIN_PREFIX, builtin_model_dir, list_builtin_models
 pytest.importorskip("onnxruntime_genai")
 
 from atomr.runners.local.ort.runner import ort_greedy_reference
+
+from tests.local_support import remade_manifests
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = builtin_model_dir("tiny-llama")
@@ -131,22 +130,6 @@ def test_transformers_greedy_equals_ort() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TORCH, reason="the make-model extra (torch, transformers, onnx, onnx-ir) is not installed")
 def test_remaking_is_byte_identical(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    manifests = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--out", str(out), "--steps", "20"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        manifest = json.loads((out / "MANIFEST.json").read_text())
-        for rel, info in manifest["files"].items():
-            assert sha256(out / rel) == info["sha256"]
-        manifests.append(manifest["files"])
+    manifests = remade_manifests(REPO / "scripts" / "make_tiny_model.py", tmp_path)
     assert manifests[0] == manifests[1]
     assert "hf/model.safetensors" in manifests[0] and "onnx/model.onnx.data" in manifests[0]

@@ -45,13 +45,6 @@ def deployment(model_path: Path = MODEL, **engine: Any) -> Deployment:
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def runner(loop: asyncio.AbstractEventLoop) -> Iterator[VllmRunner]:
     r = VllmRunner(deployment())
     loop.run_until_complete(r.load())
