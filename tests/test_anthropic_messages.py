@@ -28,6 +28,7 @@ from tests.conftest import Node
 from tests.fakes.anthropic_server import THINKING_SIGNATURE, FakeAnthropic, tokenize
 from tests.fakes.openai_server import DEFAULT_REPLY as FAKE_REPLY
 from tests.fakes.openai_server import FakeOpenAI
+from tests.local_support import HELLO
 
 KEY = "sk-messages-" + "m" * 24
 WEATHER = {
@@ -283,3 +284,23 @@ def test_an_anthropic_deployment_gets_the_body_as_sent_and_answers_as_the_api(
         with pytest.raises(anthropic.BadRequestError) as refused:
             client.messages.create(model=model, max_tokens=50, messages=history)
         assert "messages[1].content[0].type" in refused.value.message
+
+
+def test_langchain_anthropic_on_the_embedded_model(front: str) -> None:
+    """LangChain's ChatAnthropic as the client of the Messages wire: whole, streamed, and a tool
+    round trip on the embedded model."""
+    from langchain_anthropic import ChatAnthropic
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    llm = ChatAnthropic(model="tiny", base_url=front, api_key="unused", max_tokens=60, max_retries=0, timeout=120)
+    assert llm.invoke("Hello!").text == HELLO
+    assert "".join(chunk.text for chunk in llm.stream("Hello!")) == HELLO
+    tools = llm.bind_tools([WEATHER, TIME])
+    ask = HumanMessage(ASK[0]["content"])
+    called = tools.invoke([ask])
+    (call,) = called.tool_calls
+    assert (call["name"], call["args"]) == ("get_weather", {"city": "Paris"})
+    answer = tools.invoke(
+        [ask, called, ToolMessage('{"city": "Paris", "weather": "sunny, 21 C"}', tool_call_id=call["id"])]
+    )
+    assert answer.text == "The weather in Paris is sunny, 21 C."

@@ -332,3 +332,19 @@ def test_remaking_the_embedding_model_is_byte_identical(tmp_path: Path) -> None:
     manifests = remade_manifests(REPO / "scripts" / "make_tiny_embedding_model.py", tmp_path)
     assert manifests[0] == manifests[1]
     assert set(manifests[0]) == {"onnx/model.onnx", "onnx/tokenizer.json", "onnx/embedding_config.json"}
+
+
+def test_langchain_embeddings(front: str, sdk: openai.OpenAI) -> None:
+    """LangChain's OpenAIEmbeddings on the local model: documents in one request, the same vectors
+    as the openai SDK's. (Its default check_embedding_ctx_length sends token arrays, which atomr
+    refuses naming input: its runtimes take text.)"""
+    from langchain_openai import OpenAIEmbeddings
+
+    texts = ["It is raining hard this morning.", "The striker scored twice."]
+    lc = OpenAIEmbeddings(
+        model="embed", base_url=front + "/v1", api_key="unused", check_embedding_ctx_length=False, max_retries=0
+    )
+    documents = lc.embed_documents(texts)
+    assert documents == [d.embedding for d in sdk.embeddings.create(model="embed", input=texts).data]
+    query = lc.embed_query(texts[0])
+    assert query == pytest.approx(documents[0], abs=1e-5)  # alone rather than in a padded batch

@@ -393,3 +393,24 @@ def test_output_items_read_back_as_the_chat_that_said_them() -> None:
         Message("tool", "sunny", tool_call_id="call_1"),
         Message("system", "Be brief."),
     )
+
+
+def test_langchain_on_the_responses_api(base_url: str) -> None:
+    """LangChain's ChatOpenAI speaking the Responses API (use_responses_api): whole, streamed and a
+    tool round trip on the embedded model."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="tiny", base_url=base_url, api_key=KEY_A, use_responses_api=True, max_retries=0, timeout=120)
+    assert llm.invoke("Hello!").text == HELLO
+    assert "".join(chunk.text for chunk in llm.stream("Hello!")) == HELLO
+    as_chat_tools = [
+        {"type": "function", "function": {k: tool[k] for k in ("name", "description", "parameters")}} for tool in TOOLS
+    ]
+    tools = llm.bind_tools(as_chat_tools, max_tokens=60)  # both tools, as the SDK round trip sends them
+    ask = HumanMessage(ASK)
+    called = tools.invoke([ask])
+    (call,) = called.tool_calls
+    assert (call["name"], call["args"]) == ("get_weather", {"city": "Paris"})
+    answer = tools.invoke([ask, called, ToolMessage(SUNNY, tool_call_id=call["id"])])
+    assert answer.text == "The weather in Paris is sunny, 21 C."
