@@ -98,6 +98,10 @@ class Coordinator(SidecarActor):
         self._collector: Address = None
         self.metrics: DeploymentMetrics | None = None  # the serving version's
         self.metrics_by_version: dict[str, DeploymentMetrics] = {}
+        # Requests that came before StartCoordinator. A replacement coordinator's route is
+        # published while the manager's StartCoordinator may still wait for the new process to
+        # report in, so a gateway's Submit can overtake it; they are served once it arrives.
+        self._early: list[tuple[Any, Address]] = []
 
     @property
     def replica_set(self) -> ReplicaSet:
@@ -112,6 +116,9 @@ class Coordinator(SidecarActor):
         self._use_metrics(msg.deployment)
         self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
         self._carry_out(self.rs.start(msg.placements, adopt=msg.adopt, previous=msg.previous))
+        early, self._early = self._early, []
+        for early_msg, early_sender in early:
+            getattr(self, f"receiveMsg_{type(early_msg).__name__}")(early_msg, early_sender)
 
     def receiveMsg_ReplicaReady(self, msg: ReplicaReady, sender: Address) -> None:
         self._carry_out(self.replica_set.ready(msg))
@@ -138,7 +145,10 @@ class Coordinator(SidecarActor):
         self._carry_out(self.replica_set.swap(msg.deployment, msg.placements))
 
     def receiveMsg_Submit(self, msg: Submit, sender: Address) -> None:
-        rs = self.replica_set
+        if self.rs is None:
+            self._early.append((msg, sender))
+            return
+        rs = self.rs
         self._gateway = sender  # requests come from gateways: fallbacks go back through a live one
         self._carry_out(rs.submit(msg.items))
 
@@ -146,6 +156,9 @@ class Coordinator(SidecarActor):
         self._carry_out(self.replica_set.progress(msg))
 
     def receiveMsg_Cancel(self, msg: Cancel, sender: Address) -> None:
+        if self.rs is None:
+            self._early.append((msg, sender))
+            return
         self._carry_out(self.replica_set.cancel(msg.request_ids))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
