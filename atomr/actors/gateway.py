@@ -436,7 +436,7 @@ class Gateway(SidecarActor):
             self.send(sender, Reply(False, error=ConfigError("this gateway already serves HTTP").info()))
             return
         self._registry()
-        lane = HttpLane(self, msg.settings, TenantTable(list(msg.tenants)))
+        lane = HttpLane(self, msg.settings, TenantTable(list(msg.tenants)), msg.place)
         self.http = lane
         self._publish(routes=True, routed=True, stats=True)  # reaches the loop before the server starts
 

@@ -25,6 +25,7 @@ from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.http.front import HttpFront
 from atomr.http.port import Debits, RoutingSnapshot
 from atomr.http.settings import HttpSettings
+from atomr.http.workers import WorkerPlace
 from atomr.observability.metrics import Recorder
 
 if TYPE_CHECKING:
@@ -36,9 +37,11 @@ ASK_TIMEOUT_S = 10.0
 class HttpLane:
     """The HTTP front of one gateway, and the gateway's half of the port between them."""
 
-    def __init__(self, gateway: Gateway, settings: HttpSettings, tenants: TenantTable) -> None:
+    def __init__(
+        self, gateway: Gateway, settings: HttpSettings, tenants: TenantTable, place: WorkerPlace | None = None
+    ) -> None:
         self.gw = gateway
-        self.front = HttpFront(self, settings, tenants, str(gateway.myAddress))
+        self.front = HttpFront(self, settings, tenants, str(gateway.myAddress), place)
         self._asks: dict[str, collections.deque[asyncio.Future[Any]]] = {
             "status": collections.deque(),
             "metrics": collections.deque(),

@@ -33,6 +33,11 @@ def node_agent_name(node_id: str) -> str:
     return f"atomr-node-agent-{node_id}"
 
 
+def gateway_name(worker: int) -> str:
+    """The global name of the gateway serving HTTP worker `worker` (0: the head's own gateway)."""
+    return GATEWAY_NAME if worker == 0 else f"{GATEWAY_NAME}-{worker}"
+
+
 MAX_FALLBACK_HOPS = 3  # a request moves to a fallback deployment at most this many times
 
 # ---- request path --------------------------------------------------------------------------
@@ -456,6 +461,7 @@ class StartHttp:
 
     settings: Any  # atomr.http.settings.HttpSettings
     tenants: list[Any]  # atomr.core.tenants.Tenant
+    place: Any = None  # atomr.http.workers.WorkerPlace: which of the front's worker processes
 
 
 @dataclass(slots=True)

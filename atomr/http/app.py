@@ -19,13 +19,18 @@ from atomr.http import anthropic_messages, chat, embeddings, health, metrics, mo
 from atomr.http.plumbing import FrontContext, exception_handlers
 from atomr.http.port import InferenceBackend
 from atomr.http.settings import HttpSettings
+from atomr.http.workers import WorkerPlace
 from atomr.observability.metrics import HttpMetrics
 
 
 def make_app(
-    backend: InferenceBackend, tenants: TenantTable, settings: HttpSettings, http_metrics: HttpMetrics
+    backend: InferenceBackend,
+    tenants: TenantTable,
+    settings: HttpSettings,
+    http_metrics: HttpMetrics,
+    place: WorkerPlace | None = None,
 ) -> Starlette:
-    ctx = FrontContext(backend, tenants, settings, http_metrics)
+    ctx = FrontContext(backend, tenants, settings, http_metrics, place or WorkerPlace())
     routes = [
         *chat.routes(ctx),
         *embeddings.routes(ctx),

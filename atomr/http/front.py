@@ -32,6 +32,7 @@ from atomr.http.app import make_app
 from atomr.http.inline import Fallback, InlineRunners, Slot
 from atomr.http.port import Debits, GatewayPort, RoutingSnapshot
 from atomr.http.settings import HttpSettings
+from atomr.http.workers import WorkerPlace, listening_socket
 from atomr.observability.metrics import HttpMetrics, Recorder
 from atomr.serving.stream_assembly import StreamAssembler
 
@@ -54,22 +55,36 @@ class _Call:
 class HttpFront:
     """The HTTP server and its `InferenceBackend` (all methods on the loop, except `recorders`)."""
 
-    def __init__(self, port: GatewayPort, settings: HttpSettings, tenants: TenantTable, where: str) -> None:
+    def __init__(
+        self,
+        port: GatewayPort,
+        settings: HttpSettings,
+        tenants: TenantTable,
+        where: str,
+        place: WorkerPlace | None = None,
+    ) -> None:
         self.port = port
         self.settings = settings
-        self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}")
+        self.place = place or WorkerPlace()
+        # every worker its own source: the collector adds them up
+        self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}/{self.place.worker}")
         self.inline = InlineRunners(where)
         self._routing = RoutingSnapshot()
         self._forwarded: frozenset[str] = frozenset()
         self._queues: dict[str, asyncio.Queue[StreamEvent | None]] = {}
         self._silent: dict[str, InferenceRequest] = {}  # sent, and nothing heard yet
         self._server: uvicorn.Server | None = None
-        self._app = make_app(self, tenants, settings, self.http_metrics)
+        self._app = make_app(self, tenants, settings, self.http_metrics, self.place)
 
     # ---- server lifecycle ----
 
     async def start(self) -> int:
         """Start listening; returns the port (useful when settings.port is 0)."""
+        where = f"{self.settings.bind}:{self.settings.port}"
+        try:
+            sock = listening_socket(self.settings.bind, self.settings.port, reuse_port=self.place.workers > 1)
+        except OSError as exc:
+            raise UnavailableError(f"the HTTP front could not listen on {where}: {exc}") from None
         config = uvicorn.Config(
             self._app,
             host=self.settings.bind,
@@ -82,16 +97,13 @@ class HttpFront:
         )
         server = uvicorn.Server(config)
         self._server = server
-        task = asyncio.get_running_loop().create_task(server.serve())
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         while not server.started:
             if task.done():
-                exc = task.exception()
-                raise UnavailableError(
-                    f"the HTTP front could not listen on {self.settings.bind}:{self.settings.port}: {exc}"
-                )
+                sock.close()
+                raise UnavailableError(f"the HTTP front could not listen on {where}: {task.exception()}")
             await asyncio.sleep(0.01)
-        sockets = [s for srv in server.servers for s in srv.sockets]
-        return int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+        return int(sock.getsockname()[1])
 
     async def stop(self) -> None:
         if self._server is not None:

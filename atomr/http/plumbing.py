@@ -8,6 +8,7 @@ rate_limited / overloaded, a ``Retry-After`` header.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +17,13 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from atomr.core.errors import InferenceError, InternalError, InvalidRequestError, NotFoundError, RateLimitedError
+from atomr.core.errors import InferenceError, InternalError, InvalidRequestError, NotFoundError
 from atomr.core.tenants import Tenant, TenantTable
 from atomr.http import openai_wire as wire
 from atomr.http.port import InferenceBackend
+from atomr.http.quota import Quota
 from atomr.http.settings import HttpSettings
+from atomr.http.workers import WorkerPlace
 from atomr.observability.metrics import HttpMetrics
 
 log = structlog.get_logger("atomr.http")
@@ -28,27 +31,6 @@ log = structlog.get_logger("atomr.http")
 
 class PayloadTooLargeError(InvalidRequestError):
     http_status = 413
-
-
-class Quota:
-    """Requests in flight per tenant, against the tenant's max_concurrency."""
-
-    def __init__(self) -> None:
-        self.inflight: dict[str, int] = {}
-
-    def enter(self, tenant: Tenant | None) -> None:
-        if tenant is None:
-            return
-        n = self.inflight.get(tenant.name, 0)
-        if n >= tenant.max_concurrency:
-            raise RateLimitedError(
-                f"tenant {tenant.name!r} already has {n} requests in flight (max_concurrency)", retry_after=1.0
-            )
-        self.inflight[tenant.name] = n + 1
-
-    def leave(self, tenant: Tenant | None) -> None:
-        if tenant is not None:
-            self.inflight[tenant.name] -= 1
 
 
 @dataclass(slots=True)
@@ -59,7 +41,14 @@ class FrontContext:
     tenants: TenantTable
     settings: HttpSettings
     metrics: HttpMetrics
-    quota: Quota = field(default_factory=Quota)
+    place: WorkerPlace = field(default_factory=WorkerPlace)
+    quota: Quota = field(init=False)
+
+    def __post_init__(self) -> None:
+        place = self.place
+        path = os.path.join(place.shared_dir, "quota") if place.shared_dir else None
+        names = [t.name for t in self.tenants.tenants]
+        self.quota = Quota(names, worker=place.worker, workers=place.workers, path=path)
 
     def authenticate(self, request: Request) -> Tenant | None:
         """The caller's tenant (None when the front is open); raises 401 for a missing or wrong key."""

@@ -21,6 +21,8 @@ class HttpSettings(BaseModel):
     # previous_response_id), each for at most this long
     responses_store_max_items: int = Field(default=1000, ge=0)
     responses_store_max_age_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    # processes serving the front on the one port (SO_REUSEPORT; see atomr.http.workers)
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 def http_settings_from_config(raw: Any, where: str = "config") -> HttpSettings | None:

@@ -3,15 +3,20 @@
 Used by `python -m atomr.node` and by tests that need a node inside the test process tree.
 
 The head's own top-level actors are children of its actor system's admin, so no atomr actor hears
-of their death. `watch` (called periodically by the node process) looks the gateway and the
+of their death. `watch` (called periodically by the node process) looks the gateways and the
 head's node agent up by global name; Thespian frees the name of an actor whose process died, so a
 lookup that returns a new address has just started a successor, which is then set up as its
-predecessor was (the agent registers again; the gateway serves the HTTP front again on the same
+predecessor was (the agent registers again; a gateway serves its HTTP worker again on the same
 port).
+
+An HTTP front of several workers (`http.workers`) is one gateway per worker, the first the head's
+own; they share a folder this runtime makes and removes when it stops (`atomr.http.workers`).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from typing import Any
 
 import structlog
@@ -26,6 +31,7 @@ from atomr.actors.messages import (
     NodeInit,
     SetTenants,
     StartHttp,
+    gateway_name,
     node_agent_name,
     reply_value,
 )
@@ -58,6 +64,8 @@ class NodeRuntime:
         self.gateway: Any = None
         self.agent: Any = None
         self.http: tuple[Any, list[Any]] | None = None  # HTTP settings (with the port bound) and tenants
+        self.workers: list[Any] = []  # the gateway of each HTTP worker, with its place
+        self.shared_dir: str | None = None  # what the HTTP workers share
 
     def start(self) -> None:
         """Start this node's actor system; the head also starts the global actors and its agent.
@@ -115,12 +123,31 @@ class NodeRuntime:
         reply_value(self.asys.ask(manager, SetTenants(list(tenants)), timeout), "tenants", timeout)
 
     def start_http(self, settings: Any, tenants: list[Any], timeout: float = 30.0) -> int:
-        """Have the head's gateway serve the HTTP front; returns the port it listens on."""
+        """Have the head's gateway serve the HTTP front (and, with `settings.workers` > 1, as many
+        gateways each one worker of it, on the same port); returns the port it listens on."""
+        from atomr.http.workers import WorkerPlace
+
+        if settings.workers > 1:
+            self.shared_dir = tempfile.mkdtemp(prefix="atomr-http-")  # 0700
+        places = [WorkerPlace(i, settings.workers, self.shared_dir) for i in range(settings.workers)]
+        port = self._start_worker(places[0], settings, tenants, timeout)
+        settings = settings.model_copy(update={"port": port})  # the others, and successors, bind this port
+        self.http = (settings, list(tenants))
+        for place in places[1:]:
+            self._start_worker(place, settings, tenants, timeout)
+        return port
+
+    def _start_worker(self, place: Any, settings: Any, tenants: list[Any], timeout: float) -> int:
         from atomr.actors.gateway import Gateway
 
-        gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
-        port: int = reply_value(self.asys.ask(gateway, StartHttp(settings, tenants), timeout), "HTTP start", timeout)
-        self.http = (settings.model_copy(update={"port": port}), list(tenants))  # a successor binds the same port
+        gateway = self.asys.createActor(Gateway, globalName=gateway_name(place.worker))
+        port: int = reply_value(
+            self.asys.ask(gateway, StartHttp(settings, tenants, place), timeout), "HTTP start", timeout
+        )
+        if place.worker < len(self.workers):
+            self.workers[place.worker] = (gateway, place)
+        else:
+            self.workers.append((gateway, place))
         return port
 
     def watch(self, timeout: float = 30.0) -> list[str]:
@@ -136,9 +163,15 @@ class NodeRuntime:
             log.error("gateway process died; starting it again")
             if self.http is not None:
                 settings, tenants = self.http
-                reply_value(self.asys.ask(gateway, StartHttp(settings, tenants), timeout), "HTTP start", timeout)
+                self._start_worker(self.workers[0][1], settings, tenants, timeout)
             self.gateway = gateway  # set up: not done again by the next call
             restarted.append("gateway")
+        for i, (known, place) in enumerate(self.workers[1:], start=1):
+            if self.asys.createActor(Gateway, globalName=gateway_name(i)) != known:
+                log.error("HTTP worker process died; starting it again", worker=i)
+                assert self.http is not None
+                self._start_worker(place, *self.http, timeout)
+                restarted.append(f"http worker {i}")
         agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
         if agent != self.agent:
             log.error("node agent process died; starting it again", node=self.node_id)
@@ -152,4 +185,8 @@ class NodeRuntime:
         if self.asys is None:
             return []
         asys, self.asys = self.asys, None
-        return stop_system(asys, self.port)
+        try:
+            return stop_system(asys, self.port)
+        finally:
+            if self.shared_dir is not None:
+                shutil.rmtree(self.shared_dir, ignore_errors=True)

@@ -74,9 +74,10 @@ def start_node(
     replicas: int = 1,
     engine: dict[str, object] | None = None,
     sdk_twin: bool = False,
+    workers: int = 1,
 ) -> tuple[NodeProcess, int]:
-    """A head node with an HTTP front and deployment "gpt": the `openai` runner on the backend
-    (with `sdk_twin`, "gpt-sdk" too: the same on the SDK transport)."""
+    """A head node with an HTTP front of `workers` processes and deployment "gpt": the `openai`
+    runner on the backend (with `sdk_twin`, "gpt-sdk" too: the same on the SDK transport)."""
     (folder / "key").write_text("sk-bench")
     cfg = folder / "front.yaml"
     twins: list[tuple[str, dict[str, object]]] = [("gpt", {})] + (
@@ -86,7 +87,7 @@ def start_node(
     cfg.write_text(
         yaml.safe_dump(
             {
-                "http": {"port": 0},
+                "http": {"port": 0, "workers": workers},
                 "node": {"log_level": "warning"},
                 "deployments": [
                     {

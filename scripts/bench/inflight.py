@@ -5,10 +5,12 @@ node's HTTP front serves deployment "gpt" (the `openai` runner pointed at it) wi
 every request be in flight at once (`replicas` x `max_inflight_per_replica` >= n, each replica its
 own SDK client and connection pool). The load generator (`http_load.py`) opens n connections and
 sends one request on each, all at once. Reported: errors (anything but a 200), wall time, p50 and
-max latency, and the RSS of every atomr process (the node's own process tree and its actor system,
-`rss.py`) summed: before the load, its peak while sampled every 0.1 s during the load, and after.
+max latency, the wall time of the same load posted to the backend itself (the baseline, same run),
+and the RSS of every atomr process (the node's own process tree and its actor system, `rss.py`)
+summed: before the load, its peak while sampled every 0.1 s during the load, and after. With
+``--workers N`` the front is N processes (``http.workers``).
 
-    python scripts/bench/inflight.py [--requests 2000] [--delay-s 1] [--replicas 2]
+    python scripts/bench/inflight.py [--requests 2000] [--delay-s 1] [--replicas 2] [--workers 1]
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class InflightResult:
     rss_before: int  # bytes, all atomr processes summed
     rss_peak: int
     rss_after: int
+    direct_wall_s: float  # the same load posted to the backend itself, in the same run
 
 
 def raise_fd_limit(needed: int) -> None:
@@ -51,8 +54,9 @@ def raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def run(requests: int = 2000, delay_s: float = 1.0, replicas: int = 2) -> InflightResult:
-    """`requests` concurrent requests, one per connection, through the atomr front to a slow backend."""
+def run(requests: int = 2000, delay_s: float = 1.0, replicas: int = 2, workers: int = 1) -> InflightResult:
+    """`requests` concurrent requests, one per connection, through the atomr front (`workers`
+    processes) to a slow backend."""
     raise_fd_limit(2 * requests + 1024)  # before starting anything: the backend and the node inherit it
     per_replica = -(-requests // replicas)
     limits: dict[str, object] = {
@@ -64,9 +68,15 @@ def run(requests: int = 2000, delay_s: float = 1.0, replicas: int = 2) -> Inflig
     node = None
     try:
         node, front_port = start_node(
-            backend_port, Path(tempfile.mkdtemp(prefix="atomr-bench-")), limits, replicas, {"timeout_s": 60.0}
+            backend_port,
+            Path(tempfile.mkdtemp(prefix="atomr-bench-")),
+            limits,
+            replicas,
+            {"timeout_s": 60.0},
+            workers=workers,
         )
         body = json.dumps(CHAT).encode()
+        direct = asyncio.run(run_load("127.0.0.1", backend_port, "/v1/chat/completions", body, requests, requests))
         warm = asyncio.run(run_load("127.0.0.1", front_port, "/v1/chat/completions", body, 2 * replicas, 2 * replicas))
         if warm.errors:
             raise SystemExit(f"warm-up failed: {warm.errors} errors\n{node.output()[-2000:]}")
@@ -86,6 +96,7 @@ def run(requests: int = 2000, delay_s: float = 1.0, replicas: int = 2) -> Inflig
             rss_before=before,
             rss_peak=sampler.peak,
             rss_after=after,
+            direct_wall_s=direct.wall_s,
         )
     finally:
         if node is not None:
@@ -98,13 +109,17 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--delay-s", type=float, default=1.0)
     ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="HTTP front processes (http.workers)")
     args = ap.parse_args()
-    r = run(args.requests, args.delay_s, args.replicas)
+    r = run(args.requests, args.delay_s, args.replicas, args.workers)
     print(f"\n{r.requests} requests in flight at once, backend delay {args.delay_s:g} s, {args.replicas} replicas\n")
-    print("| errors | wall s | p50 s | max s | atomr processes | RSS before MiB | RSS peak MiB | RSS after MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
-        f"| {r.errors} | {r.wall_s:.2f} | {r.p50_s:.2f} | {r.max_s:.2f} | {r.processes} "
+        "| errors | wall s | backend alone, wall s | p50 s | max s | atomr processes "
+        "| RSS before MiB | RSS peak MiB | RSS after MiB |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {r.errors} | {r.wall_s:.2f} | {r.direct_wall_s:.2f} | {r.p50_s:.2f} | {r.max_s:.2f} | {r.processes} "
         f"| {r.rss_before / MIB:.0f} | {r.rss_peak / MIB:.0f} | {r.rss_after / MIB:.0f} |"
     )
 

@@ -74,6 +74,10 @@ class FakeProvider:
         self.stream_ends: list[StreamEnd] = []
         self._ended = threading.Condition(self.lock)
         self.reply_text = "Hello from the fake provider."
+        self._open = threading.Event()  # cleared by `hold`: calls wait for `release`
+        self._open.set()
+        self._holding = 0
+        self._held = threading.Condition(self.lock)
         self.server = _Server(("127.0.0.1", 0), self._handler_class())
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
@@ -94,6 +98,7 @@ class FakeProvider:
 
     def forget_calls(self) -> None:
         """Drop recorded calls and pending faults (subclasses' `reset` calls this)."""
+        self._open.set()
         with self.lock:
             self.calls.clear()
             self.faults.clear()
@@ -117,6 +122,18 @@ class FakeProvider:
     def drip_next(self, seconds_per_event: float, times: int = 1) -> None:
         for _ in range(times):
             self.faults.append(Fault(event_delay_s=seconds_per_event))
+
+    def hold(self) -> None:
+        """Calls from now on wait (answered by nothing) until `release`."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def wait_held(self, n: int, timeout: float = 30.0) -> bool:
+        """Whether `n` calls are waiting at the hold (False after `timeout`, a safety limit)."""
+        with self._held:
+            return self._held.wait_for(lambda: self._holding >= n, timeout)
 
     def wait_stream_end(self, seen: int = 0, timeout: float = 30.0) -> StreamEnd | None:
         """The first stream end after the `seen` already recorded, once there is one (None after
@@ -167,6 +184,13 @@ class FakeProvider:
                 with fake.lock:
                     fake.calls.append(Call(self.path, headers, body, time.time()))
                     fault = fake.faults.popleft() if fake.faults else Fault()
+                if not fake._open.is_set():
+                    with fake._held:
+                        fake._holding += 1
+                        fake._held.notify_all()
+                    fake._open.wait(120)
+                    with fake._held:
+                        fake._holding -= 1
                 if fault.stall_s:
                     time.sleep(fault.stall_s)
                 if fault.status:

@@ -11,6 +11,7 @@ naming it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from starlette.requests import Request
@@ -85,7 +86,10 @@ def _error_response(exc: InferenceError) -> Response:
 
 def routes(ctx: FrontContext) -> list[Route]:
     settings = ctx.settings
-    wire = ResponsesWire(ResponseStore(settings.responses_store_max_items, settings.responses_store_max_age_s))
+    shared = ctx.place.shared_dir
+    path = os.path.join(shared, "responses.sqlite") if shared else None
+    store = ResponseStore(settings.responses_store_max_items, settings.responses_store_max_age_s, path)
+    wire = ResponsesWire(store)
     dialect = Dialect(RESPONSES, wire.parse, wire.render, wire.writer, _error_response, bearer, wire.resolve)
 
     async def create(request: Request) -> Response:
