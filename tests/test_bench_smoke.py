@@ -41,7 +41,8 @@ ROWS = [
     ("streaming", "20-chunk stream", True),
     ("batching", "tokens/s at c=16", False),
     ("200 in flight", "errors", False),
-    ("200 in flight", "wall time", False),
+    ("200 in flight", "wall time, s, front of 1 process", False),
+    ("200 in flight", "wall time, s, front of 2 processes", False),
     ("200 in flight", "RSS of all atomr processes", False),
     ("cascade", "cost vs all tier 2", False),
 ]

@@ -93,6 +93,7 @@ class HttpFront:
             access_log=False,
             lifespan="off",
             loop="none",
+            proxy_headers=False,  # nothing here reads the client's address: no middleware per request
             timeout_graceful_shutdown=2,
         )
         server = uvicorn.Server(config)
