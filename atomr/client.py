@@ -553,6 +553,12 @@ class Client:
     def _admin(self, msg: Any, timeout: float, to: Any = None) -> Any:
         with self._asys.private() as endpoint:
             reply = endpoint.ask(to if to is not None else self._manager, msg, timeout)
+            if reply is None and to is None:  # the manager's process died (or the whole head was
+                # started again): its global name finds or starts its successor
+                from atomr.actors.deployment_manager import DeploymentManager
+
+                self._manager = self._asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+                reply = endpoint.ask(self._manager, msg, timeout)
         return reply_value(reply, type(msg).__name__, timeout)
 
 

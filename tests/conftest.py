@@ -31,6 +31,7 @@ STATE_DIR = os.environ.setdefault(
     "ATOMR_TEST_STATE_DIR", tempfile.mkdtemp(prefix="atomr-test-state-") if _OWN_STATE_DIR else ""
 )
 os.environ["XDG_STATE_HOME"] = STATE_DIR  # this process and every process it starts
+os.environ["XDG_DATA_HOME"] = STATE_DIR  # where a head started without --state-dir keeps its state
 
 
 def node_env(**extra: str) -> dict[str, str]:
@@ -68,9 +69,22 @@ class Node(NodeProcess):
         python: str | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | Path = REPO,
+        state_dir: str | Path | None = None,
+        port: int | None = None,
     ) -> None:
-        """`env`: variables set in the node's environment besides node_env()'s."""
-        super().__init__(args, config=config, env=node_env(**dict(env or {})), cwd=cwd, timeout=timeout, python=python)
+        """`env`: variables set in the node's environment besides node_env()'s; `state_dir`: the
+        head's (default: one of its own, removed when it stops); `port`: its admin port (default:
+        a free one)."""
+        super().__init__(
+            args,
+            config=config,
+            env=node_env(**dict(env or {})),
+            cwd=cwd,
+            timeout=timeout,
+            python=python,
+            state_dir=state_dir,
+            port=port,
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

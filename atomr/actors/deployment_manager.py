@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -50,9 +51,11 @@ from atomr.actors.messages import (
     SwapEnded,
     SwapVersion,
     Undeploy,
+    UseState,
 )
 from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
+from atomr.cluster.head_state import HeadState, open_state, record
 from atomr.core.deployment import Deployment, shared_limit_clash
 from atomr.core.errors import ConfigError, InferenceError, InternalError, NotFoundError, UnavailableError
 from atomr.core.routes import Route
@@ -92,6 +95,7 @@ class DeploymentManager(SidecarActor):
         self.watching = False
         self.node_timeout_s = float(os.environ.get(NODE_TIMEOUT_ENV, "5"))
         self.exiting = False
+        self.state: HeadState | None = None  # deployments and tenants are recorded here (UseState)
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -159,8 +163,23 @@ class DeploymentManager(SidecarActor):
     def receiveMsg_Reply(self, msg: Reply, sender: Address) -> None:
         """A joined node's agent finished registering (nothing else to do)."""
 
+    def receiveMsg_UseState(self, msg: UseState, sender: Address) -> None:
+        self.state, error = open_state(msg.state_dir)
+        self.send(sender, Reply(error is None, error=error))
+
+    def _refused_unrecorded(self, change: Callable[[HeadState], None], sender: Address) -> bool:
+        """Record `change` in the durable state; when that fails, answer `sender` with the error
+        (and the caller must not carry the change out)."""
+        failed = record(self.state, change)
+        if failed is not None:
+            log.error("a change could not be recorded", error=failed.message)
+            self.send(sender, Reply(False, error=failed.info()))
+        return failed is not None
+
     def receiveMsg_SetTenants(self, msg: SetTenants, sender: Address) -> None:
         """Tenants for the fair queues of deployments started from now on."""
+        if self._refused_unrecorded(lambda s: s.set_tenants(list(msg.tenants)), sender):
+            return
         self.tenants = list(msg.tenants)
         self.send(sender, Reply(True))
 
@@ -208,6 +227,8 @@ class DeploymentManager(SidecarActor):
         except InferenceError as exc:
             self.send(sender, Reply(False, error=exc.info()))
             return
+        if self._refused_unrecorded(lambda s: s.put_deployment(dep), sender):
+            return
         self.failed.pop(dep.name, None)
         coordinator = self.createActor(Coordinator)
         info = DeploymentInfo(dep.name, dep.model, dep.runtime, dep.version, "deploying", aliases=list(dep.aliases))
@@ -247,6 +268,8 @@ class DeploymentManager(SidecarActor):
         except InferenceError as exc:
             self.send(sender, Reply(False, error=exc.info()))
             return
+        if self._refused_unrecorded(lambda s: s.set_switch(dep.name, dep), sender):
+            return
         rec.swap_to = dep
         placements = []
         for i, (node_id, gpus) in enumerate(plan):
@@ -269,6 +292,7 @@ class DeploymentManager(SidecarActor):
         for slot in msg.released_slots:
             rec.slots.pop(slot, None)
         if msg.ok:
+            self._record(lambda s: s.put_deployment(new))
             old_names = set(rec.dep.names) - set(new.names)
             rec.dep = new
             if old_names:
@@ -277,6 +301,7 @@ class DeploymentManager(SidecarActor):
             log.info("version switch done", deployment=msg.name, version=msg.version)
             self._answer(rec.deploy_waiters, Reply(True, rec.info))
         else:
+            self._record(lambda s: s.set_switch(msg.name, None))
             log.error("version switch rolled back", deployment=msg.name, version=msg.version, reason=msg.reason)
             err = InternalError(
                 f"version {msg.version} of {msg.name!r} was rolled back; version {rec.dep.version} keeps serving: "
@@ -402,6 +427,9 @@ class DeploymentManager(SidecarActor):
 
     def receiveMsg_Undeploy(self, msg: Undeploy, sender: Address) -> None:
         rec = self.records.get(msg.name)
+        # also a deployment the state file holds but that did not start again (no node had room)
+        if self._refused_unrecorded(lambda s: s.remove_deployment(msg.name), sender):
+            return
         gone = self.failed.pop(msg.name, None)
         if rec is None and gone is not None:
             self.send(sender, Reply(True, gone))
@@ -466,6 +494,7 @@ class DeploymentManager(SidecarActor):
                 if node_id in self.nodes:
                     self.send(self.nodes[node_id].address, StopReplica(instance))
             rec.swap_to = None
+            self._record(lambda s: s.set_switch(name, None))
             err = InternalError(
                 f"version {new.version} of {name!r} was rolled back: its coordinator died", field="version"
             )
@@ -482,6 +511,12 @@ class DeploymentManager(SidecarActor):
         self.send(rec.coordinator, start)
         if rec.info.state in ("ready", "degraded"):
             self._publish_route(rec)
+
+    def _record(self, change: Callable[[HeadState], None]) -> None:
+        """Record a change the cluster made by itself (a version switch ended); logged if it fails."""
+        failed = record(self.state, change)
+        if failed is not None:
+            log.error("a change could not be recorded", error=failed.message)
 
     def on_exit(self) -> None:
         self.exiting = True  # children that exit now are not replaced

@@ -314,6 +314,14 @@ class StartCoordinator:
 
 
 @dataclass(slots=True)
+class UseState:
+    """Head start -> manager and registry: record every change of the desired state in the state
+    file of this folder (`atomr.cluster.head_state`) before acknowledging it. Answered with a Reply."""
+
+    state_dir: str
+
+
+@dataclass(slots=True)
 class SetTenants:
     """Head start -> manager: the tenants of the node config, for every coordinator's fair queue."""
 
@@ -355,6 +363,17 @@ class Subscribe:
 class RouteTable:
     routes: dict[str, Route]
     full: bool = True  # False for the answer to a Lookup (only the names asked for)
+    # names a starting head is bringing back from its state directory: requests for them wait
+    pending: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class Restoring:
+    """Head start -> registry: these names (deployments, aliases, routes, cascades) are being
+    brought back from the state directory; requests for them wait instead of being refused as
+    unknown. An empty list: done (what is still unknown is refused). Answered with a Reply."""
+
+    names: list[str]
 
 
 @dataclass(slots=True)

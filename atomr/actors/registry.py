@@ -31,13 +31,16 @@ from atomr.actors.messages import (
     Lookup,
     PolicyTable,
     Reply,
+    Restoring,
     RouteStats,
     RouteTable,
     SetPolicies,
     SetRoutes,
     Subscribe,
+    UseState,
 )
 from atomr.actors.sidecar import SidecarActor
+from atomr.cluster.head_state import HeadState, open_state, record
 from atomr.core.errors import ConfigError
 from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.routes import DeploymentStats, Route
@@ -62,6 +65,15 @@ class Registry(SidecarActor):
         self._metrics_at = 0.0
         self._manager: Address = None
         self._collector: Address = None
+        self.state: HeadState | None = None  # routes and cascades are recorded here (UseState)
+        self.pending: set[str] = set()  # names being brought back at head start (Restoring)
+
+    def receiveMsg_Restoring(self, msg: Restoring, sender: Address) -> None:
+        self.pending = set(msg.names)
+        table = RouteTable(dict(self.routes), pending=frozenset(self.pending))
+        for sub in self.subscribers:
+            self.send(sub, table)
+        self.send(sender, Reply(True))
 
     def receiveMsg_SetRoutes(self, msg: SetRoutes, sender: Address) -> None:
         for name in msg.names:
@@ -69,7 +81,8 @@ class Registry(SidecarActor):
                 self.routes.pop(name, None)
             else:
                 self.routes[name] = msg.route
-        table = RouteTable(dict(self.routes))
+                self.pending.discard(name)
+        table = RouteTable(dict(self.routes), pending=frozenset(self.pending))
         for sub in self.subscribers:
             self.send(sub, table)
         self.send(sender, table)  # acknowledges the change
@@ -85,7 +98,7 @@ class Registry(SidecarActor):
             self.send(sender, PolicyTable(dict(self.route_policies), dict(self.cascades)))
         if self.stats:
             self.send(sender, RouteStats(dict(self.stats)))
-        self.send(sender, RouteTable(dict(self.routes)))
+        self.send(sender, RouteTable(dict(self.routes), pending=frozenset(self.pending)))
 
     def receiveMsg_GetRoutes(self, msg: GetRoutes, sender: Address) -> None:
         self.send(sender, Reply(True, {n: self.routes[n] for n in msg.names if n in self.routes}))
@@ -93,9 +106,14 @@ class Registry(SidecarActor):
     def receiveMsg_Lookup(self, msg: Lookup, sender: Address) -> None:
         if any(n in self.route_policies or n in self.cascades for n in msg.names):
             self.send(sender, PolicyTable(dict(self.route_policies), dict(self.cascades)))  # arrives first
-        self.send(sender, RouteTable({n: self.routes[n] for n in msg.names if n in self.routes}, full=False))
+        known = {n: self.routes[n] for n in msg.names if n in self.routes}
+        self.send(sender, RouteTable(known, full=False, pending=frozenset(self.pending)))
 
     # ---- routing policies and cascades ----
+
+    def receiveMsg_UseState(self, msg: UseState, sender: Address) -> None:
+        self.state, error = open_state(msg.state_dir)
+        self.send(sender, Reply(error is None, error=error))
 
     def receiveMsg_SetPolicies(self, msg: SetPolicies, sender: Address) -> None:
         for name in msg.policies.names:
@@ -103,9 +121,14 @@ class Registry(SidecarActor):
                 err = ConfigError(f"{name!r} is already the name of a deployment", field="name")
                 self.send(sender, Reply(False, error=err.info()))
                 return
+        failed = record(self.state, lambda s: s.set_policies(msg.policies, msg.remove))
+        if failed is not None:
+            self.send(sender, Reply(False, error=failed.info()))
+            return
         for name in msg.remove:
             self.route_policies.pop(name, None)
             self.cascades.pop(name, None)
+        self.pending.difference_update(msg.policies.names)
         for r in msg.policies.routes:
             self.cascades.pop(r.name, None)
             self.route_policies[r.name] = r

@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from atomr.client import DEFAULT_PORT
 from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, probe, resolve_key
+from atomr.cluster.head_state import DesiredState, HeadState, default_state_dir
 from atomr.cluster.thespian_setup import DEFAULT_BIND
 from atomr.config import load_deployments, load_policies, load_yaml
 from atomr.core.errors import InferenceError
-from atomr.core.policies import Policies
+from atomr.core.policies import Cascade, Policies, RoutePolicy
 from atomr.core.tenants import TenantTable, tenants_from_config
 from atomr.http.settings import HttpSettings, http_settings_from_config
+from atomr.node.settings import NodeSettings, node_settings_from_config
 from atomr.observability.logs import configure_logging, get_logger
 
 if TYPE_CHECKING:
@@ -73,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gpus", default=None, help="GPU ids of this node, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES or nvidia-smi)"
     )
     p.add_argument("--node-id", default=None, help="name of this node (default: hostname-port)")
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="PATH",
+        help="where a head keeps its desired state (default: node.state_dir, else under the user's data"
+        " directory, per node id)",
+    )
     p.add_argument("--log-level", default=None, help="debug, info, warning or error")
     p.add_argument(
         "--http-port", type=int, default=None, help="serve the OpenAI-compatible HTTP front here (0: any free port)"
@@ -120,41 +129,43 @@ def check_join(join: tuple[str, int], key: ClusterKey, quiet: bool = False) -> b
 class NodeConfig:
     """What the config file (and the command line's --http-port) asks of the node."""
 
-    settings: dict[str, Any]  # the `node:` section
+    settings: NodeSettings  # the `node:` section
     deployments: list[Deployment]
     policies: Policies
     http: HttpSettings | None
     tenants: TenantTable
+    sections: frozenset[str] = frozenset()  # the top-level keys the file has
+
+    def relative(self, path: str, args: argparse.Namespace) -> str:
+        """`path` from the config file, made relative to the file's folder."""
+        return os.path.join(os.path.dirname(str(args.config)), os.path.expanduser(path))
 
 
 def read_config(args: argparse.Namespace) -> NodeConfig:
     """The node's config file, or an empty config without one; raises InferenceError when invalid."""
-    settings: dict[str, Any] = {}
     deployments: list[Deployment] = []
     policies = Policies()
     raw: Any = {}
     if args.config:
         raw = load_yaml(args.config)
-        settings = dict(raw.get("node") or {}) if isinstance(raw, dict) else {}
         deployments = load_deployments(args.config) if isinstance(raw, dict) and raw.get("deployments") else []
         policies = load_policies(args.config, deployments if deployments else None)
     raw = raw if isinstance(raw, dict) else {}
     where = str(args.config or "command line")
+    settings = node_settings_from_config(raw.get("node"), where)
     http = http_settings_from_config(raw.get("http"), where)
     if args.http_port is not None:
         http = (http or HttpSettings()).model_copy(update={"port": args.http_port})
     tenants = tenants_from_config(raw.get("tenants"), where)
-    return NodeConfig(settings, deployments, policies, http, tenants)
+    return NodeConfig(settings, deployments, policies, http, tenants, frozenset(raw))
 
 
-def node_key(args: argparse.Namespace, settings: dict[str, Any], bind: str) -> ClusterKey:
+def node_key(args: argparse.Namespace, config: NodeConfig, bind: str) -> ClusterKey:
     """The cluster key for `bind`; a key file given here is passed on to the actor system through
     the environment. Raises ClusterKeyError."""
     key_file = args.cluster_key_file
-    if not key_file and settings.get("cluster_key_file"):  # relative to the config file
-        key_file = os.path.join(
-            os.path.dirname(str(args.config)), os.path.expanduser(str(settings["cluster_key_file"]))
-        )
+    if not key_file and config.settings.cluster_key_file:
+        key_file = config.relative(config.settings.cluster_key_file, args)
     key = resolve_key(bind, key_file=key_file)
     if key_file:  # the actor system (started later) resolves the same key
         os.environ[KEY_FILE_ENV] = os.path.abspath(os.path.expanduser(str(key_file)))
@@ -180,11 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.role == "head") == bool(args.join):
         print("atomr node: a head node takes no --join; gpu and cpu nodes need --join HEAD:PORT", file=sys.stderr)
         return 2
-    configure_logging(args.log_level or config.settings.get("log_level", "info"))
-    port = args.port or int(config.settings.get("port", DEFAULT_PORT))
-    bind = args.bind or config.settings.get("bind", DEFAULT_BIND)
+    configure_logging(args.log_level or config.settings.log_level or "info")
+    port = args.port or config.settings.port or DEFAULT_PORT
+    bind = args.bind or config.settings.bind or DEFAULT_BIND
     try:
-        key = node_key(args, config.settings, bind)
+        key = node_key(args, config, bind)
     except ClusterKeyError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2
@@ -196,14 +207,32 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     node_id = args.node_id or f"{socket.gethostname()}-{port}"
     gpus = detect_gpus(args.gpus)
+    state_dir: str | None = None
+    desired: DesiredState | None = None
+    if join is None:  # a head: its desired state, checked before anything starts
+        state_dir = args.state_dir or (
+            config.relative(config.settings.state_dir, args) if config.settings.state_dir else None
+        )
+        state_dir = str(state_dir or default_state_dir(node_id))
+        try:
+            state = HeadState(state_dir)
+            desired = state.load()
+            state.close()
+        except InferenceError as exc:
+            print(f"atomr node: {exc.message}", file=sys.stderr)
+            return 2
 
     from atomr.node.runtime import NodeRuntime
 
-    node = NodeRuntime(node_id=node_id, role=args.role, port=port, bind=bind, gpu_ids=gpus, join=join)
-    return run_node(node, config, key, joined)
+    node = NodeRuntime(
+        node_id=node_id, role=args.role, port=port, bind=bind, gpu_ids=gpus, join=join, state_dir=state_dir
+    )
+    return run_node(node, config, key, joined, desired)
 
 
-def run_node(node: NodeRuntime, config: NodeConfig, key: ClusterKey, joined: bool | None) -> int:
+def run_node(
+    node: NodeRuntime, config: NodeConfig, key: ClusterKey, joined: bool | None, desired: DesiredState | None = None
+) -> int:
     """Start the node, serve until SIGINT/SIGTERM (0) or a refused join (1), then stop it."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -213,7 +242,9 @@ def run_node(node: NodeRuntime, config: NodeConfig, key: ClusterKey, joined: boo
         say(f"atomr node {node.node_id} ({node.role}) listening on {node.bind}:{node.port}")
         say(f"cluster key id {key.key_id} ({key.source})")
         if node.join is None:
-            start_head(node, config)
+            if node.state_dir is not None:
+                say(f"state directory {node.state_dir}")
+            start_head(node, config, desired)
         say("ready")
         return watch_node(node, stop, key, joined)
     except InferenceError as exc:
@@ -226,14 +257,21 @@ def run_node(node: NodeRuntime, config: NodeConfig, key: ClusterKey, joined: boo
         say("atomr node stopped")
 
 
-def start_head(node: NodeRuntime, config: NodeConfig) -> None:
-    """On the head: tenants, the HTTP front, the config's deployments, routes and cascades."""
-    if config.tenants.tenants:
-        node.set_tenants(config.tenants.tenants)
+def start_head(node: NodeRuntime, config: NodeConfig, desired: DesiredState | None = None) -> None:
+    """On the head: tenants, the HTTP front, deployments, routes and cascades, from the state
+    directory's desired state and the config (`merge_desired`)."""
+    plan = merge_desired(config, desired)
+    for note in plan.notes:
+        say(note)
+    coming_back = [n for dep in plan.deployments for n in dep.names] + list(plan.policies.names)
+    if coming_back:
+        node.restoring(coming_back)
+    if plan.tenants is not None:
+        node.set_tenants(plan.tenants)
     if config.http is not None:
-        http_port = node.start_http(config.http, config.tenants.tenants)
+        http_port = node.start_http(config.http, plan.tenants or [])
         say(f"http front on http://{config.http.bind}:{http_port}")
-    for dep in config.deployments:
+    for dep in plan.deployments:
         try:
             infos = node.deploy(dep)
         except InferenceError as exc:  # one bad deployment must not take the node down
@@ -241,14 +279,72 @@ def start_head(node: NodeRuntime, config: NodeConfig) -> None:
             log.error("deploy failed", deployment=dep.name, error=exc.message)
             continue
         say(f"deployed {dep.name} ({dep.runtime}, {dep.replicas} replica(s)): {infos.state}")
-    if config.policies:
+    if plan.policies:
         from atomr.actors.registry import publish_policies
 
         try:
-            publish_policies(node.asys, config.policies)
-            say(f"routes and cascades: {', '.join(config.policies.names)}")
+            publish_policies(node.asys, plan.policies)
+            say(f"routes and cascades: {', '.join(plan.policies.names)}")
         except InferenceError as exc:
             say(f"routes and cascades refused: {exc.kind}: {exc.message}")
+    if coming_back:
+        node.restoring([])
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """What a head starts with: deployments in the order to deploy them (a version switch that was
+    under way follows its deployment), routes and cascades, tenants (None: none set), and notes
+    on config entries that the state directory overrides."""
+
+    deployments: list[Deployment]
+    policies: Policies
+    tenants: list[Any] | None
+    notes: list[str]
+
+
+def merge_desired(config: NodeConfig, desired: DesiredState | None) -> HeadPlan:
+    """The state directory's desired state, with the config's entries that it does not name.
+
+    The state directory records every change made while the head ran (deployments added, new
+    versions, undeploys), so where both name a deployment, route or cascade, the recorded one
+    is kept and a note says so: a config file edited for an existing name does not undo a change
+    made at runtime (deploy a new version to change it). Tenants come from the config when it has
+    a ``tenants:`` section, else from the state."""
+    desired = desired or DesiredState([], Policies(), None)
+    notes: list[str] = []
+    deployments: list[Deployment] = []
+    kept: dict[str, Deployment] = {}
+    for dep, switching_to in desired.deployments:
+        deployments.append(dep)
+        kept[dep.name] = dep
+        if switching_to is not None:  # the switch was under way: start it again
+            deployments.append(switching_to)
+    for dep in config.deployments:
+        have = kept.get(dep.name)
+        if have is None:
+            deployments.append(dep)
+        elif have != dep:
+            notes.append(
+                f"deployment {dep.name}: version {have.version} as the state directory records it is kept; "
+                "the config's differs (deploy a new version to change it)"
+            )
+    held: dict[str, RoutePolicy | Cascade] = {r.name: r for r in desired.policies.routes}
+    held.update((c.name, c) for c in desired.policies.cascades)
+    routes, cascades = list(desired.policies.routes), list(desired.policies.cascades)
+    for route in config.policies.routes:
+        if route.name not in held:
+            routes.append(route)
+        elif held[route.name] != route:
+            notes.append(f"route {route.name}: kept as the state directory records it; the config's differs")
+    for cascade in config.policies.cascades:
+        if cascade.name not in held:
+            cascades.append(cascade)
+        elif held[cascade.name] != cascade:
+            notes.append(f"cascade {cascade.name}: kept as the state directory records it; the config's differs")
+    policies = Policies(routes=tuple(routes), cascades=tuple(cascades))
+    tenants = list(config.tenants.tenants) if "tenants" in config.sections else desired.tenants
+    return HeadPlan(deployments, policies, tenants, notes)
 
 
 def watch_node(node: NodeRuntime, stop: threading.Event, key: ClusterKey, joined: bool | None) -> int:

@@ -2,11 +2,14 @@
 
 For scripts, benchmarks and tests that need a real node in its own process tree. Stopping sends
 SIGTERM (as an operator would) and then ends, by PID, anything the node's actor system left.
+A head keeps its desired state in a state directory of its own, made here and removed when it
+stops, unless `state_dir` names one (kept: a head started again on it comes back the same).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,13 +32,26 @@ class NodeProcess:
         cwd: str | Path | None = None,
         timeout: float = 120.0,
         python: str | None = None,
+        state_dir: str | Path | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
+        self._own_state = state_dir is None
+        self.state_dir = Path(tempfile.mkdtemp(prefix="atomr-state-") if state_dir is None else state_dir)
         self.address = f"127.0.0.1:{self.port}"
         fd, name = tempfile.mkstemp(prefix="atomr-node-", suffix=".log")
         os.close(fd)
         self.log_path = Path(name)
-        cmd = [python or sys.executable, "-m", "atomr.node", "--port", str(self.port), *args]
+        cmd = [
+            python or sys.executable,
+            "-m",
+            "atomr.node",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
+        ]
+        cmd += args
         if config is not None:
             cmd += ["--config", str(config)]
         self._log = self.log_path.open("wb")
@@ -69,6 +85,8 @@ class NodeProcess:
                 self.proc.wait(5)
         leftover = end_processes(system_processes(self.port))
         self._log.close()
+        if self._own_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         return leftover
 
     def __enter__(self) -> NodeProcess:

@@ -29,8 +29,10 @@ from atomr.actors.messages import (
     Deploy,
     NodeInfo,
     NodeInit,
+    Restoring,
     SetTenants,
     StartHttp,
+    UseState,
     gateway_name,
     node_agent_name,
     reply_value,
@@ -54,8 +56,10 @@ class NodeRuntime:
         bind: str = DEFAULT_BIND,
         gpu_ids: list[str] | None = None,
         join: tuple[str, int] | None = None,
+        state_dir: str | None = None,
     ) -> None:
         self.node_id, self.role, self.port, self.bind = node_id, role, port, bind
+        self.state_dir = state_dir  # the head records its desired state here (None: it does not)
         self.gpu_ids = list(gpu_ids or [])
         self.join = join
         self.asys: Any = None
@@ -89,9 +93,12 @@ class NodeRuntime:
         self.asys = start_system(self.port, bind=self.bind, capabilities=caps, join=self.join)
         if self.join is not None:
             return
-        self.asys.createActor(Registry, globalName=REGISTRY_NAME)
+        registry = self.asys.createActor(Registry, globalName=REGISTRY_NAME)
         self.asys.createActor(MetricsCollector, globalName=METRICS_NAME)
-        self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        if self.state_dir is not None:
+            for keeper in (manager, registry):
+                reply_value(self.asys.ask(keeper, UseState(self.state_dir), 30.0), "state directory", 30.0)
         self.gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         self.agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
         self.info = self._init_agent(self.agent)
@@ -121,6 +128,14 @@ class NodeRuntime:
 
         manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         reply_value(self.asys.ask(manager, SetTenants(list(tenants)), timeout), "tenants", timeout)
+
+    def restoring(self, names: list[str], timeout: float = 30.0) -> None:
+        """Tell the registry which names the head is bringing back (requests for them wait);
+        an empty list when it is done."""
+        from atomr.actors.registry import Registry
+
+        registry = self.asys.createActor(Registry, globalName=REGISTRY_NAME)
+        reply_value(self.asys.ask(registry, Restoring(list(names)), timeout), "restoring", timeout)
 
     def start_http(self, settings: Any, tenants: list[Any], timeout: float = 30.0) -> int:
         """Have the head's gateway serve the HTTP front (and, with `settings.workers` > 1, as many

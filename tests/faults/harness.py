@@ -86,8 +86,10 @@ class Load:
         http: str | None = None,
         timeout: float = 20.0,
         pause_s: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.client, self.model, self.prompt = client, model, prompt
+        self.headers = dict(headers or {})  # sent with every HTTP request (a tenant's key)
         self.expected = (expected,) if isinstance(expected, str) else tuple(expected)  # any one of these
         self.max_tokens, self.kinds, self.http, self.timeout, self.pause_s = max_tokens, kinds, http, timeout, pause_s
         self.outcomes: list[Outcome] = []
@@ -101,7 +103,11 @@ class Load:
     # ---- workers ----
 
     def _worker(self, index: int) -> None:
-        http = httpx.Client(base_url=self.http, timeout=self.timeout + SLACK_S) if self.http else None
+        http = (
+            httpx.Client(base_url=self.http, timeout=self.timeout + SLACK_S, headers=self.headers)
+            if self.http
+            else None
+        )
         n = index
         try:
             while not self._stop.is_set():

@@ -1,0 +1,41 @@
+"""The ``node:`` section of a node config, validated like deployments are (an unknown or misspelt
+key is refused naming it, not ignored). Command-line flags override these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from atomr.core.errors import ConfigError
+
+
+class NodeSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    port: int | None = Field(default=None, ge=1, le=65535)  # the actor system's admin port
+    bind: str | None = Field(default=None, min_length=1)
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    cluster_key_file: str | None = Field(default=None, min_length=1)  # relative to the config file
+    # where the head keeps its durable state (default: under the user's data directory)
+    state_dir: str | None = Field(default=None, min_length=1)
+
+
+def node_settings_from_config(raw: Any, where: str = "config") -> NodeSettings:
+    """The ``node:`` section (defaults when there is none)."""
+    if raw is None:
+        return NodeSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: node: must be a mapping", field="node")
+    try:
+        return NodeSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            (
+                "node." + ".".join(str(x) for x in err["loc"]),
+                "unknown setting" if err["type"] == "extra_forbidden" else err["msg"],
+            )
+            for err in exc.errors()
+        ]
+        said = "; ".join(f"{field}: {msg}" for field, msg in problems)
+        raise ConfigError(f"{where}: {said}", field=problems[0][0]) from None
