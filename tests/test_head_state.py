@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from atomr.cluster.head_state import SCHEMA_VERSION, STATE_FILE, DesiredState, HeadState
+from atomr.cluster.head_state import MIGRATIONS, SCHEMA_VERSION, STATE_FILE, DesiredState, HeadState
 from atomr.config import deployment_from_dict
 from atomr.core.errors import ConfigError
 from atomr.core.policies import Cascade, CascadeTier, Policies, RoutePolicy
@@ -63,16 +63,22 @@ def test_what_is_written_is_read_back_by_another_connection(tmp_path: Path) -> N
 
 
 def test_an_older_schema_is_migrated(tmp_path: Path) -> None:
+    """A file of schema version 1 (before member nodes were recorded) keeps its rows and gains
+    what version 2 adds."""
     path = tmp_path / STATE_FILE
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute("INSERT INTO meta VALUES ('schema_version', '0')")
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO deployments VALUES ('tiny', ?, NULL, 0)", (dep().model_dump_json(),))  # type: ignore[attr-defined]
     db.commit()
     db.close()
     state = HeadState(tmp_path)
-    state.put_deployment(dep())
+    state.put_node("gpu-1", "gpu")
     (version,) = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert int(version) == SCHEMA_VERSION and HeadState(tmp_path).load().deployments == [(dep(), None)]
+    loaded = HeadState(tmp_path).load()
+    assert int(version) == SCHEMA_VERSION == 2 and loaded.deployments == [(dep(), None)] and loaded.nodes == ["gpu-1"]
 
 
 def damaged_files(tmp_path: Path) -> list[tuple[str, Path, str]]:

@@ -8,6 +8,14 @@ send heartbeats; a node silent for `node_timeout_s` is declared lost: its replic
 coordinators are told, and they start the replicas again elsewhere through
 `PlaceReplica` when a node has room; replicas that found none are placed again when a node
 joins (`NodeJoined`).
+
+A head started again on its state directory finds the agents of member nodes that outlived it
+(their address is a capability of their actor system, `AGENT_CAPABILITY`): it sends them
+`NodeInit(adopt=True)`, and they register with the replicas they still run. A deployment brought
+back from the state (`Deploy.restore`) adopts the running replicas of its version before it
+starts any anew; those no deployment wants are stopped when the restore is done (`RestoreDone`).
+The member nodes that held replicas are recorded, so the head waits for them to rejoin before it
+brings deployments back.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate, Child
 
 from atomr.actors.coordinator import Coordinator
 from atomr.actors.messages import (
+    AGENT_CAPABILITY,
     REGISTRY_NAME,
     Address,
     Deploy,
@@ -33,6 +42,8 @@ from atomr.actors.messages import (
     Drained,
     GetStatus,
     Heartbeat,
+    HeartbeatAck,
+    HeldReplica,
     ListDeployments,
     NodeInfo,
     NodeInit,
@@ -42,6 +53,7 @@ from atomr.actors.messages import (
     RegisterNode,
     ReplicaPlaced,
     Reply,
+    RestoreDone,
     RouteTable,
     SetRoutes,
     SetTenants,
@@ -67,6 +79,7 @@ log = structlog.get_logger("atomr.manager")
 NODE_TIMEOUT_ENV = "ATOMR_NODE_TIMEOUT_S"
 CHECK_PERIOD_S = 0.5
 LATE_HEARTBEAT_S = 2.5  # node agents beat every second: a node silent this long shows as "late"
+ADOPT_ANSWER_S = 5.0  # an advertised agent that has not registered by then is taken for dead
 
 
 @dataclass(slots=True)
@@ -96,6 +109,11 @@ class DeploymentManager(SidecarActor):
         self.node_timeout_s = float(os.environ.get(NODE_TIMEOUT_ENV, "5"))
         self.exiting = False
         self.state: HeadState | None = None  # deployments and tenants are recorded here (UseState)
+        # replicas member nodes still run, reported when their agent was adopted: node -> instances
+        self.held: dict[str, dict[str, HeldReplica]] = {}
+        self.adopting: dict[str, tuple[float, ActorSystemConventionUpdate]] = {}  # node -> asked at
+        self.restored = False  # RestoreDone: replicas held from now on are not adopted
+        self.adopt_window_s = 120.0  # member nodes keep their replicas this long without a head
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -108,8 +126,16 @@ class DeploymentManager(SidecarActor):
         before = self.nodes.get(msg.info.node_id)
         self.nodes[msg.info.node_id] = msg.info
         self.last_seen[msg.info.node_id] = time.monotonic()
+        self.adopting.pop(msg.info.node_id, None)
         self.send(sender, Reply(True))
         log.info("node registered", node=msg.info.node_id, role=msg.info.role, gpus=msg.info.gpu_ids)
+        if msg.info.role != "head":
+            self._record(lambda s: s.put_node(msg.info.node_id, msg.info.role))
+        if msg.held:
+            if self.restored:  # too late to be adopted: their deployments run without them
+                self._stop_held({msg.info.node_id: {h.replica_id: h for h in msg.held}})
+            else:
+                self.held[msg.info.node_id] = {h.replica_id: h for h in msg.held}
         if before is not None and before.address != msg.info.address:
             # A new agent on a known node: its predecessor died, and the runner hosts it had
             # started end with it (they exit when orphaned). Their coordinators start them again,
@@ -129,41 +155,59 @@ class DeploymentManager(SidecarActor):
         if not node_id:
             return
         if msg.remoteAdded:
-            if node_id in self.nodes:
+            if node_id in self.nodes or node_id in self.adopting:
                 return
-            from atomr.actors.node_agent import NodeAgent
-
-            agent = self.createActor(NodeAgent, targetActorRequirements={"atomr.node_id": node_id})
-            gpus = [g for g in str(caps.get("atomr.gpus", "")).split(",") if g]
-            init = NodeInit(
-                node_id,
-                str(caps.get("atomr.role", "cpu")),
-                gpus,
-                str(caps.get("atomr.host", "")),
-                int(caps.get("Admin Port", 0)),
-                manager=self.myAddress,
-            )
-            self.send(agent, init)
+            agent = caps.get(AGENT_CAPABILITY)
+            if agent is not None:  # an agent that outlived its head: adopt it, and its replicas
+                self.adopting[node_id] = (time.monotonic(), msg)
+                self.send(agent, dataclasses.replace(self._node_init(caps, node_id), adopt=True))
+                return
+            self._new_agent(caps, node_id)
         elif node_id in self.nodes:
             # Thespian drops a member that misses re-registrations, which happens to live but busy
             # nodes too; only missing heartbeats declare a node lost.
             log.warning("node left the convention", node=node_id)
 
+    def _node_init(self, caps: dict[str, Any], node_id: str) -> NodeInit:
+        gpus = [g for g in str(caps.get("atomr.gpus", "")).split(",") if g]
+        return NodeInit(
+            node_id,
+            str(caps.get("atomr.role", "cpu")),
+            gpus,
+            str(caps.get("atomr.host", "")),
+            int(caps.get("Admin Port", 0)),
+            manager=self.myAddress,
+            adopt_window_s=self.adopt_window_s,
+        )
+
+    def _new_agent(self, caps: dict[str, Any], node_id: str) -> None:
+        from atomr.actors.node_agent import NodeAgent
+
+        agent = self.createActor(NodeAgent, targetActorRequirements={"atomr.node_id": node_id})
+        self.send(agent, self._node_init(caps, node_id))
+
     def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Address) -> None:
         if msg.node_id in self.nodes:
             self.last_seen[msg.node_id] = time.monotonic()
+            self.send(sender, HeartbeatAck())
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         now = time.monotonic()
         for node_id, seen in list(self.last_seen.items()):
             if now - seen > self.node_timeout_s:
                 self._node_lost(node_id, f"no heartbeat for {now - seen:.1f} s")
+        for node_id, (asked, update) in list(self.adopting.items()):
+            if now - asked > ADOPT_ANSWER_S:  # the advertised agent is gone: a new one, no replicas kept
+                del self.adopting[node_id]
+                log.warning("the agent a rejoining node advertised did not answer; starting another", node=node_id)
+                self._new_agent(update.remoteCapabilities or {}, node_id)
         self.wakeupAfter(timedelta(seconds=CHECK_PERIOD_S))
 
     def receiveMsg_Reply(self, msg: Reply, sender: Address) -> None:
         """A joined node's agent finished registering (nothing else to do)."""
 
     def receiveMsg_UseState(self, msg: UseState, sender: Address) -> None:
+        self.adopt_window_s = msg.adopt_window_s
         self.state, error = open_state(msg.state_dir)
         self.send(sender, Reply(error is None, error=error))
 
@@ -186,6 +230,8 @@ class DeploymentManager(SidecarActor):
     def _node_lost(self, node_id: str, why: str) -> None:
         self.nodes.pop(node_id, None)
         self.last_seen.pop(node_id, None)
+        self.held.pop(node_id, None)
+        self._record(lambda s: s.remove_node(node_id))
         log.error("node lost", node=node_id, why=why)
         self._replicas_lost(node_id, why)
 
@@ -221,9 +267,12 @@ class DeploymentManager(SidecarActor):
         if current is not None and current.dep.version != dep.version:
             self._swap(current, dep, msg.wait, sender)
             return
+        adopted = self._held_of(dep) if msg.restore else []
         try:
             self._check_no_clash(dep)
-            plan = self._plan(dep)
+            taken = {node_id: h.gpu_ids for node_id, h in adopted}
+            missing = dep.replicas - len(adopted)
+            plan = self._plan(dep.model_copy(update={"replicas": missing}), taken) if missing > 0 else []
         except InferenceError as exc:
             self.send(sender, Reply(False, error=exc.info()))
             return
@@ -235,7 +284,15 @@ class DeploymentManager(SidecarActor):
         rec = Record(dep, coordinator, info)
         self.records[dep.name] = rec
         placements = []
-        for i, (node_id, gpus) in enumerate(plan):
+        for node_id, h in adopted:
+            slot = h.replica_id.rpartition(".")[0]
+            rec.slots[slot] = (node_id, h.gpu_ids, h.replica_id)
+            agent = self.nodes[node_id].address
+            placements.append(ReplicaPlaced(slot, h.replica_id, node_id, agent, h.gpu_ids, adopt=True))
+        if adopted:
+            log.warning("running replicas adopted", deployment=dep.name, replicas=[h.replica_id for _, h in adopted])
+        free = (i for i in range(dep.replicas + len(adopted)) if f"{dep.name}-v{dep.version}-r{i}" not in rec.slots)
+        for i, (node_id, gpus) in zip(free, plan, strict=False):
             slot = f"{dep.name}-v{dep.version}-r{i}"
             placements.append(self._spawn(rec, slot, f"{slot}.0", node_id, gpus))
         self.send(coordinator, StartCoordinator(dep, self.myAddress, placements, list(self.tenants)))
@@ -346,11 +403,12 @@ class DeploymentManager(SidecarActor):
             )
         return found
 
-    def _plan(self, dep: Deployment) -> list[tuple[str, list[str]]]:
-        """(node id, GPU ids) for each replica: spread over matching nodes, one GPU set each."""
+    def _plan(self, dep: Deployment, taken: dict[str, list[str]] | None = None) -> list[tuple[str, list[str]]]:
+        """(node id, GPU ids) for each replica: spread over matching nodes, one GPU set each
+        (`taken`: GPUs of replicas being adopted, not free)."""
         candidates = self._candidates(dep)
         load = {n.node_id: self._replicas_on(n.node_id) for n in candidates}
-        free = {n.node_id: self._free_gpus(n.node_id) for n in candidates}
+        free = {n.node_id: self._free_gpus(n.node_id, taken) for n in candidates}
         plan: list[tuple[str, list[str]]] = []
         for _ in range(dep.replicas):
             fits = [n for n in candidates if len(free[n.node_id]) >= dep.gpus_per_replica]
@@ -369,9 +427,38 @@ class DeploymentManager(SidecarActor):
     def _replicas_on(self, node_id: str) -> int:
         return sum(1 for r in self.records.values() for node, _, _ in r.slots.values() if node == node_id)
 
-    def _free_gpus(self, node_id: str) -> list[str]:
+    def _free_gpus(self, node_id: str, taken: dict[str, list[str]] | None = None) -> list[str]:
         held = {g for r in self.records.values() for node, gpus, _ in r.slots.values() if node == node_id for g in gpus}
+        held.update((taken or {}).get(node_id, []))
         return [g for g in self.nodes[node_id].gpu_ids if g not in held]
+
+    # ---- adopting the replicas that member nodes kept through a head restart ----
+
+    def _held_of(self, dep: Deployment) -> list[tuple[str, HeldReplica]]:
+        """The held replicas of `dep`'s version (at most its replica count), taken for adoption."""
+        found: list[tuple[str, HeldReplica]] = []
+        for node_id, held in self.held.items():
+            if node_id not in self.nodes:
+                continue
+            for replica_id, h in sorted(held.items()):
+                if h.deployment == dep.name and h.version == dep.version and len(found) < dep.replicas:
+                    found.append((node_id, h))
+                    del held[replica_id]
+        return found
+
+    def receiveMsg_RestoreDone(self, msg: RestoreDone, sender: Address) -> None:
+        self.restored = True
+        held, self.held = self.held, {}
+        self._stop_held(held)
+        self.send(sender, Reply(True))
+
+    def _stop_held(self, held: dict[str, dict[str, HeldReplica]]) -> None:
+        for node_id, replicas in held.items():
+            node = self.nodes.get(node_id)
+            for replica_id in replicas:
+                log.warning("a held replica is no longer wanted: stopping it", node=node_id, replica=replica_id)
+                if node is not None:
+                    self.send(node.address, StopReplica(replica_id))
 
     def receiveMsg_PlaceReplica(self, msg: PlaceReplica, sender: Address) -> None:
         """A coordinator restarts a replica: same node if it is alive, else any node with room."""

@@ -396,8 +396,8 @@ class Gateway(SidecarActor):
         if self.http is not None and replaced:  # a coordinator died and was replaced (or redeployed)
             self.http.coordinators_replaced(frozenset(replaced))
         for name in list(self.waiting):
-            if name in msg.pending and name not in msg.routes:
-                continue  # the head is bringing it back: its requests wait for it (or their deadline)
+            if not msg.settled and name not in msg.routes:
+                continue  # the head is starting, perhaps bringing it back: wait for it (or the deadline)
             items = self.waiting.pop(name)
             if name in self.route_policies or name in self.cascades:
                 self.accept(items)  # a route or cascade (its table came just before this answer)

@@ -131,6 +131,25 @@ class NodeInit:
     port: int
     manager: Address = None
     heartbeat_s: float = 1.0
+    # Sent to a member's agent that outlived its head (a head started again, `AGENT_CAPABILITY`):
+    # it reports to `manager` from now on, with the replicas it still runs (`RegisterNode.held`).
+    adopt: bool = False
+    adopt_window_s: float = 120.0  # a member's replicas outlive a lost head this long
+
+
+# A member node's actor system advertises its node agent's address under this capability, so
+# that a head started again finds the agent (and its running replicas) when the node rejoins.
+AGENT_CAPABILITY = "atomr.agent"
+
+
+@dataclass(slots=True)
+class HeldReplica:
+    """A replica a node agent runs, as it reports it to a new head for adoption."""
+
+    replica_id: str  # the instance, e.g. "chat-v2-r0.0"
+    deployment: str
+    version: str
+    gpu_ids: list[str]
 
 
 @dataclass(slots=True)
@@ -152,6 +171,7 @@ class NodeInfo:
 @dataclass(slots=True)
 class RegisterNode:
     info: NodeInfo
+    held: list[HeldReplica] = field(default_factory=list)  # an adopted agent's running replicas
 
 
 @dataclass(slots=True)
@@ -232,11 +252,18 @@ class ReplicaPlaced:
     node_agent: Address = None
     gpu_ids: list[str] = field(default_factory=list)
     reason: str = ""
+    adopt: bool = False  # a running replica a head started again takes over (no engine load)
 
 
 @dataclass(slots=True)
 class Heartbeat:
     node_id: str
+
+
+@dataclass(slots=True)
+class HeartbeatAck:
+    """Manager -> node agent: the head is alive (an agent without one for its adopt window stops
+    its replicas)."""
 
 
 @dataclass(slots=True)
@@ -261,6 +288,15 @@ class NodeJoined:
 class Deploy:
     deployment: Deployment
     wait: bool = True
+    # Brought back by a head started again: running replicas of this version that member nodes
+    # report are adopted (no engine reload) before any is started anew.
+    restore: bool = False
+
+
+@dataclass(slots=True)
+class RestoreDone:
+    """Head start -> manager: every deployment is back; replicas still held for adoption and not
+    adopted (their deployment or version is no longer wanted) are stopped. Answered with a Reply."""
 
 
 @dataclass(slots=True)
@@ -316,9 +352,11 @@ class StartCoordinator:
 @dataclass(slots=True)
 class UseState:
     """Head start -> manager and registry: record every change of the desired state in the state
-    file of this folder (`atomr.cluster.head_state`) before acknowledging it. Answered with a Reply."""
+    file of this folder (`atomr.cluster.head_state`) before acknowledging it; member nodes keep
+    their replicas through a head loss for `adopt_window_s`. Answered with a Reply."""
 
     state_dir: str
+    adopt_window_s: float = 120.0
 
 
 @dataclass(slots=True)
@@ -363,17 +401,15 @@ class Subscribe:
 class RouteTable:
     routes: dict[str, Route]
     full: bool = True  # False for the answer to a Lookup (only the names asked for)
-    # names a starting head is bringing back from its state directory: requests for them wait
-    pending: frozenset[str] = frozenset()
+    # False while the head is starting (bringing its deployments back): a request for a name
+    # with no route yet waits for it instead of being refused as unknown
+    settled: bool = True
 
 
 @dataclass(slots=True)
-class Restoring:
-    """Head start -> registry: these names (deployments, aliases, routes, cascades) are being
-    brought back from the state directory; requests for them wait instead of being refused as
-    unknown. An empty list: done (what is still unknown is refused). Answered with a Reply."""
-
-    names: list[str]
+class HeadStarted:
+    """Head start -> registry: every deployment, route and cascade the head brings back is back;
+    a name still unknown is refused from now on. Answered with a Reply."""
 
 
 @dataclass(slots=True)

@@ -27,11 +27,11 @@ from atomr.actors.messages import (
     Address,
     GetMetrics,
     GetRoutes,
+    HeadStarted,
     ListDeployments,
     Lookup,
     PolicyTable,
     Reply,
-    Restoring,
     RouteStats,
     RouteTable,
     SetPolicies,
@@ -48,6 +48,7 @@ from atomr.observability.route_stats import StatsTracker
 from atomr.runners.catalog import serves_in_gateway
 
 STATS_PERIOD_ENV = "ATOMR_STATS_PERIOD_S"
+SETTLE_LIMIT_S = 60.0  # a registry never told that its head started settles by itself after this
 METRICS_EVERY_S = 1.0
 
 
@@ -66,14 +67,23 @@ class Registry(SidecarActor):
         self._manager: Address = None
         self._collector: Address = None
         self.state: HeadState | None = None  # routes and cascades are recorded here (UseState)
-        self.pending: set[str] = set()  # names being brought back at head start (Restoring)
+        # Until the head has started (HeadStarted), requests for unknown names wait: the head may
+        # be bringing them back from its state directory. A registry started again later (its
+        # process died) settles by itself after SETTLE_LIMIT_S.
+        self.settled = False
+        self._settle_timer = False
 
-    def receiveMsg_Restoring(self, msg: Restoring, sender: Address) -> None:
-        self.pending = set(msg.names)
-        table = RouteTable(dict(self.routes), pending=frozenset(self.pending))
+    def receiveMsg_HeadStarted(self, msg: HeadStarted, sender: Address) -> None:
+        self._settle()
+        self.send(sender, Reply(True))
+
+    def _settle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        table = RouteTable(dict(self.routes))
         for sub in self.subscribers:
             self.send(sub, table)
-        self.send(sender, Reply(True))
 
     def receiveMsg_SetRoutes(self, msg: SetRoutes, sender: Address) -> None:
         for name in msg.names:
@@ -81,8 +91,7 @@ class Registry(SidecarActor):
                 self.routes.pop(name, None)
             else:
                 self.routes[name] = msg.route
-                self.pending.discard(name)
-        table = RouteTable(dict(self.routes), pending=frozenset(self.pending))
+        table = RouteTable(dict(self.routes), settled=self._settled())
         for sub in self.subscribers:
             self.send(sub, table)
         self.send(sender, table)  # acknowledges the change
@@ -98,7 +107,7 @@ class Registry(SidecarActor):
             self.send(sender, PolicyTable(dict(self.route_policies), dict(self.cascades)))
         if self.stats:
             self.send(sender, RouteStats(dict(self.stats)))
-        self.send(sender, RouteTable(dict(self.routes), pending=frozenset(self.pending)))
+        self.send(sender, RouteTable(dict(self.routes), settled=self._settled()))
 
     def receiveMsg_GetRoutes(self, msg: GetRoutes, sender: Address) -> None:
         self.send(sender, Reply(True, {n: self.routes[n] for n in msg.names if n in self.routes}))
@@ -107,7 +116,7 @@ class Registry(SidecarActor):
         if any(n in self.route_policies or n in self.cascades for n in msg.names):
             self.send(sender, PolicyTable(dict(self.route_policies), dict(self.cascades)))  # arrives first
         known = {n: self.routes[n] for n in msg.names if n in self.routes}
-        self.send(sender, RouteTable(known, full=False, pending=frozenset(self.pending)))
+        self.send(sender, RouteTable(known, full=False, settled=self._settled()))
 
     # ---- routing policies and cascades ----
 
@@ -128,7 +137,6 @@ class Registry(SidecarActor):
         for name in msg.remove:
             self.route_policies.pop(name, None)
             self.cascades.pop(name, None)
-        self.pending.difference_update(msg.policies.names)
         for r in msg.policies.routes:
             self.cascades.pop(r.name, None)
             self.route_policies[r.name] = r
@@ -144,6 +152,14 @@ class Registry(SidecarActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         if msg.payload == "poll":
             self._poll()
+        elif msg.payload == "settle":
+            self._settle()
+
+    def _settled(self) -> bool:
+        if not self.settled and not self._settle_timer:
+            self._settle_timer = True
+            self.wakeupAfter(timedelta(seconds=SETTLE_LIMIT_S), payload="settle")
+        return self.settled
 
     def _wants_stats(self) -> bool:
         return bool(self.route_policies or self.cascades) or any(

@@ -85,9 +85,9 @@ class ReplicaSet(Dispatcher):
             r = Replica(p.slot, self.dep.version)
             self.replicas[p.slot] = r
             r.place(p)
-            if adopt:
+            if adopt or p.adopt:
                 self._adopt(r, p, before.get(p.slot))
-        if adopt:
+        if adopt or any(p.adopt for p in placements):
             log.warning("coordinator replaced: adopting replicas", deployment=self.name, replicas=len(self.replicas))
             self._changed()
         return self._take()

@@ -16,6 +16,7 @@ refused with an error naming the file and the problem, and nothing in it is chan
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import time
@@ -32,7 +33,7 @@ from atomr.core.tenants import Tenant
 M = TypeVar("M", Deployment, RoutePolicy, Cascade, Tenant)
 
 STATE_FILE = "head.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # version -> the statements that bring a file of the version before it up to it
@@ -42,6 +43,9 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE TABLE policies (name TEXT PRIMARY KEY, kind TEXT NOT NULL, spec TEXT NOT NULL)",
         "CREATE TABLE tenants (position INTEGER PRIMARY KEY, spec TEXT NOT NULL)",
     ],
+    # the member nodes that joined: a head started again waits for them to rejoin (their replicas
+    # outlive it) before it brings deployments back
+    2: ["CREATE TABLE nodes (node_id TEXT PRIMARY KEY, role TEXT NOT NULL, seen REAL NOT NULL)"],
 }
 
 
@@ -58,6 +62,7 @@ class DesiredState:
     deployments: list[tuple[Deployment, Deployment | None]]
     policies: Policies
     tenants: list[Tenant] | None  # None: never set
+    nodes: list[str] = dataclasses.field(default_factory=list)  # member nodes last known in the cluster
 
 
 class HeadState:
@@ -167,6 +172,16 @@ class HeadState:
                         "INSERT OR REPLACE INTO policies VALUES (?, ?, ?)", (p.name, kind, p.model_dump_json())
                     )
 
+    def put_node(self, node_id: str, role: str) -> None:
+        """A member node joined (or rejoined)."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", (node_id, role, self._clock()))
+
+    def remove_node(self, node_id: str) -> None:
+        """A member node was lost: a head started again does not wait for it."""
+        with self._db:
+            self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+
     def set_tenants(self, tenants: list[Tenant]) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -195,7 +210,8 @@ class HeadState:
         if self._db.execute("SELECT 1 FROM meta WHERE key = 'tenants_set'").fetchone():
             rows = self._db.execute("SELECT spec FROM tenants ORDER BY position").fetchall()
             tenants = [self._model(Tenant, spec, "a tenant") for (spec,) in rows]
-        return DesiredState(deployments, Policies(routes=tuple(routes), cascades=tuple(cascades)), tenants)
+        nodes = [node_id for (node_id,) in self._db.execute("SELECT node_id FROM nodes ORDER BY node_id")]
+        return DesiredState(deployments, Policies(routes=tuple(routes), cascades=tuple(cascades)), tenants, nodes)
 
     def _model(self, cls: type[M], spec: str, what: str) -> M:
         try:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from atomr.client import DEFAULT_PORT
@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 log = get_logger("atomr.node")
 WATCH_PERIOD_S = 0.5
 JOIN_CHECK_S = 2.0  # while the head is not reachable yet, ask it this often whether it accepts our key
+# a head started again waits this long at most for the member nodes it knew to rejoin (they
+# re-register with the convention every 2 s), so that it adopts their replicas
+REJOIN_WAIT_S = 15.0
 
 
 def say(line: str) -> None:
@@ -225,7 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     from atomr.node.runtime import NodeRuntime
 
     node = NodeRuntime(
-        node_id=node_id, role=args.role, port=port, bind=bind, gpu_ids=gpus, join=join, state_dir=state_dir
+        node_id=node_id,
+        role=args.role,
+        port=port,
+        bind=bind,
+        gpu_ids=gpus,
+        join=join,
+        state_dir=state_dir,
+        adopt_window_s=config.settings.adopt_window_s,
     )
     return run_node(node, config, key, joined, desired)
 
@@ -263,9 +273,11 @@ def start_head(node: NodeRuntime, config: NodeConfig, desired: DesiredState | No
     plan = merge_desired(config, desired)
     for note in plan.notes:
         say(note)
-    coming_back = [n for dep in plan.deployments for n in dep.names] + list(plan.policies.names)
-    if coming_back:
-        node.restoring(coming_back)
+    if plan.nodes:  # member nodes whose replicas may have outlived the last head: adopt, not reload
+        say(f"waiting up to {REJOIN_WAIT_S:g} s for member nodes to rejoin: {', '.join(plan.nodes)}")
+        missing = node.wait_for_nodes(plan.nodes, REJOIN_WAIT_S)
+        if missing:
+            say(f"not rejoined: {', '.join(missing)}")
     if plan.tenants is not None:
         node.set_tenants(plan.tenants)
     if config.http is not None:
@@ -273,7 +285,7 @@ def start_head(node: NodeRuntime, config: NodeConfig, desired: DesiredState | No
         say(f"http front on http://{config.http.bind}:{http_port}")
     for dep in plan.deployments:
         try:
-            infos = node.deploy(dep)
+            infos = node.deploy(dep, restore=True)
         except InferenceError as exc:  # one bad deployment must not take the node down
             say(f"deploy of {dep.name} failed: {exc.kind}: {exc.message}")
             log.error("deploy failed", deployment=dep.name, error=exc.message)
@@ -287,8 +299,8 @@ def start_head(node: NodeRuntime, config: NodeConfig, desired: DesiredState | No
             say(f"routes and cascades: {', '.join(plan.policies.names)}")
         except InferenceError as exc:
             say(f"routes and cascades refused: {exc.kind}: {exc.message}")
-    if coming_back:
-        node.restoring([])
+    node.restore_done()
+    node.started()
 
 
 @dataclass(frozen=True)
@@ -301,6 +313,7 @@ class HeadPlan:
     policies: Policies
     tenants: list[Any] | None
     notes: list[str]
+    nodes: list[str] = field(default_factory=list)  # member nodes to wait for
 
 
 def merge_desired(config: NodeConfig, desired: DesiredState | None) -> HeadPlan:
@@ -344,7 +357,7 @@ def merge_desired(config: NodeConfig, desired: DesiredState | None) -> HeadPlan:
             notes.append(f"cascade {cascade.name}: kept as the state directory records it; the config's differs")
     policies = Policies(routes=tuple(routes), cascades=tuple(cascades))
     tenants = list(config.tenants.tenants) if "tenants" in config.sections else desired.tenants
-    return HeadPlan(deployments, policies, tenants, notes)
+    return HeadPlan(deployments, policies, tenants, notes, list(desired.nodes))
 
 
 def watch_node(node: NodeRuntime, stop: threading.Event, key: ClusterKey, joined: bool | None) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import structlog
@@ -27,9 +28,11 @@ from atomr.actors.messages import (
     METRICS_NAME,
     REGISTRY_NAME,
     Deploy,
+    GetStatus,
+    HeadStarted,
     NodeInfo,
     NodeInit,
-    Restoring,
+    RestoreDone,
     SetTenants,
     StartHttp,
     UseState,
@@ -57,9 +60,11 @@ class NodeRuntime:
         gpu_ids: list[str] | None = None,
         join: tuple[str, int] | None = None,
         state_dir: str | None = None,
+        adopt_window_s: float = 120.0,
     ) -> None:
         self.node_id, self.role, self.port, self.bind = node_id, role, port, bind
         self.state_dir = state_dir  # the head records its desired state here (None: it does not)
+        self.adopt_window_s = adopt_window_s
         self.gpu_ids = list(gpu_ids or [])
         self.join = join
         self.asys: Any = None
@@ -98,7 +103,8 @@ class NodeRuntime:
         manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         if self.state_dir is not None:
             for keeper in (manager, registry):
-                reply_value(self.asys.ask(keeper, UseState(self.state_dir), 30.0), "state directory", 30.0)
+                use = UseState(self.state_dir, self.adopt_window_s)
+                reply_value(self.asys.ask(keeper, use, 30.0), "state directory", 30.0)
         self.gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         self.agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
         self.info = self._init_agent(self.agent)
@@ -113,14 +119,36 @@ class NodeRuntime:
             raise InferenceTimeoutError("node agent did not start")
         return info
 
-    def deploy(self, dep: Deployment, timeout: float = 600.0) -> DeploymentInfo:
+    def deploy(self, dep: Deployment, timeout: float = 600.0, restore: bool = False) -> DeploymentInfo:
+        """Deploy `dep` and wait until it serves; `restore`: it is brought back at head start
+        (running replicas of its version on member nodes are adopted first)."""
         from atomr.actors.deployment_manager import DeploymentManager
 
         manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         value: DeploymentInfo = reply_value(
-            self.asys.ask(manager, Deploy(dep, True), timeout), f"deploy of {dep.name}", timeout
+            self.asys.ask(manager, Deploy(dep, True, restore), timeout), f"deploy of {dep.name}", timeout
         )
         return value
+
+    def wait_for_nodes(self, node_ids: list[str], timeout: float) -> list[str]:
+        """Wait until these member nodes have registered (at most `timeout` s); the missing ones."""
+        from atomr.actors.deployment_manager import DeploymentManager
+
+        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        deadline = time.monotonic() + timeout
+        while True:
+            status = reply_value(self.asys.ask(manager, GetStatus(), 30.0), "status", 30.0)
+            missing = sorted(set(node_ids) - {n.node_id for n in status["nodes"]})
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.2)
+
+    def restore_done(self, timeout: float = 30.0) -> None:
+        """Every deployment is back: replicas held for adoption and not adopted are stopped."""
+        from atomr.actors.deployment_manager import DeploymentManager
+
+        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        reply_value(self.asys.ask(manager, RestoreDone(), timeout), "restore", timeout)
 
     def set_tenants(self, tenants: list[Any], timeout: float = 30.0) -> None:
         """Give the deployment manager the tenants (weights, quotas) for every coordinator's queue."""
@@ -129,13 +157,13 @@ class NodeRuntime:
         manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         reply_value(self.asys.ask(manager, SetTenants(list(tenants)), timeout), "tenants", timeout)
 
-    def restoring(self, names: list[str], timeout: float = 30.0) -> None:
-        """Tell the registry which names the head is bringing back (requests for them wait);
-        an empty list when it is done."""
+    def started(self, timeout: float = 30.0) -> None:
+        """The head has brought back everything it had: requests for names still unknown are
+        refused from now on (until then they wait: see `HeadStarted`)."""
         from atomr.actors.registry import Registry
 
         registry = self.asys.createActor(Registry, globalName=REGISTRY_NAME)
-        reply_value(self.asys.ask(registry, Restoring(list(names)), timeout), "restoring", timeout)
+        reply_value(self.asys.ask(registry, HeadStarted(), timeout), "head start", timeout)
 
     def start_http(self, settings: Any, tenants: list[Any], timeout: float = 30.0) -> int:
         """Have the head's gateway serve the HTTP front (and, with `settings.workers` > 1, as many

@@ -19,6 +19,8 @@ class NodeSettings(BaseModel):
     cluster_key_file: str | None = Field(default=None, min_length=1)  # relative to the config file
     # where the head keeps its durable state (default: under the user's data directory)
     state_dir: str | None = Field(default=None, min_length=1)
+    # how long member nodes keep their replicas running without a head (for it to adopt them)
+    adopt_window_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
 
 
 def node_settings_from_config(raw: Any, where: str = "config") -> NodeSettings:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.client import Client
@@ -27,7 +28,17 @@ from atomr.cluster.system import free_port, system_processes
 from atomr.config import deployment_from_dict
 from atomr.core.tenants import new_key
 from tests.conftest import Node
-from tests.faults.harness import KINDS, MODEL, PROMPT, Load, deployment, process_gone, tiny, write_config
+from tests.faults.harness import (
+    KINDS,
+    MODEL,
+    PROMPT,
+    Load,
+    deployment,
+    process_gone,
+    tiny,
+    wait_until,
+    write_config,
+)
 
 MAX_TOKENS = 24
 KEY, KEY_HASH = new_key()
@@ -104,3 +115,58 @@ def test_a_killed_head_comes_back_from_its_state_directory(tmp_path: Path) -> No
         assert ok.status_code == 200, ok.text
     finally:
         assert node.stop() == []
+
+
+def test_replicas_on_a_member_node_are_adopted_by_the_head_started_again(tmp_path: Path) -> None:
+    """The runner hosts of a member node outlive the head: the new head adopts them (same pids,
+    same process start times: no engine reload), and serving resumes."""
+    state, port = tmp_path / "state", free_port()
+    cfg = write_config(tmp_path / "head.yaml")
+    want = ort_greedy_reference(MODEL, PROMPT, MAX_TOKENS)
+    node = Node(config=cfg, state_dir=state, port=port, env={"ATOMR_NODE_TIMEOUT_S": "30"})
+    member: Node | None = None
+    try:
+        member = Node("--role", "cpu", "--join", node.address)
+        with Client(node.address) as client:
+            wait_until(lambda: len(client.status()["nodes"]) == 2, 60, "the member node joined")
+            client.deploy(deployment_from_dict(tiny("far", replicas=2, placement={"role": "cpu"})))
+            hosts = {r.pid: psutil.Process(r.pid).create_time() for r in deployment(client, "far").replicas}
+            assert len(hosts) == 2 and all(p in {q.pid for q in system_processes(member.port)} for p in hosts)
+            load = Load(client, "far", PROMPT, want, MAX_TOKENS, kinds=("stream", "unary"), workers=4)
+            try:
+                assert load.first_chunk.wait(30)
+                load.wait_for(8)
+                kill_head(node)
+                node = Node(config=cfg, state_dir=state, port=port, env={"ATOMR_NODE_TIMEOUT_S": "30"})
+                ready = time.time()
+                load.wait_for(8, started_after=ready)
+            finally:
+                load.stop()
+            info = deployment(client, "far")
+            assert info.state == "ready"
+            assert {r.pid: psutil.Process(r.pid).create_time() for r in info.replicas} == hosts  # adopted
+            assert all(r.restarts == 0 for r in info.replicas)
+        print(load.check({"unavailable", "timeout", "runner_crashed"}, before=ready))
+    finally:
+        if member is not None:
+            assert member.stop() == []
+        assert node.stop() == []
+
+
+def test_a_member_stops_its_replicas_when_no_head_comes_back_within_the_adopt_window(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "head.yaml", node={"adopt_window_s": 2})
+    node = Node(config=cfg)
+    member: Node | None = None
+    try:
+        member = Node("--role", "cpu", "--join", node.address)
+        with Client(node.address) as client:
+            wait_until(lambda: len(client.status()["nodes"]) == 2, 60, "the member node joined")
+            client.deploy(deployment_from_dict(tiny("far", placement={"role": "cpu"})))
+            (host,) = [r.pid for r in deployment(client, "far").replicas]
+        kill_head(node)
+        assert process_gone(host, timeout=60)  # the window (2 s) passed with no head: stopped
+        assert "no head within the adopt window" in member.output()
+    finally:
+        if member is not None:
+            assert member.stop() == []
+        node.stop()
