@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -71,6 +71,9 @@ class Node(NodeProcess):
         cwd: str | Path = REPO,
         state_dir: str | Path | None = None,
         port: int | None = None,
+        prefix: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        finder: Callable[[], list[psutil.Process]] | None = None,
     ) -> None:
         """`env`: variables set in the node's environment besides node_env()'s; `state_dir`: the
         head's (default: one of its own, removed when it stops); `port`: its admin port (default:
@@ -84,6 +87,9 @@ class Node(NodeProcess):
             python=python,
             state_dir=state_dir,
             port=port,
+            prefix=prefix,
+            host=host,
+            finder=finder,
         )
 
 

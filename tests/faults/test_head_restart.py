@@ -14,6 +14,7 @@ key is still required on the HTTP front.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -39,6 +40,7 @@ from tests.faults.harness import (
     wait_until,
     write_config,
 )
+from tests.multihost import Hosts
 
 MAX_TOKENS = 24
 KEY, KEY_HASH = new_key()
@@ -46,7 +48,7 @@ KEY, KEY_HASH = new_key()
 
 def kill_head(node: Node) -> list[int]:
     """SIGKILL the node's process and every process of its actor system, all at once."""
-    pids = [node.proc.pid, *(p.pid for p in system_processes(node.port))]
+    pids = [node.proc.pid, *(p.pid for p in node.processes())]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -170,3 +172,29 @@ def test_a_member_stops_its_replicas_when_no_head_comes_back_within_the_adopt_wi
         if member is not None:
             assert member.stop() == []
         node.stop()
+
+
+def test_adoption_across_real_addresses(tmp_path: Path) -> None:
+    """The same across hosts: the head and a cpu node each in a network namespace of its own
+    (their own addresses, the cluster key), the client in the head's; the head killed whole and
+    started again adopts the cpu node's replicas."""
+    hosts = Hosts(["head", "cpu"], tmp_path)
+    try:
+        state = tmp_path / "state"
+        head = hosts.node("head", state_dir=state)
+        hosts.node("cpu", "--role", "cpu", "--join", head.address)
+        first = hosts.run("head", ["-m", "tests.multihost_client", head.address, "deploy-far"])
+        assert first.returncode == 0, first.stderr[-3000:]
+        before = json.loads(first.stdout.strip().splitlines()[-1])
+        want = ort_greedy_reference(MODEL, PROMPT, 16)
+        assert before["text"] == want and len(before["hosts"]) == 2
+        kill_head(head)
+        hosts.nodes.remove(head)
+        head = hosts.node("head", state_dir=state)
+        again = hosts.run("head", ["-m", "tests.multihost_client", head.address, "check-far"])
+        assert again.returncode == 0, again.stderr[-3000:]
+        after = json.loads(again.stdout.strip().splitlines()[-1])
+        assert after["hosts"] == before["hosts"] and after["text"] == want  # the same processes serve
+        assert "running replicas adopted" in head.output()
+    finally:
+        assert hosts.close() == []
