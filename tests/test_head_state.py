@@ -63,8 +63,8 @@ def test_what_is_written_is_read_back_by_another_connection(tmp_path: Path) -> N
 
 
 def test_an_older_schema_is_migrated(tmp_path: Path) -> None:
-    """A file of schema version 1 (before member nodes were recorded) keeps its rows and gains
-    what version 2 adds."""
+    """A file of schema version 1 (before member nodes and rate-limit grants were recorded) keeps
+    its rows and gains what the later versions add."""
     path = tmp_path / STATE_FILE
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -76,9 +76,11 @@ def test_an_older_schema_is_migrated(tmp_path: Path) -> None:
     db.close()
     state = HeadState(tmp_path)
     state.put_node("gpu-1", "gpu")
+    state.add_grant("org", 2, 10)
     (version,) = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     loaded = HeadState(tmp_path).load()
-    assert int(version) == SCHEMA_VERSION == 2 and loaded.deployments == [(dep(), None)] and loaded.nodes == ["gpu-1"]
+    assert int(version) == SCHEMA_VERSION and loaded.deployments == [(dep(), None)] and loaded.nodes == ["gpu-1"]
+    assert [(key, r, t) for key, _, r, t in HeadState(tmp_path).grants(60)] == [("org", 2, 10)]
 
 
 def damaged_files(tmp_path: Path) -> list[tuple[str, Path, str]]:

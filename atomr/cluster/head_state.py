@@ -33,7 +33,7 @@ from atomr.core.tenants import Tenant
 M = TypeVar("M", Deployment, RoutePolicy, Cascade, Tenant)
 
 STATE_FILE = "head.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # version -> the statements that bring a file of the version before it up to it
@@ -46,6 +46,12 @@ MIGRATIONS: dict[int, list[str]] = {
     # the member nodes that joined: a head started again waits for them to rejoin (their replicas
     # outlive it) before it brings deployments back
     2: ["CREATE TABLE nodes (node_id TEXT PRIMARY KEY, role TEXT NOT NULL, seen REAL NOT NULL)"],
+    # every rate-limit grant (wall time), written before the lease is given: a head started again
+    # counts what the last one granted within the window, so no limit is exceeded across it
+    3: [
+        "CREATE TABLE grants (key TEXT NOT NULL, at REAL NOT NULL, requests INTEGER NOT NULL, tokens INTEGER NOT NULL)",
+        "CREATE INDEX grants_by_time ON grants (at)",
+    ],
 }
 
 
@@ -181,6 +187,21 @@ class HeadState:
         """A member node was lost: a head started again does not wait for it."""
         with self._db:
             self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+
+    def add_grant(self, key: str, requests: int, tokens: int) -> None:
+        """A rate-limit budget granted this much now (given-back parts are not recorded: after a
+        restart they count as spent until the window passes, which never exceeds the limit)."""
+        with self._db:
+            self._db.execute("INSERT INTO grants VALUES (?, ?, ?, ?)", (key, self._clock(), requests, tokens))
+
+    def grants(self, within_s: float) -> list[tuple[str, float, int, int]]:
+        """(key, seconds ago, requests, tokens) of the grants of the last `within_s` seconds;
+        older ones are dropped."""
+        now = self._clock()
+        with self._db:
+            self._db.execute("DELETE FROM grants WHERE at < ?", (now - within_s,))
+        rows = self._db.execute("SELECT key, at, requests, tokens FROM grants ORDER BY at").fetchall()
+        return [(key, max(0.0, now - at), r, t) for key, at, r, t in rows]
 
     def set_tenants(self, tenants: list[Tenant]) -> None:
         with self._db:

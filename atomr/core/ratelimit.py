@@ -54,6 +54,12 @@ class Budget:
         self._used_tokens += free_t
         return free_r, free_t
 
+    def granted_before(self, at: float, requests: int, tokens: int) -> None:
+        """Count a grant made at `at` (by the rate limiter a head had before it restarted)."""
+        self._grants.append(_Grant(at, requests, tokens))
+        self._used_requests += requests
+        self._used_tokens += tokens
+
     def give_back(self, requests: int, tokens: int, now: float) -> None:
         """Return unused parts of a grant (taken from the newest grants first)."""
         self._expire(now)

@@ -26,6 +26,7 @@ from atomr.actors.messages import (
     GATEWAY_NAME,
     MANAGER_NAME,
     METRICS_NAME,
+    RATE_LIMITER_NAME,
     REGISTRY_NAME,
     Deploy,
     GetStatus,
@@ -86,6 +87,7 @@ class NodeRuntime:
         from atomr.actors.gateway import Gateway
         from atomr.actors.metrics_collector import MetricsCollector
         from atomr.actors.node_agent import NodeAgent
+        from atomr.actors.rate_limiter import RateLimiter
         from atomr.actors.registry import Registry
 
         host = self.host = self.bind if self.bind not in ("", "0.0.0.0") else "127.0.0.1"
@@ -101,8 +103,9 @@ class NodeRuntime:
         registry = self.asys.createActor(Registry, globalName=REGISTRY_NAME)
         self.asys.createActor(MetricsCollector, globalName=METRICS_NAME)
         manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        limiter = self.asys.createActor(RateLimiter, globalName=RATE_LIMITER_NAME)
         if self.state_dir is not None:
-            for keeper in (manager, registry):
+            for keeper in (manager, registry, limiter):
                 use = UseState(self.state_dir, self.adopt_window_s)
                 reply_value(self.asys.ask(keeper, use, 30.0), "state directory", 30.0)
         self.gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)

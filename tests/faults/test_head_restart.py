@@ -27,8 +27,10 @@ from atomr.runners.local.ort.runner import ort_greedy_reference
 from atomr.client import Client
 from atomr.cluster.system import free_port, system_processes
 from atomr.config import deployment_from_dict
+from atomr.core.errors import InferenceError, RateLimitedError
 from atomr.core.tenants import new_key
 from tests.conftest import Node
+from tests.fakes.openai_server import FakeOpenAI
 from tests.faults.harness import (
     KINDS,
     MODEL,
@@ -44,6 +46,7 @@ from tests.multihost import Hosts
 
 MAX_TOKENS = 24
 KEY, KEY_HASH = new_key()
+PROVIDER_KEY = "sk-provider-" + "r" * 32
 
 
 def kill_head(node: Node) -> list[int]:
@@ -198,3 +201,35 @@ def test_adoption_across_real_addresses(tmp_path: Path) -> None:
         assert "running replicas adopted" in head.output()
     finally:
         assert hosts.close() == []
+
+
+def test_a_rate_limit_is_not_exceeded_across_a_head_restart(tmp_path: Path) -> None:
+    """rpm 4 on a fake provider: 3 requests served, the head killed whole and started again on its
+    state directory, then 4 more: only 1 is served (the window still holds the first 3); the
+    provider saw 4 calls in all."""
+    key_file = tmp_path / "provider.key"
+    key_file.write_text(PROVIDER_KEY)
+    with FakeOpenAI(api_key=PROVIDER_KEY) as fake:
+        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
+        limited = {"name": "limited", "model": "openai/gpt-fake", "engine": engine, "rate_limits": {"rpm": 4}}
+        cfg = write_config(tmp_path / "limits.yaml", limited)
+        state, port = tmp_path / "state", free_port()
+        node = Node(config=cfg, state_dir=state, port=port)
+        try:
+            with Client(node.address) as client:
+                for _ in range(3):
+                    client.generate("limited", prompt="Hello", max_tokens=4)
+            assert fake.count("/completions") == 3
+            kill_head(node)
+            node = Node(config=cfg, state_dir=state, port=port)
+            with Client(node.address) as client:
+                results = client.generate_many(
+                    [client.make_request("limited", "Hello", max_tokens=4) for _ in range(4)]
+                )
+            served = [r for r in results if not isinstance(r, InferenceError)]
+            assert len(served) == 1 and all(isinstance(r, RateLimitedError) for r in results if r not in served), (
+                results
+            )
+            assert fake.count("/completions") == 4
+        finally:
+            assert node.stop() == []
