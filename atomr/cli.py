@@ -95,11 +95,17 @@ def _node_health(n: Any) -> str:
 
 
 def status_main(argv: Sequence[str] | None = None) -> int:
-    p = _parser("atomr-status", "Show nodes, deployments and replicas.")
+    p = _parser("atomr-status", "Show the head (its term and standbys), nodes, deployments and replicas.")
     args = p.parse_args(argv)
 
     def render(st: dict[str, Any]) -> str:
-        lines = ["nodes:"]
+        head = st.get("head") or {}
+        standbys = head.get("standbys") or []
+        lines = [
+            f"head: {st.get('address', '-')} leads, term {head.get('term', 1)}; standby: "
+            + (", ".join(f"{s['address']} (last sync {s['last_sync_s']:.1f} s ago)" for s in standbys) or "none")
+        ]
+        lines.append("nodes:")
         lines += [
             f"  {n.node_id:24} {n.role:5} {n.host}:{n.port} pid={n.pid} gpus={','.join(n.gpu_ids) or '-'} "
             f"health={_node_health(n)} runtimes={','.join(n.runtimes) or '-'}"
@@ -119,7 +125,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                 lines.append(line + (f"  error: {r.error}" if r.error else ""))
         return "\n".join(lines)
 
-    return _run(args, lambda c: c.status(), render)
+    return _run(args, lambda c: {**c.status(), "address": f"{c.host}:{c.port}"}, render)
 
 
 def chat_main(argv: Sequence[str] | None = None) -> int:

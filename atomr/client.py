@@ -93,8 +93,15 @@ SETTLE_S = 1.0
 
 
 def parse_address(address: str | None) -> tuple[str, int]:
-    """'host:port', ':port' or 'port' (default from $ATOMR_ADDRESS, else 127.0.0.1:19500)."""
+    """'host:port', ':port' or 'port' (default from $ATOMR_ADDRESS, else 127.0.0.1:19500); of
+    several, comma-separated (a head and its standbys), the first that answers: a standby is not
+    reachable at its address until it leads."""
     text = address or os.environ.get(ADDRESS_ENV) or f"127.0.0.1:{DEFAULT_PORT}"
+    if "," in text:
+        heads = [parse_address(part.strip()) for part in text.split(",") if part.strip()]
+        from atomr.cluster.system import port_open
+
+        return next((h for h in heads if port_open(*h)), heads[0])
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "", text

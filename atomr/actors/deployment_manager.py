@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,11 +36,14 @@ from atomr.actors.coordinator import Coordinator
 from atomr.actors.messages import (
     AGENT_CAPABILITY,
     REGISTRY_NAME,
+    STANDBY_ADDRESS_CAPABILITY,
+    STATE_DIR_CAPABILITY,
     Address,
     Deploy,
     DeploymentState,
     Drain,
     Drained,
+    Follow,
     GetStatus,
     Heartbeat,
     HeartbeatAck,
@@ -59,6 +63,7 @@ from atomr.actors.messages import (
     SetTenants,
     SpawnReplica,
     StartCoordinator,
+    StateSnapshot,
     StopReplica,
     SwapEnded,
     SwapVersion,
@@ -114,6 +119,8 @@ class DeploymentManager(SidecarActor):
         self.adopting: dict[str, tuple[float, ActorSystemConventionUpdate]] = {}  # node -> asked at
         self.restored = False  # RestoreDone: replicas held from now on are not adopted
         self.adopt_window_s = 120.0  # member nodes keep their replicas this long without a head
+        self.followers: dict[str, tuple[Address, str]] = {}  # standby node -> (follower, its address)
+        self.pushed_at = 0.0
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -154,6 +161,9 @@ class DeploymentManager(SidecarActor):
         node_id = caps.get("atomr.node_id")
         if not node_id:
             return
+        if caps.get("atomr.role") == "standby":  # a standby head: follows this one's state, runs nothing
+            self._standby_changed(node_id, caps, msg.remoteAdded)
+            return
         if msg.remoteAdded:
             if node_id in self.nodes or node_id in self.adopting:
                 return
@@ -167,6 +177,37 @@ class DeploymentManager(SidecarActor):
             # Thespian drops a member that misses re-registrations, which happens to live but busy
             # nodes too; only missing heartbeats declare a node lost.
             log.warning("node left the convention", node=node_id)
+
+    def _standby_changed(self, node_id: str, caps: dict[str, Any], added: bool) -> None:
+        if not added:
+            if self.followers.pop(node_id, None) is not None:
+                log.warning("standby head left", standby=node_id)
+            return
+        if node_id in self.followers:
+            return
+        from atomr.actors.follower import Follower
+
+        follower = self.createActor(Follower, targetActorRequirements={"atomr.node_id": node_id})
+        self.send(follower, Follow(str(caps.get(STATE_DIR_CAPABILITY, ""))))
+        address = str(caps.get(STANDBY_ADDRESS_CAPABILITY, ""))
+        log.info("standby head following", standby=node_id, address=address)
+        self.followers[node_id] = (follower, address)
+        standbys = sorted({a for _, a in self.followers.values() if a})
+        self._record(lambda s: s.set_standbys(standbys))
+        self._push_state()
+
+    def _push_state(self) -> None:
+        """The whole state to every standby head (twice a second, and when one joins)."""
+        if not self.followers or self.state is None:
+            return
+        try:
+            snapshot = StateSnapshot(self.state.snapshot())
+        except (InferenceError, sqlite3.Error) as exc:
+            log.error("could not read the state for the standbys", error=str(exc))
+            return
+        self.pushed_at = time.monotonic()
+        for follower, _ in self.followers.values():
+            self.send(follower, snapshot)
 
     def _node_init(self, caps: dict[str, Any], node_id: str) -> NodeInit:
         gpus = [g for g in str(caps.get("atomr.gpus", "")).split(",") if g]
@@ -196,6 +237,7 @@ class DeploymentManager(SidecarActor):
         for node_id, seen in list(self.last_seen.items()):
             if now - seen > self.node_timeout_s:
                 self._node_lost(node_id, f"no heartbeat for {now - seen:.1f} s")
+        self._push_state()
         for node_id, (asked, update) in list(self.adopting.items()):
             if now - asked > ADOPT_ANSWER_S:  # the advertised agent is gone: a new one, no replicas kept
                 del self.adopting[node_id]
@@ -621,7 +663,14 @@ class DeploymentManager(SidecarActor):
             age = now - self.last_seen.get(node.node_id, now)
             health = "ok" if age <= LATE_HEARTBEAT_S else "late"
             nodes.append(dataclasses.replace(node, health=health, heartbeat_age_s=round(age, 2)))
-        self.send(sender, Reply(True, {"nodes": nodes, "deployments": self._infos()}))
+        head = {
+            "term": self.state.term() if self.state is not None else 1,
+            "standbys": [
+                {"node_id": n, "address": a, "last_sync_s": round(now - self.pushed_at, 2)}
+                for n, (_, a) in sorted(self.followers.items())
+            ],
+        }
+        self.send(sender, Reply(True, {"nodes": nodes, "deployments": self._infos(), "head": head}))
 
     def _infos(self) -> list[DeploymentInfo]:
         return [r.info for r in self.records.values()] + list(self.failed.values())

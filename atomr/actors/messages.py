@@ -140,6 +140,25 @@ class NodeInit:
 # A member node's actor system advertises its node agent's address under this capability, so
 # that a head started again finds the agent (and its running replicas) when the node rejoins.
 AGENT_CAPABILITY = "atomr.agent"
+# A standby head's actor system (role "standby") advertises its state folder and the address it
+# will serve on when it leads under these capabilities.
+STATE_DIR_CAPABILITY = "atomr.state_dir"
+STANDBY_ADDRESS_CAPABILITY = "atomr.standby_address"
+
+
+@dataclass(slots=True)
+class Follow:
+    """Standby node -> its follower actor: write the leader's snapshots into this state folder."""
+
+    state_dir: str
+
+
+@dataclass(slots=True)
+class StateSnapshot:
+    """Manager -> a standby head's follower, twice a second: the head's whole state
+    (`atomr.cluster.head_state.Snapshot`)."""
+
+    snapshot: Any
 
 
 @dataclass(slots=True)
@@ -357,6 +376,9 @@ class UseState:
 
     state_dir: str
     adopt_window_s: float = 120.0
+    # A standby that took over: the leader may have granted rate-limit budget after this time
+    # (wall clock: its last snapshot), which no snapshot carried; the limiter counts it as spent.
+    unknown_since: float | None = None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,9 @@ real usage when a request ends.
 On a head with a state directory (`UseState`), every grant is recorded there before its lease is
 sent, and a limiter started again (the head restarted) counts the grants of the last window that
 the previous one recorded: no limit is exceeded across a restart (parts given back before it
-count as spent until they leave the window).
+count as spent until they leave the window). A standby that took over also counts whatever the
+old leader may have granted after its last snapshot as a whole budget spent then (a full window,
+since it is unknown).
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ class RateLimiter(SidecarActor):
         self.budgets: dict[str, Budget] = {}
         self.state: HeadState | None = None
         self.before: dict[str, list[tuple[float, int, int]]] = {}  # key -> the last head's grants
+        self.unknown_since: float | None = None
 
     def receiveMsg_UseState(self, msg: UseState, sender: Address) -> None:
         self.state, error = open_state(msg.state_dir)
+        if msg.unknown_since is not None:  # mono time of the last snapshot the standby had
+            self.unknown_since = time.monotonic() - max(0.0, time.time() - msg.unknown_since)
         if self.state is not None:
             now = time.monotonic()
             for key, ago, requests, tokens in self.state.grants(MAX_WINDOW_S):
@@ -46,6 +51,8 @@ class RateLimiter(SidecarActor):
             b = self.budgets[key] = Budget(rpm, tpm, window_s)
             for at, requests, tokens in self.before.pop(key, []):
                 b.granted_before(at, requests, tokens)
+            if self.unknown_since is not None:  # what the old leader granted unseen: all of it
+                b.granted_before(self.unknown_since, rpm or 0, tpm or 0)
         elif rpm is not None or tpm is not None:
             b.rpm, b.tpm, b.window_s = rpm, tpm, window_s
         return b

@@ -71,6 +71,15 @@ class DesiredState:
     nodes: list[str] = dataclasses.field(default_factory=list)  # member nodes last known in the cluster
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A head's state as its standbys receive it."""
+
+    desired: DesiredState
+    grants: list[tuple[str, float, int, int]]  # (key, seconds ago, requests, tokens)
+    term: int
+
+
 class HeadState:
     """The state file in `state_dir` (made if missing). Raises ConfigError (field
     ``node.state_dir``) when the file cannot be used."""
@@ -202,6 +211,67 @@ class HeadState:
             self._db.execute("DELETE FROM grants WHERE at < ?", (now - within_s,))
         rows = self._db.execute("SELECT key, at, requests, tokens FROM grants ORDER BY at").fetchall()
         return [(key, max(0.0, now - at), r, t) for key, at, r, t in rows]
+
+    # ---- the head's term and its standbys ----
+
+    def term(self) -> int:
+        """The term of the head that wrote this state: 1 for a first head, one more at each take-over."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'term'").fetchone()
+        return int(row[0]) if row is not None else 1
+
+    def set_term(self, term: int) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('term', ?)", (str(term),))
+
+    def standbys(self) -> list[str]:
+        """HOST:PORT of the standby heads that followed this head (a head started again asks them
+        first whether one leads now)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'standbys'").fetchone()
+        return [a for a in (row[0] if row else "").split(",") if a]
+
+    def set_standbys(self, addresses: list[str]) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('standbys', ?)", (",".join(sorted(addresses)),))
+
+    def replace_all(self, snapshot: Snapshot) -> None:
+        """A standby head writes what its leader holds (one transaction), and when it heard it."""
+        with self._db:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            for table in ("deployments", "policies", "tenants", "nodes", "grants"):
+                db.execute(f"DELETE FROM {table}")
+            now = self._clock()
+            for dep, switch in snapshot.desired.deployments:
+                to = None if switch is None else switch.model_dump_json()
+                db.execute("INSERT INTO deployments VALUES (?, ?, ?, ?)", (dep.name, dep.model_dump_json(), to, now))
+            for kind, items in (
+                ("route", snapshot.desired.policies.routes),
+                ("cascade", snapshot.desired.policies.cascades),
+            ):
+                db.executemany(
+                    "INSERT INTO policies VALUES (?, ?, ?)", [(p.name, kind, p.model_dump_json()) for p in items]
+                )
+            if snapshot.desired.tenants is not None:
+                db.executemany(
+                    "INSERT INTO tenants VALUES (?, ?)",
+                    [(i, t.model_dump_json()) for i, t in enumerate(snapshot.desired.tenants)],
+                )
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('tenants_set', '1')")
+            db.executemany("INSERT INTO nodes VALUES (?, 'cpu', ?)", [(n, now) for n in snapshot.desired.nodes])
+            db.executemany(
+                "INSERT INTO grants VALUES (?, ?, ?, ?)", [(k, now - ago, r, t) for k, ago, r, t in snapshot.grants]
+            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('term', ?)", (str(snapshot.term),))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('synced_at', ?)", (str(now),))
+
+    def synced_at(self) -> float | None:
+        """When a standby last wrote its leader's state (wall time), if ever."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'synced_at'").fetchone()
+        return float(row[0]) if row is not None else None
+
+    def snapshot(self, window_s: float = 86400.0) -> Snapshot:
+        """What a standby needs to take over: the desired state, recent grants, the term."""
+        return Snapshot(self.load(), self.grants(window_s), self.term())
 
     def set_tenants(self, tenants: list[Tenant]) -> None:
         with self._db:

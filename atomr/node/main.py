@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from atomr.client import DEFAULT_PORT
 from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, probe, resolve_key
 from atomr.cluster.head_state import DesiredState, HeadState, default_state_dir
+from atomr.cluster.system import port_open
 from atomr.cluster.thespian_setup import DEFAULT_BIND
 from atomr.config import load_deployments, load_policies, load_yaml
 from atomr.core.errors import InferenceError
@@ -40,6 +41,7 @@ from atomr.core.policies import Cascade, Policies, RoutePolicy
 from atomr.core.tenants import TenantTable, tenants_from_config
 from atomr.http.settings import HttpSettings, http_settings_from_config
 from atomr.node.settings import NodeSettings, node_settings_from_config
+from atomr.node.standby import Standby, follow, leading_standby
 from atomr.observability.logs import configure_logging, get_logger
 
 if TYPE_CHECKING:
@@ -65,7 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--role", choices=("head", "gpu", "cpu"), default="head")
     p.add_argument("--port", type=int, default=None, help=f"admin port (default {DEFAULT_PORT}, or the config's)")
     p.add_argument("--bind", default=None, help=f"address to listen on (default {DEFAULT_BIND})")
-    p.add_argument("--join", default=None, metavar="HOST:PORT", help="the head node to join")
+    p.add_argument(
+        "--join",
+        default=None,
+        metavar="HOST:PORT[,HOST:PORT]",
+        help="the head node to join; with several (a head and its standbys), the one that leads",
+    )
+    p.add_argument(
+        "--standby",
+        default=None,
+        metavar="HOST:PORT",
+        help="(a head) follow the head at HOST:PORT and take over when it is gone",
+    )
     p.add_argument(
         "--cluster-key-file",
         default=None,
@@ -176,6 +189,23 @@ def node_key(args: argparse.Namespace, config: NodeConfig, bind: str) -> Cluster
     return key
 
 
+def parse_joins(joins: str | None) -> list[tuple[str, int]]:
+    """--join HOST:PORT[,HOST:PORT...]: the head and its standbys, in order."""
+    return [j for j in (parse_join(part.strip()) for part in (joins or "").split(",")) if j is not None]
+
+
+def pick_head(heads: list[tuple[str, int]], key: ClusterKey) -> tuple[tuple[str, int], bool | None]:
+    """The head to join among `heads`: the first that accepts the key (a standby is not reachable
+    at its address until it leads); the first of the list when none answers yet."""
+    if len(heads) == 1:
+        return heads[0], check_join(heads[0], key)
+    for head in heads:
+        verdict = check_join(head, key, quiet=True)
+        if verdict is not None:
+            return head, verdict
+    return heads[0], check_join(heads[0], key)
+
+
 def parse_join(join: str | None) -> tuple[str, int] | None:
     """--join HOST:PORT as (host, port); None for a head."""
     if not join:
@@ -194,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.role == "head") == bool(args.join):
         print("atomr node: a head node takes no --join; gpu and cpu nodes need --join HEAD:PORT", file=sys.stderr)
         return 2
+    if args.standby and args.role != "head":
+        print("atomr node: --standby makes a standby head: it needs --role head", file=sys.stderr)
+        return 2
     configure_logging(args.log_level or config.settings.log_level or "info")
     port = args.port or config.settings.port or DEFAULT_PORT
     bind = args.bind or config.settings.bind or DEFAULT_BIND
@@ -202,24 +235,37 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterKeyError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2
-    join = parse_join(args.join)
+    heads = parse_joins(args.join)
+    join: tuple[str, int] | None = None
     joined: bool | None = True
-    if join is not None:
-        joined = check_join(join, key)
+    if heads:
+        join, joined = pick_head(heads, key)
         if joined is False:
             return 1
     node_id = args.node_id or f"{socket.gethostname()}-{port}"
     gpus = detect_gpus(args.gpus)
     state_dir: str | None = None
     desired: DesiredState | None = None
+    took_over_at: float | None = None
     if join is None:  # a head: its desired state, checked before anything starts
         state_dir = args.state_dir or (
             config.relative(config.settings.state_dir, args) if config.settings.state_dir else None
         )
         state_dir = str(state_dir or default_state_dir(node_id))
         try:
+            leader = parse_join(args.standby) if args.standby else leading_standby(state_dir, key)
+            if leader is not None:  # follow it; lead only once it is gone
+                host = bind if bind not in ("", "0.0.0.0") else "127.0.0.1"
+                standby = Standby(node_id, leader, host, port, bind, state_dir, config.settings.failover_after_s)
+                stop = threading.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, lambda *_: stop.set())
+                if not follow(standby, stop, say):
+                    say("atomr node stopped")
+                    return 0
             state = HeadState(state_dir)
             desired = state.load()
+            took_over_at = state.synced_at() if leader is not None else None
             state.close()
         except InferenceError as exc:
             print(f"atomr node: {exc.message}", file=sys.stderr)
@@ -237,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=state_dir,
         adopt_window_s=config.settings.adopt_window_s,
     )
+    node.heads = heads
+    node.failover_after_s = config.settings.failover_after_s
+    node.took_over_at = took_over_at
     return run_node(node, config, key, joined, desired)
 
 
@@ -360,11 +409,36 @@ def merge_desired(config: NodeConfig, desired: DesiredState | None) -> HeadPlan:
     return HeadPlan(deployments, policies, tenants, notes, list(desired.nodes))
 
 
+def follow_leader(node: NodeRuntime, heard: float) -> float:
+    """A member given several heads: when the one it joined has not answered for the failover
+    time, re-point to the first other that answers (the standby that took over). Returns when the
+    joined head last answered."""
+    assert node.join is not None
+    now = time.monotonic()
+    if port_open(*node.join):
+        return now
+    if now - heard < node.failover_after_s:
+        return heard
+    for head in node.heads:
+        if head != node.join and port_open(*head):
+            log.warning(
+                "the head is gone: joining the one that leads now",
+                gone=f"{node.join[0]}:{node.join[1]}",
+                leader=f"{head[0]}:{head[1]}",
+            )
+            node.rejoin(head)
+            return now
+    return heard
+
+
 def watch_node(node: NodeRuntime, stop: threading.Event, key: ClusterKey, joined: bool | None) -> int:
     """Until `stop` is set: restart the head's dead actors, and ask a head that gave no verdict on
     this node's key yet (`joined` None) again; 1 when it refuses the key, 0 when stopped."""
     next_join_check = time.monotonic() + JOIN_CHECK_S
+    heard = time.monotonic()
     while not stop.wait(WATCH_PERIOD_S):
+        if node.join is not None and len(node.heads) > 1:
+            heard = follow_leader(node, heard)
         if joined is None and node.join is not None and time.monotonic() >= next_join_check:
             joined = check_join(node.join, key, quiet=True)
             if joined is False:

@@ -66,6 +66,9 @@ class NodeRuntime:
         self.node_id, self.role, self.port, self.bind = node_id, role, port, bind
         self.state_dir = state_dir  # the head records its desired state here (None: it does not)
         self.adopt_window_s = adopt_window_s
+        self.heads: list[tuple[str, int]] = [join] if join is not None else []  # a member's heads
+        self.took_over_at: float | None = None  # a standby that took over: its last snapshot (wall time)
+        self.failover_after_s = 5.0
         self.gpu_ids = list(gpu_ids or [])
         self.join = join
         self.asys: Any = None
@@ -106,7 +109,7 @@ class NodeRuntime:
         limiter = self.asys.createActor(RateLimiter, globalName=RATE_LIMITER_NAME)
         if self.state_dir is not None:
             for keeper in (manager, registry, limiter):
-                use = UseState(self.state_dir, self.adopt_window_s)
+                use = UseState(self.state_dir, self.adopt_window_s, self.took_over_at)
                 reply_value(self.asys.ask(keeper, use, 30.0), "state directory", 30.0)
         self.gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         self.agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
@@ -132,6 +135,11 @@ class NodeRuntime:
             self.asys.ask(manager, Deploy(dep, True, restore), timeout), f"deploy of {dep.name}", timeout
         )
         return value
+
+    def rejoin(self, head: tuple[str, int]) -> None:
+        """A member node: make `head` its convention leader (the head it joined is gone)."""
+        self.asys.updateCapability("Convention Address.IPv4", head)
+        self.join = head
 
     def wait_for_nodes(self, node_ids: list[str], timeout: float) -> list[str]:
         """Wait until these member nodes have registered (at most `timeout` s); the missing ones."""

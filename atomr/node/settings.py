@@ -21,6 +21,9 @@ class NodeSettings(BaseModel):
     state_dir: str | None = Field(default=None, min_length=1)
     # how long member nodes keep their replicas running without a head (for it to adopt them)
     adopt_window_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    # a standby head takes over once its leader has been silent this long (and a member node
+    # given several heads moves to the one that leads)
+    failover_after_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
 
 
 def node_settings_from_config(raw: Any, where: str = "config") -> NodeSettings:

@@ -1,0 +1,143 @@
+"""Fault: the primary head killed whole, with a standby head following it (``--standby``).
+
+A primary with an HTTP front, a cpu member node that knows both heads (``--join P,S``) and serves
+a deployment, and a standby that follows the primary's state. Under mixed load (Client threads
+and HTTP callers) every process of the primary is killed at once.
+
+What must hold: the standby takes over (term 2), the member re-points to it and its replicas are
+adopted (same processes: no engine load), a Client given both addresses and the standby's HTTP
+front serve; every request ends once, with the expected text or a structured error. Then the old
+primary, started again on its old state, finds the standby leading and follows it instead of
+leading (its address does not answer; the leader lists it as its standby): a head with an older
+term never acts as head. A rate-limited deployment on a fake provider is never over its limit
+across the take-over (the provider counts the calls): the standby counts what it followed, and what the
+old leader may have granted after its last snapshot as a full window spent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from atomr.runners.local.ort.runner import ort_greedy_reference
+
+from atomr.cli import status_main
+from atomr.client import Client
+from atomr.cluster.head_state import HeadState
+from atomr.cluster.system import free_port
+from atomr.config import deployment_from_dict
+from atomr.core.errors import RateLimitedError, UnavailableError
+from tests.conftest import Node
+from tests.fakes.openai_server import FakeOpenAI
+from tests.faults.harness import MODEL, PROMPT, Load, deployment, tiny, wait_until, write_config
+from tests.faults.test_head_restart import kill_head
+
+MAX_TOKENS = 24
+PROVIDER_KEY = "sk-provider-" + "s" * 32
+FAILOVER = {"failover_after_s": 2}
+
+
+def synced(state: Path, name: str) -> bool:
+    """Whether the standby's state file holds deployment `name` (it has followed the primary)."""
+    s = HeadState(state)
+    try:
+        return any(d.name == name for d, _ in s.load().deployments)
+    finally:
+        s.close()
+
+
+def test_the_standby_takes_over_and_the_old_primary_follows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p_port, s_port, p_http, s_http = free_port(), free_port(), free_port(), free_port()
+    p_state, s_state = tmp_path / "p-state", tmp_path / "s-state"
+    p_cfg = write_config(tmp_path / "p.yaml", http={"port": p_http, "request_timeout_s": 20}, node=FAILOVER)
+    s_cfg = write_config(tmp_path / "s.yaml", http={"port": s_http, "request_timeout_s": 20}, node=FAILOVER)
+    heads = f"127.0.0.1:{p_port},127.0.0.1:{s_port}"
+    want = ort_greedy_reference(MODEL, PROMPT, MAX_TOKENS)
+    nodes: list[Node] = []
+    try:
+        primary = Node(config=p_cfg, state_dir=p_state, port=p_port)
+        nodes.append(primary)
+        nodes.append(Node("--role", "cpu", "--join", heads, config=write_config(tmp_path / "m.yaml", node=FAILOVER)))
+        standby = Node("--standby", primary.address, config=s_cfg, state_dir=s_state, port=s_port)
+        nodes.append(standby)
+        with Client(heads) as client:
+            wait_until(lambda: len(client.status()["nodes"]) == 2, 60, "the member node joined")
+            client.deploy(deployment_from_dict(tiny("far", replicas=2, placement={"role": "cpu"})))
+            hosts = {r.pid: psutil.Process(r.pid).create_time() for r in deployment(client, "far").replicas}
+            wait_until(lambda: synced(s_state, "far"), 30, "the standby followed the deployment")
+            head = client.status()["head"]
+            assert head["term"] == 1 and [s["address"] for s in head["standbys"]] == [f"127.0.0.1:{s_port}"]
+            load = Load(client, "far", PROMPT, want, MAX_TOKENS, kinds=("stream", "unary"), workers=4)
+            try:
+                assert load.first_chunk.wait(30)
+                load.wait_for(8)
+                killed = time.time()
+                kill_head(primary)
+                nodes.remove(primary)
+                wait_until(lambda: standby.output().count("\nready\n") >= 2, 60, "the standby leads")
+                print(f"the standby led {time.time() - killed:.1f} s after the kill")
+            finally:
+                load.stop()
+        print(load.check({"unavailable", "timeout", "runner_crashed"}))
+        assert "taking over, term 2" in standby.output()
+        with Client(heads) as client:  # the primary does not answer: the standby does
+            assert (client.host, client.port) == ("127.0.0.1", s_port)
+            wait_until(lambda: deployment(client, "far").state == "ready", 30, "far served by the new leader")
+            info = deployment(client, "far")
+            assert {r.pid: psutil.Process(r.pid).create_time() for r in info.replicas} == hosts  # adopted
+            assert client.generate("far", prompt=PROMPT, max_tokens=MAX_TOKENS).text == want
+            assert client.status()["head"]["term"] == 2
+            body = {"model": "far", "prompt": PROMPT, "max_tokens": MAX_TOKENS}
+            answer = httpx.post(f"http://127.0.0.1:{s_http}/v1/completions", json=body, timeout=30)
+            assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == want
+            # the old primary comes back on its old state: the standby it knew leads, so it follows
+            old = Node(config=p_cfg, state_dir=p_state, port=p_port)
+            nodes.append(old)
+            assert f"standby of 127.0.0.1:{s_port}" in old.output()
+            wait_until(lambda: len(client.status()["head"]["standbys"]) == 1, 30, "the old primary follows")
+            client.deploy(deployment_from_dict(tiny("later")))
+            wait_until(lambda: synced(p_state, "later"), 30, "the old primary followed the new deployment")
+        capsys.readouterr()
+        assert status_main(["--address", heads]) == 0
+        shown = capsys.readouterr().out
+        assert f"head: 127.0.0.1:{s_port} leads, term 2; standby: 127.0.0.1:{p_port} (last sync" in shown, shown
+        with pytest.raises(UnavailableError):  # nothing answers at the old primary's address
+            Client(f"127.0.0.1:{p_port}")
+    finally:
+        for node in reversed(nodes):
+            assert node.stop() == []
+
+
+def test_a_rate_limit_is_not_exceeded_across_a_take_over(tmp_path: Path) -> None:
+    key_file = tmp_path / "provider.key"
+    key_file.write_text(PROVIDER_KEY)
+    with FakeOpenAI(api_key=PROVIDER_KEY) as fake:
+        engine = {"api_base": fake.url + "/v1", "api_key_file": str(key_file), "retry": {"max_attempts": 1}}
+        limited = {"name": "limited", "model": "openai/gpt-fake", "engine": engine, "rate_limits": {"rpm": 4}}
+        p_port, s_port = free_port(), free_port()
+        heads = f"127.0.0.1:{p_port},127.0.0.1:{s_port}"
+        primary = Node(config=write_config(tmp_path / "p.yaml", limited, node=FAILOVER), port=p_port)
+        standby = Node(
+            "--standby", primary.address, config=write_config(tmp_path / "s.yaml", node=FAILOVER), port=s_port
+        )
+        try:
+            with Client(heads) as client:
+                for _ in range(3):
+                    client.generate("limited", prompt="Hello", max_tokens=4)
+            wait_until(lambda: synced(standby.state_dir, "limited"), 30, "the standby followed")
+            kill_head(primary)
+            wait_until(lambda: standby.output().count("\nready\n") >= 2, 60, "the standby leads")
+            with Client(heads) as client:
+                asked = [client.make_request("limited", "Hello", max_tokens=4) for _ in range(4)]
+                results = client.generate_many(asked)
+            # the old leader may have granted more after its last snapshot: the window counts as spent
+            assert all(isinstance(r, RateLimitedError) for r in results), results
+            assert fake.count("/completions") == 3
+        finally:
+            assert standby.stop() == []
+            primary.stop()
