@@ -16,6 +16,7 @@ old leader may have granted after its last snapshot as a full window spent.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI
 from tests.faults.harness import MODEL, PROMPT, Load, deployment, tiny, wait_until, write_config
 from tests.faults.test_head_restart import kill_head
+from tests.multihost import Hosts
 
 MAX_TOKENS = 24
 PROVIDER_KEY = "sk-provider-" + "s" * 32
@@ -141,3 +143,30 @@ def test_a_rate_limit_is_not_exceeded_across_a_take_over(tmp_path: Path) -> None
         finally:
             assert standby.stop() == []
             primary.stop()
+
+
+def test_the_standby_takes_over_across_real_addresses(tmp_path: Path) -> None:
+    """The same across hosts: head, standby and a cpu node each in a network namespace of its own;
+    the client runs on the host of the head it talks to."""
+    hosts = Hosts(["head", "standby", "cpu"], tmp_path)
+    try:
+        cfg = write_config(tmp_path / "h.yaml", node=FAILOVER)
+        head = hosts.node("head", config=cfg, state_dir=tmp_path / "h-state")
+        standby_address = f"{hosts.addr('standby')}:19500"
+        hosts.node("cpu", "--role", "cpu", "--join", f"{head.address},{standby_address}", config=cfg)
+        standby = hosts.node("standby", "--standby", head.address, config=cfg, state_dir=tmp_path / "s-state")
+        first = hosts.run("head", ["-m", "tests.multihost_client", head.address, "deploy-far"])
+        assert first.returncode == 0, first.stderr[-3000:]
+        before = json.loads(first.stdout.strip().splitlines()[-1])
+        wait_until(lambda: synced(tmp_path / "s-state", "far"), 30, "the standby followed")
+        kill_head(head)
+        hosts.nodes.remove(head)
+        wait_until(lambda: standby.output().count("\nready\n") >= 2, 60, "the standby leads")
+        again = hosts.run("standby", ["-m", "tests.multihost_client", standby_address, "check-far"])
+        assert again.returncode == 0, again.stderr[-3000:]
+        after = json.loads(again.stdout.strip().splitlines()[-1])
+        want = ort_greedy_reference(MODEL, PROMPT, 16)
+        assert after["hosts"] == before["hosts"] and after["text"] == before["text"] == want  # adopted
+        assert after["nodes"] == ["cpu", "standby"]
+    finally:
+        assert hosts.close() == []
