@@ -208,3 +208,24 @@ def test_the_state_directory_wins_over_the_config_for_what_both_name() -> None:
     assert merge_desired(node_config([], tenants=[fresh]), desired).tenants == [fresh]  # it has: the config's
     first_start = merge_desired(node_config([v1, new]), None)
     assert first_start.deployments == [v1, new] and first_start.notes == [] and first_start.tenants is None
+
+
+def test_a_snapshot_written_by_a_standby_is_the_leaders_state(tmp_path: Path) -> None:
+    leader = HeadState(tmp_path / "leader")
+    leader.put_deployment(dep(version="2"))
+    leader.set_switch("tiny", dep(version="3"))
+    leader.set_policies(Policies(routes=(RoutePolicy(name="main", policy="fixed", deployments=("tiny",)),)))
+    leader.set_tenants([tenant("a")])
+    leader.put_node("gpu-1", "gpu")
+    leader.add_grant("org", 2, 10)
+    leader.set_term(4)
+    leader.set_standbys(["10.0.0.2:19500"])
+    standby = HeadState(tmp_path / "standby")
+    standby.put_deployment(dep(name="stale"))  # what the standby had is replaced, not merged
+    standby.replace_all(leader.snapshot())
+    mine, theirs = standby.load(), leader.load()
+    assert mine.deployments == theirs.deployments and mine.policies == theirs.policies
+    assert mine.tenants == theirs.tenants and mine.nodes == ["gpu-1"] and standby.term() == 4
+    assert [(k, r, t) for k, _, r, t in standby.grants(60)] == [("org", 2, 10)]
+    assert standby.synced_at() is not None and leader.synced_at() is None
+    assert leader.standbys() == ["10.0.0.2:19500"] and standby.standbys() == []
