@@ -84,7 +84,7 @@ def listeners(node: Node, port: int) -> set[int]:
 class Conn:
     """A keep-alive connection to the front, and the pid of the worker that accepted it."""
 
-    def __init__(self, port: int, workers: Callable[[], set[int]]) -> None:
+    def __init__(self, port: int, workers: Callable[[], set[int]], within_s: float = 30.0) -> None:
         self.http = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.http.connect()
         mine = self.http.sock.getsockname()[1]
@@ -101,7 +101,11 @@ class Conn:
                     return True
             return False
 
-        wait_until(accepted, 30, "the connection accepted by a worker")
+        try:
+            wait_until(accepted, within_s, "the connection accepted by a worker")
+        except AssertionError:
+            self.http.close()
+            raise
         self.worker = found[0]
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -232,8 +236,16 @@ def test_a_killed_worker_is_started_again_on_the_port(front: tuple[Node, int]) -
     victim = max(workers)
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie", 30, "the kill")
-    # the kernel sends new connections to the live sockets: the other worker's (or its successor's)
-    survivor = Conn(port, lambda: listeners(node, port))
+    # the kernel sends new connections to the live sockets: the other worker's (or its successor's,
+    # which may be listening before it accepts: then another connection is tried)
+    survivor = None
+    for _ in range(6):
+        try:
+            survivor = Conn(port, lambda: listeners(node, port), within_s=10)
+            break
+        except AssertionError:
+            continue
+    assert survivor is not None, "no connection was accepted after the kill"
     assert survivor.call("POST", "/v1/chat/completions", CHAT)[0] == 200
     survivor.close()
     wait_until(lambda: len(listeners(node, port) - {victim}) == 2, 60, "a new worker on the port")
