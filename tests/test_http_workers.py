@@ -243,8 +243,8 @@ def test_a_killed_worker_is_started_again_on_the_port(front: tuple[Node, int]) -
         try:
             survivor = Conn(port, lambda: listeners(node, port), within_s=10)
             break
-        except AssertionError:
-            continue
+        except AssertionError:  # seen: one that sent nothing was never seen accepted (and the server
+            continue  # closes idle connections after 5 s); clients that send at once are served
     assert survivor is not None, "no connection was accepted after the kill"
     assert survivor.call("POST", "/v1/chat/completions", CHAT)[0] == 200
     survivor.close()
