@@ -16,18 +16,13 @@ from typing import Any
 import structlog
 
 from atomr.actors.messages import Address, Follow, Reply, StateSnapshot
-from atomr.actors.sidecar import SidecarActor
+from atomr.actors.sidecar import PlacedActor, SidecarActor
 from atomr.cluster.head_state import HeadState, open_state, record
 
 log = structlog.get_logger("atomr.follower")
 
 
-class Follower(SidecarActor):
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any] | None) -> bool:
-        """Placed on the standby's actor system (its node id)."""
-        return all(capabilities.get(k) == v for k, v in (requirements or {}).items())
-
+class Follower(PlacedActor, SidecarActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.state: HeadState | None = None

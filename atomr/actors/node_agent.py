@@ -42,18 +42,13 @@ from atomr.actors.messages import (
     StopReplica,
 )
 from atomr.actors.runner_host import RunnerHost
-from atomr.actors.sidecar import SidecarActor
+from atomr.actors.sidecar import PlacedActor, SidecarActor
 from atomr.runners.catalog import installed_runtimes
 
 log = structlog.get_logger("atomr.node_agent")
 
 
-class NodeAgent(SidecarActor):
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any] | None) -> bool:
-        """Placed on the actor system whose capabilities match the requirements (its node id)."""
-        return all(capabilities.get(k) == v for k, v in (requirements or {}).items())
-
+class NodeAgent(PlacedActor, SidecarActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.info: NodeInfo | None = None

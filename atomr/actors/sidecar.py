@@ -105,6 +105,15 @@ class Sidecar:
         # The socketpair stays open: Thespian may still watch its fd while the actor exits.
 
 
+class PlacedActor:
+    """Mixin for actors created on another node's actor system by requirements (its node id):
+    Thespian places them where every required capability has the required value."""
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any], requirements: dict[str, Any] | None) -> bool:
+        return all(capabilities.get(k) == v for k, v in (requirements or {}).items())
+
+
 class SidecarActor(ActorTypeDispatcher):
     """Base for actors that own a sidecar loop. Subclasses define `receiveMsg_<Type>` handlers."""
 
