@@ -241,7 +241,7 @@ def test_a_killed_worker_is_started_again_on_the_port(front: tuple[Node, int]) -
     survivor = None
     for _ in range(6):
         try:
-            survivor = Conn(port, lambda: listeners(node, port), within_s=10)
+            survivor = Conn(port, lambda: listeners(node, port), within_s=4)
             break
         except AssertionError:  # seen: one that sent nothing was never seen accepted (and the server
             continue  # closes idle connections after 5 s); clients that send at once are served

@@ -74,7 +74,9 @@ def test_the_standby_takes_over_and_the_old_primary_follows_it(
             wait_until(lambda: synced(s_state, "far"), 30, "the standby followed the deployment")
             head = client.status()["head"]
             assert head["term"] == 1 and [s["address"] for s in head["standbys"]] == [f"127.0.0.1:{s_port}"]
-            load = Load(client, "far", PROMPT, want, MAX_TOKENS, kinds=("stream", "unary"), workers=4)
+            # short deadlines: requests in flight when the head dies end at theirs (this Client stays
+            # connected to the dead head)
+            load = Load(client, "far", PROMPT, want, MAX_TOKENS, kinds=("stream", "unary"), workers=4, timeout=6)
             try:
                 assert load.first_chunk.wait(30)
                 load.wait_for(8)
