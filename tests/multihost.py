@@ -71,6 +71,13 @@ class Hosts:
             _ip("-n", self.hub, "link", "set", outside, "master", "br0")
             _ip("-n", self.hub, "link", "set", outside, "up")
 
+    def cut(self, name: str) -> None:
+        """Cut host `name` off the others (its link to the bridge down): a network partition."""
+        _ip("-n", self.hub, "link", "set", f"{self.tag}o{self.names.index(name) + 1}", "down")
+
+    def heal(self, name: str) -> None:
+        _ip("-n", self.hub, "link", "set", f"{self.tag}o{self.names.index(name) + 1}", "up")
+
     def ns(self, name: str) -> str:
         return f"{self.tag}{self.names.index(name)}"
 

@@ -54,6 +54,9 @@ JOIN_CHECK_S = 2.0  # while the head is not reachable yet, ask it this often whe
 # a head started again waits this long at most for the member nodes it knew to rejoin (they
 # re-register with the convention every 2 s), so that it adopts their replicas
 REJOIN_WAIT_S = 15.0
+# how often a head asks whether one of its standbys leads now (it took over while cut off from
+# this head): then this head steps down and follows it
+LEADER_CHECK_S = 2.0
 
 
 def say(line: str) -> None:
@@ -244,22 +247,29 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     node_id = args.node_id or f"{socket.gethostname()}-{port}"
     gpus = detect_gpus(args.gpus)
-    state_dir: str | None = None
-    desired: DesiredState | None = None
-    took_over_at: float | None = None
-    if join is None:  # a head: its desired state, checked before anything starts
-        state_dir = args.state_dir or (
-            config.relative(config.settings.state_dir, args) if config.settings.state_dir else None
-        )
-        state_dir = str(state_dir or default_state_dir(node_id))
+    from atomr.node.runtime import NodeRuntime
+
+    if join is not None:
+        node = NodeRuntime(node_id=node_id, role=args.role, port=port, bind=bind, gpu_ids=gpus, join=join)
+        node.heads = heads
+        node.failover_after_s = config.settings.failover_after_s
+        return run_node(node, config, key, joined)
+    # a head: its desired state, checked before anything starts
+    relative = config.relative(config.settings.state_dir, args) if config.settings.state_dir else None
+    state_dir = str(args.state_dir or relative or default_state_dir(node_id))
+    host = bind if bind not in ("", "0.0.0.0") else "127.0.0.1"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        leader = parse_join(args.standby) if args.standby else leading_standby(state_dir, key)
+    except InferenceError as exc:
+        print(f"atomr node: {exc.message}", file=sys.stderr)
+        return 2
+    while True:  # lead; or follow a head that leads, and lead once it is gone
         try:
-            leader = parse_join(args.standby) if args.standby else leading_standby(state_dir, key)
-            if leader is not None:  # follow it; lead only once it is gone
-                host = bind if bind not in ("", "0.0.0.0") else "127.0.0.1"
+            if leader is not None:
                 standby = Standby(node_id, leader, host, port, bind, state_dir, config.settings.failover_after_s)
-                stop = threading.Event()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, lambda *_: stop.set())
                 if not follow(standby, stop, say):
                     say("atomr node stopped")
                     return 0
@@ -270,32 +280,36 @@ def main(argv: list[str] | None = None) -> int:
         except InferenceError as exc:
             print(f"atomr node: {exc.message}", file=sys.stderr)
             return 2
-
-    from atomr.node.runtime import NodeRuntime
-
-    node = NodeRuntime(
-        node_id=node_id,
-        role=args.role,
-        port=port,
-        bind=bind,
-        gpu_ids=gpus,
-        join=join,
-        state_dir=state_dir,
-        adopt_window_s=config.settings.adopt_window_s,
-    )
-    node.heads = heads
-    node.failover_after_s = config.settings.failover_after_s
-    node.took_over_at = took_over_at
-    return run_node(node, config, key, joined, desired)
+        node = NodeRuntime(
+            node_id=node_id,
+            role=args.role,
+            port=port,
+            bind=bind,
+            gpu_ids=gpus,
+            state_dir=state_dir,
+            adopt_window_s=config.settings.adopt_window_s,
+        )
+        node.took_over_at = took_over_at
+        code = run_node(node, config, key, joined, desired, stop)
+        if node.stepped_down_to is None:
+            return code
+        leader = node.stepped_down_to
 
 
 def run_node(
-    node: NodeRuntime, config: NodeConfig, key: ClusterKey, joined: bool | None, desired: DesiredState | None = None
+    node: NodeRuntime,
+    config: NodeConfig,
+    key: ClusterKey,
+    joined: bool | None,
+    desired: DesiredState | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Start the node, serve until SIGINT/SIGTERM (0) or a refused join (1), then stop it."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    """Start the node, serve until SIGINT/SIGTERM (0), a refused join (1) or, for a head, until
+    one of its standbys leads (`node.stepped_down_to`), then stop it."""
+    if stop is None:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
     try:
         node.start()
         say(f"atomr node {node.node_id} ({node.role}) listening on {node.bind}:{node.port}")
@@ -436,9 +450,17 @@ def watch_node(node: NodeRuntime, stop: threading.Event, key: ClusterKey, joined
     this node's key yet (`joined` None) again; 1 when it refuses the key, 0 when stopped."""
     next_join_check = time.monotonic() + JOIN_CHECK_S
     heard = time.monotonic()
+    next_leader_check = time.monotonic() + LEADER_CHECK_S
     while not stop.wait(WATCH_PERIOD_S):
         if node.join is not None and len(node.heads) > 1:
             heard = follow_leader(node, heard)
+        if node.join is None and node.state_dir is not None and time.monotonic() >= next_leader_check:
+            next_leader_check = time.monotonic() + LEADER_CHECK_S
+            leading = leading_standby(node.state_dir, key)
+            if leading is not None:  # a standby took over while this head was cut off from it
+                say(f"a standby leads at {leading[0]}:{leading[1]}: this head steps down and follows it")
+                node.stepped_down_to = leading
+                return 0
         if joined is None and node.join is not None and time.monotonic() >= next_join_check:
             joined = check_join(node.join, key, quiet=True)
             if joined is False:

@@ -68,6 +68,7 @@ class NodeRuntime:
         self.adopt_window_s = adopt_window_s
         self.heads: list[tuple[str, int]] = [join] if join is not None else []  # a member's heads
         self.took_over_at: float | None = None  # a standby that took over: its last snapshot (wall time)
+        self.stepped_down_to: tuple[str, int] | None = None  # a head that found a standby leading
         self.failover_after_s = 5.0
         self.gpu_ids = list(gpu_ids or [])
         self.join = join

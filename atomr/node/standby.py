@@ -13,7 +13,9 @@ its leader does not take over), it stops that actor system, raises the term by o
 a head on its own address from the replicated state: the same path as a head started again
 (`atomr.node.main.start_head`), so member nodes that re-point to it (``--join`` lists every head)
 have their running replicas adopted. A snapshot with a lower term than the state's is refused,
-so a returning old head never overwrites the state of the head that replaced it.
+so a returning old head never overwrites the state of the head that replaced it. A head asks
+every 2 s whether one of its standbys answers at its address (`leading_standby`): then the
+standby took over while this head was cut off from it, and this head steps down and follows it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import structlog
 from atomr.actors.messages import STANDBY_ADDRESS_CAPABILITY, STATE_DIR_CAPABILITY
 from atomr.cluster.auth import ClusterKey, probe
 from atomr.cluster.head_state import HeadState
-from atomr.cluster.system import free_port, start_system, stop_system
+from atomr.cluster.system import free_port, port_open, start_system, stop_system
 
 log = structlog.get_logger("atomr.standby")
 
@@ -97,6 +99,6 @@ def leading_standby(state_dir: str, key: ClusterKey) -> tuple[str, int] | None:
         state.close()
     for address in addresses:
         host, _, port = address.rpartition(":")
-        if probe(host, int(port), key, timeout=2.0).accepted:
+        if port_open(host, int(port)) and probe(host, int(port), key, timeout=2.0).accepted:
             return host, int(port)
     return None

@@ -172,3 +172,25 @@ def test_the_standby_takes_over_across_real_addresses(tmp_path: Path) -> None:
         assert after["nodes"] == ["cpu", "standby"]
     finally:
         assert hosts.close() == []
+
+
+def test_after_a_partition_the_old_head_steps_down(tmp_path: Path) -> None:
+    """The standby is cut off from the head (a network partition, not a dead head): it takes over.
+    When the network heals, the old head finds its standby leading and steps down to follow it,
+    so that only one head acts."""
+    hosts = Hosts(["head", "standby"], tmp_path)
+    try:
+        cfg = write_config(tmp_path / "h.yaml", tiny("base"), node=FAILOVER)
+        head = hosts.node("head", config=cfg, state_dir=tmp_path / "h-state")
+        standby = hosts.node("standby", "--standby", head.address, config=cfg, state_dir=tmp_path / "s-state")
+        wait_until(lambda: synced(tmp_path / "s-state", "base"), 30, "the standby followed")
+        hosts.cut("standby")
+        wait_until(lambda: "taking over, term 2" in standby.output(), 60, "the cut-off standby takes over")
+        wait_until(lambda: standby.output().count("\nready\n") >= 2, 60, "the standby leads")
+        assert "steps down" not in head.output()  # cut off, the head cannot know yet
+        hosts.heal("standby")
+        wait_until(lambda: "this head steps down and follows it" in head.output(), 30, "the old head steps down")
+        wait_until(lambda: "standby of" in head.output().split("steps down")[-1], 30, "the old head follows")
+        wait_until(lambda: HeadState(tmp_path / "h-state").term() == 2, 30, "the old head took the leader's term")
+    finally:
+        assert hosts.close() == []
