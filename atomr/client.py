@@ -18,6 +18,10 @@ route's `since`). A request sent before either (or within `SETTLE_S` after, whil
 spreads) is sent again, marked as resent, so that a
 coordinator already serving it ignores the copy. (A route or cascade name has no coordinator of
 its own: only its gateway is checked.)
+
+Given several heads (``"h1:p1,h2:p2"``: a head and its standbys), the client talks to the one that
+answers, and moves to another when that one is gone and another answers (a standby that took
+over): a new endpoint, gateway and manager, and its waiting requests are sent again there.
 """
 
 from __future__ import annotations
@@ -92,6 +96,12 @@ CHECK_S = 1.0  # a request that heard nothing for this long has its gateway and 
 SETTLE_S = 1.0
 
 
+def parse_heads(address: str | None) -> list[tuple[str, int]]:
+    """Every head of a comma-separated address (one for a plain HOST:PORT)."""
+    text = address or os.environ.get(ADDRESS_ENV) or f"127.0.0.1:{DEFAULT_PORT}"
+    return [parse_address(part.strip()) for part in text.split(",") if part.strip()]
+
+
 def parse_address(address: str | None) -> tuple[str, int]:
     """'host:port', ':port' or 'port' (default from $ATOMR_ADDRESS, else 127.0.0.1:19500); of
     several, comma-separated (a head and its standbys), the first that answers: a standby is not
@@ -140,10 +150,13 @@ class Client:
         uses one key at a time: a client given another key switches the whole process to it.
         """
         self.host, self.port = parse_address(address)
+        self._heads = parse_heads(address)  # a head and its standbys: the client moves to the leader
         self.default_timeout = timeout
         from atomr.cluster.auth import resolve_key
 
         key = resolve_key(self.host, key_file=cluster_key_file, key=cluster_key)
+        self._key = key
+        self._generation = 0  # which connection the reader serves (one more at each move)
         self._asys = connect_system(self.port, self.host, cluster_key=key)
         from atomr.actors.deployment_manager import DeploymentManager
         from atomr.actors.gateway import Gateway
@@ -186,12 +199,13 @@ class Client:
         self.close()
 
     def _read_loop(self, ready: threading.Event) -> None:
+        generation = self._generation
         with self._asys.private() as endpoint:
             reply = endpoint.ask(self._gateway, Hello(), 20)
             if isinstance(reply, HelloReply):
                 self._reply_to = reply.address
             ready.set()
-            while not self._closed.is_set():
+            while not self._closed.is_set() and generation == self._generation:
                 try:
                     msg = endpoint.listen(0.2)
                 except Exception as exc:  # noqa: BLE001 - a bad frame must not stop every stream
@@ -423,10 +437,47 @@ class Client:
             address = self._asys.createActor(Gateway, globalName=self._gateway_name)
         except Exception as exc:  # noqa: BLE001 - the node may be restarting: try again later
             log.warning("gateway lookup failed", error=f"{type(exc).__name__}: {exc}")
+            self._move_to_leader()
             return
         if address != self._gateway:
             log.warning("gateway replaced", gateway=self._gateway_name, new=str(address))
             self._gateway, self._gateway_since = address, time.time()
+
+    def _move_to_leader(self) -> bool:
+        """Given several heads, when the one this client talks to is gone and another answers
+        (a standby that took over), connect to that one (holding the send lock): a new endpoint,
+        gateway and manager; requests still waiting are sent again to it by their own checks."""
+        from atomr.actors.deployment_manager import DeploymentManager
+        from atomr.actors.gateway import Gateway
+        from atomr.cluster.system import port_open
+
+        if len(self._heads) < 2 or port_open(self.host, self.port):
+            return False
+        for host, port in self._heads:
+            if (host, port) == (self.host, self.port) or not port_open(host, port):
+                continue
+            try:
+                asys = connect_system(port, host, cluster_key=self._key)
+                gateway = asys.createActor(Gateway, globalName=self._gateway_name)
+                manager = asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+            except Exception as exc:  # noqa: BLE001 - not leading yet: the next check tries again
+                log.warning("the next head did not answer yet", head=f"{host}:{port}", error=str(exc))
+                continue
+            old = self._asys
+            self._generation += 1  # the reader of the old connection stops
+            self._reader.join(5)
+            self._asys, self._gateway, self._manager, self._registry = asys, gateway, manager, None
+            self.host, self.port = host, port
+            ready = threading.Event()
+            self._reader = threading.Thread(target=self._read_loop, args=(ready,), name="atomr-client", daemon=True)
+            self._reader.start()
+            ready.wait(30)
+            self._gateway_since = time.time()  # what was sent before may be lost: send it again
+            self._coordinator_since.clear()
+            disconnect_system(old)
+            log.warning("moved to the head that leads now", head=f"{host}:{port}")
+            return True
+        return False
 
     def _replaced_at(self, model: str) -> float:
         """When the gateway, or the coordinator serving `model`, last replaced a dead one.
@@ -558,6 +609,9 @@ class Client:
         return text.decode()
 
     def _admin(self, msg: Any, timeout: float, to: Any = None) -> Any:
+        if to is None and len(self._heads) > 1:
+            with self._send_lock:
+                self._move_to_leader()
         with self._asys.private() as endpoint:
             reply = endpoint.ask(to if to is not None else self._manager, msg, timeout)
             if reply is None and to is None:  # the manager's process died (or the whole head was
