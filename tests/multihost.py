@@ -57,6 +57,10 @@ class Hosts:
     def _make(self) -> None:
         _ip("netns", "add", self.hub)
         self.made.append(self.hub)
+        # entering a namespace needs more than making one (mounts): check it before relying on it
+        subprocess.run(
+            ["ip", "netns", "exec", self.hub, "true"], check=True, capture_output=True, text=True, timeout=30
+        )
         _ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.hub, "link", "set", "br0", "up")
         for i, name in enumerate(self.names, start=1):
