@@ -140,11 +140,12 @@ def test_a_higher_priority_class_always_goes_first(node: Node, provider: FakeOpe
         low.join(120)
     order = served_tenants(provider, since)
     provider.forget_calls()
-    first_high, last_high = order.index("high"), len(order) - 1 - order[::-1].index("high")
-    # never waits behind the backlog: only the few low requests taking a free slot in between
-    assert order[first_high : last_high + 1].count("low") <= 10 * 6
+    last_high = len(order) - 1 - order[::-1].index("high")
     assert order[last_high + 1 :].count("low") >= 100  # the backlog was still there afterwards
-    assert max(ahead) <= 8, ahead  # each high request went out next, past the queued backlog
+    # each high request went out next, past the queued backlog: only calls already in flight (or
+    # taking a slot as it arrived) reached the provider between its sending and its arrival. (How
+    # many lows run between two high requests depends on the client's pace, not on the queue.)
+    assert max(ahead) <= 8, ahead
 
 
 def test_expired_requests_never_reach_the_provider(node: Node, provider: FakeOpenAI, tmp_path: Path) -> None:
