@@ -108,7 +108,7 @@ def parse_address(address: str | None) -> tuple[str, int]:
     reachable at its address until it leads."""
     text = address or os.environ.get(ADDRESS_ENV) or f"127.0.0.1:{DEFAULT_PORT}"
     if "," in text:
-        heads = [parse_address(part.strip()) for part in text.split(",") if part.strip()]
+        heads = parse_heads(text)
         from atomr.cluster.system import port_open
 
         return next((h for h in heads if port_open(*h)), heads[0])
@@ -174,10 +174,7 @@ class Client:
         self._streams: dict[str, queue.SimpleQueue[StreamEvent]] = {}
         self._closed = threading.Event()
         self._reply_to: Any = None
-        ready = threading.Event()
-        self._reader = threading.Thread(target=self._read_loop, args=(ready,), name="atomr-client", daemon=True)
-        self._reader.start()
-        if not ready.wait(30) or self._reply_to is None:
+        if not self._start_reader():
             self.close()
             raise UnavailableError(f"the node at {self.host}:{self.port} did not answer")
 
@@ -197,6 +194,13 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _start_reader(self) -> bool:
+        """Start the thread that reads this connection's endpoint; whether the gateway answered."""
+        ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, args=(ready,), name="atomr-client", daemon=True)
+        self._reader.start()
+        return ready.wait(30) and self._reply_to is not None
 
     def _read_loop(self, ready: threading.Event) -> None:
         generation = self._generation
@@ -468,10 +472,7 @@ class Client:
             self._reader.join(5)
             self._asys, self._gateway, self._manager, self._registry = asys, gateway, manager, None
             self.host, self.port = host, port
-            ready = threading.Event()
-            self._reader = threading.Thread(target=self._read_loop, args=(ready,), name="atomr-client", daemon=True)
-            self._reader.start()
-            ready.wait(30)
+            self._start_reader()
             self._gateway_since = time.time()  # what was sent before may be lost: send it again
             self._coordinator_since.clear()
             disconnect_system(old)

@@ -229,3 +229,13 @@ def test_a_snapshot_written_by_a_standby_is_the_leaders_state(tmp_path: Path) ->
     assert [(k, r, t) for k, _, r, t in standby.grants(60)] == [("org", 2, 10)]
     assert standby.synced_at() is not None and leader.synced_at() is None
     assert leader.standbys() == ["10.0.0.2:19500"] and standby.standbys() == []
+
+
+def test_a_keys_grants_that_left_its_window_are_dropped(tmp_path: Path) -> None:
+    now = [1000.0]
+    state = HeadState(tmp_path, clock=lambda: now[0])
+    state.add_grant("org", 1, 5, window_s=60)
+    state.add_grant("other", 1, 5, window_s=60)
+    now[0] += 61
+    state.add_grant("org", 2, 7, window_s=60)  # org's first grant left its window: dropped
+    assert sorted((k, r, t) for k, _, r, t in state.grants(3600)) == [("org", 2, 7), ("other", 1, 5)]

@@ -256,9 +256,8 @@ class DeploymentManager(SidecarActor):
     def _refused_unrecorded(self, change: Callable[[HeadState], None], sender: Address) -> bool:
         """Record `change` in the durable state; when that fails, answer `sender` with the error
         (and the caller must not carry the change out)."""
-        failed = record(self.state, change)
+        failed = self._record(change)
         if failed is not None:
-            log.error("a change could not be recorded", error=failed.message)
             self.send(sender, Reply(False, error=failed.info()))
         return failed is not None
 
@@ -641,11 +640,12 @@ class DeploymentManager(SidecarActor):
         if rec.info.state in ("ready", "degraded"):
             self._publish_route(rec)
 
-    def _record(self, change: Callable[[HeadState], None]) -> None:
-        """Record a change the cluster made by itself (a version switch ended); logged if it fails."""
+    def _record(self, change: Callable[[HeadState], None]) -> InternalError | None:
+        """Record a change in the durable state; the error (logged) when that failed."""
         failed = record(self.state, change)
         if failed is not None:
             log.error("a change could not be recorded", error=failed.message)
+        return failed
 
     def on_exit(self) -> None:
         self.exiting = True  # children that exit now are not replaced

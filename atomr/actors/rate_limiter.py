@@ -61,7 +61,8 @@ class RateLimiter(SidecarActor):
         now = time.monotonic()
         b = self._budget(msg.key, msg.rpm, msg.tpm, msg.window_s)
         requests, tokens = b.grant(msg.requests, msg.tokens, now)
-        if requests and record(self.state, lambda s: s.add_grant(msg.key, requests, tokens)) is not None:
+        failed = record(self.state, lambda s: s.add_grant(msg.key, requests, tokens, b.window_s)) if requests else None
+        if failed is not None:
             b.give_back(requests, tokens, now)  # not recorded: not given (a restart could not count it)
             requests, tokens = 0, 0
         self.send(sender, Lease(msg.key, requests, tokens, b.retry_after(now) if requests == 0 else 0.0))

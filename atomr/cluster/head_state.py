@@ -136,7 +136,7 @@ class HeadState:
                 for v in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS[v]:
                         db.execute(statement)
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._put_meta("schema_version", str(SCHEMA_VERSION))
 
     def _version(self) -> int:
         """The file's schema version (0: a new, empty file)."""
@@ -181,11 +181,22 @@ class HeadState:
             self._db.execute("BEGIN IMMEDIATE")
             for name in remove:
                 self._db.execute("DELETE FROM policies WHERE name = ?", (name,))
-            for kind, items in (("route", policies.routes), ("cascade", policies.cascades)):
-                for p in items:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO policies VALUES (?, ?, ?)", (p.name, kind, p.model_dump_json())
-                    )
+            self._put_policies(policies)
+
+    def _put_policies(self, policies: Policies) -> None:
+        for kind, items in (("route", policies.routes), ("cascade", policies.cascades)):
+            rows = [(p.name, kind, p.model_dump_json()) for p in items]
+            self._db.executemany("INSERT OR REPLACE INTO policies VALUES (?, ?, ?)", rows)
+
+    def _put_tenants(self, tenants: list[Tenant]) -> None:
+        self._db.execute("DELETE FROM tenants")
+        self._db.executemany(
+            "INSERT INTO tenants VALUES (?, ?)", [(i, t.model_dump_json()) for i, t in enumerate(tenants)]
+        )
+        self._put_meta("tenants_set", "1")
+
+    def _put_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def put_node(self, node_id: str, role: str) -> None:
         """A member node joined (or rejoined)."""
@@ -197,19 +208,24 @@ class HeadState:
         with self._db:
             self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
 
-    def add_grant(self, key: str, requests: int, tokens: int) -> None:
+    def add_grant(self, key: str, requests: int, tokens: int, window_s: float | None = None) -> None:
         """A rate-limit budget granted this much now (given-back parts are not recorded: after a
-        restart they count as spent until the window passes, which never exceeds the limit)."""
-        with self._db:
-            self._db.execute("INSERT INTO grants VALUES (?, ?, ?, ?)", (key, self._clock(), requests, tokens))
-
-    def grants(self, within_s: float) -> list[tuple[str, float, int, int]]:
-        """(key, seconds ago, requests, tokens) of the grants of the last `within_s` seconds;
-        older ones are dropped."""
+        restart they count as spent until the window passes, which never exceeds the limit).
+        With `window_s`, the key's grants that have left its window are dropped (one row per lease
+        would otherwise pile up)."""
         now = self._clock()
         with self._db:
-            self._db.execute("DELETE FROM grants WHERE at < ?", (now - within_s,))
-        rows = self._db.execute("SELECT key, at, requests, tokens FROM grants ORDER BY at").fetchall()
+            self._db.execute("BEGIN IMMEDIATE")
+            if window_s is not None:
+                self._db.execute("DELETE FROM grants WHERE key = ? AND at < ?", (key, now - window_s))
+            self._db.execute("INSERT INTO grants VALUES (?, ?, ?, ?)", (key, now, requests, tokens))
+
+    def grants(self, within_s: float) -> list[tuple[str, float, int, int]]:
+        """(key, seconds ago, requests, tokens) of the grants of the last `within_s` seconds."""
+        now = self._clock()
+        rows = self._db.execute(
+            "SELECT key, at, requests, tokens FROM grants WHERE at >= ? ORDER BY at", (now - within_s,)
+        ).fetchall()
         return [(key, max(0.0, now - at), r, t) for key, at, r, t in rows]
 
     # ---- the head's term and its standbys ----
@@ -221,7 +237,7 @@ class HeadState:
 
     def set_term(self, term: int) -> None:
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('term', ?)", (str(term),))
+            self._put_meta("term", str(term))
 
     def standbys(self) -> list[str]:
         """HOST:PORT of the standby heads that followed this head (a head started again asks them
@@ -231,38 +247,31 @@ class HeadState:
 
     def set_standbys(self, addresses: list[str]) -> None:
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('standbys', ?)", (",".join(sorted(addresses)),))
+            self._put_meta("standbys", ",".join(sorted(addresses)))
 
     def replace_all(self, snapshot: Snapshot) -> None:
         """A standby head writes what its leader holds (one transaction), and when it heard it."""
         with self._db:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
-            for table in ("deployments", "policies", "tenants", "nodes", "grants"):
+            for table in ("deployments", "policies", "nodes", "grants"):  # tenants: _put_tenants
                 db.execute(f"DELETE FROM {table}")
             now = self._clock()
             for dep, switch in snapshot.desired.deployments:
                 to = None if switch is None else switch.model_dump_json()
                 db.execute("INSERT INTO deployments VALUES (?, ?, ?, ?)", (dep.name, dep.model_dump_json(), to, now))
-            for kind, items in (
-                ("route", snapshot.desired.policies.routes),
-                ("cascade", snapshot.desired.policies.cascades),
-            ):
-                db.executemany(
-                    "INSERT INTO policies VALUES (?, ?, ?)", [(p.name, kind, p.model_dump_json()) for p in items]
-                )
+            self._put_policies(snapshot.desired.policies)
             if snapshot.desired.tenants is not None:
-                db.executemany(
-                    "INSERT INTO tenants VALUES (?, ?)",
-                    [(i, t.model_dump_json()) for i, t in enumerate(snapshot.desired.tenants)],
-                )
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('tenants_set', '1')")
+                self._put_tenants(snapshot.desired.tenants)
+            else:  # the leader never set any
+                db.execute("DELETE FROM tenants")
+                db.execute("DELETE FROM meta WHERE key = 'tenants_set'")
             db.executemany("INSERT INTO nodes VALUES (?, 'cpu', ?)", [(n, now) for n in snapshot.desired.nodes])
             db.executemany(
                 "INSERT INTO grants VALUES (?, ?, ?, ?)", [(k, now - ago, r, t) for k, ago, r, t in snapshot.grants]
             )
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('term', ?)", (str(snapshot.term),))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('synced_at', ?)", (str(now),))
+            self._put_meta("term", str(snapshot.term))
+            self._put_meta("synced_at", str(now))
 
     def synced_at(self) -> float | None:
         """When a standby last wrote its leader's state (wall time), if ever."""
@@ -276,11 +285,7 @@ class HeadState:
     def set_tenants(self, tenants: list[Tenant]) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM tenants")
-            self._db.executemany(
-                "INSERT INTO tenants VALUES (?, ?)", [(i, t.model_dump_json()) for i, t in enumerate(tenants)]
-            )
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('tenants_set', '1')")
+            self._put_tenants(tenants)
 
     # ---- reads ----
 

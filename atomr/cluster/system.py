@@ -29,6 +29,11 @@ def free_port(host: str = DEFAULT_BIND) -> int:
         return int(s.getsockname()[1])
 
 
+def reachable_host(bind: str) -> str:
+    """The address to reach a system bound to `bind` at: itself, or loopback for a wildcard bind."""
+    return bind if bind not in ("", "0.0.0.0") else "127.0.0.1"
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -63,7 +68,7 @@ def start_system(
     configure_thespian(bind, cluster_key)
     from thespian.actors import ActorSystem
 
-    if port_open(bind if bind not in ("", "0.0.0.0") else "127.0.0.1", port):
+    if port_open(reachable_host(bind), port):
         raise RuntimeError(f"port {port} is already in use")
     caps: dict[str, Any] = {"Admin Port": port, **(capabilities or {})}
     if join is not None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from atomr.client import DEFAULT_PORT
 from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, probe, resolve_key
 from atomr.cluster.head_state import DesiredState, HeadState, default_state_dir
-from atomr.cluster.system import port_open
+from atomr.cluster.system import port_open, reachable_host
 from atomr.cluster.thespian_setup import DEFAULT_BIND
 from atomr.config import load_deployments, load_policies, load_yaml
 from atomr.core.errors import InferenceError
@@ -257,43 +257,44 @@ def main(argv: list[str] | None = None) -> int:
     # a head: its desired state, checked before anything starts
     relative = config.relative(config.settings.state_dir, args) if config.settings.state_dir else None
     state_dir = str(args.state_dir or relative or default_state_dir(node_id))
-    host = bind if bind not in ("", "0.0.0.0") else "127.0.0.1"
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        leader = parse_join(args.standby) if args.standby else leading_standby(state_dir, key)
+        state = HeadState(state_dir)  # read here; the head's actors and its follower write it
+        leader = parse_join(args.standby) if args.standby else leading_standby(state, key)
     except InferenceError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2
-    while True:  # lead; or follow a head that leads, and lead once it is gone
-        try:
-            if leader is not None:
-                standby = Standby(node_id, leader, host, port, bind, state_dir, config.settings.failover_after_s)
-                if not follow(standby, stop, say):
-                    say("atomr node stopped")
-                    return 0
-            state = HeadState(state_dir)
-            desired = state.load()
-            took_over_at = state.synced_at() if leader is not None else None
-            state.close()
-        except InferenceError as exc:
-            print(f"atomr node: {exc.message}", file=sys.stderr)
-            return 2
-        node = NodeRuntime(
-            node_id=node_id,
-            role=args.role,
-            port=port,
-            bind=bind,
-            gpu_ids=gpus,
-            state_dir=state_dir,
-            adopt_window_s=config.settings.adopt_window_s,
-        )
-        node.took_over_at = took_over_at
-        code = run_node(node, config, key, joined, desired, stop)
-        if node.stepped_down_to is None:
-            return code
-        leader = node.stepped_down_to
+    try:
+        while True:  # lead; or follow a head that leads, and lead once it is gone
+            try:
+                if leader is not None:
+                    failover = config.settings.failover_after_s
+                    standby = Standby(node_id, leader, reachable_host(bind), port, bind, state_dir, failover)
+                    if not follow(standby, state, stop, say):
+                        say("atomr node stopped")
+                        return 0
+                desired = state.load()
+            except InferenceError as exc:
+                print(f"atomr node: {exc.message}", file=sys.stderr)
+                return 2
+            node = NodeRuntime(
+                node_id=node_id,
+                role=args.role,
+                port=port,
+                bind=bind,
+                gpu_ids=gpus,
+                state_dir=state_dir,
+                adopt_window_s=config.settings.adopt_window_s,
+            )
+            node.took_over_at = state.synced_at() if leader is not None else None
+            code = run_node(node, config, key, joined, desired, stop, state)
+            if node.stepped_down_to is None:
+                return code
+            leader = node.stepped_down_to
+    finally:
+        state.close()
 
 
 def run_node(
@@ -303,6 +304,7 @@ def run_node(
     joined: bool | None,
     desired: DesiredState | None = None,
     stop: threading.Event | None = None,
+    state: HeadState | None = None,
 ) -> int:
     """Start the node, serve until SIGINT/SIGTERM (0), a refused join (1) or, for a head, until
     one of its standbys leads (`node.stepped_down_to`), then stop it."""
@@ -319,7 +321,7 @@ def run_node(
                 say(f"state directory {node.state_dir}")
             start_head(node, config, desired)
         say("ready")
-        return watch_node(node, stop, key, joined)
+        return watch_node(node, stop, key, joined, state)
     except InferenceError as exc:
         print(f"atomr node: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -445,18 +447,21 @@ def follow_leader(node: NodeRuntime, heard: float) -> float:
     return heard
 
 
-def watch_node(node: NodeRuntime, stop: threading.Event, key: ClusterKey, joined: bool | None) -> int:
-    """Until `stop` is set: restart the head's dead actors, and ask a head that gave no verdict on
-    this node's key yet (`joined` None) again; 1 when it refuses the key, 0 when stopped."""
+def watch_node(
+    node: NodeRuntime, stop: threading.Event, key: ClusterKey, joined: bool | None, state: HeadState | None = None
+) -> int:
+    """Until `stop` is set: restart the head's dead actors, ask a head that gave no verdict on
+    this node's key yet (`joined` None) again, and (a head, with its `state`) step down when one
+    of its standbys leads; 1 when the key is refused, 0 when stopped or stepping down."""
     next_join_check = time.monotonic() + JOIN_CHECK_S
     heard = time.monotonic()
     next_leader_check = time.monotonic() + LEADER_CHECK_S
     while not stop.wait(WATCH_PERIOD_S):
         if node.join is not None and len(node.heads) > 1:
             heard = follow_leader(node, heard)
-        if node.join is None and node.state_dir is not None and time.monotonic() >= next_leader_check:
+        if state is not None and time.monotonic() >= next_leader_check:
             next_leader_check = time.monotonic() + LEADER_CHECK_S
-            leading = leading_standby(node.state_dir, key)
+            leading = leading_standby(state, key)
             if leading is not None:  # a standby took over while this head was cut off from it
                 say(f"a standby leads at {leading[0]}:{leading[1]}: this head steps down and follows it")
                 node.stepped_down_to = leading

@@ -41,7 +41,7 @@ from atomr.actors.messages import (
     node_agent_name,
     reply_value,
 )
-from atomr.cluster.system import start_system, stop_system
+from atomr.cluster.system import reachable_host, start_system, stop_system
 from atomr.cluster.thespian_setup import DEFAULT_BIND
 from atomr.core.deployment import Deployment
 from atomr.core.errors import InferenceTimeoutError
@@ -87,14 +87,13 @@ class NodeRuntime:
         A node that joins only starts its actor system: the head's deployment manager notices it
         through the convention and creates its node agent there.
         """
-        from atomr.actors.deployment_manager import DeploymentManager
         from atomr.actors.gateway import Gateway
         from atomr.actors.metrics_collector import MetricsCollector
         from atomr.actors.node_agent import NodeAgent
         from atomr.actors.rate_limiter import RateLimiter
         from atomr.actors.registry import Registry
 
-        host = self.host = self.bind if self.bind not in ("", "0.0.0.0") else "127.0.0.1"
+        host = self.host = reachable_host(self.bind)
         caps = {
             "atomr.role": self.role,
             "atomr.node_id": self.node_id,
@@ -106,21 +105,27 @@ class NodeRuntime:
             return
         registry = self.asys.createActor(Registry, globalName=REGISTRY_NAME)
         self.asys.createActor(MetricsCollector, globalName=METRICS_NAME)
-        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        manager = self._manager()
         limiter = self.asys.createActor(RateLimiter, globalName=RATE_LIMITER_NAME)
         if self.state_dir is not None:
+            use = UseState(self.state_dir, self.adopt_window_s, self.took_over_at)
             for keeper in (manager, registry, limiter):
-                use = UseState(self.state_dir, self.adopt_window_s, self.took_over_at)
                 reply_value(self.asys.ask(keeper, use, 30.0), "state directory", 30.0)
         self.gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         self.agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
         self.info = self._init_agent(self.agent)
 
-    def _init_agent(self, agent: Any, timeout: float = 30.0) -> NodeInfo:
+    def _manager(self) -> Any:
         from atomr.actors.deployment_manager import DeploymentManager
 
-        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
-        init = NodeInit(self.node_id, self.role, self.gpu_ids, self.host, self.port, manager=manager)
+        return self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+
+    def _ask_manager(self, msg: Any, asked: str, timeout: float) -> Any:
+        """The value of the deployment manager's answer to `msg` (its error raised)."""
+        return reply_value(self.asys.ask(self._manager(), msg, timeout), asked, timeout)
+
+    def _init_agent(self, agent: Any, timeout: float = 30.0) -> NodeInfo:
+        init = NodeInit(self.node_id, self.role, self.gpu_ids, self.host, self.port, manager=self._manager())
         info = self.asys.ask(agent, init, timeout)
         if not isinstance(info, NodeInfo):
             raise InferenceTimeoutError("node agent did not start")
@@ -129,12 +134,7 @@ class NodeRuntime:
     def deploy(self, dep: Deployment, timeout: float = 600.0, restore: bool = False) -> DeploymentInfo:
         """Deploy `dep` and wait until it serves; `restore`: it is brought back at head start
         (running replicas of its version on member nodes are adopted first)."""
-        from atomr.actors.deployment_manager import DeploymentManager
-
-        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
-        value: DeploymentInfo = reply_value(
-            self.asys.ask(manager, Deploy(dep, True, restore), timeout), f"deploy of {dep.name}", timeout
-        )
+        value: DeploymentInfo = self._ask_manager(Deploy(dep, True, restore), f"deploy of {dep.name}", timeout)
         return value
 
     def rejoin(self, head: tuple[str, int]) -> None:
@@ -144,12 +144,9 @@ class NodeRuntime:
 
     def wait_for_nodes(self, node_ids: list[str], timeout: float) -> list[str]:
         """Wait until these member nodes have registered (at most `timeout` s); the missing ones."""
-        from atomr.actors.deployment_manager import DeploymentManager
-
-        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
         deadline = time.monotonic() + timeout
         while True:
-            status = reply_value(self.asys.ask(manager, GetStatus(), 30.0), "status", 30.0)
+            status = self._ask_manager(GetStatus(), "status", 30.0)
             missing = sorted(set(node_ids) - {n.node_id for n in status["nodes"]})
             if not missing or time.monotonic() > deadline:
                 return missing
@@ -157,17 +154,11 @@ class NodeRuntime:
 
     def restore_done(self, timeout: float = 30.0) -> None:
         """Every deployment is back: replicas held for adoption and not adopted are stopped."""
-        from atomr.actors.deployment_manager import DeploymentManager
-
-        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
-        reply_value(self.asys.ask(manager, RestoreDone(), timeout), "restore", timeout)
+        self._ask_manager(RestoreDone(), "restore", timeout)
 
     def set_tenants(self, tenants: list[Any], timeout: float = 30.0) -> None:
         """Give the deployment manager the tenants (weights, quotas) for every coordinator's queue."""
-        from atomr.actors.deployment_manager import DeploymentManager
-
-        manager = self.asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
-        reply_value(self.asys.ask(manager, SetTenants(list(tenants)), timeout), "tenants", timeout)
+        self._ask_manager(SetTenants(list(tenants)), "tenants", timeout)
 
     def started(self, timeout: float = 30.0) -> None:
         """The head has brought back everything it had: requests for names still unknown are

@@ -50,10 +50,9 @@ class Standby:
     failover_after_s: float
 
 
-def follow(standby: Standby, stop: threading.Event, say_line: Callable[[str], None]) -> bool:
+def follow(standby: Standby, state: HeadState, stop: threading.Event, say_line: Callable[[str], None]) -> bool:
     """Follow the leader until it has been silent for `failover_after_s` (True: take over now; the
-    term in the state file is already raised) or `stop` is set (False)."""
-    state = HeadState(standby.state_dir)
+    term in `state`, the standby's state file, is already raised) or `stop` is set (False)."""
     port = free_port()
     caps = {
         "atomr.role": "standby",
@@ -85,19 +84,13 @@ def follow(standby: Standby, stop: threading.Event, say_line: Callable[[str], No
         return False
     finally:
         stop_system(asys, port)
-        state.close()
 
 
-def leading_standby(state_dir: str, key: ClusterKey) -> tuple[str, int] | None:
+def leading_standby(state: HeadState, key: ClusterKey) -> tuple[str, int] | None:
     """The standby this head's state names that answers now, if any: it took over while this head
     was gone (a standby is reachable at its address only once it leads), so this head must follow
     it rather than lead."""
-    state = HeadState(state_dir)
-    try:
-        addresses = state.standbys()
-    finally:
-        state.close()
-    for address in addresses:
+    for address in state.standbys():
         host, _, port = address.rpartition(":")
         if port_open(host, int(port)) and probe(host, int(port), key, timeout=2.0).accepted:
             return host, int(port)
