@@ -1,4 +1,5 @@
-"""Command-line tools: deploy, undeploy, list, status and a one-shot chat against a running node.
+"""Command-line tools: deploy, undeploy, list, status, a one-shot chat and key management
+(`atomr-keys`) against a running node.
 
 Each `scripts/atomr-*` file calls one `*_main` function here. Errors print one clear line
 (kind, what, which field) on stderr and exit non-zero; results print as text or JSON.
@@ -10,11 +11,13 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from atomr.client import ADDRESS_ENV, DEFAULT_PORT, Client
-from atomr.core.errors import InferenceError
+from atomr.cluster.admin_key import ADMIN_KEY_FILE_ENV, admin_key_path, read_admin_key
+from atomr.core.errors import ConfigError, InferenceError, InvalidRequestError
 
 EXIT_ERROR = 1
 
@@ -123,9 +126,22 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                 if circuit:
                     line += f" circuit={circuit.get('state')}"
                 lines.append(line + (f"  error: {r.error}" if r.error else ""))
+        for group in ("tenant", "deployment"):
+            lines.append(f"spend by {group}:")
+            lines += [_spend_line(row, group) for row in st.get("spend", {}).get(group, [])] or ["  none"]
         return "\n".join(lines)
 
-    return _run(args, lambda c: {**c.status(), "address": f"{c.host}:{c.port}"}, render)
+    def status(c: Client) -> dict[str, Any]:
+        return {**c.status(), "address": f"{c.host}:{c.port}", "spend": c.spend_totals()}
+
+    return _run(args, status, render)
+
+
+def _spend_line(row: dict[str, Any], group: str) -> str:
+    return (
+        f"  {row[group] or '-':24} {row['requests']:8} requests {row['prompt_tokens']:10} in"
+        f" {row['completion_tokens']:10} out {row['cost_usd']:14.6f} USD"
+    )
 
 
 def chat_main(argv: Sequence[str] | None = None) -> int:
@@ -153,3 +169,104 @@ def chat_main(argv: Sequence[str] | None = None) -> int:
             return EXIT_ERROR
         return 0
     return _run(args, lambda c: c.generate(args.model, **params), lambda r: r.text)
+
+
+# ---- atomr-keys ----------------------------------------------------------------------------
+
+
+def keys_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="atomr-keys",
+        description="Make, list, show, revoke and rotate the API keys of a running cluster, and sum its spend.",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help=f"node address HOST:PORT (default ${ADDRESS_ENV} or 127.0.0.1:{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--admin-key-file", default=None, metavar="PATH", help=f"the admin key (default ${ADMIN_KEY_FILE_ENV})"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create", help="make a key and print its secret (shown this once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--models", default="*", help="comma-separated model names (default: every model)")
+    create.add_argument("--rpm", type=int, default=None, help="requests per minute")
+    create.add_argument("--tpm", type=int, default=None, help="tokens per minute")
+    create.add_argument("--max-parallel", type=int, default=None, help="requests in flight at once")
+    create.add_argument("--budget-usd", type=float, default=None, help="money it may spend per period")
+    create.add_argument("--period", default="total", help="total, day, week, month, or a length: 30s, 12h, 7d")
+    create.add_argument("--expires-in", type=float, default=None, metavar="SECONDS", help="expire after this long")
+    create.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("list", help="one line per key, starting with its id")
+    for name, text in (("show", "a key and what it spent"), ("revoke", "revoke a key"), ("rotate", "new secret")):
+        sub.add_parser(name, help=text).add_argument("id")
+    spend = sub.add_parser("spend", help="spend summed by key, tenant, deployment, day or outcome")
+    spend.add_argument("--by", default="key", choices=("key", "tenant", "deployment", "day", "outcome"))
+    spend.add_argument("--since", type=float, default=None, metavar="UNIX_TIME")
+    spend.add_argument("--until", type=float, default=None, metavar="UNIX_TIME")
+    spend.add_argument("--key", default=None, metavar="ID", help="only this key's requests")
+    args = p.parse_args(argv)
+    try:
+        path = admin_key_path(args.admin_key_file)
+        if path is None:
+            raise ConfigError(
+                f"no admin key: give --admin-key-file or set ${ADMIN_KEY_FILE_ENV}", field="admin_key_file"
+            )
+        admin_key = read_admin_key(path, "--admin-key-file" if args.admin_key_file else ADMIN_KEY_FILE_ENV)
+        op, op_args = _keys_op(args)
+        with Client(args.address) as client:
+            result = client.keys_admin(op, admin_key, **op_args)
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(result, indent=2) if args.json else _render_keys(args.command, result, args))
+    return 0
+
+
+def _keys_op(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.command == "create":
+        metadata = {}
+        for pair in args.metadata:
+            name, sep, value = pair.partition("=")
+            if not sep or not name:
+                raise InvalidRequestError(f"must be KEY=VALUE, not {pair[:40]!r}", field="metadata")
+            metadata[name] = value
+        fields: dict[str, Any] = {
+            "tenant": args.tenant,
+            "models": [m.strip() for m in args.models.split(",") if m.strip()],
+            "rpm": args.rpm,
+            "tpm": args.tpm,
+            "max_parallel": args.max_parallel,
+            "budget_usd": args.budget_usd,
+            "period": args.period,
+            "expires_at": time.time() + args.expires_in if args.expires_in is not None else None,
+            "metadata": metadata,
+        }
+        return "create", {k: v for k, v in fields.items() if v is not None}
+    if args.command == "spend":
+        found = {"group_by": args.by, "since": args.since, "until": args.until, "key": args.key}
+        return "spend", {k: v for k, v in found.items() if v is not None}
+    if args.command == "list":
+        return "list", {}
+    return args.command, {"id": args.id}
+
+
+def _key_line(k: dict[str, Any]) -> str:
+    state = "revoked" if k.get("revoked_at") else "active"
+    budget = (
+        f"{k['spent_usd']:.6f}/{k['budget_usd']:.6f} USD ({k['period']})" if k.get("budget_usd") is not None else "-"
+    )
+    return f"{k['id']} {k['tenant']:16} {state:8} models={','.join(k['models'])} budget={budget}"
+
+
+def _render_keys(command: str, result: Any, args: argparse.Namespace) -> str:
+    if command in ("create", "rotate"):
+        print(f"{result['key']['id']}: the secret below is shown this once", file=sys.stderr)
+        return str(result["secret"])
+    if command == "list":
+        return "\n".join(_key_line(k) for k in result) or "(no keys)"
+    if command == "spend":
+        return "\n".join(_spend_line(row, args.by) for row in result) or "(no spend)"
+    return json.dumps(result, indent=2) if command == "show" else _key_line(result)

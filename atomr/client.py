@@ -41,6 +41,7 @@ from thespian.actors import ActorSystemFailure
 
 from atomr.actors.messages import (
     GATEWAY_NAME,
+    KEYS_NAME,
     MANAGER_NAME,
     METRICS_NAME,
     REGISTRY_NAME,
@@ -52,9 +53,11 @@ from atomr.actors.messages import (
     GetStatus,
     Hello,
     HelloReply,
+    KeysAdmin,
     ListDeployments,
     Reply,
     SetPolicies,
+    SpendTotals,
     Submit,
     Undeploy,
     WorkItem,
@@ -608,6 +611,21 @@ class Client:
         collector = self._asys.createActor(MetricsCollector, globalName=METRICS_NAME)
         text: bytes = self._admin(GetMetrics(), 30, to=collector)
         return text.decode()
+
+    def keys_admin(self, op: str, admin_key: str | None, timeout: float = 30.0, **args: Any) -> Any:
+        """An admin operation on runtime keys or spend (`op`: create, list, show, revoke, rotate,
+        spend; `args` as the admin API takes them), authenticated with the admin key."""
+        return self._admin(KeysAdmin(op, args, admin_key), timeout, to=self._key_keeper())
+
+    def spend_totals(self, timeout: float = 30.0) -> dict[str, list[dict[str, Any]]]:
+        """What the spend log sums by tenant and by deployment (no admin key needed)."""
+        result: dict[str, list[dict[str, Any]]] = self._admin(SpendTotals(), timeout, to=self._key_keeper())
+        return result
+
+    def _key_keeper(self) -> Any:
+        from atomr.actors.key_keeper import KeyKeeper
+
+        return self._asys.createActor(KeyKeeper, globalName=KEYS_NAME)
 
     def _admin(self, msg: Any, timeout: float, to: Any = None) -> Any:
         if to is None and len(self._heads) > 1:

@@ -15,24 +15,22 @@ server side of the connection), so that every scenario covers both workers for c
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from atomr.cluster.system import system_processes
 from atomr.core.errors import ConfigError
 from atomr.core.tenants import new_key
 from atomr.http.settings import http_settings_from_config
 from tests.conftest import Node
 from tests.fakes.openai_server import FakeOpenAI
 from tests.faults.harness import http_url, wait_until
+from tests.worker_conns import Conn, listeners, one_on_each
 
 KEY, HASH = new_key()
 PROVIDER_KEY = "sk-provider-" + "w" * 32
@@ -69,71 +67,6 @@ deployments:
         assert node.stop() == []
 
 
-def listeners(node: Node, port: int) -> set[int]:
-    """The pids of the node's processes listening on the HTTP port."""
-    found = set()
-    for p in system_processes(node.port):
-        try:
-            if any(c.status == "LISTEN" and c.laddr.port == port for c in p.net_connections("tcp")):
-                found.add(p.pid)
-        except psutil.Error:
-            continue
-    return found
-
-
-class Conn:
-    """A keep-alive connection to the front, and the pid of the worker that accepted it."""
-
-    def __init__(self, port: int, workers: Callable[[], set[int]], within_s: float = 30.0) -> None:
-        self.http = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self.http.connect()
-        mine = self.http.sock.getsockname()[1]
-        found: list[int] = []
-
-        def accepted() -> bool:
-            for pid in workers():
-                try:
-                    conns = psutil.Process(pid).net_connections("tcp")
-                except psutil.Error:
-                    continue
-                if any(c.raddr and c.raddr.port == mine for c in conns):
-                    found.append(pid)
-                    return True
-            return False
-
-        try:
-            wait_until(accepted, within_s, "the connection accepted by a worker")
-        except AssertionError:
-            self.http.close()
-            raise
-        self.worker = found[0]
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
-        self.http.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        resp = self.http.getresponse()
-        data = resp.read()
-        return resp.status, json.loads(data) if data else None
-
-    def close(self) -> None:
-        self.http.close()
-
-
-def one_on_each(port: int, workers: set[int], per_worker: int = 1) -> dict[int, list[Conn]]:
-    """`per_worker` connections accepted by each worker (connections are opened until then)."""
-    by_worker: dict[int, list[Conn]] = {pid: [] for pid in workers}
-    extra: list[Conn] = []
-    for _ in range(200):
-        c = Conn(port, lambda: workers)
-        (by_worker[c.worker] if len(by_worker[c.worker]) < per_worker else extra).append(c)
-        if all(len(cs) == per_worker for cs in by_worker.values()):
-            break
-    for c in extra:
-        c.close()
-    assert all(len(cs) == per_worker for cs in by_worker.values()), "the kernel sent every connection to one worker"
-    return by_worker
-
-
 def http_requests(port: int) -> float:
     """The 200 answers to POST /v1/chat/completions that /metrics counts, over every worker."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -162,7 +95,7 @@ def test_both_workers_serve_and_metrics_add_up(front: tuple[Node, int]) -> None:
     workers = listeners(node, port)
     assert len(workers) == 2, workers
     before = http_requests(port)
-    conns = one_on_each(port, workers, per_worker=3)
+    conns = one_on_each(port, workers, KEY, per_worker=3)
     sent = 0
     for cs in conns.values():
         for c in cs:
@@ -176,7 +109,7 @@ def test_both_workers_serve_and_metrics_add_up(front: tuple[Node, int]) -> None:
 
 def test_a_tenants_quota_holds_across_workers(front: tuple[Node, int], provider: FakeOpenAI) -> None:
     node, port = front
-    conns = one_on_each(port, listeners(node, port), per_worker=2)
+    conns = one_on_each(port, listeners(node, port), KEY, per_worker=2)
     first, second = ([cs[0] for cs in conns.values()], [cs[1] for cs in conns.values()])
     provider.hold()
     try:
@@ -199,7 +132,7 @@ def test_a_tenants_quota_holds_across_workers(front: tuple[Node, int], provider:
 
 def test_a_response_stored_on_one_worker_is_found_on_the_other(front: tuple[Node, int]) -> None:
     node, port = front
-    a, b = (cs[0] for cs in one_on_each(port, listeners(node, port)).values())
+    a, b = (cs[0] for cs in one_on_each(port, listeners(node, port), KEY).values())
     status, made = a.call("POST", "/v1/responses", {"model": "gpt", "input": "Hi", "store": True})
     assert status == 200, made
     status, found = b.call("GET", f"/v1/responses/{made['id']}")
@@ -217,7 +150,7 @@ def test_a_response_stored_on_one_worker_is_found_on_the_other(front: tuple[Node
 
 def test_a_rate_limit_holds_across_workers(front: tuple[Node, int], provider: FakeOpenAI) -> None:
     node, port = front
-    conns = one_on_each(port, listeners(node, port), per_worker=RPM)
+    conns = one_on_each(port, listeners(node, port), KEY, per_worker=RPM)
     calls = provider.count("/chat/completions")
     statuses = [
         c.call("POST", "/v1/chat/completions", {**CHAT, "model": "limited"})[0] for cs in conns.values() for c in cs
@@ -241,7 +174,7 @@ def test_a_killed_worker_is_started_again_on_the_port(front: tuple[Node, int]) -
     survivor = None
     for _ in range(6):
         try:
-            survivor = Conn(port, lambda: listeners(node, port), within_s=4)
+            survivor = Conn(port, lambda: listeners(node, port), KEY, within_s=4)
             break
         except AssertionError:  # seen: one that sent nothing was never seen accepted (and the server
             continue  # closes idle connections after 5 s); clients that send at once are served
@@ -249,7 +182,7 @@ def test_a_killed_worker_is_started_again_on_the_port(front: tuple[Node, int]) -
     assert survivor.call("POST", "/v1/chat/completions", CHAT)[0] == 200
     survivor.close()
     wait_until(lambda: len(listeners(node, port) - {victim}) == 2, 60, "a new worker on the port")
-    conns = one_on_each(port, listeners(node, port))
+    conns = one_on_each(port, listeners(node, port), KEY)
     for cs in conns.values():
         assert cs[0].call("POST", "/v1/chat/completions", CHAT)[0] == 200
         cs[0].close()

@@ -52,6 +52,7 @@ from atomr.actors.dispatcher import (
 )
 from atomr.actors.messages import (
     GATEWAY_NAME,
+    KEYS_NAME,
     METRICS_NAME,
     RATE_LIMITER_NAME,
     Address,
@@ -68,6 +69,7 @@ from atomr.actors.messages import (
     ReplicaPlaced,
     ReplicaProgress,
     ReplicaReady,
+    SpendRecords,
     StartCoordinator,
     Submit,
     SwapVersion,
@@ -76,6 +78,7 @@ from atomr.actors.messages import (
 from atomr.actors.replica_set import ReplicaSet, is_permanent
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.deployment import Deployment
+from atomr.core.spend import SpendRecord
 from atomr.observability.metrics import DeploymentMetrics
 from atomr.serving.session import record_end
 
@@ -96,6 +99,8 @@ class Coordinator(SidecarActor):
         self._gateway: Address = None
         self._limiter: Address = None
         self._collector: Address = None
+        self._keeper: Address = None
+        self._spent: list[SpendRecord] = []  # runs that ended since the last drain, for the key keeper
         self.metrics: DeploymentMetrics | None = None  # the serving version's
         self.metrics_by_version: dict[str, DeploymentMetrics] = {}
         # Requests that came before StartCoordinator. A replacement coordinator's route is
@@ -216,12 +221,17 @@ class Coordinator(SidecarActor):
         if self.rs is not None:
             for address, items in self.rs.take_dispatches():
                 self.send(address, Dispatch(items))
+        if self._spent:
+            spent, self._spent = self._spent, []
+            self.send(self._key_keeper(), SpendRecords(spent))
         super().after_drain()
 
     def _finish(self, a: Finish) -> None:
         """A request's end here: record it, log its one line, and send its final event (if any)."""
         usage = a.event.usage if a.event is not None else None
-        record_end(self._metrics(a.version), a.item.request, self._name, a.replica, a.outcome, a.latency_s, usage)
+        cost = self.rs.dep.cost if self.rs is not None else None
+        m = self._metrics(a.version)
+        self._spent.append(record_end(m, a.item.request, self._name, a.replica, a.outcome, a.latency_s, usage, cost))
         if a.event is not None:
             self.emit(a.reply_to, a.event)
 
@@ -234,6 +244,13 @@ class Coordinator(SidecarActor):
         req = item.request
         log.info("request to fallback", deployment=self._name, fallback=req.model, request=req.request_id)
         self.send(self._gateway, Submit([item]))
+
+    def _key_keeper(self) -> Address:
+        if self._keeper is None:
+            from atomr.actors.key_keeper import KeyKeeper
+
+            self._keeper = self.createActor(KeyKeeper, globalName=KEYS_NAME)
+        return self._keeper
 
     def _rate_limiter(self) -> Address:
         if self._limiter is None:

@@ -32,6 +32,7 @@ from thespian.actors import WakeupMessage
 
 from atomr.actors.cascade_lane import TICK_S, CascadeLane
 from atomr.actors.messages import (
+    KEYS_NAME,
     MANAGER_NAME,
     METRICS_NAME,
     RATE_LIMITER_NAME,
@@ -42,28 +43,36 @@ from atomr.actors.messages import (
     Events,
     Hello,
     HelloReply,
+    KeyTable,
     Lease,
     Lookup,
     MetricsSnapshot,
     PolicyTable,
     ReleaseLease,
     Reply,
+    Reserve,
+    Reserved,
     RouteStats,
     RouteTable,
     Settle,
+    SpendRecords,
     StartHttp,
     Submit,
     Subscribe,
+    WatchKeys,
     WorkItem,
 )
 from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
-from atomr.core.deployment import Deployment
-from atomr.core.errors import ConfigError, InferenceError, NotFoundError, RateLimitedError
+from atomr.core.budgets import Hold
+from atomr.core.deployment import Deployment, RateBudget
+from atomr.core.errors import ConfigError, ErrorInfo, InferenceError, NotFoundError, RateLimitedError
+from atomr.core.keys import ApiKey
 from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.ratelimit import estimate_tokens
 from atomr.core.routes import DeploymentStats, Route
 from atomr.core.routing import Router
+from atomr.core.spend import SpendRecord
 from atomr.core.types import StreamEvent, Usage
 from atomr.http.port import RoutingSnapshot
 from atomr.observability.metrics import OrchestrationMetrics, Recorder
@@ -76,12 +85,14 @@ LEASE_TTL_S = 1.0  # unused lease parts go back to the limiter after this long
 
 @dataclass(slots=True)
 class PendingAdmission:
-    """A request waiting for room in one of its rate limits (`route.limits[stage]`)."""
+    """A request waiting for room in one of its rate limits (`limits[stage]`: its key's, then its
+    route's)."""
 
     item: WorkItem
     route: Route
     stage: int
     tokens: int  # its token estimate for this limit (0 when the limit counts requests only)
+    limits: tuple[RateBudget, ...]
 
 
 @dataclass(slots=True)
@@ -116,6 +127,16 @@ class Gateway(SidecarActor):
         # Requests the HTTP front serves in this process once the rate limit admits them:
         # request id -> what to call on the loop with the request's debit
         self._admit_here: dict[str, Callable[[tuple[tuple[str, int], ...]], None]] = {}
+        # Runtime keys (`atomr.actors.key_keeper`): the table as last published, runs waiting for
+        # a place in their key's budget, the holds to ask for and the spend to report
+        self.keys: dict[str, ApiKey] = {}
+        self._keys_version: tuple[str, int] | None = None
+        self._keeper: Address = None
+        self._reserving: dict[tuple[str, str], tuple[WorkItem, Route]] = {}
+        self._holds: list[Hold] = []
+        self._spent: list[SpendRecord] = []
+        self._ticks = 0
+        self._watching_keys = False
 
     def _registry(self) -> Address:
         if self.registry is None:
@@ -176,17 +197,78 @@ class Gateway(SidecarActor):
             item, request=dataclasses.replace(item.request, model=plan[0]), fallbacks=chain or item.fallbacks
         )
 
-    def _admit(self, item: WorkItem, route: Route, stage: int = 0) -> None:
-        """Admit `item` from each of its route's rate limits in turn (from `stage` on), then forward it."""
-        if stage >= len(route.limits):
-            self._forward(item, route)
+    def _admit(
+        self, item: WorkItem, route: Route, stage: int = 0, limits: tuple[RateBudget, ...] | None = None
+    ) -> None:
+        """Admit `item` from each of its rate limits in turn (from `stage` on: its runtime key's,
+        then its route's), then from its key's budget, if any; then forward it."""
+        if limits is None:
+            limits = self._limits(item, route)
+        if stage >= len(limits):
+            key = self.keys.get(item.request.key_id) if item.request.key_id is not None else None
+            if key is not None and key.admits_centrally:
+                self._reserve(item, route, key)
+            else:
+                self._forward(item, route)
             return
-        key, _, tpm, _ = route.limits[stage]
+        name, _, tpm, _ = limits[stage]
         req = item.request
         est = estimate_tokens(req.prompt_chars, req.completion_budget) if tpm is not None else 0
-        lease = self.leases.setdefault(key, LocalLease())
-        lease.pending.append(PendingAdmission(item, route, stage, est))
-        self._serve(key, lease)
+        lease = self.leases.setdefault(name, LocalLease())
+        lease.pending.append(PendingAdmission(item, route, stage, est, limits))
+        self._serve(name, lease)
+
+    def _limits(self, item: WorkItem, route: Route) -> tuple[RateBudget, ...]:
+        """The rate limits a request must fit: its runtime key's RPM/TPM, then its route's."""
+        key_id = item.request.key_id
+        key = self.keys.get(key_id) if key_id is not None else None
+        if key is None or (key.rpm is None and key.tpm is None):
+            return route.limits
+        return (("key:" + key.id, key.rpm, key.tpm, 60.0), *route.limits)
+
+    def _reserve(self, item: WorkItem, route: Route, key: ApiKey) -> None:
+        """Ask the key keeper for a place in `key`'s budget (or requests in flight) for this run."""
+        req = item.request
+        spec = route.spec
+        est = spec.cost.nanos(req.prompt_chars // 4 + 1, req.completion_budget) if spec is not None else 0
+        deadline = req.deadline if req.deadline is not None else time.time() + 600.0
+        self._reserving[(req.request_id, route.deployment)] = (item, route)
+        self._holds.append(Hold(req.request_id, route.deployment, key.id, est, deadline))
+
+    def receiveMsg_Reserved(self, msg: Reserved, sender: Address) -> None:
+        for rid, deployment in msg.granted:
+            waiting = self._reserving.pop((rid, deployment), None)
+            if waiting is not None:
+                self._forward(*waiting)
+        for rid, deployment, error in msg.refused:
+            waiting = self._reserving.pop((rid, deployment), None)
+            if waiting is not None:
+                self._refuse(waiting[0], error)
+
+    def _refuse(self, item: WorkItem, error: ErrorInfo) -> None:
+        """Answer `item` with `error` before it ran; it gives back what its rate limits granted it."""
+        req = item.request
+        self._admit_here.pop(req.request_id, None)
+        self.emit(item.reply_to, StreamEvent(req.request_id, error=error, final=True))
+        for earlier, tokens in item.debits:
+            self._serve(earlier, self._add_to_lease(earlier, 1, tokens))
+
+    def spent(self, record: SpendRecord) -> None:
+        """A run the HTTP front served in this process ended: for the spend log and budgets."""
+        self._spent.append(record)
+
+    def _key_keeper(self) -> Address:
+        if self._keeper is None:
+            from atomr.actors.key_keeper import KeyKeeper
+
+            self._keeper = self.createActor(KeyKeeper, globalName=KEYS_NAME)
+        return self._keeper
+
+    def receiveMsg_KeyTable(self, msg: KeyTable, sender: Address) -> None:
+        self._keys_version = msg.version
+        self.keys = {k.id: k for k in msg.keys}
+        if self.http is not None:
+            self.http.keys_changed(msg.keys)
 
     def _serve(self, key: str, lease: LocalLease) -> None:
         """Admit pending requests while the local lease covers them; ask for more when it does not."""
@@ -198,10 +280,10 @@ class Gateway(SidecarActor):
             lease.requests -= 1
             lease.tokens -= w.tokens
             taken = dataclasses.replace(w.item, debits=(*w.item.debits, (key, w.tokens)))
-            self._admit(taken, w.route, w.stage + 1)
+            self._admit(taken, w.route, w.stage + 1, w.limits)
         if lease.pending and not lease.asking:
             w = lease.pending[0]
-            _, rpm, tpm, window_s = w.route.limits[w.stage]
+            _, rpm, tpm, window_s = w.limits[w.stage]
             block = max(1, min(16, (rpm or 160) // 10))
             want_requests = max(len(lease.pending), block) - lease.requests
             want_tokens = max(0, sum(x.tokens for x in lease.pending) - lease.tokens)
@@ -244,17 +326,15 @@ class Gateway(SidecarActor):
         if keep:
             self.wakeupAfter(timedelta(seconds=retry_after), payload=("retry", key))
         for w in refused:
-            req = w.item.request
-            err = RateLimitedError(f"rate limit {key!r} reached", retry_after=retry_after)
-            self._admit_here.pop(req.request_id, None)
-            self.emit(w.item.reply_to, StreamEvent(req.request_id, error=err.info(), final=True))
-            for earlier, tokens in w.item.debits:
-                self._serve(earlier, self._add_to_lease(earlier, 1, tokens))
+            self._refuse(w.item, RateLimitedError(f"rate limit {key!r} reached", retry_after=retry_after).info())
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Address) -> None:
         kind, key = msg.payload
         if kind == "metrics":
             self.ship_metrics()
+            self._ticks += 1
+            if self._watching_keys and self._ticks % 5 == 0:  # a key keeper started again: watch it too
+                self.send(self._key_keeper(), WatchKeys(self._keys_version))
             self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
             return
         if kind == "cascade":
@@ -307,6 +387,12 @@ class Gateway(SidecarActor):
             out, self._out = self._out, {}
             for coordinator, items in out.values():
                 self.send(coordinator, Submit(items))
+        if self._holds:
+            holds, self._holds = self._holds, []
+            self.send(self._key_keeper(), Reserve(holds))
+        if self._spent:
+            spent, self._spent = self._spent, []
+            self.send(self._key_keeper(), SpendRecords(spent))
         super().after_drain()
 
     def receiveMsg_PolicyTable(self, msg: PolicyTable, sender: Address) -> None:
@@ -438,8 +524,13 @@ class Gateway(SidecarActor):
             self.send(sender, Reply(False, error=ConfigError("this gateway already serves HTTP").info()))
             return
         self._registry()
-        lane = HttpLane(self, msg.settings, TenantTable(list(msg.tenants)), msg.place)
+        lane = HttpLane(self, msg.settings, TenantTable(list(msg.tenants), msg.runtime_keys), msg.place)
         self.http = lane
+        if msg.runtime_keys:
+            self._watching_keys = True
+            self.send(self._key_keeper(), WatchKeys())
+            if self.keys:
+                lane.keys_changed(tuple(self.keys.values()))
         self._publish(routes=True, routed=True, stats=True)  # reaches the loop before the server starts
 
         def started(fut: Any) -> None:
@@ -458,8 +549,10 @@ class Gateway(SidecarActor):
         self._own_events(msg.events)
 
     def ask_admin(self, kind: str, msg: Any) -> None:
-        """Send a status or metrics question; the Reply comes back to receiveMsg_Reply."""
-        if kind == "status":
+        """Send a status, metrics or keys question; the Reply comes back to receiveMsg_Reply."""
+        if kind == "keys":
+            self.send(self._key_keeper(), msg)
+        elif kind == "status":
             if self._manager is None:
                 from atomr.actors.deployment_manager import DeploymentManager
 
@@ -471,7 +564,8 @@ class Gateway(SidecarActor):
     def receiveMsg_Reply(self, msg: Reply, sender: Address) -> None:
         if self.http is None:
             return
-        self.http.answered("status" if sender == self._manager else "metrics", msg)
+        kind = "status" if sender == self._manager else "keys" if sender == self._keeper else "metrics"
+        self.http.answered(kind, msg)
 
     def _metrics_collector(self) -> Address:
         if self._collector is None:

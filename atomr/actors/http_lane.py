@@ -17,9 +17,11 @@ import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from atomr.actors.messages import GetMetrics, GetStatus, Reply, WorkItem
+from atomr.actors.messages import GetMetrics, GetStatus, KeysAdmin, Reply, WorkItem
 from atomr.core.errors import InferenceError, InternalError, UnavailableError
+from atomr.core.keys import ApiKey
 from atomr.core.routes import Route
+from atomr.core.spend import SpendRecord
 from atomr.core.tenants import TenantTable
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.http.front import HttpFront
@@ -45,6 +47,7 @@ class HttpLane:
         self._asks: dict[str, collections.deque[asyncio.Future[Any]]] = {
             "status": collections.deque(),
             "metrics": collections.deque(),
+            "keys": collections.deque(),
         }
 
     # ---- GatewayPort (called on the loop) ----
@@ -69,6 +72,12 @@ class HttpLane:
 
     def settle(self, debits: Debits, usage: Usage | None) -> None:
         self.gw.sidecar.post(lambda: self.gw.settle(debits, usage))
+
+    def spent(self, record: SpendRecord) -> None:
+        self.gw.sidecar.post(lambda: self.gw.spent(record))
+
+    async def keys_admin(self, op: str, args: dict[str, Any], admin_key: str | None) -> Any:
+        return await self._ask("keys", KeysAdmin(op, args, admin_key))
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         status = await self._ask("status", GetStatus())
@@ -115,6 +124,9 @@ class HttpLane:
 
     def coordinators_replaced(self, names: frozenset[str]) -> None:
         self.gw.sidecar.call_soon(self.front.coordinators_replaced, names)
+
+    def keys_changed(self, keys: tuple[ApiKey, ...]) -> None:
+        self.gw.sidecar.call_soon(self.front.keys_changed, keys)
 
     def answered(self, kind: str, reply: Any) -> None:
         self.gw.sidecar.call_soon(self._answered, kind, reply)

@@ -11,10 +11,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from atomr.core.budgets import Hold
 from atomr.core.deployment import Deployment
 from atomr.core.errors import ErrorInfo
+from atomr.core.keys import ApiKey
 from atomr.core.policies import Cascade, Policies, RoutePolicy
 from atomr.core.routes import DeploymentStats, Route
+from atomr.core.spend import SpendRecord
 from atomr.core.status import DeploymentInfo
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 
@@ -27,6 +30,7 @@ REGISTRY_NAME = "atomr-registry"
 GATEWAY_NAME = "atomr-gateway"
 RATE_LIMITER_NAME = "atomr-rate-limiter"
 METRICS_NAME = "atomr-metrics"
+KEYS_NAME = "atomr-keys"
 
 
 def node_agent_name(node_id: str) -> str:
@@ -539,6 +543,7 @@ class StartHttp:
     settings: Any  # atomr.http.settings.HttpSettings
     tenants: list[Any]  # atomr.core.tenants.Tenant
     place: Any = None  # atomr.http.workers.WorkerPlace: which of the front's worker processes
+    runtime_keys: bool = False  # keys made at runtime authenticate too (the head has an admin key)
 
 
 @dataclass(slots=True)
@@ -559,3 +564,70 @@ class SwapEnded:
     reason: str = ""
     released_slots: list[str] = field(default_factory=list)  # slots whose replicas are gone
     info: DeploymentInfo | None = None  # the deployment as it stands after the switch
+
+
+# ---- runtime keys, budgets and spend (the key keeper, `atomr.actors.key_keeper`) -------------
+
+
+@dataclass(slots=True)
+class StartKeys:
+    """Head start -> key keeper: keep keys and spend in the state file of `state_dir` (None: a
+    file of its own that ends with it); `admin_sha256`: the admin key's hash (None: no admin
+    API). Answered with a Reply."""
+
+    state_dir: str | None
+    admin_sha256: str | None
+    retention_days: float = 90.0
+
+
+@dataclass(slots=True)
+class WatchKeys:
+    """Gateway -> key keeper: send me the key table now and whenever it changes (answered with a
+    `KeyTable` when `version` is not the keeper's current one)."""
+
+    version: tuple[str, int] | None = None
+
+
+@dataclass(slots=True)
+class KeyTable:
+    """Key keeper -> gateways: every runtime key (revoked ones too, so they are dropped)."""
+
+    version: tuple[str, int]  # (the keeper's boot id, its change count)
+    keys: tuple[ApiKey, ...]
+
+
+@dataclass(slots=True)
+class Reserve:
+    """Gateway -> key keeper: places in their keys' budgets for these runs (answered `Reserved`)."""
+
+    holds: list[Hold]
+
+
+@dataclass(slots=True)
+class Reserved:
+    """Key keeper -> gateway: the runs (request id, deployment) that hold a place, and those refused."""
+
+    granted: list[tuple[str, str]]
+    refused: list[tuple[str, str, ErrorInfo]]
+
+
+@dataclass(slots=True)
+class SpendRecords:
+    """Coordinators and gateways -> key keeper: runs that ended, for the spend log and budgets."""
+
+    records: list[SpendRecord]
+
+
+@dataclass(slots=True)
+class KeysAdmin:
+    """An admin operation on keys or spend (`atomr.actors.key_keeper.OPS`), with the admin key
+    the caller presented; answered with a Reply."""
+
+    op: str
+    args: dict[str, Any]
+    admin_key: str | None
+
+
+@dataclass(slots=True)
+class SpendTotals:
+    """Spend summed by tenant and by deployment (what atomr-status shows); answered with a Reply."""

@@ -1,5 +1,6 @@
 """The head's durable desired state: deployments (with a version switch in progress), routes and
-cascades, tenants. One SQLite file in WAL mode under the node's state directory.
+cascades, tenants (and, kept by `atomr.cluster.key_store`, runtime keys and spend). One SQLite
+file in WAL mode under the node's state directory.
 
 Written before a change is acknowledged: the deployment manager writes deployments and tenants,
 the registry routes and cascades, each from its own process through its own connection (SQLite
@@ -33,7 +34,7 @@ from atomr.core.tenants import Tenant
 M = TypeVar("M", Deployment, RoutePolicy, Cascade, Tenant)
 
 STATE_FILE = "head.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # version -> the statements that bring a file of the version before it up to it
@@ -51,6 +52,17 @@ MIGRATIONS: dict[int, list[str]] = {
     3: [
         "CREATE TABLE grants (key TEXT NOT NULL, at REAL NOT NULL, requests INTEGER NOT NULL, tokens INTEGER NOT NULL)",
         "CREATE INDEX grants_by_time ON grants (at)",
+    ],
+    # keys made at runtime, what each spent in its budget's current period, and the spend log
+    # (one row per request a deployment ran; `atomr.cluster.key_store`)
+    4: [
+        "CREATE TABLE api_keys (id TEXT PRIMARY KEY, spec TEXT NOT NULL)",
+        "CREATE TABLE key_spend (key_id TEXT PRIMARY KEY, period_start REAL NOT NULL, spent_nanos INTEGER NOT NULL)",
+        "CREATE TABLE spend (request_id TEXT NOT NULL, at REAL NOT NULL, key_id TEXT, tenant TEXT NOT NULL,"
+        " deployment TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,"
+        " cached_tokens INTEGER NOT NULL, cost_nanos INTEGER NOT NULL, latency_ms REAL NOT NULL,"
+        " outcome TEXT NOT NULL)",
+        "CREATE INDEX spend_by_time ON spend (at)",
     ],
 }
 
@@ -152,6 +164,11 @@ class HeadState:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The file's connection, for the stores that keep their own tables in it (`key_store`)."""
+        return self._db
 
     # ---- writes (each one transaction, durable when it returns) ----
 

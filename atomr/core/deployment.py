@@ -86,10 +86,20 @@ class Cost(BaseModel):
 
     prompt: float = Field(0.0, ge=0.0, le=1_000_000.0)  # USD per 1M prompt tokens
     completion: float = Field(0.0, ge=0.0, le=1_000_000.0)  # USD per 1M completion tokens
+    # USD per 1M prompt tokens read from the provider's prompt cache (None: the prompt price)
+    cached_prompt: float | None = Field(None, ge=0.0, le=1_000_000.0)
 
     def usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         """The price of a request that used these tokens."""
         return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1_000_000
+
+    def nanos(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
+        """The price in nano-dollars (what spend and budgets count): `cached_tokens` of the
+        prompt's at the cached price. A price per million tokens is 1,000 times a token's nanos."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_price = self.prompt if self.cached_prompt is None else self.cached_prompt
+        per_million = (prompt_tokens - cached) * self.prompt + cached * cached_price
+        return round((per_million + completion_tokens * self.completion) * 1000)
 
 
 class Placement(BaseModel):

@@ -76,6 +76,15 @@ class RateLimitedError(InferenceError):
     http_status = 429
 
 
+class BudgetExceededError(InferenceError):
+    """The caller's key has spent its money budget for the period (``retry_after``: until it
+    resets; None for a budget that never does). Not retried elsewhere: every deployment would
+    charge the same key."""
+
+    kind = "budget_exceeded"
+    http_status = 429
+
+
 class InferenceTimeoutError(InferenceError):
     kind = "timeout"
     retryable = True
@@ -159,6 +168,7 @@ ERROR_CLASSES: dict[str, type[InferenceError]] = {
     cls.kind: cls
     for cls in (
         RateLimitedError,
+        BudgetExceededError,
         InferenceTimeoutError,
         OverloadedError,
         UnavailableError,

@@ -22,11 +22,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from atomr.core.errors import AuthError, ConfigError, PermissionDeniedError
+from atomr.core.keys import ApiKey
 
 KEY_PREFIX = "atomr-"
 
@@ -40,6 +43,8 @@ class Tenant(BaseModel):
     priority: int = Field(default=0, ge=0, le=9)
     max_concurrency: int = Field(default=64, ge=1)
     weight: float = Field(default=1.0, gt=0)
+    # Set on the tenant a runtime key stands for (`TenantTable.set_runtime_keys`): the key's id
+    key_id: str | None = None
 
     @field_validator("key_sha256")
     @classmethod
@@ -64,19 +69,44 @@ def new_key() -> tuple[str, str]:
 
 
 class TenantTable:
-    """Looks up the tenant of an API key; empty table = no authentication (loopback use)."""
+    """Looks up the tenant of an API key: the config's tenants and the keys made at runtime
+    (`atomr.core.keys`). Open (no authentication, loopback use) when it has neither and runtime
+    keys are off."""
 
-    def __init__(self, tenants: list[Tenant]) -> None:
+    def __init__(self, tenants: list[Tenant], runtime_keys: bool = False) -> None:
         names = [t.name for t in tenants]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError(f"tenant names must be unique; repeated: {', '.join(sorted(dup))}", field="tenants")
         self.tenants = list(tenants)
         self._digests = [bytes.fromhex(t.key_sha256) for t in tenants]
+        self.runtime_keys = runtime_keys  # keys made at runtime are in use (an admin key is set)
+        self._runtime: dict[bytes, tuple[ApiKey, Tenant]] = {}
 
     @property
     def open(self) -> bool:
-        return not self.tenants
+        return not self.tenants and not self.runtime_keys
+
+    def set_runtime_keys(self, keys: Iterable[ApiKey]) -> None:
+        """The keys made at runtime, as the key keeper last published them (revoked ones dropped)."""
+        by_name = {t.name: t for t in self.tenants}
+        table: dict[bytes, tuple[ApiKey, Tenant]] = {}
+        for k in keys:
+            if k.revoked_at is not None:
+                continue
+            base = by_name.get(k.tenant)
+            models = k.models if base is None or "*" in base.models else _narrowed(base.models, k.models)
+            tenant = Tenant(
+                name=k.tenant,
+                key_sha256=k.key_sha256,
+                models=models,  # (empty: the tenant may use none of the key's models)
+                priority=base.priority if base is not None else 0,
+                max_concurrency=base.max_concurrency if base is not None else 1 << 30,
+                weight=base.weight if base is not None else 1.0,
+                key_id=k.id,
+            )
+            table[bytes.fromhex(k.key_sha256)] = (k, tenant)
+        self._runtime = table
 
     def authenticate(self, key: str | None) -> Tenant | None:
         """The tenant whose key this is; None for an open table; AuthError when no tenant matches."""
@@ -85,6 +115,13 @@ class TenantTable:
         if not key:
             raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
         digest = hashlib.sha256(key.encode()).digest()
+        # A dict lookup by the key's SHA-256: what a caller could learn from its timing is how
+        # the digest of a key it chose compares with stored digests, which says nothing of keys.
+        made = self._runtime.get(digest)
+        if made is not None:
+            if made[0].expires_at is not None and time.time() >= made[0].expires_at:
+                raise AuthError(f"API key {made[0].id} has expired")
+            return made[1]
         found: Tenant | None = None
         for tenant, expected in zip(self.tenants, self._digests, strict=True):
             if hmac.compare_digest(digest, expected):  # every tenant is compared, match or not
@@ -95,7 +132,15 @@ class TenantTable:
 
     def authorize(self, tenant: Tenant | None, model: str) -> None:
         if tenant is not None and not tenant.allows(model):
-            raise PermissionDeniedError(f"tenant {tenant.name!r} may not use model {model!r}", field="model")
+            who = f"key {tenant.key_id}" if tenant.key_id else f"tenant {tenant.name!r}"
+            raise PermissionDeniedError(f"{who} may not use model {model!r}", field="model")
+
+
+def _narrowed(tenant_models: tuple[str, ...], key_models: tuple[str, ...]) -> tuple[str, ...]:
+    """What a key may use of what its tenant may."""
+    if "*" in key_models:
+        return tenant_models
+    return tuple(m for m in key_models if m in tenant_models)
 
 
 def tenants_from_config(raw: Any, where: str = "config") -> TenantTable:

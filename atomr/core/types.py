@@ -138,6 +138,7 @@ class InferenceRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     tenant: str = "default"
+    key_id: str | None = None  # the runtime key it came with (`atomr.core.keys`), for budgets and spend
     priority: int = 0
     deadline: float | None = None  # absolute time.time() after which the caller gives up
     stream: bool = False

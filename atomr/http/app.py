@@ -4,7 +4,7 @@ Routes, one module per group: ``POST /v1/chat/completions`` and ``POST /v1/compl
 (`chat`), ``POST /v1/embeddings`` (`embeddings`), ``POST /v1/messages`` (`anthropic_messages`),
 ``POST /v1/responses`` and ``GET`` / ``DELETE /v1/responses/{id}`` (`responses_api`),
 ``GET /v1/models`` (`models`), ``GET /healthz`` and ``GET /readyz`` (`health`), ``GET /metrics``
-(`metrics`), ``GET /openapi.json`` (`openapi`).
+(`metrics`), ``GET /openapi.json`` (`openapi`), ``/admin/keys`` and ``/admin/spend`` (`admin`).
 What they share (auth, tenant quotas, body reading, error responses) is in `plumbing`. This
 package knows nothing of actors: the process that hosts the front supplies the backend
 (`atomr.http.front`, over the port in `atomr.http.port`).
@@ -15,7 +15,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from atomr.core.tenants import TenantTable
-from atomr.http import anthropic_messages, chat, embeddings, health, metrics, models, openapi, responses_api
+from atomr.http import admin, anthropic_messages, chat, embeddings, health, metrics, models, openapi, responses_api
 from atomr.http.plumbing import FrontContext, exception_handlers
 from atomr.http.port import InferenceBackend
 from atomr.http.settings import HttpSettings
@@ -40,5 +40,6 @@ def make_app(
         *health.routes(ctx),
         *metrics.routes(ctx),
         *openapi.routes(ctx),
+        *admin.routes(ctx),
     ]
     return Starlette(routes=routes, exception_handlers=exception_handlers())

@@ -148,6 +148,7 @@ async def _admit(
         req = dataclasses.replace(
             req,
             tenant=tenant.name if tenant is not None else "default",
+            key_id=tenant.key_id if tenant is not None else None,
             priority=tenant.priority if tenant is not None else 0,
             deadline=time.time() + ctx.settings.request_timeout_s,
             headers=headers or None,

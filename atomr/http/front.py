@@ -22,10 +22,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
 from atomr.core.errors import UnavailableError
+from atomr.core.keys import ApiKey
+from atomr.core.spend import spend_record
 from atomr.core.tenants import TenantTable
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.http.app import make_app
@@ -68,7 +71,8 @@ class HttpFront:
         self.place = place or WorkerPlace()
         # every worker its own source: the collector adds them up
         self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}/{self.place.worker}")
-        self.inline = InlineRunners(where)
+        self.inline = InlineRunners(where, port.spent)
+        self.tenants = tenants
         self._routing = RoutingSnapshot()
         self._forwarded: frozenset[str] = frozenset()
         self._queues: dict[str, asyncio.Queue[StreamEvent | None]] = {}
@@ -169,10 +173,10 @@ class HttpFront:
             call.via_gateway = True
             return
         call.slot = slot
-        if not route.limits:
+        if not route.limits and request.key_id is None:
             self.inline.start(slot, request, call.queue.put_nowait, self._fallback_of(call))
             return
-        # the gateway admits it from its lease first, as on the other path
+        # the gateway admits it from its leases (and its key's budget) first, as on the other path
         self.port.admit(request, route, lambda debits: self._admitted(call, slot, debits))
 
     def _admitted(self, call: _Call, slot: Slot, debits: Debits) -> None:
@@ -183,6 +187,9 @@ class HttpFront:
         slot.give_back()  # its caller left (or its deadline passed) while it waited
         if settle is not None:
             settle(None)
+        if call.request.key_id is not None:  # whatever it held of its key's budget goes back
+            spec = slot.served.deployment
+            self.port.spent(spend_record(call.request, spec.name, spec.cost, None, "cancelled", 0.0, time.time()))
 
     def _fallback_of(self, call: _Call) -> Fallback:
         def fallback(request: InferenceRequest, fallbacks: tuple[str, ...]) -> str | None:
@@ -240,6 +247,12 @@ class HttpFront:
         self._forwarded = snapshot.forwarded_headers()
         if snapshot.routes is not routes_before:
             self.inline.refresh(snapshot.routes)
+
+    def keys_changed(self, keys: tuple[ApiKey, ...]) -> None:
+        self.tenants.set_runtime_keys(keys)
+
+    async def keys_admin(self, op: str, args: dict[str, Any], admin_key: str | None) -> Any:
+        return await self.port.keys_admin(op, args, admin_key)
 
     def coordinators_replaced(self, names: frozenset[str]) -> None:
         for request in list(self._silent.values()):

@@ -44,6 +44,7 @@ import structlog
 from atomr.core.deployment import Deployment
 from atomr.core.routes import Route
 from atomr.core.runner import ModelRunner
+from atomr.core.spend import SpendRecord
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.http.port import RoutingSnapshot
 from atomr.observability.metrics import DeploymentMetrics
@@ -76,9 +77,10 @@ class ServedHere:
 class InlineRunners:
     """The runners this gateway keeps for its HTTP front (all methods on the gateway's loop)."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, spent: Callable[[SpendRecord], None] | None = None) -> None:
         self.replica = f"gateway-{os.getpid()}"
         self._where = where
+        self._spent = spent  # where each run's spend record goes (the key keeper, through the gateway)
         self._served: dict[str, ServedHere] = {}  # deployment name -> current version
         self._retiring: list[ServedHere] = []
         self._names: dict[str, str] = {}  # model name (name or alias) -> deployment name
@@ -218,12 +220,17 @@ class InlineRunners:
         early = end.error is not None and end.seq == 0 and end.error.retryable
         onward = fallback(request, dep.fallbacks) if early else None
         if onward is not None:
-            record_end(served.metrics, request, dep.name, self.replica, "fallback", latency, usage)
+            ended = record_end(served.metrics, request, dep.name, self.replica, "fallback", latency, usage, dep.cost)
+            self._spend(ended)
             log.info("request to fallback", deployment=dep.name, fallback=onward, request=request.request_id)
             return
         outcome = "ok" if end.error is None else end.error.kind
-        record_end(served.metrics, request, dep.name, self.replica, outcome, latency, usage)
+        self._spend(record_end(served.metrics, request, dep.name, self.replica, outcome, latency, usage, dep.cost))
         deliver(end)
+
+    def _spend(self, record: SpendRecord) -> None:
+        if self._spent is not None:
+            self._spent(record)
 
     # ---- metrics (the gateway ships them with its own) ----
 

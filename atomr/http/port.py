@@ -21,9 +21,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
+from atomr.core.keys import ApiKey
 from atomr.core.routes import DeploymentStats, Route
+from atomr.core.spend import SpendRecord
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 
 # (rate-limit key, tokens estimated) of each budget a request was admitted from
@@ -83,6 +85,11 @@ class InferenceBackend(Protocol):
 
     async def metrics(self) -> bytes: ...
 
+    async def keys_admin(self, op: str, args: dict[str, Any], admin_key: str | None) -> Any:
+        """An admin operation on runtime keys or spend (checked against the admin key by the
+        key keeper); raises its InferenceError."""
+        ...
+
 
 class GatewayPort(Protocol):
     """What the front asks of the gateway that hosts it."""
@@ -114,6 +121,14 @@ class GatewayPort(Protocol):
         """Tell the rate limiter what a token-limited request served by the front really used."""
         ...
 
+    def spent(self, record: SpendRecord) -> None:
+        """A run the front served itself ended: what it cost, for the spend log and budgets."""
+        ...
+
+    async def keys_admin(self, op: str, args: dict[str, Any], admin_key: str | None) -> Any:
+        """Ask the key keeper (see `InferenceBackend.keys_admin`)."""
+        ...
+
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Whether every deployment has a ready replica, and each deployment's state."""
         ...
@@ -135,4 +150,8 @@ class FrontSink(Protocol):
     def coordinators_replaced(self, names: frozenset[str]) -> None:
         """These model names now route to new coordinators (the old ones died, perhaps holding
         requests in their queues): requests of theirs that have heard nothing are sent again."""
+        ...
+
+    def keys_changed(self, keys: tuple[ApiKey, ...]) -> None:
+        """The runtime keys as the key keeper last published them."""
         ...

@@ -56,10 +56,11 @@ class Quota:
         return sum(self._counts[r * self._width + t] for r in range(self._rows))
 
     def enter(self, tenant: Tenant | None) -> None:
-        """Count one more request of `tenant`, or refuse it (rate_limited) at its quota."""
-        if tenant is None:
+        """Count one more request of `tenant`, or refuse it (rate_limited) at its quota. A tenant
+        that only runtime keys name has no quota here (a key's own cap is the key keeper's)."""
+        t = self._index.get(tenant.name) if tenant is not None else None
+        if tenant is None or t is None:
             return
-        t = self._index[tenant.name]
         with self._locked():
             n = self.inflight(tenant.name)
             if n >= tenant.max_concurrency:
@@ -69,10 +70,11 @@ class Quota:
             self._counts[self._row + t] += 1
 
     def leave(self, tenant: Tenant | None) -> None:
-        if tenant is None:
+        t = self._index.get(tenant.name) if tenant is not None else None
+        if t is None:
             return
         with self._locked():
-            self._counts[self._row + self._index[tenant.name]] -= 1
+            self._counts[self._row + t] -= 1
 
     def close(self) -> None:
         self._counts.release()

@@ -23,6 +23,9 @@ class HttpSettings(BaseModel):
     responses_store_max_age_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     # processes serving the front on the one port (SO_REUSEPORT; see atomr.http.workers)
     workers: int = Field(default=1, ge=1, le=64)
+    # a file holding the admin key of /admin and atomr-keys (relative: to the config's folder);
+    # setting one makes the front ask every caller for a key (see atomr.core.tenants)
+    admin_key_file: str | None = None
 
 
 def http_settings_from_config(raw: Any, where: str = "config") -> HttpSettings | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from atomr.client import DEFAULT_PORT
+from atomr.cluster.admin_key import ADMIN_KEY_FILE_ENV, admin_key_path, read_admin_key
 from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, probe, resolve_key
 from atomr.cluster.head_state import DesiredState, HeadState, default_state_dir
 from atomr.cluster.system import port_open, reachable_host
@@ -38,7 +39,7 @@ from atomr.cluster.thespian_setup import DEFAULT_BIND
 from atomr.config import load_deployments, load_policies, load_yaml
 from atomr.core.errors import InferenceError
 from atomr.core.policies import Cascade, Policies, RoutePolicy
-from atomr.core.tenants import TenantTable, tenants_from_config
+from atomr.core.tenants import TenantTable, hash_key, tenants_from_config
 from atomr.http.settings import HttpSettings, http_settings_from_config
 from atomr.node.settings import NodeSettings, node_settings_from_config
 from atomr.node.standby import Standby, follow, leading_standby
@@ -100,6 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="where a head keeps its desired state (default: node.state_dir, else under the user's data"
         " directory, per node id)",
+    )
+    p.add_argument(
+        "--admin-key-file",
+        default=None,
+        metavar="PATH",
+        help=f"(a head) the admin key of /admin and atomr-keys; turns on runtime keys (default:"
+        f" http.admin_key_file, else ${ADMIN_KEY_FILE_ENV})",
     )
     p.add_argument("--log-level", default=None, help="debug, info, warning or error")
     p.add_argument(
@@ -192,6 +200,16 @@ def node_key(args: argparse.Namespace, config: NodeConfig, bind: str) -> Cluster
     return key
 
 
+def admin_key_hash(args: argparse.Namespace, config: NodeConfig) -> str | None:
+    """The SHA-256 of the admin key, when one is set (the key itself is not kept). Raises ConfigError."""
+    configured = config.http.admin_key_file if config.http is not None else None
+    path = admin_key_path(args.admin_key_file, config.relative(configured, args) if configured else None)
+    if path is None:
+        return None
+    field = "--admin-key-file" if args.admin_key_file else "http.admin_key_file" if configured else ADMIN_KEY_FILE_ENV
+    return hash_key(read_admin_key(path, field))
+
+
 def parse_joins(joins: str | None) -> list[tuple[str, int]]:
     """--join HOST:PORT[,HOST:PORT...]: the head and its standbys, in order."""
     return [j for j in (parse_join(part.strip()) for part in (joins or "").split(",")) if j is not None]
@@ -236,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         key = node_key(args, config, bind)
     except ClusterKeyError as exc:
+        print(f"atomr node: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        admin_sha256 = admin_key_hash(args, config) if args.role == "head" else None
+    except InferenceError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2
     heads = parse_joins(args.join)
@@ -289,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 adopt_window_s=config.settings.adopt_window_s,
             )
             node.took_over_at = state.synced_at() if leader is not None else None
+            node.admin_sha256 = admin_sha256
+            node.spend_retention_days = config.settings.spend_retention_days
             code = run_node(node, config, key, joined, desired, stop, state)
             if node.stepped_down_to is None:
                 return code

@@ -24,6 +24,7 @@ import structlog
 
 from atomr.actors.messages import (
     GATEWAY_NAME,
+    KEYS_NAME,
     MANAGER_NAME,
     METRICS_NAME,
     RATE_LIMITER_NAME,
@@ -36,6 +37,7 @@ from atomr.actors.messages import (
     RestoreDone,
     SetTenants,
     StartHttp,
+    StartKeys,
     UseState,
     gateway_name,
     node_agent_name,
@@ -80,6 +82,8 @@ class NodeRuntime:
         self.http: tuple[Any, list[Any]] | None = None  # HTTP settings (with the port bound) and tenants
         self.workers: list[Any] = []  # the gateway of each HTTP worker, with its place
         self.shared_dir: str | None = None  # what the HTTP workers share
+        self.admin_sha256: str | None = None  # the admin key's hash: runtime keys are on (head only)
+        self.spend_retention_days = 90.0
 
     def start(self) -> None:
         """Start this node's actor system; the head also starts the global actors and its agent.
@@ -88,6 +92,7 @@ class NodeRuntime:
         through the convention and creates its node agent there.
         """
         from atomr.actors.gateway import Gateway
+        from atomr.actors.key_keeper import KeyKeeper
         from atomr.actors.metrics_collector import MetricsCollector
         from atomr.actors.node_agent import NodeAgent
         from atomr.actors.rate_limiter import RateLimiter
@@ -111,6 +116,9 @@ class NodeRuntime:
             use = UseState(self.state_dir, self.adopt_window_s, self.took_over_at)
             for keeper in (manager, registry, limiter):
                 reply_value(self.asys.ask(keeper, use, 30.0), "state directory", 30.0)
+        keeper = self.asys.createActor(KeyKeeper, globalName=KEYS_NAME)
+        start_keys = StartKeys(self.state_dir, self.admin_sha256, self.spend_retention_days)
+        reply_value(self.asys.ask(keeper, start_keys, 30.0), "key keeper start", 30.0)
         self.gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         self.agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
         self.info = self._init_agent(self.agent)
@@ -188,7 +196,9 @@ class NodeRuntime:
 
         gateway = self.asys.createActor(Gateway, globalName=gateway_name(place.worker))
         port: int = reply_value(
-            self.asys.ask(gateway, StartHttp(settings, tenants, place), timeout), "HTTP start", timeout
+            self.asys.ask(gateway, StartHttp(settings, tenants, place, self.admin_sha256 is not None), timeout),
+            "HTTP start",
+            timeout,
         )
         if place.worker < len(self.workers):
             self.workers[place.worker] = (gateway, place)

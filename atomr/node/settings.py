@@ -24,6 +24,8 @@ class NodeSettings(BaseModel):
     # a standby head takes over once its leader has been silent this long (and a member node
     # given several heads moves to the one that leads)
     failover_after_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    # the spend log (one row per request run) keeps rows this long
+    spend_retention_days: float = Field(default=90.0, gt=0, allow_inf_nan=False)
 
 
 def node_settings_from_config(raw: Any, where: str = "config") -> NodeSettings:

@@ -51,6 +51,9 @@ CASCADE_COST = "atomr_cascade_cost_usd"
 CASCADE_BASELINE_COST = "atomr_cascade_baseline_cost_usd"
 CASCADE_COST_SAVED = "atomr_cascade_cost_saved_usd"
 CASCADE_COST_OVERSPENT = "atomr_cascade_cost_overspent_usd"
+SPEND = "atomr_spend_usd"  # counter: what runs cost, by deployment and tenant (the spend log's sums)
+KEY_SPEND = "atomr_key_spend_usd"  # gauge: a runtime key's spend in its budget's current period
+KEY_BUDGET = "atomr_key_budget_usd"  # gauge: a runtime key's budget per period
 
 
 class Recorder:
@@ -103,6 +106,7 @@ class DeploymentMetrics(Recorder):
         )
         self.prompt_tokens = Counter(PROMPT_TOKENS, "Prompt tokens of answered requests", [*lab, "tenant"], registry=r)
         self.completion_tokens = Counter(COMPLETION_TOKENS, "Completion tokens generated", [*lab, "tenant"], registry=r)
+        self.spend = Counter(SPEND, "USD the deployment's runs cost, at its prices", [*lab, "tenant"], registry=r)
         self.queue = Gauge(QUEUE_DEPTH, "Requests waiting for a replica", lab, registry=r)
         self.inflight = Gauge(INFLIGHT, "Requests being generated, per replica", [*lab, "replica"], registry=r)
         self.up = Gauge(REPLICA_UP, "1 when the replica is ready and healthy", [*lab, "replica"], registry=r)
@@ -112,7 +116,9 @@ class DeploymentMetrics(Recorder):
         )
         self.dirty = True
 
-    def request_done(self, tenant: str, replica: str, outcome: str, latency_s: float, usage: Any = None) -> None:
+    def request_done(
+        self, tenant: str, replica: str, outcome: str, latency_s: float, usage: Any = None, cost_usd: float = 0.0
+    ) -> None:
         b = self._base
         self.requests.labels(*b, tenant, outcome).inc()
         if replica:
@@ -120,6 +126,7 @@ class DeploymentMetrics(Recorder):
         if usage is not None:
             self.prompt_tokens.labels(*b, tenant).inc(usage.prompt_tokens)
             self.completion_tokens.labels(*b, tenant).inc(usage.completion_tokens)
+        self.spend.labels(*b, tenant).inc(cost_usd)
         self.dirty = True
 
     def first_token(self, tenant: str, replica: str, ttft_s: float) -> None:
@@ -140,6 +147,35 @@ class DeploymentMetrics(Recorder):
 
     def restarted(self, slot: str) -> None:
         self.restarts.labels(*self._base, slot).inc()
+        self.dirty = True
+
+
+class KeyMetrics(Recorder):
+    """What the key keeper records: each runtime key's spend in its period, and its budget."""
+
+    def __init__(self) -> None:
+        self.source = "keys"
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        lab = ["key", "tenant"]
+        self.spent = Gauge(KEY_SPEND, "USD a runtime key spent in its budget's current period", lab, registry=r)
+        self.budget = Gauge(KEY_BUDGET, "USD a runtime key may spend per period", ["key", "tenant"], registry=r)
+        self._last: dict[tuple[str, str], tuple[float, float | None]] = {}
+
+    def keys(self, rows: Iterable[tuple[str, str, float, float | None]]) -> None:
+        """(key id, tenant, spent, budget or None) of every key; keys gone since are dropped."""
+        now = {(key, tenant): (spent, budget) for key, tenant, spent, budget in rows}
+        if now == self._last:
+            return
+        for labels in self._last.keys() - now.keys():
+            self.spent.remove(*labels)
+            if self._last[labels][1] is not None:
+                self.budget.remove(*labels)
+        for labels, (spent, budget) in now.items():
+            self.spent.labels(*labels).set(spent)
+            if budget is not None:
+                self.budget.labels(*labels).set(budget)
+        self._last = now
         self.dirty = True
 
 

@@ -17,14 +17,17 @@ from typing import Any
 
 import structlog
 
-from atomr.core.deployment import Deployment
+from atomr.core.deployment import Cost, Deployment
 from atomr.core.errors import CancelledRequestError, InferenceTimeoutError, as_error_info
+from atomr.core.keys import nanos_to_usd
 from atomr.core.runner import ModelRunner, check_supported
+from atomr.core.spend import SpendRecord, spend_record
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent, Usage
 from atomr.observability.metrics import DeploymentMetrics
 from atomr.serving.coalesce import ChunkCoalescer
 
 log = structlog.get_logger("atomr.request")
+FREE = Cost()
 
 
 class EventMaker:
@@ -141,22 +144,28 @@ def record_end(
     outcome: str,
     latency_s: float,
     usage: Usage | None,
-) -> None:
-    """A request's end: counted in its deployment's metrics and logged in one line."""
+    cost: Cost | None = None,
+) -> SpendRecord:
+    """A request's end on `deployment`: counted in its metrics, logged in one line, and priced
+    (`cost`: the deployment's prices) as the spend record its caller sends to the key keeper."""
     if request.task == "count_tokens":
         usage = None  # the tokens counted were not consumed
+    spent = spend_record(request, deployment, cost or FREE, usage, outcome, latency_s, time.time())
     if metrics is not None:
-        metrics.request_done(request.tenant, replica, outcome, latency_s, usage)
+        metrics.request_done(request.tenant, replica, outcome, latency_s, usage, nanos_to_usd(spent.cost_nanos))
     log.info(
         "request",
         request_id=request.request_id,
         endpoint=request.endpoint,
         task=request.task,
         tenant=request.tenant,
+        key_id=request.key_id,
         deployment=deployment,
         replica=replica,
         latency_ms=round(latency_s * 1000, 2),
         outcome=outcome,
         prompt_tokens=usage.prompt_tokens if usage is not None else None,
         completion_tokens=usage.completion_tokens if usage is not None else None,
+        cost_usd=nanos_to_usd(spent.cost_nanos),
     )
+    return spent
