@@ -28,6 +28,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from atomr.client import Client
@@ -134,6 +135,10 @@ def test_the_admin_api_needs_the_admin_key_and_names_bad_fields(head: tuple[Node
     bad = admin_call(url, "POST", "/admin/keys", {"tenant": "team-b", "colour": "blue"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "colour", bad.text
     assert admin_call(url, "GET", "/admin/keys/key_0000").status_code == 404
+    doc = httpx.get(url + "/openapi.json", timeout=30).json()
+    validate(doc)
+    assert {"/admin/keys", "/admin/keys/{key_id}/rotate", "/admin/spend"} <= set(doc["paths"])
+    assert doc["paths"]["/admin/keys"]["post"]["security"] == [{"admin": []}]
 
 
 def test_a_keys_life_through_the_cli_and_the_admin_api(head: tuple[Node, str, Path]) -> None:

@@ -20,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from atomr.cluster.key_store import GROUPS
+from atomr.core.keys import KeyRequest
 from atomr.http import anthropic_schemas, schemas
 from atomr.http.plumbing import FrontContext
 from atomr.http.responses_api import schemas as responses_schemas
@@ -266,11 +268,56 @@ def _paths(model: str, auth: bool) -> dict[str, Any]:
     }
 
 
-def openapi_document(models: Sequence[str] = (), *, auth: bool = True) -> dict[str, Any]:
+def _admin_paths() -> dict[str, Any]:
+    """``/admin/keys`` and ``/admin/spend`` (`atomr.http.admin`), with the admin key."""
+    security = [{"admin": []}]
+    key_id = [{"name": "key_id", "in": "path", "required": True, "schema": _STRING}]
+    a_key = _json({"type": "object"}, "the key, with what it spent in its period")
+    with_secret = _json(
+        {"type": "object", "properties": {"key": {"type": "object"}, "secret": _STRING}},
+        "the key and its secret, shown this once",
+    )
+    listing = _json({"type": "object", "properties": {"object": _STRING, "data": {"type": "array"}}}, "the list")
+    errors = {**_errors("400", "401"), "403": _json(_ref("Error"), "the node has no admin key: no admin API")}
+
+    def op(operation_id: str, summary: str, ok: dict[str, Any], status: str = "200", **more: Any) -> dict[str, Any]:
+        return {
+            "operationId": operation_id,
+            "summary": summary,
+            "security": security,
+            **more,
+            "responses": {status: ok, **errors},
+        }
+
+    body = {
+        "required": True,
+        "content": {"application/json": {"schema": openapi30(KeyRequest.model_json_schema(), {})}},
+    }
+    group = {"name": "group_by", "in": "query", "schema": {"type": "string", "enum": list(GROUPS)}}
+    times = [{"name": n, "in": "query", "schema": {"type": "number"}} for n in ("since", "until")]
+    return {
+        "/admin/keys": {
+            "post": op("createKey", "make a key", with_secret, "201", requestBody=body),
+            "get": op("listKeys", "every key", listing),
+        },
+        "/admin/keys/{key_id}": {
+            "get": op("showKey", "one key", a_key, parameters=key_id),
+            "delete": op("revokeKey", "revoke a key (refused everywhere at once)", a_key, parameters=key_id),
+        },
+        "/admin/keys/{key_id}/revoke": {"post": op("revokeKeyPost", "revoke a key", a_key, parameters=key_id)},
+        "/admin/keys/{key_id}/rotate": {
+            "post": op("rotateKey", "a new secret (the old one stops working)", with_secret, parameters=key_id)
+        },
+        "/admin/spend": {"get": op("spend", "the spend log, summed", listing, parameters=[group, *times])},
+    }
+
+
+def openapi_document(models: Sequence[str] = (), *, auth: bool = True, admin: bool = False) -> dict[str, Any]:
     """The OpenAPI 3.0 document of the HTTP front.
 
     `models`: names the node serves (the first one goes in the request examples); `auth`: whether
-    the node has tenants, i.e. whether every ``/v1`` route wants ``Authorization: Bearer <key>``.
+    the node has tenants, i.e. whether every ``/v1`` route wants ``Authorization: Bearer <key>``;
+    `admin`: whether the node has an admin key (the ``/admin`` routes).
     """
     doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
@@ -288,11 +335,19 @@ def openapi_document(models: Sequence[str] = (), *, auth: bool = True) -> dict[s
             "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "the same key"},
         }
         doc["security"] = [{"bearer": []}]
+    if admin:
+        doc["paths"].update(_admin_paths())
+        doc["components"].setdefault("securitySchemes", {})["admin"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "the admin key (http.admin_key_file)",
+        }
     return doc
 
 
 def routes(ctx: FrontContext) -> list[Route]:
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document(sorted(ctx.backend.model_names()), auth=not ctx.tenants.open))
+        names = sorted(ctx.backend.model_names())
+        return JSONResponse(openapi_document(names, auth=not ctx.tenants.open, admin=ctx.tenants.runtime_keys))
 
     return [Route("/openapi.json", openapi, methods=["GET"])]
