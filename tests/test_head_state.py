@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 
 from atomr.cluster.head_state import MIGRATIONS, SCHEMA_VERSION, STATE_FILE, DesiredState, HeadState
+from atomr.cluster.key_store import KeyStore
 from atomr.config import deployment_from_dict
 from atomr.core.errors import ConfigError
+from atomr.core.keys import ApiKey, KeyRequest
 from atomr.core.policies import Cascade, CascadeTier, Policies, RoutePolicy
+from atomr.core.spend import SpendRecord
 from atomr.core.tenants import Tenant, TenantTable, new_key
 from atomr.node.main import NodeConfig, merge_desired, read_config
 from atomr.node.settings import NodeSettings
@@ -220,6 +223,13 @@ def test_a_snapshot_written_by_a_standby_is_the_leaders_state(tmp_path: Path) ->
     leader.add_grant("org", 2, 10)
     leader.set_term(4)
     leader.set_standbys(["10.0.0.2:19500"])
+    leader.close()
+    keys = KeyStore(str(tmp_path / "leader"))  # the key keeper's tables, in the same file
+    made = ApiKey.made(KeyRequest(tenant="t", budget_usd=1.0), "0" * 64, 5.0)
+    keys.put_key(made)
+    keys.record([SpendRecord("r1", 6.0, made.id, "t", "tiny", 1, 2, 0, 300, 0.1, "ok")], {made.id: (5.0, 300)})
+    keys.close()
+    leader = HeadState(tmp_path / "leader")
     standby = HeadState(tmp_path / "standby")
     standby.put_deployment(dep(name="stale"))  # what the standby had is replaced, not merged
     standby.replace_all(leader.snapshot())
@@ -229,6 +239,11 @@ def test_a_snapshot_written_by_a_standby_is_the_leaders_state(tmp_path: Path) ->
     assert [(k, r, t) for k, _, r, t in standby.grants(60)] == [("org", 2, 10)]
     assert standby.synced_at() is not None and leader.synced_at() is None
     assert leader.standbys() == ["10.0.0.2:19500"] and standby.standbys() == []
+    standby.close()
+    taken_over = KeyStore(str(tmp_path / "standby"))  # keys and budgets survive a take-over
+    assert taken_over.keys() == [made] and taken_over.spent() == {made.id: (5.0, 300)}
+    assert taken_over.summary("key") == []  # the spend log stays with the head that wrote it
+    taken_over.close()
 
 
 def test_a_keys_grants_that_left_its_window_are_dropped(tmp_path: Path) -> None:

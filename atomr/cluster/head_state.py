@@ -90,6 +90,10 @@ class Snapshot:
     desired: DesiredState
     grants: list[tuple[str, float, int, int]]  # (key, seconds ago, requests, tokens)
     term: int
+    # runtime keys (id, JSON) and each one's spend in its budget period (`atomr.cluster.key_store`);
+    # the spend log itself stays with the head that wrote it
+    keys: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    key_spend: list[tuple[str, float, int]] = dataclasses.field(default_factory=list)
 
 
 class HeadState:
@@ -271,7 +275,7 @@ class HeadState:
         with self._db:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
-            for table in ("deployments", "policies", "nodes", "grants"):  # tenants: _put_tenants
+            for table in ("deployments", "policies", "nodes", "grants", "api_keys", "key_spend"):  # tenants: below
                 db.execute(f"DELETE FROM {table}")
             now = self._clock()
             for dep, switch in snapshot.desired.deployments:
@@ -287,6 +291,8 @@ class HeadState:
             db.executemany(
                 "INSERT INTO grants VALUES (?, ?, ?, ?)", [(k, now - ago, r, t) for k, ago, r, t in snapshot.grants]
             )
+            db.executemany("INSERT INTO api_keys VALUES (?, ?)", snapshot.keys)
+            db.executemany("INSERT INTO key_spend VALUES (?, ?, ?)", snapshot.key_spend)
             self._put_meta("term", str(snapshot.term))
             self._put_meta("synced_at", str(now))
 
@@ -297,7 +303,9 @@ class HeadState:
 
     def snapshot(self, window_s: float = 86400.0) -> Snapshot:
         """What a standby needs to take over: the desired state, recent grants, the term."""
-        return Snapshot(self.load(), self.grants(window_s), self.term())
+        keys = self._db.execute("SELECT id, spec FROM api_keys ORDER BY id").fetchall()
+        spend = self._db.execute("SELECT key_id, period_start, spent_nanos FROM key_spend").fetchall()
+        return Snapshot(self.load(), self.grants(window_s), self.term(), keys, spend)
 
     def set_tenants(self, tenants: list[Tenant]) -> None:
         with self._db:
