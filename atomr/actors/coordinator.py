@@ -172,6 +172,7 @@ class Coordinator(SidecarActor):
         if kind == "metrics":
             self._ship_metrics()
             self._carry_out(rs.refresh())  # queue depth and in-flight counts in status stay fresh
+            self._keeper = None  # looked up again by its name: a key keeper started again is found
             self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
         elif kind in ("switch-timeout", "switch-canary"):
             self._carry_out(rs.switch_timer(kind, arg))

@@ -66,7 +66,14 @@ from atomr.actors.registry import Registry
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.budgets import Hold
 from atomr.core.deployment import Deployment, RateBudget
-from atomr.core.errors import ConfigError, ErrorInfo, InferenceError, NotFoundError, RateLimitedError
+from atomr.core.errors import (
+    ConfigError,
+    ErrorInfo,
+    InferenceError,
+    InferenceTimeoutError,
+    NotFoundError,
+    RateLimitedError,
+)
 from atomr.core.keys import ApiKey
 from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.ratelimit import estimate_tokens
@@ -132,7 +139,7 @@ class Gateway(SidecarActor):
         self.keys: dict[str, ApiKey] = {}
         self._keys_version: tuple[str, int] | None = None
         self._keeper: Address = None
-        self._reserving: dict[tuple[str, str], tuple[WorkItem, Route]] = {}
+        self._reserving: dict[tuple[str, str], tuple[WorkItem, Route, Hold]] = {}
         self._holds: list[Hold] = []
         self._spent: list[SpendRecord] = []
         self._ticks = 0
@@ -232,18 +239,31 @@ class Gateway(SidecarActor):
         spec = route.spec
         est = spec.cost.nanos(req.prompt_chars // 4 + 1, req.completion_budget) if spec is not None else 0
         deadline = req.deadline if req.deadline is not None else time.time() + 600.0
-        self._reserving[(req.request_id, route.deployment)] = (item, route)
-        self._holds.append(Hold(req.request_id, route.deployment, key.id, est, deadline))
+        hold = Hold(req.request_id, route.deployment, key.id, est, deadline)
+        self._reserving[(req.request_id, route.deployment)] = (item, route, hold)
+        self._holds.append(hold)
 
     def receiveMsg_Reserved(self, msg: Reserved, sender: Address) -> None:
         for rid, deployment in msg.granted:
             waiting = self._reserving.pop((rid, deployment), None)
             if waiting is not None:
-                self._forward(*waiting)
+                self._forward(waiting[0], waiting[1])
         for rid, deployment, error in msg.refused:
             waiting = self._reserving.pop((rid, deployment), None)
             if waiting is not None:
                 self._refuse(waiting[0], error)
+
+    def _ask_holds_again(self) -> None:
+        """Holds asked for and not answered: the key keeper may have died with them. Asking again
+        is harmless (a run that holds already is granted again); past its deadline, a request
+        waiting for its answer is answered with a timeout."""
+        now = time.time()
+        for where, (item, _, hold) in list(self._reserving.items()):
+            if hold.deadline < now:
+                del self._reserving[where]
+                self._refuse(item, InferenceTimeoutError("deadline passed waiting for the key's budget").info())
+            elif hold not in self._holds:
+                self._holds.append(hold)
 
     def _refuse(self, item: WorkItem, error: ErrorInfo) -> None:
         """Answer `item` with `error` before it ran; it gives back what its rate limits granted it."""
@@ -334,7 +354,9 @@ class Gateway(SidecarActor):
             self.ship_metrics()
             self._ticks += 1
             if self._watching_keys and self._ticks % 5 == 0:  # a key keeper started again: watch it too
+                self._keeper = None  # (looked up again by its name)
                 self.send(self._key_keeper(), WatchKeys(self._keys_version))
+                self._ask_holds_again()
             self.wakeupAfter(timedelta(seconds=1.0), payload=("metrics", ""))
             return
         if kind == "cascade":

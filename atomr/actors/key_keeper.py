@@ -62,6 +62,7 @@ log = structlog.get_logger("atomr.keys")
 
 TICK_S = 5.0  # holds past their deadline are dropped, and metrics shipped, this often
 PRUNE_EVERY_S = 3600.0
+MAX_EARLY = 10_000  # messages kept for after StartKeys
 OPS = ("create", "list", "show", "revoke", "rotate", "spend")
 
 
@@ -80,6 +81,9 @@ class KeyKeeper(SidecarActor):
         self._own_dir: str | None = None
         self._pruned_at = 0.0
         self._collector: Address = None
+        # What came before StartKeys (a keeper started again by a gateway's lookup, before the
+        # node starts it): answered once it has its keys, not with an empty table meanwhile
+        self._early: list[tuple[Any, Address]] = []
 
     # ---- start ----
 
@@ -90,6 +94,18 @@ class KeyKeeper(SidecarActor):
             self.send(sender, Reply(False, error=exc.info()))
             return
         self.send(sender, Reply(True))
+        early, self._early = self._early, []
+        for early_msg, early_sender in early:
+            getattr(self, f"receiveMsg_{type(early_msg).__name__}")(early_msg, early_sender)
+
+    def _waits(self, msg: Any, sender: Address) -> bool:
+        """Keep `msg` for after StartKeys when it has not come yet."""
+        if self.store is None:
+            if len(self._early) >= MAX_EARLY:  # never started (no head runs it): keep the newest
+                del self._early[0]
+            self._early.append((msg, sender))
+            return True
+        return False
 
     def _start(self, msg: StartKeys) -> None:
         if self.store is None:
@@ -109,6 +125,8 @@ class KeyKeeper(SidecarActor):
     # ---- the key table, to every gateway ----
 
     def receiveMsg_WatchKeys(self, msg: WatchKeys, sender: Address) -> None:
+        if self._waits(msg, sender):
+            return
         self.watchers[str(sender)] = sender
         if msg.version != self._version:
             self.send(sender, KeyTable(self._version, tuple(self.keys.values())))
@@ -127,6 +145,8 @@ class KeyKeeper(SidecarActor):
     # ---- budgets and spend ----
 
     def receiveMsg_Reserve(self, msg: Reserve, sender: Address) -> None:
+        if self._waits(msg, sender):
+            return
         now = time.time()
         granted: list[tuple[str, str]] = []
         refused = []
@@ -144,6 +164,8 @@ class KeyKeeper(SidecarActor):
         self.send(sender, Reserved(granted, refused))
 
     def receiveMsg_SpendRecords(self, msg: SpendRecords, sender: Address) -> None:
+        if self._waits(msg, sender):
+            return
         now = time.time()
         charged: dict[str, tuple[float, int]] = {}
         for record in msg.records:

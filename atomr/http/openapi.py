@@ -270,7 +270,7 @@ def _paths(model: str, auth: bool) -> dict[str, Any]:
 
 def _admin_paths() -> dict[str, Any]:
     """``/admin/keys`` and ``/admin/spend`` (`atomr.http.admin`), with the admin key."""
-    security = [{"admin": []}]
+    security: list[dict[str, list[str]]] = [{"admin": []}]
     key_id = [{"name": "key_id", "in": "path", "required": True, "schema": _STRING}]
     a_key = _json({"type": "object"}, "the key, with what it spent in its period")
     with_secret = _json(

@@ -83,6 +83,7 @@ class NodeRuntime:
         self.workers: list[Any] = []  # the gateway of each HTTP worker, with its place
         self.shared_dir: str | None = None  # what the HTTP workers share
         self.admin_sha256: str | None = None  # the admin key's hash: runtime keys are on (head only)
+        self.keeper: Any = None
         self.spend_retention_days = 90.0
 
     def start(self) -> None:
@@ -92,7 +93,6 @@ class NodeRuntime:
         through the convention and creates its node agent there.
         """
         from atomr.actors.gateway import Gateway
-        from atomr.actors.key_keeper import KeyKeeper
         from atomr.actors.metrics_collector import MetricsCollector
         from atomr.actors.node_agent import NodeAgent
         from atomr.actors.rate_limiter import RateLimiter
@@ -116,12 +116,17 @@ class NodeRuntime:
             use = UseState(self.state_dir, self.adopt_window_s, self.took_over_at)
             for keeper in (manager, registry, limiter):
                 reply_value(self.asys.ask(keeper, use, 30.0), "state directory", 30.0)
-        keeper = self.asys.createActor(KeyKeeper, globalName=KEYS_NAME)
-        start_keys = StartKeys(self.state_dir, self.admin_sha256, self.spend_retention_days)
-        reply_value(self.asys.ask(keeper, start_keys, 30.0), "key keeper start", 30.0)
+        self._start_keeper()
         self.gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         self.agent = self.asys.createActor(NodeAgent, globalName=node_agent_name(self.node_id))
         self.info = self._init_agent(self.agent)
+
+    def _start_keeper(self, timeout: float = 30.0) -> None:
+        from atomr.actors.key_keeper import KeyKeeper
+
+        self.keeper = self.asys.createActor(KeyKeeper, globalName=KEYS_NAME)
+        start_keys = StartKeys(self.state_dir, self.admin_sha256, self.spend_retention_days)
+        reply_value(self.asys.ask(self.keeper, start_keys, timeout), "key keeper start", timeout)
 
     def _manager(self) -> Any:
         from atomr.actors.deployment_manager import DeploymentManager
@@ -207,13 +212,19 @@ class NodeRuntime:
         return port
 
     def watch(self, timeout: float = 30.0) -> list[str]:
-        """Start again the head's gateway and node agent if their processes died; returns which."""
+        """Start again the head's gateway, node agent and key keeper if their processes died;
+        returns which."""
         from atomr.actors.gateway import Gateway
+        from atomr.actors.key_keeper import KeyKeeper
         from atomr.actors.node_agent import NodeAgent
 
         if self.asys is None or self.join is not None:
             return []
         restarted = []
+        if self.asys.createActor(KeyKeeper, globalName=KEYS_NAME) != self.keeper:
+            log.error("key keeper process died; starting it again")
+            self._start_keeper(timeout)  # (gateways watch it again within 5 s)
+            restarted.append("key keeper")
         gateway = self.asys.createActor(Gateway, globalName=GATEWAY_NAME)
         if gateway != self.gateway:
             log.error("gateway process died; starting it again")
