@@ -178,8 +178,8 @@ class KeyKeeper(SidecarActor):
                 self.store.record(msg.records, charged)
             except Exception as exc:  # noqa: BLE001 - the budgets above still count it
                 log.error("spend log write failed", records=len(msg.records), error=f"{type(exc).__name__}: {exc}")
-        if charged:
-            self._meter(now)
+        # (the keys' gauges follow on the next tick: a pass over every key per batch would cost
+        # more than the batch)
 
     def receiveMsg_SpendTotals(self, msg: SpendTotals, sender: Address) -> None:
         try:

@@ -32,6 +32,7 @@ from atomr.core.spend import spend_record
 from atomr.core.tenants import TenantTable
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.http.app import make_app
+from atomr.http.connection_guard import ConnectionLimits, RefusalLog, connection_cap, guarded_protocol
 from atomr.http.inline import Fallback, InlineRunners, Slot
 from atomr.http.port import Debits, GatewayPort, RoutingSnapshot
 from atomr.http.settings import HttpSettings
@@ -89,10 +90,15 @@ class HttpFront:
             sock = listening_socket(self.settings.bind, self.settings.port, reuse_port=self.place.workers > 1)
         except OSError as exc:
             raise UnavailableError(f"the HTTP front could not listen on {where}: {exc}") from None
+        s = self.settings
+        cap = connection_cap(s.max_connections)
+        limits = ConnectionLimits(cap, s.max_header_bytes, s.max_headers, s.header_timeout_s, s.body_timeout_s)
         config = uvicorn.Config(
             self._app,
             host=self.settings.bind,
             port=self.settings.port,
+            http=guarded_protocol(limits, RefusalLog(where, self.http_metrics.connection_refused)),
+            timeout_keep_alive=s.keep_alive_timeout_s,  # type: ignore[arg-type]
             log_level="warning",
             access_log=False,
             lifespan="off",

@@ -26,6 +26,19 @@ class HttpSettings(BaseModel):
     # a file holding the admin key of /admin and atomr-keys (relative: to the config's folder);
     # setting one makes the front ask every caller for a key (see atomr.core.tenants)
     admin_key_file: str | None = None
+    # Connection limits (`atomr.http.connection_guard`): open connections one front process serves
+    # at once (one more is answered 503 and closed); a request's headers (431 beyond); how long its
+    # headers and its body may take to arrive (408 and closed); how long an idle keep-alive
+    # connection is kept
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_headers: int = Field(default=128, ge=8, le=10_000)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    # serve beyond loopback with no key asked of callers (no tenants, no admin key): anyone who
+    # reaches the port spends the deployments' provider keys; refused at start unless set
+    allow_unauthenticated: bool = False
 
 
 def http_settings_from_config(raw: Any, where: str = "config") -> HttpSettings | None:

@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:02")
 
 import argparse
+import resource
 import shutil
 import signal
 import socket
@@ -32,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from atomr.client import DEFAULT_PORT
 from atomr.cluster.admin_key import ADMIN_KEY_FILE_ENV, admin_key_path, read_admin_key
-from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, probe, resolve_key
+from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, is_loopback, probe, resolve_key
 from atomr.cluster.head_state import DesiredState, HeadState, default_state_dir
 from atomr.cluster.system import port_open, reachable_host
 from atomr.cluster.thespian_setup import DEFAULT_BIND
 from atomr.config import load_deployments, load_policies, load_yaml
-from atomr.core.errors import InferenceError
+from atomr.core.errors import ConfigError, InferenceError
 from atomr.core.policies import Cascade, Policies, RoutePolicy
 from atomr.core.tenants import TenantTable, hash_key, tenants_from_config
 from atomr.http.settings import HttpSettings, http_settings_from_config
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from atomr.node.runtime import NodeRuntime
 
 log = get_logger("atomr.node")
+FD_HEADROOM = 256  # files and sockets of the node's own beyond the HTTP front's connections
 WATCH_PERIOD_S = 0.5
 JOIN_CHECK_S = 2.0  # while the head is not reachable yet, ask it this often whether it accepts our key
 # a head started again waits this long at most for the member nodes it knew to rejoin (they
@@ -210,6 +212,42 @@ def admin_key_hash(args: argparse.Namespace, config: NodeConfig) -> str | None:
     return hash_key(read_admin_key(path, field))
 
 
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's soft limit of open files to its hard limit (every process the node
+    starts inherits it); warns when it stays below `wanted`. Returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit", soft=soft, hard=hard, error=str(exc))
+    if soft < wanted:
+        log.warning(
+            "the open-files limit is below what the HTTP front's connection cap needs", limit=soft, needs=wanted
+        )
+        say(f"warning: open-files limit {soft} is below the {wanted} the HTTP front's connection cap needs")
+    return soft
+
+
+def check_open_relay(config: NodeConfig, admin_sha256: str | None) -> None:
+    """A front that would serve anyone beyond loopback (no tenants, no admin key) is refused unless
+    the config says ``http.allow_unauthenticated: true`` (then it warns). Raises ConfigError."""
+    http = config.http
+    if http is None or is_loopback(http.bind) or not config.tenants.open or admin_sha256 is not None:
+        return
+    if not http.allow_unauthenticated:
+        raise ConfigError(
+            f"http.bind {http.bind} serves beyond loopback with no API keys: anyone who reaches it spends the"
+            " deployments' provider keys; add tenants: (or an admin key for runtime keys), bind 127.0.0.1,"
+            " or set http.allow_unauthenticated: true",
+            field="http.bind",
+        )
+    log.warning("the HTTP front serves beyond loopback without authentication", bind=http.bind)
+    say(f"warning: the HTTP front on {http.bind} asks no API key (http.allow_unauthenticated)")
+
+
 def parse_joins(joins: str | None) -> list[tuple[str, int]]:
     """--join HOST:PORT[,HOST:PORT...]: the head and its standbys, in order."""
     return [j for j in (parse_join(part.strip()) for part in (joins or "").split(",")) if j is not None]
@@ -249,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print("atomr node: --standby makes a standby head: it needs --role head", file=sys.stderr)
         return 2
     configure_logging(args.log_level or config.settings.log_level or "info")
+    raise_fd_limit(FD_HEADROOM + (config.http.max_connections if config.http is not None else 0))
     port = args.port or config.settings.port or DEFAULT_PORT
     bind = args.bind or config.settings.bind or DEFAULT_BIND
     try:
@@ -258,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         admin_sha256 = admin_key_hash(args, config) if args.role == "head" else None
+        if args.role == "head":
+            check_open_relay(config, admin_sha256)
     except InferenceError as exc:
         print(f"atomr node: {exc.message}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ REPLICA_UP = "atomr_replica_up"
 REPLICA_RESTARTS = "atomr_replica_restarts"
 CIRCUIT_STATE = "atomr_circuit_state"
 HTTP_REQUESTS = "atomr_http_requests"
+HTTP_REFUSED = "atomr_http_connections_refused"  # counter: connections refused or closed by a limit
 ROUTE_REQUESTS = "atomr_route_requests"
 CASCADE_REQUESTS = "atomr_cascade_requests"
 CASCADE_ESCALATIONS = "atomr_cascade_escalations"
@@ -188,10 +189,20 @@ class HttpMetrics(Recorder):
         self.requests = Counter(
             HTTP_REQUESTS, "HTTP requests by route and status", ["route", "status"], registry=self.registry
         )
+        self.refused = Counter(
+            HTTP_REFUSED,
+            "Connections refused or closed by a limit (connections, header bytes or count, header or body timeout)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.dirty = True
 
     def record(self, route: str, status: int) -> None:
         self.requests.labels(route, str(status)).inc()
+        self.dirty = True
+
+    def connection_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
         self.dirty = True
 
 

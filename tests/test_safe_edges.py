@@ -1,0 +1,266 @@
+"""The HTTP front against hostile and careless clients: does it keep serving the others?
+
+Each attack runs against a head on the embedded model while a thread keeps sending normal
+requests; every normal request must succeed, and the RSS of every atomr process is compared
+before and after:
+- header floods (a 1 MB header, 100k headers, 100 MB of headers on one connection): 431 or
+  closed at once, after at most `max_header_bytes` read;
+- 1,000 slowloris connections (headers, and bodies after complete headers): closed within the
+  header and body timeouts;
+- under ``ulimit -n 1024``, 2,000 idle connections: past the cap the idlest are closed (or new ones
+  refused 503) and normal requests keep succeeding;
+- ``http.bind: 0.0.0.0`` with no keys is refused naming the option, unless
+  ``allow_unauthenticated`` says so (then it warns).
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from atomr.cluster.system import system_processes
+from tests.conftest import REPO, Node, node_env
+from tests.faults.harness import http_url
+
+MiB = 1 << 20
+HEADER_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 2.0
+
+
+def config(folder: Path, **http: object) -> Path:
+    cfg = folder / "edges.yaml"
+    settings = {"port": 0, "header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S, **http}
+    tiny = {"name": "tiny", "model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}}
+    cfg.write_text(yaml.safe_dump({"http": settings, "deployments": [tiny]}))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, str]]:
+    node = Node(config=config(tmp_path_factory.mktemp("edges")))
+    try:
+        yield node, http_url(node)
+    finally:
+        assert node.stop() == []
+
+
+def rss(node: Node) -> dict[int, int]:
+    out = {}
+    for p in system_processes(node.port):
+        try:
+            out[p.pid] = p.memory_info().rss
+        except psutil.Error:
+            continue
+    return out
+
+
+def grew(before: dict[int, int], after: dict[int, int]) -> int:
+    """The largest growth of one process's RSS (processes of both samples)."""
+    return max((after[pid] - before[pid] for pid in before.keys() & after.keys()), default=0)
+
+
+class Others:
+    """Normal requests sent one after another while an attack runs: each must succeed."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.statuses: list[int] = []
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = client.post(
+                        self.url + "/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}
+                    )
+                    self.statuses.append(r.status_code)
+                except httpx.HTTPError as exc:
+                    self.statuses.append(-1)
+                    print("normal request failed:", exc)
+                self.latencies.append(time.monotonic() - t0)
+
+    def __enter__(self) -> Others:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        deadline = time.monotonic() + 60
+        while len(self.statuses) < 3 and time.monotonic() < deadline:  # some ran while it was on
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(60)
+
+    def check(self) -> None:
+        assert self.statuses and all(s == 200 for s in self.statuses), self.statuses
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def send_until_refused(url: str, head: bytes, chunk: bytes, total: int) -> tuple[bytes, int]:
+    """Send `head`, then `chunk` until `total` bytes or the server stops reading; returns what it
+    answered and how many bytes were sent."""
+    sock = socket.create_connection(host_port(url), timeout=10)
+    sent = 0
+    try:
+        sock.sendall(head)
+        while sent < total:
+            try:
+                sock.sendall(chunk)
+            except OSError:  # closed by the server (reset or broken pipe)
+                break
+            sent += len(chunk)
+        answer = b""
+        try:
+            while len(answer) < 4096:
+                part = sock.recv(4096)
+                if not part:
+                    break
+                answer += part
+        except OSError:
+            pass
+        return answer, sent
+    finally:
+        sock.close()
+
+
+REQUEST = b"POST /v1/completions HTTP/1.1\r\nHost: atomr\r\nContent-Type: application/json\r\n"
+
+
+def test_header_floods_are_refused_at_once_and_cost_no_memory(front: tuple[Node, str]) -> None:
+    node, url = front
+    before = rss(node)
+    with Others(url) as others:
+        t0 = time.monotonic()
+        answer, _ = send_until_refused(url, REQUEST + b"X-Big: ", b"a" * 65536, 1 * MiB)
+        assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer[:100]
+        answer, _ = send_until_refused(
+            url, REQUEST, b"".join(b"X-H%d: v\r\n" % i for i in range(1000)), 100 * 1000 * 10
+        )
+        assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer[:100]
+        answer, sent = send_until_refused(url, REQUEST, b"X-Filler: " + b"b" * 1000 + b"\r\n", 100 * MiB)
+        assert answer.startswith(b"HTTP/1.1 431") or answer == b"", answer[:100]
+        assert sent < 4 * MiB, f"the server read {sent} bytes of headers before refusing"
+        assert time.monotonic() - t0 < 20
+    others.check()
+    assert grew(before, rss(node)) < 50 * MiB
+    # a request with headers within the limits is served as usual
+    ok = httpx.post(
+        url + "/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}, headers={"x-pad": "p" * 4000}
+    )
+    assert ok.status_code == 200
+
+
+@contextmanager
+def open_sockets(url: str, n: int, first: bytes) -> Iterator[list[socket.socket]]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(host_port(url), timeout=10)
+            if first:
+                s.sendall(first)
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_closed(socks: list[socket.socket], within_s: float, trickle: bytes = b"") -> list[float]:
+    """Seconds until the server closed each socket (sending `trickle` on each every 0.5 s)."""
+    sel = selectors.DefaultSelector()
+    start = time.monotonic()
+    closed: dict[int, float] = {}
+    for i, s in enumerate(socks):
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+    next_trickle = start + 0.5
+    while len(closed) < len(socks) and time.monotonic() - start < within_s:
+        for key, _ in sel.select(timeout=0.1):
+            try:
+                data = key.fileobj.recv(4096)  # type: ignore[union-attr]
+            except OSError:
+                data = b""
+            if not data or b"408" in data:
+                closed[key.data] = time.monotonic() - start
+                sel.unregister(key.fileobj)
+        if trickle and time.monotonic() >= next_trickle:
+            next_trickle += 0.5
+            for i, s in enumerate(socks):
+                if i not in closed:
+                    try:
+                        s.send(trickle)
+                    except OSError:
+                        closed[i] = time.monotonic() - start
+                        sel.unregister(s)
+    sel.close()
+    return list(closed.values())
+
+
+def test_slowloris_connections_are_closed_within_their_timeouts(front: tuple[Node, str]) -> None:
+    node, url = front
+    before = rss(node)
+    with Others(url) as others:
+        with (
+            open_sockets(url, 500, REQUEST) as slow_headers,
+            open_sockets(url, 500, REQUEST + b"Content-Length: 100000\r\n\r\n{") as slow_bodies,
+        ):
+            closed = wait_closed(slow_headers + slow_bodies, HEADER_TIMEOUT_S + BODY_TIMEOUT_S + 30, trickle=b"x")
+            assert len(closed) == 1000, f"{1000 - len(closed)} slow connections still open"
+            assert max(closed) < max(HEADER_TIMEOUT_S, BODY_TIMEOUT_S) + 15, max(closed)
+    others.check()
+    assert grew(before, rss(node)) < 50 * MiB
+
+
+def test_idle_connections_past_the_cap_do_not_take_the_front_down(tmp_path: Path) -> None:
+    node = Node(config=config(tmp_path), prefix=("prlimit", "--nofile=1024:1024", "--"))
+    try:
+        url = http_url(node)
+        assert "open-files limit 1024 is below" in node.output()
+        with Others(url) as others, open_sockets(url, 2000, b"") as idle:
+            closed = wait_closed(idle, HEADER_TIMEOUT_S + 30)
+            assert len(closed) == 2000, "idle connections kept open past the header timeout"
+        others.check()
+        refused = httpx.get(url + "/metrics", timeout=30).text
+        assert 'atomr_http_connections_refused_total{reason="idle_closed"}' in refused
+    finally:
+        assert node.stop() == []
+
+
+def run_node(cfg: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "atomr.node", "--config", str(cfg)],
+        cwd=REPO,
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_open_front_beyond_loopback_is_refused_unless_allowed(tmp_path: Path) -> None:
+    refused = run_node(config(tmp_path, bind="0.0.0.0"))
+    assert refused.returncode == 2 and "http.bind" in refused.stderr and "allow_unauthenticated" in refused.stderr
+    node = Node(config=config(tmp_path, bind="0.0.0.0", allow_unauthenticated=True))
+    try:
+        assert "asks no API key (http.allow_unauthenticated)" in node.output()
+    finally:
+        assert node.stop() == []
