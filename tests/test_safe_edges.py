@@ -32,7 +32,7 @@ import yaml
 
 from atomr.cluster.system import system_processes
 from tests.conftest import REPO, Node, node_env
-from tests.faults.harness import http_url
+from tests.faults.harness import http_url, wait_until
 
 MiB = 1 << 20
 HEADER_TIMEOUT_S = 2.0
@@ -264,3 +264,58 @@ def test_an_open_front_beyond_loopback_is_refused_unless_allowed(tmp_path: Path)
         assert "asks no API key (http.allow_unauthenticated)" in node.output()
     finally:
         assert node.stop() == []
+
+
+def by_title(node: Node, title: str) -> psutil.Process:
+    (found,) = [p for p in system_processes(node.port) if p.cmdline()[0].startswith(title + " ")]
+    return found
+
+
+def refused_by_runners(url: str) -> float:
+    """Requests the deployments refused for their context length, as /metrics counts them."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("atomr_requests_total{") and 'outcome="context_length"' in line
+    )
+
+
+def test_context_overflows_are_refused_without_keeping_memory(front: tuple[Node, str]) -> None:
+    node, url = front
+    host, gateway = by_title(node, "RunnerHost"), by_title(node, "Gateway")
+    words = " ".join(f"w{i}" for i in range(120_000))  # ~0.9 MB: no tokenizer is needed to refuse it
+    with httpx.Client(timeout=60) as client:
+        client.post(url + "/v1/completions", json={"model": "tiny", "prompt": "warm up", "max_tokens": 2})
+        before = {p.pid: p.memory_info().rss for p in (host, gateway)}
+        for _ in range(400):
+            r = client.post(url + "/v1/completions", json={"model": "tiny", "prompt": words, "max_tokens": 2})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text[:300]
+        # prompts within the tokenizer-free bound (256 tokens x 13 characters) that do not fit:
+        # the runner refuses them, and keeps nothing of them
+        medium = " ".join(f"w{i}" for i in range(600))
+        for _ in range(100):
+            r = client.post(url + "/v1/completions", json={"model": "tiny", "prompt": medium, "max_tokens": 2})
+            assert r.status_code == 400 and "context length" in r.json()["error"]["message"], r.text[:300]
+    # the deployment counted those 100 and none of the 400 (refused by the gateway)
+    wait_until(lambda: refused_by_runners(url) >= 100, 30, "the runner's refusals in /metrics")
+    assert refused_by_runners(url) == 100
+    after = {p.pid: p.memory_info().rss for p in (host, gateway)}
+    assert after[host.pid] - before[host.pid] < 20 * MiB, (before, after)
+    assert after[gateway.pid] - before[gateway.pid] < 50 * MiB, (before, after)
+
+
+def test_a_runner_host_keeps_only_what_answering_a_refused_request_takes() -> None:
+    from atomr.actors.messages import WorkItem
+    from atomr.actors.runner_host import answer_only
+    from atomr.core.types import InferenceRequest
+
+    item = WorkItem(InferenceRequest(model="tiny", prompt="x" * 1_000_000, tenant="t", key_id="key_1"), "caller", 1)
+    kept = answer_only(item)
+    assert (kept.request.request_id, kept.request.model, kept.request.tenant, kept.request.key_id) == (
+        item.request.request_id,
+        "tiny",
+        "t",
+        "key_1",
+    )
+    assert kept.request.prompt == "" and kept.reply_to == "caller" and kept.hops == 1

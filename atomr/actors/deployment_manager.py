@@ -76,6 +76,7 @@ from atomr.cluster.head_state import HeadState, open_state, record
 from atomr.core.deployment import Deployment, shared_limit_clash
 from atomr.core.errors import ConfigError, InferenceError, InternalError, NotFoundError, UnavailableError
 from atomr.core.routes import Route
+from atomr.core.runner import PromptLimit
 from atomr.core.status import DeploymentInfo
 from atomr.runners.catalog import install_hint
 
@@ -97,6 +98,7 @@ class Record:
     undeploy_waiters: list[Address] = field(default_factory=list)
     swap_to: Deployment | None = None  # the new version being started beside the serving one
     since: float = 0.0  # when its coordinator replaced one that died (time.time(); 0: the first)
+    published_limit: PromptLimit | None = None  # the prompt limit its route was last published with
 
 
 class DeploymentManager(SidecarActor):
@@ -535,6 +537,8 @@ class DeploymentManager(SidecarActor):
             r.host = node.host if node is not None else ""
         if previous == "deploying" and msg.info.state in ("ready", "degraded"):
             self._publish_route(rec)
+        elif msg.info.prompt_limit != rec.published_limit and msg.info.state in ("ready", "degraded"):
+            self._publish_route(rec)  # its runners told their limit after it was published
         elif previous == "deploying" and msg.info.state == "failed":
             # Stop what did start; the deploy is answered (with the engine's reason) once it is gone.
             self.send(rec.coordinator, Drain())
@@ -542,7 +546,8 @@ class DeploymentManager(SidecarActor):
     def _publish_route(self, rec: Record) -> None:
         """Point the deployment's names (and aliases) at its coordinator in the registry."""
         dep = rec.dep
-        route = Route(dep.name, dep.version, dep.runtime, rec.coordinator, dep.rate_budgets, dep, rec.since)
+        limit = rec.published_limit = rec.info.prompt_limit
+        route = Route(dep.name, dep.version, dep.runtime, rec.coordinator, dep.rate_budgets, dep, rec.since, limit)
         self.send(self._registry(), SetRoutes(list(rec.dep.names), route))
 
     def receiveMsg_RouteTable(self, msg: RouteTable, sender: Address) -> None:

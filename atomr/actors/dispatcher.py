@@ -50,6 +50,7 @@ from atomr.core.errors import (
     UnavailableError,
 )
 from atomr.core.fair_queue import FairQueue
+from atomr.core.runner import PromptLimit
 from atomr.core.tenants import Tenant
 from atomr.core.types import StreamEvent
 
@@ -237,6 +238,7 @@ class Dispatcher:
         self._dispatch: dict[str, list[WorkItem]] = {}
         self._metered = {dep.version}  # versions with metrics of their own (the ones served so far)
         self._out: list[Action] = []
+        self.prompt_limits: dict[str, PromptLimit] = {}  # version -> what its runners reported
 
     @property
     def name(self) -> str:

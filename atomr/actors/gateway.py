@@ -209,7 +209,11 @@ class Gateway(SidecarActor):
     ) -> None:
         """Admit `item` from each of its rate limits in turn (from `stage` on: its runtime key's,
         then its route's), then from its key's budget, if any; then forward it."""
-        if limits is None:
+        if limits is None:  # its first admission here
+            too_long = route.prompt_limit.too_long(item.request) if route.prompt_limit is not None else None
+            if too_long is not None:  # refused here, before it crosses a process
+                self._refuse(item, too_long.info())
+                return
             limits = self._limits(item, route)
         if stage >= len(limits):
             key = self.keys.get(item.request.key_id) if item.request.key_id is not None else None

@@ -17,6 +17,7 @@ from atomr.core.errors import ErrorInfo
 from atomr.core.keys import ApiKey
 from atomr.core.policies import Cascade, Policies, RoutePolicy
 from atomr.core.routes import DeploymentStats, Route
+from atomr.core.runner import PromptLimit
 from atomr.core.spend import SpendRecord
 from atomr.core.status import DeploymentInfo
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
@@ -226,6 +227,7 @@ class ReplicaReady:
     # the error finals of the last moments, which may have died with the previous coordinator.
     inflight: list[tuple[WorkItem, bool]] = field(default_factory=list)
     finals: list[tuple[WorkItem, StreamEvent]] = field(default_factory=list)
+    prompt_limit: PromptLimit | None = None  # the runner's, for gateways' early refusals
 
 
 @dataclass(slots=True)

@@ -111,6 +111,8 @@ class ReplicaSet(Dispatcher):
         if r is None:
             return []
         r.address, r.node_id, r.pid, r.visible_devices = msg.address, msg.node_id, msg.pid, msg.visible_devices
+        if msg.prompt_limit is not None:
+            self.prompt_limits[r.version] = msg.prompt_limit
         self._take_over(r, msg.inflight, msg.finals)
         if r.state == "stopping" or self.state == "draining" or self._retiring(r):
             self._stop(r)
@@ -414,6 +416,7 @@ class ReplicaSet(Dispatcher):
             error=self.error,
             swap=self.switch.text(self.replicas.values()) if self.switch is not None else None,
             coordinator_pid=os.getpid(),
+            prompt_limit=self.prompt_limits.get(self.dep.version),
         )
 
     def load(self) -> tuple[Any, ...]:

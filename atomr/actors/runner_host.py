@@ -44,8 +44,8 @@ from atomr.actors.messages import (
 )
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.errors import ErrorInfo, as_error_info
-from atomr.core.runner import ModelRunner
-from atomr.core.types import StreamEvent
+from atomr.core.runner import ModelRunner, PromptLimit
+from atomr.core.types import InferenceRequest, StreamEvent
 from atomr.runners.catalog import runner_class
 from atomr.serving.session import run_session
 
@@ -119,8 +119,15 @@ class RunnerHost(SidecarActor):
             os.environ.get("CUDA_VISIBLE_DEVICES"),
             inflight,
             finals,
+            self._prompt_limit(),
         )
         self.send(msg.coordinator, ready)
+
+    def _prompt_limit(self) -> PromptLimit | None:
+        try:
+            return self.runner.prompt_limit() if self.runner is not None else None
+        except Exception:  # noqa: BLE001 - only an early check is lost
+            return None
 
     def receiveMsg_AdoptReplica(self, msg: AdoptReplica, sender: Address) -> None:
         """A new coordinator replaces a dead one: report to it from now on."""
@@ -207,7 +214,14 @@ class RunnerHost(SidecarActor):
     def _post_final(self, item: WorkItem, event: StreamEvent) -> None:
         reply_to = item.reply_to
         if event.error is not None:
-            self.recent.append((time.monotonic(), item, event))
+            now = time.monotonic()
+            while self.recent and self.recent[0][0] < now - RECENT_FINALS_S:
+                self.recent.popleft()
+            # Only a request a fallback may still take (a retryable error before its first chunk)
+            # is kept whole; of the others, what answering them takes (a refused prompt of a
+            # megabyte must not stay here).
+            kept = item if event.error.retryable and event.seq == 0 else answer_only(item)
+            self.recent.append((now, kept, event))
 
         def deliver() -> None:
             if event.error is None:
@@ -240,3 +254,10 @@ class RunnerHost(SidecarActor):
             return None
         self.last_health = now
         return dict(now)
+
+
+def answer_only(item: WorkItem) -> WorkItem:
+    """`item` reduced to what sending it its final event takes: its id, model, tenant, caller."""
+    req = item.request
+    bare = InferenceRequest(model=req.model, prompt="", request_id=req.request_id, tenant=req.tenant, key_id=req.key_id)
+    return WorkItem(bare, item.reply_to, item.hops)

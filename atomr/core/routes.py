@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atomr.core.deployment import Deployment, RateBudget
+from atomr.core.runner import PromptLimit
 
 
 @dataclass(slots=True)
@@ -26,6 +27,9 @@ class Route:
     # When its coordinator started (time.time()): requests sent before a later value may have died
     # with the coordinator it replaced.
     since: float = 0.0
+    # Its runners' context length and longest token, once one loaded: a prompt that cannot fit is
+    # refused by the gateway (`PromptLimit.too_long`) without crossing a process.
+    prompt_limit: PromptLimit | None = None
 
 
 @dataclass(slots=True)

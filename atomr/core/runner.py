@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from atomr.core.errors import InvalidRequestError
+from atomr.core.errors import ContextLengthError, InvalidRequestError
 
 if TYPE_CHECKING:
     from atomr.core.deployment import Deployment
@@ -83,6 +83,30 @@ class RunnerCapabilities:
     features: frozenset[str] = frozenset({"seed", "top_k"})  # of FEATURES
 
 
+@dataclass(frozen=True, slots=True)
+class PromptLimit:
+    """What a gateway needs to refuse an overlong prompt before it crosses any process."""
+
+    context_tokens: int
+    max_token_chars: int  # no token of the vocabulary stands for more characters than this
+
+    def too_long(self, request: InferenceRequest) -> ContextLengthError | None:
+        """The refusal the runner would make, when even the fewest tokens the prompt can take (its
+        characters / `max_token_chars`) exceed the context; else None. (A prompt that fits but
+        leaves too little room for its max_tokens is the runner's to refuse, where it is counted.)"""
+        if request.task != "generate" or self.max_token_chars < 1:
+            return None
+        at_least = -(-request.prompt_chars // self.max_token_chars)
+        if at_least <= self.context_tokens:
+            return None
+        return ContextLengthError(
+            f"the prompt has at least {at_least} tokens: more than the model's context length of"
+            f" {self.context_tokens}",
+            field="messages" if request.messages is not None else "prompt",
+            details={"prompt_tokens_at_least": at_least, "context_length": self.context_tokens},
+        )
+
+
 class ModelRunner(abc.ABC):
     """One loaded model (one replica). `generate` may be called concurrently."""
 
@@ -109,6 +133,12 @@ class ModelRunner(abc.ABC):
         """How many input tokens the prompt of `request` (messages, tools...) takes on this model.
         Only runners with `capabilities.count_tokens`."""
         raise NotImplementedError
+
+    def prompt_limit(self) -> PromptLimit | None:
+        """The model's context length and the most characters one token of its vocabulary covers,
+        once loaded: with them a gateway refuses, without a tokenizer, a prompt that cannot fit
+        (`PromptLimit.too_long`). None: not known (no check before the runner's own)."""
+        return None
 
     async def health(self) -> bool:
         return True

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from atomr.core.runner import PromptLimit
+
 
 @dataclass(slots=True)
 class ReplicaInfo:
@@ -34,3 +36,5 @@ class DeploymentInfo:
     error: str | None = None
     swap: str | None = None  # progress of a version switch in course, e.g. "v2: 1/2 replicas ready"
     coordinator_pid: int = 0  # the process of its coordinator
+    # its runners' context length and longest token (gateways refuse overlong prompts with it)
+    prompt_limit: PromptLimit | None = None

@@ -82,7 +82,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from atomr.runners.common.context import check_context
+from atomr.runners.common.context import check_context, max_token_chars
 from atomr.runners.common.structured import OutputPlan, output_plan, tool_stream, with_tool_calls
 from atomr.runners.local.ort.batch import BatchWorker
 from atomr.runners.local.ort.engine import EngineDriver, uses_engine
@@ -93,7 +93,7 @@ from atomr.runners.local.ort.spec import OrtOptions
 from atomr.runners.spec import parse_engine_options
 
 from atomr.core.errors import UnavailableError
-from atomr.core.runner import GUIDED, ModelRunner, RunnerCapabilities
+from atomr.core.runner import GUIDED, ModelRunner, PromptLimit, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message
 
 if TYPE_CHECKING:
@@ -173,6 +173,11 @@ class OrtRunner(ModelRunner):
     @property
     def context_length(self) -> int:
         return self._loaded().context_length
+
+    def prompt_limit(self) -> PromptLimit | None:
+        m = self._loaded()
+        chars = max_token_chars(m.folder / "tokenizer.json")
+        return PromptLimit(m.context_length, chars) if chars else None
 
     @property
     def batch_counts(self) -> tuple[int, int]:
