@@ -100,8 +100,7 @@ class PromptLimit:
         if at_least <= self.context_tokens:
             return None
         return ContextLengthError(
-            f"the prompt has at least {at_least} tokens: more than the model's context length of"
-            f" {self.context_tokens}",
+            f"the prompt has at least {at_least} tokens: more than the model's context length of {self.context_tokens}",
             field="messages" if request.messages is not None else "prompt",
             details={"prompt_tokens_at_least": at_least, "context_length": self.context_tokens},
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
@@ -89,28 +90,34 @@ async def run_session(
         timer = None
         flush()
 
+    cap = TokenCap(request)
     try:
         if runner is None:
             raise RuntimeError("runner not loaded")
         check_supported(runner, request)  # e.g. logprobs from a runtime that has none: refused here
         agen = _answers(runner, request)
         try:
-            async for chunk in agen:
-                if request.deadline is not None and time.time() > request.deadline:
-                    raise InferenceTimeoutError("deadline passed while generating", field="deadline")
-                ready = co.add(chunk, loop.time())
-                if ready:
-                    if timer is not None:
-                        timer.cancel()
-                        timer = None
-                    for out in ready:
-                        emit(out)
-                if co.pending and timer is None:
-                    timer = loop.call_later(co.max_delay, on_timer)
+            async with _until(request.deadline):
+                async for received in agen:
+                    if request.deadline is not None and time.time() > request.deadline:
+                        raise InferenceTimeoutError("deadline passed while generating", field="deadline")
+                    for chunk in cap.admit(received):
+                        ready = co.add(chunk, loop.time())
+                        if ready:
+                            if timer is not None:
+                                timer.cancel()
+                                timer = None
+                            for out in ready:
+                                emit(out)
+                        if co.pending and timer is None:
+                            timer = loop.call_later(co.max_delay, on_timer)
+                    if cap.done:  # every choice reached max_tokens: the upstream is not read further
+                        usage = usage or cap.usage()
+                        break
         finally:
             await agen.aclose()  # type: ignore[attr-defined]
         flush()
-        send_final(ev.final(sent, usage))
+        send_final(ev.final(sent, usage or cap.seen_usage))
     except asyncio.CancelledError:
         send_final(ev.cancelled(sent))
     except BaseException as exc:  # noqa: BLE001 - every request gets one final answer
@@ -119,6 +126,62 @@ async def run_session(
     finally:
         if timer is not None:
             timer.cancel()
+
+
+class TokenCap:
+    """Cuts each choice at the max_tokens the caller set, whatever the runner (or the provider
+    behind it) does: past it a choice's pieces are dropped and it ends with finish_reason
+    "length"; once every choice has, the stream is not read further. Counts the pieces'
+    `token_count`. (Without a max_tokens from the caller, a provider's own default applies.)"""
+
+    def __init__(self, request: InferenceRequest) -> None:
+        self.limit = request.params.max_tokens if request.task == "generate" else None
+        self.choices = max(1, request.params.n)
+        self.made: dict[int, int] = {}
+        self.ended: set[int] = set()  # choices finished (by the runner, or cut here)
+        self.seen_usage: Usage | None = None  # the usage of a piece dropped here
+
+    @property
+    def done(self) -> bool:
+        return self.limit is not None and len(self.ended) >= self.choices
+
+    def admit(self, chunk: Chunk) -> list[Chunk]:
+        """`chunk`, or what of it may pass (nothing, or the cut choice's end)."""
+        if self.limit is None:
+            return [chunk]
+        i = chunk.index
+        if i in self.ended:
+            self.seen_usage = chunk.usage or self.seen_usage
+            return []
+        if chunk.finish_reason is not None:
+            self.ended.add(i)
+            return [chunk]
+        made = self.made.get(i, 0) + chunk.token_count
+        if made <= self.limit:
+            self.made[i] = made
+            return [chunk]
+        self.ended.add(i)
+        return [Chunk("", 0, finish_reason="length", index=i)]
+
+    def usage(self) -> Usage:
+        """The provider's usage if it came, else the tokens let through."""
+        return self.seen_usage or Usage(0, sum(self.made.values()))
+
+
+@asynccontextmanager
+async def _until(deadline: float | None) -> AsyncIterator[None]:
+    """The whole generation within the request's deadline (a wall time), however the runner waits."""
+    if deadline is None:
+        yield
+        return
+    limit = asyncio.timeout(asyncio.get_running_loop().time() + max(0.0, deadline - time.time()))
+    try:
+        async with limit:
+            yield
+    except TimeoutError:
+        if not limit.expired():  # a runner's own timeout (it maps those itself)
+            raise
+        raise InferenceTimeoutError("deadline passed while generating", field="deadline") from None
 
 
 def _answers(runner: ModelRunner, request: InferenceRequest) -> AsyncIterator[Chunk]:

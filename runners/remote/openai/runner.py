@@ -42,6 +42,8 @@ Engine options, besides those of `RemoteRunner`:
   organization, project  sent as OpenAI's organization / project headers
   transport         "lean" (default) or "sdk"
   max_connections   open connections to the server at most (lean; default 1000)
+  max_response_bytes  what one answer may take, a whole body or a stream's events added up
+                    (lean; default 32 MiB): past it the answer is not read further (malformed)
   http_client       with the sdk transport: "aiohttp" (default, the SDK's aiohttp client) or "httpx"
 Without any key, a deployment with `api_base` sends the placeholder key "EMPTY" (what
 OpenAI-compatible servers without auth expect); one without `api_base` fails to load (`auth`).
@@ -82,6 +84,7 @@ CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"}
 FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 NO_KEY_PLACEHOLDER = "EMPTY"
 OPENAI_BASE = "https://api.openai.com/v1"
+DEFAULT_MAX_RESPONSE_BYTES = 32 << 20  # engine.max_response_bytes
 
 
 def retry_after_from(headers: Mapping[str, str] | None) -> float | None:
@@ -211,6 +214,7 @@ class OpenAIRunner(RemoteRunner):
                 self.auth_headers(key),
                 self.timeout_s,
                 int(self.options.get("max_connections", 1000)),
+                self._max_response_bytes(),
             )
         http_client = self.options.get("http_client", "aiohttp")
         if http_client not in ("aiohttp", "httpx"):
@@ -229,6 +233,15 @@ class OpenAIRunner(RemoteRunner):
             http_client=openai.DefaultAioHttpClient(timeout=self.timeout_s) if http_client == "aiohttp" else None,
         )
         return SdkTransport(sdk)
+
+    def _max_response_bytes(self) -> int:
+        value = self.options.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
+            raise ConfigError(
+                f"engine.max_response_bytes must be an integer of at least 1024, got {str(value)[:40]!r}",
+                field="engine.max_response_bytes",
+            )
+        return value
 
     def auth_headers(self, key: str) -> dict[str, str]:
         """The headers the SDK would send for the key, organization and project."""

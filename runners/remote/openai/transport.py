@@ -97,12 +97,28 @@ class SdkTransport:
         await self.client.close()
 
 
-class LeanTransport:
-    """One pooled aiohttp session; requests and SSE handled here."""
+class AnswerTooLarge(ValueError):
+    """The server sent more than `max_response_bytes` (the runner reports it as malformed)."""
 
-    def __init__(self, base_url: str, headers: Mapping[str, str], timeout_s: float, max_connections: int) -> None:
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is larger than engine.max_response_bytes ({limit} bytes); not read further")
+
+
+class LeanTransport:
+    """One pooled aiohttp session; requests and SSE handled here. An answer is read up to
+    `max_response_bytes` (a whole body, or a stream's events added up), never further."""
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeout_s: float,
+        max_connections: int,
+        max_response_bytes: int = 32 << 20,
+    ) -> None:
         import aiohttp
 
+        self.max_bytes = max_response_bytes
         self.base = base_url.rstrip("/")
         self.headers = {"Content-Type": "application/json", "Accept": "application/json", **headers}
         self.stream_headers = {**self.headers, "Accept": "text/event-stream"}
@@ -118,10 +134,21 @@ class LeanTransport:
     async def post(self, path: str, body: dict[str, Any], headers: Mapping[str, str] | None) -> object:
         data = json.dumps(body).encode()
         async with self.session.post(self.base + path, data=data, headers=self._headers(self.headers, headers)) as r:
-            raw = await r.read()
+            raw = await self._read(r)
             if r.status >= 300:
                 raise StatusError(r.status, decode(raw), r.headers)
             return decode(raw)
+
+    async def _read(self, r: Any) -> bytes:
+        """The body, refused past `max_bytes` (declared or sent) without reading the rest."""
+        if r.content_length is not None and r.content_length > self.max_bytes:
+            raise AnswerTooLarge(self.max_bytes)
+        body = bytearray()
+        async for part in r.content.iter_chunked(1 << 16):
+            body += part
+            if len(body) > self.max_bytes:
+                raise AnswerTooLarge(self.max_bytes)
+        return bytes(body)
 
     @asynccontextmanager
     async def stream(
@@ -132,10 +159,10 @@ class LeanTransport:
             self.base + path, data=data, headers=self._headers(self.stream_headers, headers)
         ) as r:
             if r.status >= 300:
-                raise StatusError(r.status, decode(await r.read()), r.headers)
+                raise StatusError(r.status, decode(await self._read(r)), r.headers)
             ctype = r.headers.get("content-type", "")
             if not ctype.startswith("text/event-stream"):
-                yield StreamReply(ctype, _no_events(), await r.read())
+                yield StreamReply(ctype, _no_events(), await self._read(r))
             else:
                 yield StreamReply(ctype, self._events(r.content))
 
@@ -143,7 +170,11 @@ class LeanTransport:
         """Server-sent events' data, decoded: lines ``data: ...`` up to a blank line make one."""
         lines: list[str] = []
         event: str | None = None
+        read = 0
         async for raw in content:
+            read += len(raw)
+            if read > self.max_bytes:
+                raise AnswerTooLarge(self.max_bytes)
             line = raw.decode().rstrip("\r\n")
             if line:
                 field, _, value = line.partition(":")
