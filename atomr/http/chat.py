@@ -28,6 +28,7 @@ from atomr.core.types import Chunk, InferenceRequest, InferenceResult, StreamEve
 from atomr.http import openai_requests
 from atomr.http import openai_wire as wire
 from atomr.http.plumbing import FrontContext, bearer, error_response, log, until_disconnect
+from atomr.observability import tracing
 from atomr.serving.stream_assembly import assemble_result
 
 CHAT = "/v1/chat/completions"
@@ -138,6 +139,7 @@ async def _admit(
     """The caller's tenant, body and request, counted in the tenant's quota; or the refusal."""
     tenant: Tenant | None = None
     route = dialect.route
+    span = tracing.http_span(request.headers, route)  # None unless tracing is on
     try:
         tenant = ctx.tenants.authenticate(dialect.api_key(request))
         raw = await ctx.read_body(request)
@@ -155,6 +157,8 @@ async def _admit(
         )
         if dialect.resolve is not None:
             req = dialect.resolve(body, req)
+        if span is not None:  # the request carries the caller's trace on, through every process
+            req = span.admit(req)
         req.validate()
         ctx.quota.enter(tenant)  # last: nothing after it refuses the request
     except ClientDisconnect:

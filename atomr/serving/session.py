@@ -21,10 +21,12 @@ from atomr.core.deployment import Deployment
 from atomr.core.errors import CancelledRequestError, InferenceTimeoutError, as_error_info
 from atomr.core.runner import ModelRunner, check_supported
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent, Usage
+from atomr.observability import tracing
 from atomr.observability.metrics import DeploymentMetrics
 from atomr.serving.coalesce import ChunkCoalescer
 
 log = structlog.get_logger("atomr.request")
+_NO_TRACE: dict[str, str] = {}
 
 
 class EventMaker:
@@ -68,6 +70,9 @@ async def run_session(
     timer: asyncio.TimerHandle | None = None
     sent = 0
     usage: Usage | None = None
+    span = tracing.session_span(request, deployment, replica) if request.trace is not None else None
+    if span is not None:
+        send_chunk, send_final = span.wrap(send_chunk, send_final)
 
     def emit(chunk: Chunk) -> None:
         nonlocal sent, usage
@@ -159,4 +164,5 @@ def record_end(
         outcome=outcome,
         prompt_tokens=usage.prompt_tokens if usage is not None else None,
         completion_tokens=usage.completion_tokens if usage is not None else None,
+        **(_NO_TRACE if request.trace is None else {"trace_id": tracing.trace_id(request.trace)}),
     )
