@@ -133,6 +133,7 @@ def test_a_local_model_request_is_one_trace_over_three_processes(
     assert len(spans) == 3, spans
     # one chain: the caller -> the front -> the coordinator -> the runner host
     assert server.kind == "server" and server.parent_span_id == caller_span
+    assert server.trace_state == "caller=1"  # the caller's tracestate, kept on the front's span
     assert dispatch.kind == "internal" and dispatch.parent_span_id == server.span_id
     assert inference.kind == "internal" and inference.parent_span_id == dispatch.span_id
     pids = {server.pid, dispatch.pid, inference.pid}
@@ -213,7 +214,8 @@ def test_a_stream_without_traceparent_starts_its_trace_at_the_front(
 
     spans = mine(receiver.wait_for(lambda spans: named("POST ", "dispatch ", "chat ")(mine(spans))))
     server = one(spans, "POST ")
-    assert server.parent_span_id == "" and server.attributes["atomr.stream"] is True
+    assert server.parent_span_id == ""
+    assert one(spans, "dispatch ").attributes["atomr.tenant"] == "default"
     assert {s.trace_id for s in spans} == {server.trace_id}
     assert one(spans, "chat ").attributes["gen_ai.usage.output_tokens"] > 0
 

@@ -154,11 +154,10 @@ async def _admit(
             deadline=time.time() + ctx.settings.request_timeout_s,
             headers=headers or None,
             endpoint=route,
+            trace=None if span is None else span.admit(req),  # each process's spans join the front's trace
         )
         if dialect.resolve is not None:
             req = dialect.resolve(body, req)
-        if span is not None:  # the request carries the caller's trace on, through every process
-            req = span.admit(req)
         req.validate()
         ctx.quota.enter(tenant)  # last: nothing after it refuses the request
     except ClientDisconnect:

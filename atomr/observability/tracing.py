@@ -30,16 +30,24 @@ TracerProvider lazily, on its first span (again in a forked child: the resource 
 Sampling: a new trace is sampled with ``sample_ratio``; a trace the caller started keeps the
 caller's decision (parent-based).
 
-Cost. Off, nothing of OpenTelemetry is imported and a request pays one ContextVar read at the
-front and None checks elsewhere; the ASGI middleware is not even installed. On (every request
-sampled, exporting to a local receiver), ``scripts/bench/tracing.py`` measured on the 2-core
-machines here: the front's p50 at concurrency 1 moves by about +0.05-0.1 ms, within the noise
-of one run (a span costs the SDK ~10-20 us; the front makes two per request on the in-process
-path, and the export happens on the processor's thread). Measured trade-offs behind the choices:
-the carried context is the 55-character traceparent string, parsed by hand (a few microseconds)
-rather than through a propagator and a dict per hop; only the front reads ``tracestate`` (it
-stays on the front's span and is not carried on); spans are exported in batches every
-``schedule_delay_ms`` (default 200 ms) rather than one by one, which costs nothing per request.
+Cost. Off, nothing of OpenTelemetry is imported and a request pays a ContextVar read at the
+front and None checks elsewhere (about 0.1 us in all, measured in-process); the ASGI middleware
+is not even installed. On, measured on the 2-core machines here (``scripts/bench/tracing_cost.py``,
+every request sampled, exported to a local receiver): the front's p50 at concurrency 1 moved by
++0.04 ms (off 1.111, on 1.043 ms in one run of 5 interleaved rounds: within the noise), its p99
+from 4.6 to 6.5 ms and its requests/s at concurrency 64 to 0.73x. What it costs, and the choices
+made for it:
+
+* spans are recorded by this module and handed, once ended, to the SDK's BatchSpanProcessor as
+  the SDK's own `ReadableSpan` (what its exporters read), with ids from the SDK's id generator
+  and its ratio sampler's arithmetic; the SDK's Tracer made the front's two spans per request
+  cost 71-106 us on the request's path (attribute validation, locks, context objects), this way
+  18-29 us. Only atomr's own values go in, so nothing needs validating;
+* the export runs on the processor's thread: the OTLP encoder takes 40-70 us per span there, the
+  main cost left, and the source of the p99 tail (the request's thread waits for the GIL while a
+  batch is encoded) and of the throughput cost; fewer attributes per span are the lever;
+* the carried context is the 55-character traceparent in the request message, parsed with one
+  regular expression; only the front reads ``tracestate`` (kept on its span, not carried on).
 """
 
 from __future__ import annotations
@@ -50,9 +58,11 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -64,9 +74,7 @@ from atomr.core.errors import ConfigError
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent, Usage
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span, Tracer
 
     from atomr.core.deployment import Deployment
 
@@ -173,6 +181,7 @@ _UNREAD: Any = object()
 _settings: Any = _UNREAD  # TracingSettings | None once read from $ATOMR_TRACING
 _pipeline: _Pipeline | None = None
 _lock = threading.Lock()
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
 
 
 def install(settings: TracingSettings | None) -> None:
@@ -218,19 +227,22 @@ def _import_sdk() -> None:
 
 
 class _Pipeline:
-    """This process's tracer, its provider and the API pieces the helpers use (imported once)."""
+    """This process's TracerProvider, its BatchSpanProcessor and OTLP/HTTP exporter, and what
+    finished spans are made of (imported once, on the first span)."""
 
     def __init__(self, s: TracingSettings) -> None:
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace.span import TraceState
 
         self.pid = os.getpid()
-        resource = Resource.create(
+        self.resource = Resource.create(
             {
                 "service.name": s.service_name,
                 "process.pid": self.pid,
@@ -240,42 +252,113 @@ class _Pipeline:
                 "host.name": socket.gethostname(),
             }
         )
-        # Not the SDK's atexit shutdown: it may wait 30 s for an unreachable collector (`flush`).
-        self.provider: TracerProvider = TracerProvider(
-            sampler=ParentBasedTraceIdRatio(s.sample_ratio), resource=resource, shutdown_on_exit=False
-        )
         exporter = OTLPSpanExporter(endpoint=s.otlp_endpoint, headers=s.headers or None, timeout=s.export_timeout_s)
-        self.provider.add_span_processor(
-            BatchSpanProcessor(exporter, max_queue_size=s.max_queue_size, schedule_delay_millis=s.schedule_delay_ms)
+        self.processor = BatchSpanProcessor(
+            exporter, max_queue_size=s.max_queue_size, schedule_delay_millis=s.schedule_delay_ms
         )
-        self.tracer: Tracer = self.provider.get_tracer("atomr")
-        self.trace = trace
+        # Not the SDK's atexit shutdown: it may wait 30 s for an unreachable collector (`flush`).
+        self.provider: TracerProvider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
+        self.provider.add_span_processor(self.processor)
+        self.scope = InstrumentationScope("atomr")
+        self.ids = RandomIdGenerator()
+        self.root_bound = TraceIdRatioBased.get_bound_for_rate(s.sample_ratio)
+        self.trace_id_limit = TraceIdRatioBased.TRACE_ID_LIMIT
+        self.ReadableSpan = ReadableSpan
+        self.SpanContext = trace.SpanContext
+        self.TraceFlags = trace.TraceFlags
+        self.TraceState = TraceState
         self.SERVER = trace.SpanKind.SERVER
         self.CLIENT = trace.SpanKind.CLIENT
         self.INTERNAL = trace.SpanKind.INTERNAL
+        self.UNSET = trace.Status(trace.StatusCode.UNSET)
         self.ERROR = trace.Status(trace.StatusCode.ERROR)
-        self.propagator = TraceContextTextMapPropagator()
 
-    def parent(self, carried: str | None) -> Context | None:
-        """The context a carried traceparent continues (None: a new trace)."""
-        if carried is None or len(carried) != 55 or carried[:3] != "00-":
-            return None
-        try:
-            trace_id, span_id, flags = int(carried[3:35], 16), int(carried[36:52], 16), int(carried[53:], 16)
-        except ValueError:
-            return None
-        if not trace_id or not span_id:
-            return None
-        t = self.trace
-        ctx = t.SpanContext(trace_id, span_id, is_remote=True, trace_flags=t.TraceFlags(flags))
-        return t.set_span_in_context(t.NonRecordingSpan(ctx))
+    def start(self, name: str, carried: str | None, kind: Any, attributes: dict[str, Any], state: str = "") -> _Span:
+        """A span begun now: the child of the carried traceparent, else the root of a new trace
+        (sampled with the configured ratio); `state`: a caller's tracestate header."""
+        parent = _parse(carried)
+        if parent is None:
+            trace_id = self.ids.generate_trace_id()
+            sampled = (trace_id & self.trace_id_limit) < self.root_bound
+            return _Span(self, name, kind, trace_id, 0, sampled, attributes, "")
+        trace_id, parent_id, flags = parent
+        return _Span(self, name, kind, trace_id, parent_id, bool(flags & 1), attributes, state)
 
-    def start(self, name: str, carried: str | None, kind: Any, attributes: dict[str, Any]) -> Span:
-        return self.tracer.start_span(name, self.parent(carried), kind, attributes)
 
-    def fail(self, span: Span, kind: str) -> None:
-        span.set_attribute(ERROR_TYPE, kind)
-        span.set_status(self.ERROR)
+def _parse(carried: str | None) -> tuple[int, int, int] | None:
+    """(trace id, span id, flags) of a W3C traceparent; None when absent or not one (then a new
+    trace starts). Versions after 00 may append fields, which are ignored."""
+    if not carried:
+        return None
+    m = _TRACEPARENT.match(carried.strip())
+    if m is None or m[1] == "ff" or (m[1] == "00" and m[5]):
+        return None
+    trace_id, span_id = int(m[2], 16), int(m[3], 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, int(m[4], 16)
+
+
+class _Span:
+    """A span being recorded. Ended, it is handed to the BatchSpanProcessor as the SDK's
+    `ReadableSpan` (only when sampled): the same spans the SDK's Tracer makes, without its
+    per-span bookkeeping on the request's path (see the module doc)."""
+
+    __slots__ = ("_p", "attributes", "kind", "name", "parent_id", "sampled", "span_id", "start_ns", "state", "trace_id")
+
+    def __init__(
+        self,
+        p: _Pipeline,
+        name: str,
+        kind: Any,
+        trace_id: int,
+        parent_id: int,
+        sampled: bool,
+        attributes: dict[str, Any],
+        state: str,
+    ) -> None:
+        self._p = p
+        self.name = name
+        self.kind = kind
+        self.trace_id = trace_id
+        self.span_id = p.ids.generate_span_id()
+        self.parent_id = parent_id
+        self.sampled = sampled
+        self.attributes = attributes
+        self.state = state
+        self.start_ns = time.time_ns()
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C traceparent that makes this span the parent of what follows."""
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+
+    def end(self, error: str | None = None) -> None:
+        """Ended now; `error`: the error.type of a failure (the span's status is then ERROR)."""
+        if not self.sampled:
+            return
+        p = self._p
+        status = p.UNSET
+        if error is not None:
+            self.attributes[ERROR_TYPE] = error
+            status = p.ERROR
+        flags = p.TraceFlags(1)
+        state = p.TraceState.from_header([self.state]) if self.state else None
+        context = p.SpanContext(self.trace_id, self.span_id, False, flags, state)
+        parent = p.SpanContext(self.trace_id, self.parent_id, True, flags) if self.parent_id else None
+        span = p.ReadableSpan(
+            self.name,
+            context,
+            parent,
+            p.resource,
+            self.attributes,
+            kind=self.kind,
+            status=status,
+            start_time=self.start_ns,
+            end_time=time.time_ns(),
+            instrumentation_scope=p.scope,
+        )
+        p.processor.on_end(span)
 
 
 def _tracer() -> _Pipeline | None:
@@ -315,12 +398,6 @@ def flush(timeout_s: float = EXIT_FLUSH_S) -> None:
     done.join(timeout_s)
 
 
-def traceparent(span: Span) -> str:
-    """The W3C traceparent that makes `span` the parent of what follows."""
-    c = span.get_span_context()
-    return f"00-{c.trace_id:032x}-{c.span_id:016x}-{int(c.trace_flags):02x}"
-
-
 def trace_id(carried: str) -> str:
     """The trace id of a carried traceparent (for log lines)."""
     return carried[3:35]
@@ -335,10 +412,10 @@ def operation(request: InferenceRequest) -> str:
     return "chat" if request.is_chat else "text_completion"
 
 
-def _usage(span: Span, usage: Usage | None) -> None:
+def _usage(attributes: dict[str, Any], usage: Usage | None) -> None:
     if usage is not None:
-        span.set_attribute(INPUT_TOKENS, usage.prompt_tokens)
-        span.set_attribute(OUTPUT_TOKENS, usage.completion_tokens)
+        attributes[INPUT_TOKENS] = usage.prompt_tokens
+        attributes[OUTPUT_TOKENS] = usage.completion_tokens
 
 
 # ---- the HTTP front --------------------------------------------------------------------------
@@ -355,50 +432,45 @@ class HttpSpan:
     """One HTTP request's SERVER span: started by the front's admission of an inference request
     (`http_span`), ended by `HttpTracing` with the status once the answer is written."""
 
-    __slots__ = ("_pipeline", "span", "status")
+    __slots__ = ("_p", "span", "status")
 
     def __init__(self, pipeline: _Pipeline) -> None:
-        self.span: Span | None = None
+        self._p = pipeline
+        self.span: _Span | None = None
         self.status = 0
-        self._pipeline = pipeline
 
     def start(self, headers: Mapping[str, str], route: str) -> None:
-        p = self._pipeline
-        parent = p.propagator.extract(headers) if "traceparent" in headers else None
-        attributes: dict[str, Any] = {"http.request.method": "POST", "http.route": route, "url.path": route}
-        agent = headers.get("user-agent")
-        if agent:
-            attributes["user_agent.original"] = agent
-        self.span = p.tracer.start_span(f"POST {route}", parent, p.SERVER, attributes)
+        attributes = {"http.request.method": "POST", "http.route": route}
+        kind = self._p.SERVER
+        self.span = self._p.start(
+            f"POST {route}", headers.get("traceparent"), kind, attributes, headers.get("tracestate") or ""
+        )
 
-    def admit(self, request: InferenceRequest) -> InferenceRequest:
-        """`request` carrying this span (every process's spans of it join its trace)."""
+    def admit(self, request: InferenceRequest) -> str | None:
+        """Notes `request` on this span; the traceparent the request is to carry (every
+        process's spans of it then join this span's trace)."""
         span = self.span
         if span is None:
-            return request
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    OPERATION: operation(request),
-                    REQUEST_MODEL: request.model,
-                    "atomr.request_id": request.request_id,
-                    "atomr.tenant": request.tenant,
-                    "atomr.stream": request.stream,
-                }
-            )
-        return dataclasses.replace(request, trace=traceparent(span))
+            return None
+        a = span.attributes
+        a[OPERATION] = operation(request)
+        a[REQUEST_MODEL] = request.model
+        a["atomr.request_id"] = request.request_id
+        return span.traceparent
 
     def end(self, error: BaseException | None) -> None:
         span = self.span
         if span is None:
             return
         status = self.status or 500
-        span.set_attribute("http.response.status_code", status)
+        span.attributes["http.response.status_code"] = status
         if error is not None and not isinstance(error, Exception):  # cancelled: the caller left
-            span.set_attribute("atomr.outcome", "cancelled")
+            span.attributes["atomr.outcome"] = "cancelled"
+            span.end()
         elif status >= 500:
-            self._pipeline.fail(span, type(error).__name__ if error is not None else str(status))
-        span.end()
+            span.end(type(error).__name__ if error is not None else str(status))
+        else:
+            span.end()
 
 
 def http_span(headers: Mapping[str, str], route: str) -> HttpSpan | None:
@@ -457,7 +529,7 @@ class RequestSpans:
 
     def __init__(self, pipeline: _Pipeline) -> None:
         self._p = pipeline
-        self._open: dict[str, Span] = {}
+        self._open: dict[str, _Span] = {}
 
     def begin(self, items: list[T], deployment: str) -> list[T]:
         """Start a span for each item's request; the items carry it on (to replicas, fallbacks)."""
@@ -472,14 +544,13 @@ class RequestSpans:
                     "atomr.deployment": deployment,
                     "atomr.request_id": req.request_id,
                     "atomr.tenant": req.tenant,
-                    "atomr.priority": req.priority,
                 }
                 span = self._p.start(f"dispatch {deployment}", req.trace, self._p.INTERNAL, attributes)
                 if len(self._open) >= MAX_OPEN_SPANS:
                     oldest = next(iter(self._open))
                     self._open.pop(oldest).end()
                 self._open[req.request_id] = span
-            out.append(dataclasses.replace(item, request=dataclasses.replace(req, trace=traceparent(span))))  # type: ignore[type-var]
+            out.append(dataclasses.replace(item, request=dataclasses.replace(req, trace=span.traceparent)))  # type: ignore[type-var]
         return out
 
     def end(self, request: InferenceRequest, outcome: str, replica: str, usage: Usage | None) -> None:
@@ -487,14 +558,12 @@ class RequestSpans:
         span = self._open.pop(request.request_id, None)
         if span is None:
             return
-        if span.is_recording():
-            span.set_attribute("atomr.outcome", outcome)
-            if replica:
-                span.set_attribute("atomr.replica", replica)
-            _usage(span, usage)
-            if outcome not in ("ok", "fallback", "cancelled"):
-                self._p.fail(span, outcome)
-        span.end()
+        a = span.attributes
+        a["atomr.outcome"] = outcome
+        if replica:
+            a["atomr.replica"] = replica
+        _usage(a, usage)
+        span.end(None if outcome in ("ok", "fallback", "cancelled") else outcome)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -512,10 +581,9 @@ def request_spans() -> RequestSpans | None:
 class SessionSpan:
     """The inference span of one request on one runner (CLIENT for a provider's API)."""
 
-    __slots__ = ("_p", "_reasons", "span")
+    __slots__ = ("_reasons", "span")
 
-    def __init__(self, pipeline: _Pipeline, span: Span) -> None:
-        self._p = pipeline
+    def __init__(self, span: _Span) -> None:
         self.span = span
         self._reasons: list[str] = []
 
@@ -523,8 +591,6 @@ class SessionSpan:
         self, send_chunk: Callable[[StreamEvent], None], send_final: Callable[[StreamEvent], None]
     ) -> tuple[Callable[[StreamEvent], None], Callable[[StreamEvent], None]]:
         """The session's two outlets, noting finish reasons and ending the span at the final event."""
-        if not self.span.is_recording():
-            return send_chunk, self._ending(send_final)
 
         def chunk(event: StreamEvent) -> None:
             c: Chunk | None = event.chunk
@@ -532,29 +598,25 @@ class SessionSpan:
                 self._reasons.append(c.finish_reason)
             send_chunk(event)
 
-        return chunk, self._ending(send_final)
-
-    def _ending(self, send_final: Callable[[StreamEvent], None]) -> Callable[[StreamEvent], None]:
         def final(event: StreamEvent) -> None:
             try:
                 self.end(event)
             finally:
                 send_final(event)
 
-        return final
+        return (chunk if self.span.sampled else send_chunk), final
 
     def end(self, event: StreamEvent) -> None:
         span = self.span
-        if span.is_recording():
-            if self._reasons:
-                span.set_attribute(FINISH_REASONS, tuple(self._reasons))
-            _usage(span, event.usage)
-            if event.error is not None:
-                if event.error.kind == "cancelled":
-                    span.set_attribute("atomr.outcome", "cancelled")
-                else:
-                    self._p.fail(span, event.error.kind)
-        span.end()
+        a = span.attributes
+        if self._reasons:
+            a[FINISH_REASONS] = tuple(self._reasons)
+        _usage(a, event.usage)
+        error = event.error
+        if error is not None and error.kind == "cancelled":
+            a["atomr.outcome"] = "cancelled"
+            error = None
+        span.end(error.kind if error is not None else None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -585,7 +647,6 @@ def _of(p: _Pipeline, dep: Deployment, replica: str) -> _DeploymentSpans:
         SYSTEM: provider,
         REQUEST_MODEL: model,
         "atomr.deployment": dep.name,
-        "atomr.deployment.version": dep.version,
         "atomr.replica": replica,
     }
     if local:
@@ -609,26 +670,26 @@ def session_span(request: InferenceRequest, deployment: Deployment, replica: str
         return None
     d = _of(p, deployment, replica)
     op = operation(request)
-    attributes = dict(d.attributes)
-    attributes[OPERATION] = op
-    attributes["atomr.request_id"] = request.request_id
-    params = request.params
+    a = dict(d.attributes)
+    a[OPERATION] = op
+    a["atomr.request_id"] = request.request_id
+    a["atomr.tenant"] = request.tenant
     if request.task == "generate":
+        params = request.params
         if params.max_tokens is not None:
-            attributes["gen_ai.request.max_tokens"] = params.max_tokens
+            a["gen_ai.request.max_tokens"] = params.max_tokens
         if params.temperature is not None:
-            attributes["gen_ai.request.temperature"] = params.temperature
+            a["gen_ai.request.temperature"] = params.temperature
         if params.top_p is not None:
-            attributes["gen_ai.request.top_p"] = params.top_p
+            a["gen_ai.request.top_p"] = params.top_p
         if params.top_k is not None:
-            attributes["gen_ai.request.top_k"] = params.top_k
+            a["gen_ai.request.top_k"] = params.top_k
         if params.seed is not None:
-            attributes["gen_ai.request.seed"] = params.seed
+            a["gen_ai.request.seed"] = params.seed
         if params.stop:
-            attributes["gen_ai.request.stop_sequences"] = tuple(params.stop)
+            a["gen_ai.request.stop_sequences"] = tuple(params.stop)
         if params.n != 1:
-            attributes["gen_ai.request.choice.count"] = params.n
+            a["gen_ai.request.choice.count"] = params.n
     elif request.dimensions is not None:
-        attributes["gen_ai.embeddings.dimension.count"] = request.dimensions
-    span = p.start(f"{op} {d.model}", request.trace, d.kind, attributes)
-    return SessionSpan(p, span)
+        a["gen_ai.embeddings.dimension.count"] = request.dimensions
+    return SessionSpan(p.start(f"{op} {d.model}", request.trace, d.kind, a))

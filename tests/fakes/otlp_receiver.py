@@ -39,6 +39,7 @@ class ReceivedSpan:
     trace_id: str
     span_id: str
     parent_span_id: str
+    trace_state: str
     name: str
     kind: str
     attributes: dict[str, Any]
@@ -74,6 +75,7 @@ def decode(body: bytes) -> list[ReceivedSpan]:
                         trace_id=s.trace_id.hex(),
                         span_id=s.span_id.hex(),
                         parent_span_id=s.parent_span_id.hex(),
+                        trace_state=s.trace_state,
                         name=s.name,
                         kind=KINDS.get(s.kind, "unspecified"),
                         attributes={kv.key: value(kv.value) for kv in s.attributes},
