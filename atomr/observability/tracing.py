@@ -33,10 +33,10 @@ caller's decision (parent-based).
 Cost. Off, nothing of OpenTelemetry is imported and a request pays a ContextVar read at the
 front and None checks elsewhere (about 0.1 us in all, measured in-process); the ASGI middleware
 is not even installed. On, measured on the 2-core machines here (``scripts/bench/tracing_cost.py``,
-every request sampled, exported to a local receiver): the front's p50 at concurrency 1 moved by
-+0.04 ms (off 1.111, on 1.043 ms in one run of 5 interleaved rounds: within the noise), its p99
-from 4.6 to 6.5 ms and its requests/s at concurrency 64 to 0.73x. What it costs, and the choices
-made for it:
+every request sampled, exported to a local receiver), medians of per-round differences in two
+runs of 5 and 9 interleaved rounds: the front's p50 at concurrency 1 moved by +0.04 and +0.06 ms
+(1.04x), its p99 from about 4 to 6.5-7 ms, its requests/s at concurrency 64 to 0.65-0.73x. What
+it costs, and the choices made for it:
 
 * spans are recorded by this module and handed, once ended, to the SDK's BatchSpanProcessor as
   the SDK's own `ReadableSpan` (what its exporters read), with ids from the SDK's id generator
