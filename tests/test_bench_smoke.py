@@ -45,6 +45,9 @@ ROWS = [
     ("200 in flight", "wall time, s, front of 2 processes", False),
     ("200 in flight", "RSS of all atomr processes", False),
     ("cascade", "cost vs all tier 2", False),
+    ("tracing", "p50 at c=1, ms, tracing on", False),
+    ("tracing", "requests/s at c=64, tracing on vs off", False),
+    ("tracing", "tracing off: its per-request checks", False),
 ]
 NUMBER = re.compile(r"[+-]?\d+(\.\d+)?%?")
 

@@ -79,6 +79,7 @@ from atomr.actors.replica_set import ReplicaSet, is_permanent
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.deployment import Deployment
 from atomr.core.spend import SpendRecord
+from atomr.observability import tracing
 from atomr.observability.metrics import DeploymentMetrics
 from atomr.serving.session import record_end
 
@@ -107,6 +108,7 @@ class Coordinator(SidecarActor):
         # published while the manager's StartCoordinator may still wait for the new process to
         # report in, so a gateway's Submit can overtake it; they are served once it arrives.
         self._early: list[tuple[Any, Address]] = []
+        self._spans = tracing.request_spans()  # each request's span, admission to end (None: tracing off)
 
     @property
     def replica_set(self) -> ReplicaSet:
@@ -155,7 +157,8 @@ class Coordinator(SidecarActor):
             return
         rs = self.rs
         self._gateway = sender  # requests come from gateways: fallbacks go back through a live one
-        self._carry_out(rs.submit(msg.items))
+        items = msg.items if self._spans is None else self._spans.begin(msg.items, rs.dep.name)
+        self._carry_out(rs.submit(items))
 
     def receiveMsg_ReplicaProgress(self, msg: ReplicaProgress, sender: Address) -> None:
         self._carry_out(self.replica_set.progress(msg))
@@ -233,6 +236,8 @@ class Coordinator(SidecarActor):
         cost = self.rs.dep.cost if self.rs is not None else None
         m = self._metrics(a.version)
         self._spent.append(record_end(m, a.item.request, self._name, a.replica, a.outcome, a.latency_s, usage, cost))
+        if self._spans is not None:
+            self._spans.end(a.item.request, a.outcome, a.replica, usage)
         if a.event is not None:
             self.emit(a.reply_to, a.event)
 

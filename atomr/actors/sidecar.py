@@ -27,6 +27,7 @@ from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ThespianWatch
 
 from atomr.actors.messages import Address, Events
 from atomr.core.types import StreamEvent
+from atomr.observability import tracing
 
 log = structlog.get_logger("atomr.actor")
 
@@ -188,3 +189,4 @@ class SidecarActor(ActorTypeDispatcher):
         if self._sidecar is not None:
             self._sidecar.stop()
             self._sidecar = None
+        tracing.flush()  # Thespian ends the process without atexit: the last spans leave now

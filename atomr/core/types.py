@@ -130,6 +130,8 @@ class InferenceRequest:
     completions, "anthropic" for Messages), which a runtime speaking that API forwards as it is;
     `headers`: the caller's request headers that its deployment passes on (`forward_headers`).
     `endpoint`: where the request came in (an HTTP route, or "client"), for its log line.
+    `trace`: the W3C traceparent of the span that handed the request on, when tracing is on
+    (`atomr.observability.tracing`): each process's spans of the request continue that trace.
     """
 
     model: str
@@ -158,6 +160,7 @@ class InferenceRequest:
     task: str = "generate"
     inputs: tuple[str, ...] | None = None
     dimensions: int | None = None
+    trace: str | None = None
 
     @property
     def is_chat(self) -> bool:

@@ -13,6 +13,7 @@ package knows nothing of actors: the process that hosts the front supplies the b
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from atomr.core.tenants import TenantTable
 from atomr.http import admin, anthropic_messages, chat, embeddings, health, metrics, models, openapi, responses_api
@@ -20,6 +21,7 @@ from atomr.http.plumbing import FrontContext, exception_handlers
 from atomr.http.port import InferenceBackend
 from atomr.http.settings import HttpSettings
 from atomr.http.workers import WorkerPlace
+from atomr.observability import tracing
 from atomr.observability.metrics import HttpMetrics
 
 
@@ -42,4 +44,6 @@ def make_app(
         *openapi.routes(ctx),
         *admin.routes(ctx),
     ]
-    return Starlette(routes=routes, exception_handlers=exception_handlers())
+    # Ends each inference request's span once its answer is written; absent when tracing is off.
+    middleware = [Middleware(tracing.HttpTracing)] if tracing.enabled() else []
+    return Starlette(routes=routes, exception_handlers=exception_handlers(), middleware=middleware)

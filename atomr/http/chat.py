@@ -28,6 +28,7 @@ from atomr.core.types import Chunk, InferenceRequest, InferenceResult, StreamEve
 from atomr.http import openai_requests
 from atomr.http import openai_wire as wire
 from atomr.http.plumbing import FrontContext, bearer, error_response, log, until_disconnect
+from atomr.observability import tracing
 from atomr.serving.stream_assembly import assemble_result
 
 CHAT = "/v1/chat/completions"
@@ -138,6 +139,7 @@ async def _admit(
     """The caller's tenant, body and request, counted in the tenant's quota; or the refusal."""
     tenant: Tenant | None = None
     route = dialect.route
+    span = tracing.http_span(request.headers, route)  # None unless tracing is on
     try:
         tenant = ctx.tenants.authenticate(dialect.api_key(request))
         raw = await ctx.read_body(request)
@@ -153,6 +155,7 @@ async def _admit(
             deadline=time.time() + ctx.settings.request_timeout_s,
             headers=headers or None,
             endpoint=route,
+            trace=None if span is None else span.admit(req),  # each process's spans join the front's trace
         )
         if dialect.resolve is not None:
             req = dialect.resolve(body, req)

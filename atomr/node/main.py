@@ -44,6 +44,7 @@ from atomr.core.tenants import TenantTable, hash_key, tenants_from_config
 from atomr.http.settings import HttpSettings, http_settings_from_config
 from atomr.node.settings import NodeSettings, node_settings_from_config
 from atomr.node.standby import Standby, follow, leading_standby
+from atomr.observability import tracing
 from atomr.observability.logs import configure_logging, get_logger
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ class NodeConfig:
     http: HttpSettings | None
     tenants: TenantTable
     sections: frozenset[str] = frozenset()  # the top-level keys the file has
+    traces: tracing.TracingSettings | None = None  # the `tracing:` section (None: off)
 
     def relative(self, path: str, args: argparse.Namespace) -> str:
         """`path` from the config file, made relative to the file's folder."""
@@ -186,7 +188,8 @@ def read_config(args: argparse.Namespace) -> NodeConfig:
     if args.http_port is not None:
         http = (http or HttpSettings()).model_copy(update={"port": args.http_port})
     tenants = tenants_from_config(raw.get("tenants"), where)
-    return NodeConfig(settings, deployments, policies, http, tenants, frozenset(raw))
+    traces = tracing.tracing_settings_from_config(raw.get("tracing"), where)
+    return NodeConfig(settings, deployments, policies, http, tenants, frozenset(raw), traces)
 
 
 def node_key(args: argparse.Namespace, config: NodeConfig, bind: str) -> ClusterKey:
@@ -288,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.log_level or config.settings.log_level or "info")
     raise_fd_limit(FD_HEADROOM + (config.http.max_connections if config.http is not None else 0))
+    tracing.install(config.traces)  # before the actor system starts: its processes inherit it
     port = args.port or config.settings.port or DEFAULT_PORT
     bind = args.bind or config.settings.bind or DEFAULT_BIND
     try:

@@ -24,11 +24,13 @@ from atomr.core.keys import nanos_to_usd
 from atomr.core.runner import ModelRunner, check_supported
 from atomr.core.spend import SpendRecord, spend_record
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent, Usage
+from atomr.observability import tracing
 from atomr.observability.metrics import DeploymentMetrics
 from atomr.serving.coalesce import ChunkCoalescer
 
 log = structlog.get_logger("atomr.request")
 FREE = Cost()
+_NO_TRACE: dict[str, str] = {}
 
 
 class EventMaker:
@@ -72,6 +74,9 @@ async def run_session(
     timer: asyncio.TimerHandle | None = None
     sent = 0
     usage: Usage | None = None
+    span = tracing.session_span(request, deployment, replica) if request.trace is not None else None
+    if span is not None:
+        send_chunk, send_final = span.wrap(send_chunk, send_final)
 
     def emit(chunk: Chunk) -> None:
         nonlocal sent, usage
@@ -230,5 +235,6 @@ def record_end(
         prompt_tokens=usage.prompt_tokens if usage is not None else None,
         completion_tokens=usage.completion_tokens if usage is not None else None,
         cost_usd=nanos_to_usd(spent.cost_nanos),
+        **(_NO_TRACE if request.trace is None else {"trace_id": tracing.trace_id(request.trace)}),
     )
     return spent

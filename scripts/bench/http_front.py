@@ -75,9 +75,14 @@ def start_node(
     engine: dict[str, object] | None = None,
     sdk_twin: bool = False,
     workers: int = 1,
+    config: dict[str, object] | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[NodeProcess, int]:
     """A head node with an HTTP front of `workers` processes and deployment "gpt": the `openai`
-    runner on the backend (with `sdk_twin`, "gpt-sdk" too: the same on the SDK transport)."""
+    runner on the backend (with `sdk_twin`, "gpt-sdk" too: the same on the SDK transport).
+    `config`: more sections of its config; `cwd` and `env`: where and how the node runs."""
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "key").write_text("sk-bench")
     cfg = folder / "front.yaml"
     twins: list[tuple[str, dict[str, object]]] = [("gpt", {})] + (
@@ -99,10 +104,11 @@ def start_node(
                     }
                     for name, extra in twins
                 ],
+                **(config or {}),
             }
         )
     )
-    node = NodeProcess([], config=cfg)
+    node = NodeProcess([], config=cfg, cwd=cwd, env=env)
     match = re.search(r"http front on http://[^:]+:(\d+)", node.output())
     assert match, node.output()
     return node, int(match.group(1))

@@ -13,12 +13,16 @@ where it applies, the ratio, the target and whether it was met:
 - 2,000 requests in flight (`inflight.py`) against a backend that waits 1 s: errors, wall time
   with a front of one process and of two (``http.workers: 2``), each against the same load posted
   to the backend alone in the same run, RSS of all atomr processes summed (peak);
-- cascade (`cascade.py`): cost against sending everything to the large model, and agreement.
+- cascade (`cascade.py`): cost against sending everything to the large model, and agreement;
+- tracing (`tracing_cost.py`): the same front with OpenTelemetry tracing off and on (every
+  request sampled, exported to a local receiver that discards), interleaved: the p50 that tracing
+  on adds, and what tracing off runs per request.
 Targets: the HTTP front adds <= 1.0 ms p50 and <= 3 ms p99 at c=1, within 1.3x of a bare relay
 proxy's added p50 (the floor), >= 1,000 requests/s at c=64, <= 1.5 ms to a 20-chunk stream; the
 actor path adds <= 1.5 ms p50 and keeps >= 0.8x the in-process requests/s at c=32; 2,000 in
-flight with zero errors, <= 1.8 s of wall time and <= 1 GiB RSS in total. A benchmark that fails is reported in its rows
-and makes the exit status 1 (so does a missed target with `--strict`).
+flight with zero errors, <= 1.8 s of wall time and <= 1 GiB RSS in total; tracing on adds <= 0.2 ms
+p50 to the front, and off its per-request checks cost < 1% of the front's added p50. A benchmark
+that fails is reported in its rows and makes the exit status 1 (so does a missed target with `--strict`).
 
     python scripts/bench/run_all.py [--quick] [--out bench-results.md] [--litellm-venv PATH | --no-litellm]
 """
@@ -45,6 +49,7 @@ import batching  # noqa: E402
 import cascade  # noqa: E402
 import http_front  # noqa: E402
 import inflight  # noqa: E402
+import tracing_cost  # noqa: E402
 from litellm_proxy import DEFAULT_VENV, venv_python  # noqa: E402
 from rss import MIB  # noqa: E402
 
@@ -79,10 +84,12 @@ class Sizes:
     inflight: int
     cascade_delay_ms: float
     cascade_random_prompts: int
+    tracing_rounds: int
+    tracing_requests: int
 
 
-FULL = Sizes(200, 3, 3, 400, 3, 64, 32, 2000, 150.0, 8)
-QUICK = Sizes(20, 1, 1, 40, 1, 8, 8, 200, 10.0, 2)
+FULL = Sizes(200, 3, 3, 400, 3, 64, 32, 2000, 150.0, 8, 5, 400)
+QUICK = Sizes(20, 1, 1, 40, 1, 8, 8, 200, 10.0, 2, 1, 40)
 
 
 def yes_no(ok: bool) -> str:
@@ -276,6 +283,40 @@ def cascade_rows(s: Sizes, threshold: float) -> list[Row]:
     ]
 
 
+def tracing_rows(s: Sizes) -> list[Row]:
+    med = tracing_cost.run(s.tracing_rounds, s.tracing_requests)
+    bench = "tracing (same front, zero-delay fake backend)"
+    added, target = med["on minus off p50"], tracing_cost.TARGET_ADDED_MS
+    hooks_ms = med["off hooks us"] / 1000
+    return [
+        Row(
+            bench,
+            "p50 at c=1, ms, tracing on (every request sampled, OTLP/HTTP to a local receiver) vs off",
+            f"off {med['off p50']:.3f}",
+            f"{med['on p50']:.3f}",
+            ratio=f"{added:+.3f} ms ({med['on/off p50']:.3f}x)",
+            target=f"<= +{target} ms",
+            met=yes_no(added <= target),
+        ),
+        Row(
+            bench,
+            "requests/s at c=64, tracing on vs off",
+            f"off {med['off req/s']:.0f}",
+            f"{med['on req/s']:.0f}",
+            ratio=f"{med['on req/s'] / med['off req/s']:.2f}x",
+        ),
+        Row(
+            bench,
+            "tracing off: its per-request checks, us (in-process)",
+            f"the front's added p50 {med['off added p50']:.3f} ms",
+            f"{med['off hooks us']:.3f}",
+            ratio=f"{hooks_ms / med['off added p50']:.4%} of it" if med["off added p50"] > 0 else "-",
+            target="< 1% of the front's added p50",
+            met=yes_no(hooks_ms < 0.01 * med["off added p50"]),
+        ),
+    ]
+
+
 def litellm_version(venv: Path) -> str:
     try:
         out = subprocess.run(
@@ -318,6 +359,7 @@ def main() -> int:
             lambda: inflight_rows(sizes),
         ),
         ("cascade", ["cost"], lambda: cascade_rows(sizes, args.cascade_threshold)),
+        ("tracing", ["p50 on vs off", "requests/s on vs off", "off checks"], lambda: tracing_rows(sizes)),
     ]
     rows: list[Row] = []
     status = 0
