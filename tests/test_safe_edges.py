@@ -15,6 +15,7 @@ before and after:
 
 from __future__ import annotations
 
+import json
 import selectors
 import socket
 import subprocess
@@ -32,6 +33,7 @@ import yaml
 
 from atomr.cluster.system import system_processes
 from tests.conftest import REPO, Node, node_env
+from tests.fakes.misbehaving_openai import FAST_TOKENS, MisbehavingOpenAI
 from tests.faults.harness import http_url, wait_until
 
 MiB = 1 << 20
@@ -319,3 +321,73 @@ def test_a_runner_host_keeps_only_what_answering_a_refused_request_takes() -> No
         "key_1",
     )
     assert kept.request.prompt == "" and kept.reply_to == "caller" and kept.hops == 1
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[MisbehavingOpenAI]:
+    with MisbehavingOpenAI() as fake:
+        yield fake
+
+
+def p50(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def test_a_misbehaving_upstream_costs_bounded_memory(tmp_path: Path, upstream: MisbehavingOpenAI) -> None:
+    engine = {"api_base": upstream.url + "/v1", "api_key": "sk-none", "retry": {"max_attempts": 1}, "timeout_s": 30}
+    bad = [{"name": m, "model": f"openai/{m}", "engine": engine} for m in ("huge", "huge-declared", "endless", "fast")]
+    tiny = {"name": "tiny", "model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}}
+    cfg = tmp_path / "upstream.yaml"
+    cfg.write_text(yaml.safe_dump({"http": {"port": 0}, "deployments": [tiny, *bad]}))
+    node = Node(config=cfg)
+    try:
+        url = http_url(node)
+        gateway = by_title(node, "Gateway")
+        normal = {"model": "tiny", "prompt": "Hi", "max_tokens": 2}
+        with httpx.Client(timeout=60) as client:
+            idle = []
+            for _ in range(20):
+                t0 = time.monotonic()
+                assert client.post(url + "/v1/completions", json=normal).status_code == 200
+                idle.append(time.monotonic() - t0)
+        before = gateway.memory_info().rss
+        chat = {"messages": [{"role": "user", "content": "Hi"}]}
+        with Others(url) as others, httpx.Client(timeout=120) as client:
+            for model in ("huge", "huge-declared", "endless"):  # whole answers: read up to 32 MiB, no more
+                r = client.post(url + "/v1/chat/completions", json={**chat, "model": model})
+                assert r.status_code == 503 and "max_response_bytes" in r.json()["error"]["message"], r.text[:300]
+            # a stream that ignores max_tokens is cut there
+            with client.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                json={**chat, "model": "endless", "stream": True, "max_tokens": 50},
+            ) as s:
+                lines = [line for line in s.iter_lines() if line.startswith("data: {")]
+            choices = [json.loads(line[6:])["choices"] for line in lines]
+            finishes = [c[0].get("finish_reason") for c in choices if c]
+            assert finishes[-1] == "length" and len(lines) <= 52, (len(lines), finishes[-3:])
+            # a caller that never reads a fast stream: the provider is held back, memory is not spent
+            sock = socket.create_connection(host_port(url))
+            body = json.dumps({**chat, "model": "fast", "stream": True, "max_tokens": 1_000_000}).encode()
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: atomr\r\nContent-Type: application/json\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(body)
+                + body
+            )
+            seen: list[int] = []
+
+            def held_back() -> bool:
+                seen.append(upstream.sent["fast"])
+                return len(seen) > 6 and seen[-1] == seen[-6] and seen[-1] > 0
+
+            wait_until(held_back, 60, "the provider's stream held back", step=0.5)
+            assert upstream.sent["fast"] < FAST_TOKENS // 10
+            assert upstream.ended["fast"] == 0  # held back, not cut by a limit: still open
+            assert gateway.memory_info().rss - before < 100 * MiB
+            sock.close()
+            wait_until(lambda: upstream.ended["fast"] == 1, 30, "the provider's stream closed after the caller left")
+        others.check()
+        assert p50(others.latencies) <= max(2 * p50(idle), p50(idle) + 0.05), (p50(idle), p50(others.latencies))
+        assert gateway.memory_info().rss - before < 100 * MiB
+    finally:
+        assert node.stop() == []

@@ -1,6 +1,6 @@
 """Reading a JSON request body into its pydantic model, for every wire the front speaks: one
 decode, one validation, and every problem an `InvalidRequestError` naming the parameter the way
-the APIs do (``messages[0].content``)."""
+the APIs do (``messages[0].content``), quoting at most a short prefix of what was sent."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def decode_body(raw: bytes, model: type[M]) -> tuple[dict[str, Any], M]:
     if not isinstance(data, dict):
         raise InvalidRequestError("the body must be a JSON object", field="body")
     try:
-        return data, model.model_validate(data)
+        # strict: a parameter's JSON type is the documented one ("10" is no max_tokens, "yes" no
+        # stream); an integer still passes where a number is due
+        return data, model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise _invalid(exc) from None

@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from atomr.core.errors import UnavailableError
+from atomr.core.errors import OverloadedError, UnavailableError
 from atomr.core.keys import ApiKey
 from atomr.core.spend import spend_record
 from atomr.core.tenants import TenantTable
@@ -40,6 +40,12 @@ from atomr.http.workers import WorkerPlace, listening_socket
 from atomr.observability.metrics import HttpMetrics, Recorder
 from atomr.serving.stream_assembly import StreamAssembler
 
+# Events queued for a caller that does not read them: past HIGH a runner of this process waits
+# (its provider's stream is then not read: back-pressure down to the provider's TCP window) until
+# the caller has taken the queue down to LOW; past MAX (events from other processes, which cannot
+# wait) the request is cancelled and answered with an error.
+QUEUE_HIGH, QUEUE_LOW, QUEUE_MAX = 64, 16, 4096
+
 
 @dataclass(slots=True)
 class _Call:
@@ -51,9 +57,22 @@ class _Call:
     slot: Slot | None = None  # its place in a runner of this process, if it runs here
     via_gateway: bool = False  # it (or its fallback) was sent through the gateway
     assembler: StreamAssembler = field(init=False)
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set: a runner here may go on
+    overflowed: bool = False  # its caller stopped reading: dropped
 
     def __post_init__(self) -> None:
         self.assembler = StreamAssembler(self.request.request_id)
+        self.room.set()
+
+    def put(self, event: StreamEvent) -> None:
+        """An event of a runner of this process (which then waits on `room` when it is full)."""
+        self.queue.put_nowait(event)
+        if self.queue.qsize() >= QUEUE_HIGH:
+            self.room.clear()
+
+    def taken(self) -> None:
+        if not self.room.is_set() and self.queue.qsize() <= QUEUE_LOW:
+            self.room.set()
 
 
 class HttpFront:
@@ -76,7 +95,7 @@ class HttpFront:
         self.tenants = tenants
         self._routing = RoutingSnapshot()
         self._forwarded: frozenset[str] = frozenset()
-        self._queues: dict[str, asyncio.Queue[StreamEvent | None]] = {}
+        self._calls: dict[str, _Call] = {}
         self._silent: dict[str, InferenceRequest] = {}  # sent, and nothing heard yet
         self._server: uvicorn.Server | None = None
         self._app = make_app(self, tenants, settings, self.http_metrics, self.place)
@@ -130,7 +149,7 @@ class HttpFront:
     async def stream(self, request: InferenceRequest) -> AsyncIterator[StreamEvent]:
         rid = request.request_id
         call = _Call(request, asyncio.Queue(), request.model)
-        self._queues[rid] = call.queue
+        self._calls[rid] = call
         self._begin(call)
         assembler, q = call.assembler, call.queue
         deadline = request.deadline or (time.time() + 600.0)
@@ -146,6 +165,9 @@ class HttpFront:
                         timer.cancel()
                     timer = loop.call_at(expiry, q.put_nowait, None)
                 ev = await q.get()
+                call.taken()
+                if call.overflowed:
+                    raise OverloadedError("the caller did not read its stream: the request was cancelled")
                 if ev is None:
                     timer = None
                     steps = [assembler.on_timeout()]
@@ -180,15 +202,15 @@ class HttpFront:
             return
         call.slot = slot
         if not route.limits and request.key_id is None:
-            self.inline.start(slot, request, call.queue.put_nowait, self._fallback_of(call))
+            self.inline.start(slot, request, call.put, self._fallback_of(call), room=call.room.wait)
             return
         # the gateway admits it from its leases (and its key's budget) first, as on the other path
         self.port.admit(request, route, lambda debits: self._admitted(call, slot, debits))
 
     def _admitted(self, call: _Call, slot: Slot, debits: Debits) -> None:
         settle = self._settler(debits)
-        if self._queues.get(call.request.request_id) is call.queue:
-            self.inline.start(slot, call.request, call.queue.put_nowait, self._fallback_of(call), settle)
+        if self._calls.get(call.request.request_id) is call:
+            self.inline.start(slot, call.request, call.put, self._fallback_of(call), settle, room=call.room.wait)
             return
         slot.give_back()  # its caller left (or its deadline passed) while it waited
         if settle is not None:
@@ -209,7 +231,7 @@ class HttpFront:
     def _end(self, call: _Call) -> None:
         """The caller is done with `call`: forget it, and cancel it if it has not finished."""
         rid = call.request.request_id
-        self._queues.pop(rid, None)
+        self._calls.pop(rid, None)
         self._silent.pop(rid, None)
         slot = call.slot
         if slot is not None:
@@ -243,9 +265,12 @@ class HttpFront:
 
     def deliver(self, events: list[StreamEvent]) -> None:
         for ev in events:
-            q = self._queues.get(ev.request_id)
-            if q is not None:
-                q.put_nowait(ev)
+            call = self._calls.get(ev.request_id)
+            if call is None or call.overflowed:
+                continue
+            call.queue.put_nowait(ev)
+            if call.queue.qsize() > QUEUE_MAX:  # from another process: it cannot wait
+                self._overflow(call)
 
     def routing_changed(self, snapshot: RoutingSnapshot) -> None:
         routes_before = self._routing.routes
@@ -253,6 +278,15 @@ class HttpFront:
         self._forwarded = snapshot.forwarded_headers()
         if snapshot.routes is not routes_before:
             self.inline.refresh(snapshot.routes)
+
+    def _overflow(self, call: _Call) -> None:
+        """The caller stopped reading a stream that other processes fill: drop what is queued,
+        cancel the request; the caller gets an error if it ever reads again."""
+        call.overflowed = True
+        while not call.queue.empty():
+            call.queue.get_nowait()
+        call.queue.put_nowait(None)
+        self.port.cancel([call.request.request_id], call.model)
 
     def keys_changed(self, keys: tuple[ApiKey, ...]) -> None:
         self.tenants.set_runtime_keys(keys)

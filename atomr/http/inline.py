@@ -36,8 +36,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -183,13 +184,15 @@ class InlineRunners:
         deliver: Callable[[StreamEvent], None],
         fallback: Fallback,
         settle: Callable[[Usage | None], None] | None = None,
+        room: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         """Run `request` in `slot`; its events go to `deliver`, or on an early retryable failure
         `fallback(request, the deployment's fallbacks)` sends it on (and names where, or None
-        when none is left); `settle(usage)` at the end, for a rate-limit debit. The slot is free
-        again when the run ends (`slot.task`)."""
+        when none is left); `settle(usage)` at the end, for a rate-limit debit; `room()` is
+        awaited between chunks (the caller's queue has room). The slot is free again when the
+        run ends (`slot.task`)."""
         served = slot.served
-        task = asyncio.get_running_loop().create_task(self._run(served, request, deliver, fallback, settle))
+        task = asyncio.get_running_loop().create_task(self._run(served, request, deliver, fallback, settle, room))
         slot.task = task
         served.tasks.add(task)
         task.add_done_callback(slot.ended)  # also when cancelled before it ran at all
@@ -201,6 +204,7 @@ class InlineRunners:
         deliver: Callable[[StreamEvent], None],
         fallback: Fallback,
         settle: Callable[[Usage | None], None] | None,
+        room: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         dep = served.deployment
         t0 = time.monotonic()
@@ -211,7 +215,7 @@ class InlineRunners:
                 served.metrics.first_token(request.tenant, self.replica, time.monotonic() - t0)
             deliver(event)
 
-        await run_session(served.runner, request, dep, self.replica, chunk, ends.append)
+        await run_session(served.runner, request, dep, self.replica, chunk, ends.append, room)
         end = ends[0]
         latency = time.monotonic() - t0
         usage = end.usage

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -65,8 +65,11 @@ async def run_session(
     replica: str,
     send_chunk: Callable[[StreamEvent], None],
     send_final: Callable[[StreamEvent], None],
+    room: Callable[[], Awaitable[Any]] | None = None,
 ) -> None:
-    """Generate `request` on `runner`; every outcome, cancellation included, ends in `send_final`."""
+    """Generate `request` on `runner`; every outcome, cancellation included, ends in `send_final`.
+    `room`, when given, is awaited before each chunk is taken from the runner: while the caller's
+    queue is full the runner (and the provider behind it) is not read."""
     ev = EventMaker(request.request_id, replica, deployment.name, deployment.version)
     loop = asyncio.get_running_loop()
     limits = deployment.limits
@@ -104,6 +107,8 @@ async def run_session(
         try:
             async with _until(request.deadline):
                 async for received in agen:
+                    if room is not None:
+                        await room()
                     if request.deadline is not None and time.time() > request.deadline:
                         raise InferenceTimeoutError("deadline passed while generating", field="deadline")
                     for chunk in cap.admit(received):
@@ -134,13 +139,16 @@ async def run_session(
 
 
 class TokenCap:
-    """Cuts each choice at the max_tokens the caller set, whatever the runner (or the provider
-    behind it) does: past it a choice's pieces are dropped and it ends with finish_reason
-    "length"; once every choice has, the stream is not read further. Counts the pieces'
-    `token_count`. (Without a max_tokens from the caller, a provider's own default applies.)"""
+    """Cuts each choice of a streamed answer at the max_tokens the caller set, whatever the runner
+    (or the provider behind it) does: past it a choice's pieces are dropped and it ends with
+    finish_reason "length"; once every choice has, the stream is not read further. Counts the
+    pieces' `token_count` (reasoning pieces too, as providers count them). Without a max_tokens
+    from the caller a provider's own default applies; a whole answer (not streamed) is bounded by
+    the size its runner reads instead (`engine.max_response_bytes`)."""
 
     def __init__(self, request: InferenceRequest) -> None:
-        self.limit = request.params.max_tokens if request.task == "generate" else None
+        explicit = request.params.max_tokens
+        self.limit = explicit if request.task == "generate" and request.stream else None
         self.choices = max(1, request.params.n)
         self.made: dict[int, int] = {}
         self.ended: set[int] = set()  # choices finished (by the runner, or cut here)

@@ -256,7 +256,7 @@ class FakeOpenAI(FakeProvider):
             if chat:
                 choices: list[dict[str, Any]] = []
                 for k in range(n):
-                    toks = _variant(tokens, k)
+                    toks = _variant(tokens, k, limit)
                     message: dict[str, Any] = {"role": "assistant", "content": "".join(toks) if not calls else None}
                     message["refusal"] = None
                     if reasoning:
@@ -287,7 +287,7 @@ class FakeOpenAI(FakeProvider):
         extra = {"usage": None} if include_usage else {}
         events: list[dict[str, Any]] = []
         for k in range(n):
-            events += _stream_choice(k, _variant(tokens, k), chat, want_lp, top_n, calls, reasoning, finish)
+            events += _stream_choice(k, _variant(tokens, k, limit), chat, want_lp, top_n, calls, reasoning, finish)
         out = [_sse({**ids, "object": obj, "choices": [c], **extra}) for c in events]
         if include_usage:
             out.append(_sse({**ids, "object": obj, "choices": [], "usage": usage}))
@@ -385,9 +385,11 @@ def _stream_choice(
     return events
 
 
-def _variant(tokens: list[str], k: int) -> list[str]:
-    """Choice k's tokens: the answer itself for choice 0, "Choice k:" and the answer for the others."""
-    return tokens if k == 0 or not tokens else ["Choice", f" {k}:", " " + tokens[0].lstrip(), *tokens[1:]]
+def _variant(tokens: list[str], k: int, limit: int | None) -> list[str]:
+    """Choice k's tokens: the answer itself for choice 0, "Choice k:" and the answer for the
+    others (each within max_tokens, as the real API keeps every choice)."""
+    out = tokens if k == 0 or not tokens else ["Choice", f" {k}:", " " + tokens[0].lstrip(), *tokens[1:]]
+    return out[:limit] if isinstance(limit, int) else out
 
 
 def example_of(schema: Any) -> Any:
