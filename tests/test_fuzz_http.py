@@ -95,7 +95,7 @@ def served_schema(fuzz_front: tuple[Node, str, set[int]]) -> Any:
             "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "database": "none"},
         }
     )
-    return schemathesis.openapi.from_url(base + "/openapi.json", config=config, timeout=30)
+    return schemathesis.openapi.from_url(base + "/openapi.json", config=config, timeout=30, headers=AUTH)
 
 
 schema = schemathesis.pytest.from_fixture("served_schema")
@@ -121,7 +121,7 @@ def test_the_node_survives_the_fuzzing(fuzz_front: tuple[Node, str, set[int]]) -
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"], ok.text
     ready = requests.get(base + "/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["deployments"] == {"tiny": "ready"}
-    metrics = requests.get(base + "/metrics", timeout=30).text
+    metrics = requests.get(base + "/metrics", headers=AUTH, timeout=30).text
     five = [line for line in metrics.splitlines() if line.startswith("atomr_http_requests") and 'status="5' in line]
     assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in five), five
     restarts = [line for line in metrics.splitlines() if line.startswith("atomr_replica_restarts_total")]
@@ -201,7 +201,8 @@ def test_the_document_is_valid_openapi() -> None:
 
 def test_the_served_document_is_the_built_one(fuzz_front: tuple[Node, str, set[int]]) -> None:
     _, base, _ = fuzz_front
-    served = requests.get(base + "/openapi.json", timeout=30)
+    assert requests.get(base + "/openapi.json", timeout=30).status_code == 401  # with tenants: a key
+    served = requests.get(base + "/openapi.json", headers=AUTH, timeout=30)
     assert served.status_code == 200 and served.headers["content-type"].startswith("application/json")
     assert served.json() == json.loads(json.dumps(openapi_document(["tiny"], auth=True)))
     assert set(served.json()["paths"]) == {

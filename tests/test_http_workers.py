@@ -70,7 +70,7 @@ deployments:
 def http_requests(port: int) -> float:
     """The 200 answers to POST /v1/chat/completions that /metrics counts, over every worker."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/metrics")
+    conn.request("GET", "/metrics", headers={"authorization": f"Bearer {KEY}"})
     text = conn.getresponse().read().decode()
     conn.close()
     total = 0.0

@@ -137,7 +137,7 @@ def test_the_admin_api_needs_the_admin_key_and_names_bad_fields(head: tuple[Node
     bad = admin_call(url, "POST", "/admin/keys", {"tenant": "team-b", "colour": "blue"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "colour", bad.text
     assert admin_call(url, "GET", "/admin/keys/key_0000").status_code == 404
-    doc = httpx.get(url + "/openapi.json", timeout=30).json()
+    doc = httpx.get(url + "/openapi.json", headers={"authorization": f"Bearer {YAML_KEY}"}, timeout=30).json()
     validate(doc)
     assert {"/admin/keys", "/admin/keys/{key_id}/rotate", "/admin/spend"} <= set(doc["paths"])
     assert doc["paths"]["/admin/keys"]["post"]["security"] == [{"admin": []}]
@@ -264,7 +264,7 @@ def test_a_budget_resets_with_its_period(head: tuple[Node, str, Path]) -> None:
 
 
 def spend_metrics(url: str) -> dict[tuple[str, str], float]:
-    text = httpx.get(url + "/metrics", timeout=30).text
+    text = httpx.get(url + "/metrics", headers={"authorization": f"Bearer {YAML_KEY}"}, timeout=30).text
     totals: dict[tuple[str, str], float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:

@@ -391,3 +391,44 @@ def test_a_misbehaving_upstream_costs_bounded_memory(tmp_path: Path, upstream: M
         assert gateway.memory_info().rss - before < 100 * MiB
     finally:
         assert node.stop() == []
+
+
+def test_documented_types_are_parsed_strictly_and_errors_quote_little() -> None:
+    from atomr.core.errors import InvalidRequestError
+    from atomr.http.openai_requests import parse_chat
+
+    hello = [{"role": "user", "content": "Hi"}]
+    for field, value in (("stream", "yes"), ("max_tokens", "10"), ("temperature", "0.5"), ("logprobs", 1)):
+        with pytest.raises(InvalidRequestError) as refused:
+            parse_chat(json.dumps({"model": "m", "messages": hello, field: value}).encode(), 16)
+        assert refused.value.field == field, (field, refused.value)
+    _, ok = parse_chat(json.dumps({"model": "m", "messages": hello, "temperature": 1, "max_tokens": 10}).encode(), 16)
+    assert ok.params.temperature == 1 and ok.params.max_tokens == 10  # an integer is a number
+
+
+def test_with_keys_only_the_public_paths_answer_without_one(tmp_path: Path) -> None:
+    from atomr.core.tenants import new_key
+
+    key, digest = new_key()
+    cfg = config(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["tenants"] = [{"name": "team", "key_sha256": digest}]
+    raw["http"]["public_paths"] = ["/healthz"]
+    cfg.write_text(yaml.safe_dump(raw))
+    node = Node(config=cfg)
+    try:
+        url = http_url(node)
+        for path in ("/metrics", "/openapi.json", "/readyz", "/health"):
+            assert httpx.get(url + path, timeout=30).status_code == 401, path
+            assert httpx.get(url + path, headers={"authorization": f"Bearer {key}"}, timeout=30).status_code == 200
+        assert httpx.get(url + "/healthz", timeout=30).status_code == 200
+        long_name = "m" * 500_000
+        r = httpx.post(
+            url + "/v1/completions",
+            json={"model": long_name, "prompt": "x"},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert r.status_code == 404 and len(r.text) < 1000, r.text[:300]  # the name is not sent back whole
+    finally:
+        assert node.stop() == []

@@ -48,6 +48,7 @@ from atomr.core.errors import (
     OverloadedError,
     RunnerCrashedError,
     UnavailableError,
+    quote,
 )
 from atomr.core.fair_queue import FairQueue
 from atomr.core.runner import PromptLimit
@@ -269,7 +270,7 @@ class Dispatcher:
             self.arrived.setdefault(item.request.request_id, now)
         if self.state in ("draining", "failed"):
             for item in items:
-                gone = NotFoundError(f"model {item.request.model!r} is being removed", field="model")
+                gone = NotFoundError(f"model {quote(item.request.model)} is being removed", field="model")
                 self._finish(item, error_event(item, gone))
             return self._take()
         for item in items:

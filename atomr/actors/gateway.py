@@ -73,6 +73,7 @@ from atomr.core.errors import (
     InferenceTimeoutError,
     NotFoundError,
     RateLimitedError,
+    quote,
 )
 from atomr.core.keys import ApiKey
 from atomr.core.policies import Cascade, RoutePolicy
@@ -519,7 +520,7 @@ class Gateway(SidecarActor):
                 if route is not None:
                     self._admit(item, route)
                 else:
-                    err = NotFoundError(f"no deployment serves model {name!r}", field="model")
+                    err = NotFoundError(f"no deployment serves model {quote(name)}", field="model")
                     self.emit(item.reply_to, StreamEvent(item.request.request_id, error=err.info(), final=True))
 
     def receiveMsg_Cancel(self, msg: Cancel, sender: Address) -> None:
@@ -577,7 +578,8 @@ class Gateway(SidecarActor):
     def ask_admin(self, kind: str, msg: Any) -> None:
         """Send a status, metrics or keys question; the Reply comes back to receiveMsg_Reply."""
         if kind == "keys":
-            self.send(self._key_keeper(), msg)
+            self._keeper = None  # looked up by its name for each (rare) admin question: one that
+            self.send(self._key_keeper(), msg)  # was started again is asked, not its dead predecessor
         elif kind == "status":
             if self._manager is None:
                 from atomr.actors.deployment_manager import DeploymentManager

@@ -66,6 +66,16 @@ class InferenceError(Exception):
         return cls(info.message, field=info.field, retry_after=info.retry_after, details=info.details)
 
 
+QUOTE_CHARS = 64  # what an error message quotes of a value the caller sent, at most
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`value` as an error message quotes it: its repr, cut to `limit` characters (a caller's
+    500 KB model name is not sent back whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _rebuild(info: ErrorInfo) -> InferenceError:
     return InferenceError.from_info(info)
 

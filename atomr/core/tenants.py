@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from atomr.core.errors import AuthError, ConfigError, PermissionDeniedError
+from atomr.core.errors import AuthError, ConfigError, PermissionDeniedError, quote
 from atomr.core.keys import ApiKey
 
 KEY_PREFIX = "atomr-"
@@ -133,7 +133,7 @@ class TenantTable:
     def authorize(self, tenant: Tenant | None, model: str) -> None:
         if tenant is not None and not tenant.allows(model):
             who = f"key {tenant.key_id}" if tenant.key_id else f"tenant {tenant.name!r}"
-            raise PermissionDeniedError(f"{who} may not use model {model!r}", field="model")
+            raise PermissionDeniedError(f"{who} may not use model {quote(model)}", field="model")
 
 
 def _narrowed(tenant_models: tuple[str, ...], key_models: tuple[str, ...]) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from atomr.core.errors import InvalidRequestError
+from atomr.core.errors import InvalidRequestError, quote
 from atomr.core.messages import ContentPart, Message, Tool, ToolCall, ToolChoice
 from atomr.core.types import InferenceRequest, SamplingParams
 from atomr.http.anthropic_answers import MessagesStream, error_response, render, render_count
@@ -150,7 +150,9 @@ def _messages(raw: list[Any]) -> tuple[Message, ...]:
                 result = _result_content(block.get("content"), at)
                 out.append(Message("tool", result, tool_call_id=block["tool_use_id"]))
             elif kind in ("text", "image", "tool_use", "tool_result"):
-                raise InvalidRequestError(f"{at}: a {kind!r} block is not taken in a {m['role']} message", field=at)
+                raise InvalidRequestError(
+                    f"{at}: a {quote(kind)} block is not taken in a {m['role']} message", field=at
+                )
             else:  # thinking, document, search_result...: only the anthropic runtime takes them
                 parts.append(ContentPart(kind, data=block))
         if parts or calls:

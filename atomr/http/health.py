@@ -1,6 +1,7 @@
 """``GET /healthz`` and ``GET /health`` (the process is up; ``/health`` is the name vLLM's server
 and the load tools that probe it use) and ``GET /readyz`` (every deployment has a ready replica;
-503 otherwise, or when the cluster does not answer). Neither asks for a key."""
+503 otherwise, or when the cluster does not answer). With keys, they ask for one when
+`http.public_paths` leaves them out (by default it lists all three)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from atomr.http.plumbing import FrontContext, error_response
 
 def routes(ctx: FrontContext) -> list[Route]:
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return ctx.refused(request) or JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        refused = ctx.refused(request)
+        if refused is not None:
+            return refused
         try:
             ready, states = await ctx.backend.readiness()
         except InferenceError as exc:

@@ -1,5 +1,6 @@
 """``GET /metrics``: the Prometheus text of the whole cluster (every coordinator's and HTTP
-front's metrics, merged by the metrics collector). No key is asked for."""
+front's metrics, merged by the metrics collector). With keys it asks for one (tenant names and
+per-tenant traffic are in it) unless `http.public_paths` lists it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from atomr.http.plumbing import FrontContext, error_response
 
 def routes(ctx: FrontContext) -> list[Route]:
     async def metrics(request: Request) -> Response:
+        refused = ctx.refused(request)
+        if refused is not None:
+            return refused
         try:
             text = await ctx.backend.metrics()
         except InferenceError as exc:

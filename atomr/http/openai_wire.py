@@ -196,6 +196,7 @@ _ERROR_TYPES = {
     404: "not_found_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    504: "timeout_error",
 }
 
 

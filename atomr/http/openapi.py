@@ -184,12 +184,15 @@ def _stored_response(auth: bool) -> dict[str, Any]:
     return out
 
 
-def _public(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
-    """An operation that asks for no key."""
-    return {"get": {"operationId": operation_id, "summary": summary, "security": [], "responses": responses}}
+def _paths(model: str, auth: bool, public: Sequence[str] = ()) -> dict[str, Any]:
+    def _public(operation_id: str, summary: str, responses: dict[str, Any], path: str) -> dict[str, Any]:
+        """An operation that asks for no key unless keys are on and `path` is not public."""
+        if auth and path not in public:
+            return {
+                "get": {"operationId": operation_id, "summary": summary, "responses": {**responses, **_errors("401")}}
+            }
+        return {"get": {"operationId": operation_id, "summary": summary, "security": [], "responses": responses}}
 
-
-def _paths(model: str, auth: bool) -> dict[str, Any]:
     hello = [{"role": "user", "content": "Hello"}]
     chat_example = {"model": model, "messages": hello, "max_tokens": 16}
     completion_example = {"model": model, "prompt": "The actor model", "max_tokens": 16}
@@ -250,20 +253,24 @@ def _paths(model: str, auth: bool) -> dict[str, Any]:
         },
         "/v1/responses/{response_id}": _stored_response(auth),
         "/v1/models": {"get": models_op},
-        "/healthz": _public("health", "the process is up", {"200": _json(_ref("Health"), "up")}),
-        "/health": _public("health_alias", "the process is up (vLLM's name)", {"200": _json(_ref("Health"), "up")}),
+        "/healthz": _public("health", "the process is up", {"200": _json(_ref("Health"), "up")}, "/healthz"),
+        "/health": _public(
+            "health_alias", "the process is up (vLLM's name)", {"200": _json(_ref("Health"), "up")}, "/health"
+        ),
         "/readyz": _public(
             "readiness",
             "every configured model has a ready replica",
             {"200": _json(_ref("Readiness"), "ready"), "503": not_ready, **_errors("500", "502", "504")},
+            "/readyz",
         ),
         "/metrics": _public(
             "metrics",
             "Prometheus metrics of the whole cluster",
             {"200": prometheus, **_errors("500", "502", "503", "504")},
+            "/metrics",
         ),
         "/openapi.json": _public(
-            "openapi", "this document", {"200": _json({"type": "object"}, "the OpenAPI document")}
+            "openapi", "this document", {"200": _json({"type": "object"}, "the OpenAPI document")}, "/openapi.json"
         ),
     }
 
@@ -312,12 +319,19 @@ def _admin_paths() -> dict[str, Any]:
     }
 
 
-def openapi_document(models: Sequence[str] = (), *, auth: bool = True, admin: bool = False) -> dict[str, Any]:
+def openapi_document(
+    models: Sequence[str] = (),
+    *,
+    auth: bool = True,
+    admin: bool = False,
+    public: Sequence[str] = ("/health", "/healthz", "/readyz"),
+) -> dict[str, Any]:
     """The OpenAPI 3.0 document of the HTTP front.
 
     `models`: names the node serves (the first one goes in the request examples); `auth`: whether
     the node has tenants, i.e. whether every ``/v1`` route wants ``Authorization: Bearer <key>``;
-    `admin`: whether the node has an admin key (the ``/admin`` routes).
+    `admin`: whether the node has an admin key (the ``/admin`` routes); `public`: the paths served
+    without a key when `auth` (``http.public_paths``).
     """
     doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
@@ -326,7 +340,7 @@ def openapi_document(models: Sequence[str] = (), *, auth: bool = True, admin: bo
             "version": "1",
             "description": "OpenAI's and Anthropic's wires over atomr's deployments, routes and cascades.",
         },
-        "paths": _paths(models[0] if models else "tiny", auth),
+        "paths": _paths(models[0] if models else "tiny", auth, public),
         "components": {"schemas": copy.deepcopy(_schemas())},
     }
     if auth:
@@ -347,7 +361,13 @@ def openapi_document(models: Sequence[str] = (), *, auth: bool = True, admin: bo
 
 def routes(ctx: FrontContext) -> list[Route]:
     async def openapi(request: Request) -> Response:
+        refused = ctx.refused(request)
+        if refused is not None:  # (it names every model the node serves)
+            return refused
         names = sorted(ctx.backend.model_names())
-        return JSONResponse(openapi_document(names, auth=not ctx.tenants.open, admin=ctx.tenants.runtime_keys))
+        doc = openapi_document(
+            names, auth=not ctx.tenants.open, admin=ctx.tenants.runtime_keys, public=ctx.settings.public_paths
+        )
+        return JSONResponse(doc)
 
     return [Route("/openapi.json", openapi, methods=["GET"])]

@@ -17,7 +17,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from atomr.core.errors import InferenceError, InternalError, InvalidRequestError, NotFoundError
+from atomr.core.errors import InferenceError, InternalError, InvalidRequestError, NotFoundError, quote
 from atomr.core.tenants import Tenant, TenantTable
 from atomr.http import openai_wire as wire
 from atomr.http.port import InferenceBackend
@@ -53,6 +53,17 @@ class FrontContext:
     def authenticate(self, request: Request) -> Tenant | None:
         """The caller's tenant (None when the front is open); raises 401 for a missing or wrong key."""
         return self.tenants.authenticate(bearer(request))
+
+    def refused(self, request: Request) -> Response | None:
+        """For a path outside `public_paths` when the front asks for keys: the 401 of a caller
+        without a valid one (else None)."""
+        if self.tenants.open or request.url.path in self.settings.public_paths:
+            return None
+        try:
+            self.authenticate(request)
+        except InferenceError as exc:
+            return error_response(exc)
+        return None
 
     async def read_body(self, request: Request) -> bytes:
         """The request's body, refused (413) past `max_body_bytes`, declared or sent."""
@@ -115,7 +126,7 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return error_response(NotFoundError(f"no route {request.method} {request.url.path}", field="path"))
+    return error_response(NotFoundError(f"no route {request.method} {quote(request.url.path)}", field="path"))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

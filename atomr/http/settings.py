@@ -36,6 +36,9 @@ class HttpSettings(BaseModel):
     header_timeout_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
     body_timeout_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
     keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    # with tenants (or runtime keys), the paths served without a key; every other path (/metrics,
+    # /openapi.json included) asks for one
+    public_paths: tuple[str, ...] = ("/health", "/healthz", "/readyz")
     # serve beyond loopback with no key asked of callers (no tenants, no admin key): anyone who
     # reaches the port spends the deployments' provider keys; refused at start unless set
     allow_unauthenticated: bool = False

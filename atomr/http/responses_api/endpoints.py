@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from atomr.core.errors import InferenceError, InvalidRequestError, NotFoundError
+from atomr.core.errors import InferenceError, InvalidRequestError, NotFoundError, quote
 from atomr.core.types import InferenceRequest, InferenceResult
 from atomr.http.chat import Dialect, serve
 from atomr.http.plumbing import FrontContext, bearer, error_response
@@ -130,5 +130,5 @@ def _stored(ctx: FrontContext, store: ResponseStore, request: Request) -> Stored
     response_id = request.path_params["response_id"]
     found = store.get(response_id, tenant.name if tenant is not None else "default")
     if found is None:
-        raise NotFoundError(f"no stored response {response_id!r}", field="response_id")
+        raise NotFoundError(f"no stored response {quote(response_id)}", field="response_id")
     return found

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from atomr.core.errors import InferenceError, InvalidRequestError
+from atomr.core.errors import InferenceError, InvalidRequestError, quote
 from atomr.core.messages import ContentPart, Message, ResponseFormat, Tool, ToolCall, ToolChoice
 from atomr.core.types import InferenceRequest, SamplingParams
 from atomr.http.bodies import decode_body
@@ -163,7 +163,9 @@ def input_messages(raw: str | list[Any]) -> tuple[Message, ...]:
             _known_keys(item, _REASONING_KEYS, at)
         else:
             what = "message, function_call, function_call_output or reasoning"
-            raise InvalidRequestError(f"{at}.type: a {kind!r} item is not served (only {what})", field=f"{at}.type")
+            raise InvalidRequestError(
+                f"{at}.type: a {quote(kind)} item is not served (only {what})", field=f"{at}.type"
+            )
     return tuple(out)
 
 
