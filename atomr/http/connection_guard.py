@@ -42,6 +42,7 @@ class ConnectionLimits:
     body_timeout_s: float  # from the last header to the body's last byte
 
 
+SWEEP_S = 0.25  # how often a front looks for connections past their header or body deadline
 FD_RESERVE = 128  # open files a front's process needs besides its HTTP connections
 
 
@@ -76,7 +77,8 @@ def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None]) -
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._answered = False  # refused and closed: nothing more is read or sent
-            self._timer: asyncio.TimerHandle | None = None
+            self._deadline = 0.0  # loop time by which the headers (or the body) must be in; 0: none
+            self._phase = ""
             self._header_bytes = 0  # of the request whose headers are arriving
             self._header_count = 0
             self._in_headers = True  # what arrives now is a request line or headers
@@ -127,7 +129,7 @@ def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None]) -
             super().on_message_begin()
             self._since = time.monotonic()
             self._header_count = 0
-            if self._timer is None:  # the keep-alive wait ended: the headers' own clock starts
+            if not self._deadline:  # the keep-alive wait ended: the headers' own clock starts
                 self._arm(limits.header_timeout_s, "header_timeout")
 
         def on_header(self, name: bytes, value: bytes) -> None:
@@ -174,17 +176,20 @@ def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None]) -
                 self.transport.close()
             refused("idle_closed")
 
+        # Timeouts are a deadline per connection and one sweep of the server's connections every
+        # `SWEEP_S` (a timer armed and cancelled per request cost more than all the rest here).
+
         def _arm(self, delay: float, reason: str) -> None:
-            self._disarm()
-            self._timer = asyncio.get_running_loop().call_later(delay, self._expired, reason)
+            loop = asyncio.get_running_loop()
+            self._deadline, self._phase = loop.time() + delay, reason
+            if not sweeping:
+                sweeping.append(loop.call_later(SWEEP_S, _sweep, self.connections, loop))
 
         def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._deadline = 0.0
 
         def _expired(self, reason: str) -> None:
-            self._timer = None
+            self._deadline = 0.0
             if self.transport is None or self.transport.is_closing():
                 return
             if reason == "body_timeout" and (self.cycle is None or self.cycle.response_started):
@@ -204,6 +209,17 @@ def guarded_protocol(limits: ConnectionLimits, refused: Callable[[str], None]) -
                 self.transport.write(closing_response(status, message))
                 self.transport.close()
             refused(reason)
+
+    sweeping: list[asyncio.TimerHandle] = []  # the sweep scheduled, if any
+
+    def _sweep(connections: set[Any], loop: asyncio.AbstractEventLoop) -> None:
+        sweeping.clear()
+        now = loop.time()
+        for p in list(connections):
+            if isinstance(p, GuardedHttpToolsProtocol) and p._deadline and now >= p._deadline:
+                p._expired(p._phase)
+        if connections:
+            sweeping.append(loop.call_later(SWEEP_S, _sweep, connections, loop))
 
     return GuardedHttpToolsProtocol
 

@@ -16,7 +16,9 @@ where it applies, the ratio, the target and whether it was met:
 - cascade (`cascade.py`): cost against sending everything to the large model, and agreement;
 - tracing (`tracing_cost.py`): the same front with OpenTelemetry tracing off and on (every
   request sampled, exported to a local receiver that discards), interleaved: the p50 that tracing
-  on adds, and what tracing off runs per request.
+  on adds, and what tracing off runs per request;
+- connection limits (`connection_guard.py`): uvicorn's httptools protocol plain and with the
+  front's limits, on a trivial app, interleaved: what the limits add per request.
 Targets: the HTTP front adds <= 1.0 ms p50 and <= 3 ms p99 at c=1, within 1.3x of a bare relay
 proxy's added p50 (the floor), >= 1,000 requests/s at c=64, <= 1.5 ms to a 20-chunk stream; the
 actor path adds <= 1.5 ms p50 and keeps >= 0.8x the in-process requests/s at c=32; 2,000 in
@@ -47,6 +49,7 @@ sys.path.insert(0, str(HERE))
 import actor_path  # noqa: E402
 import batching  # noqa: E402
 import cascade  # noqa: E402
+import connection_guard  # noqa: E402
 import http_front  # noqa: E402
 import inflight  # noqa: E402
 import tracing_cost  # noqa: E402
@@ -86,10 +89,12 @@ class Sizes:
     cascade_random_prompts: int
     tracing_rounds: int
     tracing_requests: int
+    guard_rounds: int
+    guard_requests: int
 
 
-FULL = Sizes(200, 3, 3, 400, 3, 64, 32, 2000, 150.0, 8, 5, 400)
-QUICK = Sizes(20, 1, 1, 40, 1, 8, 8, 200, 10.0, 2, 1, 40)
+FULL = Sizes(200, 3, 3, 400, 3, 64, 32, 2000, 150.0, 8, 5, 400, 5, 2000)
+QUICK = Sizes(20, 1, 1, 40, 1, 8, 8, 200, 10.0, 2, 1, 40, 1, 200)
 
 
 def yes_no(ok: bool) -> str:
@@ -317,6 +322,27 @@ def tracing_rows(s: Sizes) -> list[Row]:
     ]
 
 
+def guard_rows(s: Sizes) -> list[Row]:
+    med = connection_guard.run(s.guard_rounds, s.guard_requests)
+    bench = "connection limits (uvicorn httptools, trivial app)"
+    rows = []
+    for what, label in (
+        ("keep-alive p50", "p50 per request, one keep-alive connection, ms"),
+        ("new-connection p50", "p50 per request on a new connection, ms"),
+    ):
+        plain, guarded = med[f"plain {what}"], med[f"guarded {what}"]
+        rows.append(
+            Row(
+                bench,
+                f"{label}: guarded vs plain",
+                f"plain {plain:.4f}",
+                f"{guarded:.4f}",
+                ratio=f"{(guarded - plain) * 1000:+.1f} us ({guarded / plain:.3f}x)",
+            )
+        )
+    return rows
+
+
 def litellm_version(venv: Path) -> str:
     try:
         out = subprocess.run(
@@ -360,6 +386,7 @@ def main() -> int:
         ),
         ("cascade", ["cost"], lambda: cascade_rows(sizes, args.cascade_threshold)),
         ("tracing", ["p50 on vs off", "requests/s on vs off", "off checks"], lambda: tracing_rows(sizes)),
+        ("connection limits", ["keep-alive p50", "new-connection p50"], lambda: guard_rows(sizes)),
     ]
     rows: list[Row] = []
     status = 0
