@@ -29,6 +29,7 @@ from atomr.observability.metrics import DeploymentMetrics
 from atomr.serving.coalesce import ChunkCoalescer
 
 log = structlog.get_logger("atomr.request")
+YIELD_EVERY = 16  # chunks taken from a runner before the loop serves its other tasks
 FREE = Cost()
 _NO_TRACE: dict[str, str] = {}
 
@@ -99,6 +100,7 @@ async def run_session(
         flush()
 
     cap = TokenCap(request)
+    taken = 0
     try:
         if runner is None:
             raise RuntimeError("runner not loaded")
@@ -107,6 +109,11 @@ async def run_session(
         try:
             async with _until(request.deadline):
                 async for received in agen:
+                    taken += 1
+                    if taken % YIELD_EVERY == 0:
+                        # a chatty provider's buffered events would otherwise be read in one go,
+                        # and every other request on this loop would wait for them
+                        await asyncio.sleep(0)
                     if room is not None:
                         await room()
                     if request.deadline is not None and time.time() > request.deadline:
