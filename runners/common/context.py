@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from atomr.core.errors import ContextLengthError
+from atomr.core.runner import PromptLimit
 from atomr.core.types import InferenceRequest
 
 
@@ -34,3 +35,10 @@ def max_token_chars(tokenizer_json: Path) -> int:
     entries = vocab.keys() if isinstance(vocab, dict) else (e[0] for e in vocab if e)
     added = (t.get("content", "") for t in raw.get("added_tokens") or [])
     return max((len(str(e)) for e in (*entries, *added)), default=0)
+
+
+def prompt_limit_of(context_length: int, folder: Path) -> PromptLimit | None:
+    """What a runner reports to gateways (`ModelRunner.prompt_limit`) for a model whose
+    ``tokenizer.json`` is in `folder`; None when that file tells nothing."""
+    chars = max_token_chars(folder / "tokenizer.json")
+    return PromptLimit(context_length, chars) if chars and context_length > 0 else None

@@ -377,6 +377,13 @@ class RunnerContract(CatalogContract):
             assert info.value.details == {"prompt_tokens": n, "context_length": ctx}
             chunks = on(collect(runner, with_params(answer.request, max_tokens=ctx - n)))  # exactly the context
             assert text(chunks) == answer.text and check_stream(chunks).finish_reason == "stop"
+            # what gateways refuse with before the request leaves them: never a prompt that fits
+            limit = runner.prompt_limit()
+            assert limit is not None and limit.context_tokens == ctx
+            assert -(-answer.request.prompt_chars // limit.max_token_chars) <= n  # a lower bound
+            assert limit.too_long(answer.request) is None
+            overlong = a.request(mode, prompt="w" * (limit.max_token_chars * (ctx + 1)))
+            assert limit.too_long(overlong) is not None
         on(a.settle(runner))  # nothing left running
 
     @pytest.mark.parametrize("how", ["aclose", "task_cancel"])

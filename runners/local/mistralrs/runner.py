@@ -81,6 +81,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from atomr.runners.common.context import prompt_limit_of
 from atomr.runners.common.model_files import hf_checkpoint, hf_model_dir
 from atomr.runners.common.structured import OutputPlan, output_plan, tool_stream, with_tool_calls
 from atomr.runners.local.mistralrs.engine import MODEL_NAME, import_mistralrs, open_runner
@@ -90,7 +91,7 @@ from atomr.runners.local.mistralrs.worker import Worker
 from atomr.runners.spec import parse_engine_options
 
 from atomr.core.errors import InvalidRequestError, UnavailableError
-from atomr.core.runner import GUIDED, ModelRunner, RunnerCapabilities
+from atomr.core.runner import GUIDED, ModelRunner, PromptLimit, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message
 
 if TYPE_CHECKING:
@@ -149,6 +150,9 @@ class MistralRsRunner(ModelRunner):
     @property
     def context_length(self) -> int:
         return self._loaded().context_length
+
+    def prompt_limit(self) -> PromptLimit | None:
+        return prompt_limit_of(self._loaded().context_length, hf_model_dir(self.deployment))
 
     @property
     def load_seconds(self) -> float:

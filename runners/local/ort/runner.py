@@ -82,7 +82,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from atomr.runners.common.context import check_context, max_token_chars
+from atomr.runners.common.context import check_context, prompt_limit_of
 from atomr.runners.common.structured import OutputPlan, output_plan, tool_stream, with_tool_calls
 from atomr.runners.local.ort.batch import BatchWorker
 from atomr.runners.local.ort.engine import EngineDriver, uses_engine
@@ -176,8 +176,7 @@ class OrtRunner(ModelRunner):
 
     def prompt_limit(self) -> PromptLimit | None:
         m = self._loaded()
-        chars = max_token_chars(m.folder / "tokenizer.json")
-        return PromptLimit(m.context_length, chars) if chars else None
+        return prompt_limit_of(m.context_length, m.folder)
 
     @property
     def batch_counts(self) -> tuple[int, int]:

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from atomr.runners.common.context import check_context
+from atomr.runners.common.context import check_context, prompt_limit_of
 from atomr.runners.common.model_files import hf_model_dir, model_root
 from atomr.runners.common.stops import StopMatcher
 from atomr.runners.local.tensorrt.spec import SPEC, TensorRTOptions, is_trt_engine_dir
@@ -73,7 +73,7 @@ from atomr.core.errors import (
     NotFoundError,
     UnavailableError,
 )
-from atomr.core.runner import ModelRunner, RunnerCapabilities
+from atomr.core.runner import ModelRunner, PromptLimit, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
 
 if TYPE_CHECKING:
@@ -252,6 +252,10 @@ class TensorRTRunner(ModelRunner):
     @property
     def context_length(self) -> int:
         return self._loaded().context_length
+
+    def prompt_limit(self) -> PromptLimit | None:
+        m = self._loaded()
+        return prompt_limit_of(m.context_length, m.folder)
 
     @property
     def backend(self) -> str:

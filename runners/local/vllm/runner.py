@@ -79,7 +79,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from atomr.runners.common.context import check_context
+from atomr.runners.common.context import check_context, prompt_limit_of
 from atomr.runners.common.model_files import hf_checkpoint, hf_model_dir
 from atomr.runners.common.structured import TAGGED_CALL, OutputPlan, output_plan, tool_stream, with_tool_calls
 from atomr.runners.local.vllm.engine import (
@@ -115,7 +115,7 @@ from atomr.core.errors import (
     RunnerCrashedError,
     UnavailableError,
 )
-from atomr.core.runner import GUIDED, ModelRunner, RunnerCapabilities
+from atomr.core.runner import GUIDED, ModelRunner, PromptLimit, RunnerCapabilities
 from atomr.core.types import Chunk, InferenceRequest, Message, SamplingParams, TokenLogprob, Usage
 
 if TYPE_CHECKING:
@@ -233,6 +233,9 @@ class VllmRunner(ModelRunner):
     @property
     def context_length(self) -> int:
         return self._loaded().context_length
+
+    def prompt_limit(self) -> PromptLimit | None:
+        return prompt_limit_of(self._loaded().context_length, hf_model_dir(self.deployment))
 
     @property
     def active_generations(self) -> int:
