@@ -22,6 +22,11 @@ its own: only its gateway is checked.)
 Given several heads (``"h1:p1,h2:p2"``: a head and its standbys), the client talks to the one that
 answers, and moves to another when that one is gone and another answers (a standby that took
 over): a new endpoint, gateway and manager, and its waiting requests are sent again there.
+
+From a host that runs no node, the process becomes a light member of the head's convention
+(`atomr.cluster.light_member`: started on first use, shared by the process's clients, stopped
+by the last one to close) and learns the addresses of the head's actors from a portal placed on
+the head (`atomr.actors.portal`); everything else is the same.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from atomr.actors.messages import (
     HelloReply,
     KeysAdmin,
     ListDeployments,
+    Locate,
     Reply,
     SetPolicies,
     SpendTotals,
@@ -63,7 +69,10 @@ from atomr.actors.messages import (
     WorkItem,
     reply_value,
 )
-from atomr.cluster.system import connect_system, disconnect_system
+from atomr.actors.portal import Portal, actor_class
+from atomr.cluster import light_member
+from atomr.cluster.light_member import is_this_host
+from atomr.cluster.system import check_node, connect_system, disconnect_system
 from atomr.config import deployment_from_dict, load_deployments, load_policies
 from atomr.core.deployment import Deployment
 from atomr.core.errors import InferenceError, InvalidRequestError, UnavailableError
@@ -160,18 +169,21 @@ class Client:
         key = resolve_key(self.host, key_file=cluster_key_file, key=cluster_key)
         self._key = key
         self._generation = 0  # which connection the reader serves (one more at each move)
-        self._asys = connect_system(self.port, self.host, cluster_key=key)
-        from atomr.actors.deployment_manager import DeploymentManager
-        from atomr.actors.gateway import Gateway
-
+        self._remote = False  # the node is on another host: this process is a light member
+        self._asys = self._connect(self.host, self.port)
         self._gateway_name = gateway or GATEWAY_NAME
-        self._gateway = self._asys.createActor(Gateway, globalName=self._gateway_name)
+        try:
+            found = self._find(self._gateway_name, MANAGER_NAME)
+        except BaseException:
+            self._disconnect(self._asys)
+            raise
+        self._gateway = found[self._gateway_name]
         self._gateway_since = 0.0  # when the gateway in use was found to replace a dead one (time.time())
         self._gateway_checked = time.monotonic()
         self._check_lock = threading.Lock()
         self._registry: Any = None
         self._coordinator_since: dict[str, tuple[float, float]] = {}  # model -> (checked, route.since)
-        self._manager = self._asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+        self._manager = found[MANAGER_NAME]
         self._send_lock = threading.Lock()
         self._outgoing: collections.deque[WorkItem] = collections.deque()
         self._streams: dict[str, queue.SimpleQueue[StreamEvent]] = {}
@@ -190,13 +202,55 @@ class Client:
         self._reader.join(5)
         for q in list(self._streams.values()):
             q.put(StreamEvent("", error=UnavailableError("client closed").info(), final=True))
-        disconnect_system(self._asys)
+        self._disconnect(self._asys)
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ---- where the node is ----
+
+    def _connect(self, host: str, port: int) -> Any:
+        """An actor system to talk to the node at `host`:`port` through: the node's own on this
+        host, else a light member of its convention (a wrong cluster key: AuthError at once)."""
+        if is_this_host(host):
+            self._remote = False
+            return connect_system(port, host, cluster_key=self._key)
+        check_node(host, port, self._key)
+        self._remote = True
+        return light_member.acquire(host, port, self._key)
+
+    def _disconnect(self, asys: Any) -> None:
+        if self._remote:
+            light_member.release(asys)
+        else:
+            disconnect_system(asys)
+
+    def _find(self, *names: str, asys: Any = None) -> dict[str, Any]:
+        """The addresses of the head's global actors `names` (by global name on its host, else
+        from a portal placed on the head)."""
+        asys = asys if asys is not None else self._asys
+        if not self._remote:
+            return {name: asys.createActor(actor_class(name), globalName=name) for name in names}
+        deadline = time.monotonic() + light_member.JOIN_TIMEOUT_S
+        while True:  # the light member learns the head's capabilities when it has joined
+            try:
+                portal = asys.createActor(Portal, targetActorRequirements={"atomr.role": "head"})
+                break
+            except Exception as exc:  # noqa: BLE001 - Thespian's "no compatible system" until joined
+                if time.monotonic() > deadline:
+                    raise UnavailableError(
+                        f"the head at {self.host}:{self.port} did not take this host into its cluster within"
+                        f" {light_member.JOIN_TIMEOUT_S:g} s ({type(exc).__name__}); can it reach this host's"
+                        f" address {light_member.local_address_towards(self.host, self.port)}?"
+                    ) from None
+                time.sleep(0.2)
+        with asys.private() as endpoint:
+            reply = endpoint.ask(portal, Locate(list(names)), 30)
+        found: dict[str, Any] = reply_value(reply, "Locate", 30)
+        return found
 
     def _start_reader(self) -> bool:
         """Start the thread that reads this connection's endpoint; whether the gateway answered."""
@@ -437,11 +491,9 @@ class Client:
 
     def _lookup_gateway(self) -> None:
         """Find the gateway by its global name again (holding the send lock)."""
-        from atomr.actors.gateway import Gateway
-
         self._gateway_checked = time.monotonic()
         try:
-            address = self._asys.createActor(Gateway, globalName=self._gateway_name)
+            address = self._find(self._gateway_name)[self._gateway_name]
         except Exception as exc:  # noqa: BLE001 - the node may be restarting: try again later
             log.warning("gateway lookup failed", error=f"{type(exc).__name__}: {exc}")
             self._move_to_leader()
@@ -454,8 +506,6 @@ class Client:
         """Given several heads, when the one this client talks to is gone and another answers
         (a standby that took over), connect to that one (holding the send lock): a new endpoint,
         gateway and manager; requests still waiting are sent again to it by their own checks."""
-        from atomr.actors.deployment_manager import DeploymentManager
-        from atomr.actors.gateway import Gateway
         from atomr.cluster.system import port_open
 
         if len(self._heads) < 2 or port_open(self.host, self.port):
@@ -463,14 +513,18 @@ class Client:
         for host, port in self._heads:
             if (host, port) == (self.host, self.port) or not port_open(host, port):
                 continue
+            old_remote = self._remote
             try:
-                asys = connect_system(port, host, cluster_key=self._key)
-                gateway = asys.createActor(Gateway, globalName=self._gateway_name)
-                manager = asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+                asys = self._connect(host, port)
+                found = self._find(self._gateway_name, MANAGER_NAME, asys=asys)
+                gateway, manager = found[self._gateway_name], found[MANAGER_NAME]
             except Exception as exc:  # noqa: BLE001 - not leading yet: the next check tries again
                 log.warning("the next head did not answer yet", head=f"{host}:{port}", error=str(exc))
+                if "asys" in locals():  # connected, but the head's actors did not answer
+                    self._disconnect(asys)
+                self._remote = old_remote
                 continue
-            old = self._asys
+            old, new_remote, self._remote = self._asys, self._remote, old_remote
             self._generation += 1  # the reader of the old connection stops
             self._reader.join(5)
             self._asys, self._gateway, self._manager, self._registry = asys, gateway, manager, None
@@ -478,7 +532,8 @@ class Client:
             self._start_reader()
             self._gateway_since = time.time()  # what was sent before may be lost: send it again
             self._coordinator_since.clear()
-            disconnect_system(old)
+            self._disconnect(old)
+            self._remote = new_remote
             log.warning("moved to the head that leads now", head=f"{host}:{port}")
             return True
         return False
@@ -504,12 +559,10 @@ class Client:
 
     def _route_since(self, model: str, known: float) -> float:
         """When the coordinator of `model`'s deployment started, as the registry says."""
-        from atomr.actors.registry import Registry
-
         try:
             if self._registry is None:
                 with self._send_lock:
-                    self._registry = self._asys.createActor(Registry, globalName=REGISTRY_NAME)
+                    self._registry = self._find(REGISTRY_NAME)[REGISTRY_NAME]
             with self._asys.private() as endpoint:
                 reply = endpoint.ask(self._registry, GetRoutes([model]), 2)
             route = reply.value.get(model) if isinstance(reply, Reply) and reply.ok else None
@@ -572,9 +625,7 @@ class Client:
             policies = policies_from_config(policies)
         elif not isinstance(policies, Policies):
             policies = load_policies(policies)
-        from atomr.actors.registry import Registry
-
-        registry = self._asys.createActor(Registry, globalName=REGISTRY_NAME)
+        registry = self._find(REGISTRY_NAME)[REGISTRY_NAME]
         names: list[str] = self._admin(SetPolicies(policies), 30, to=registry)
         return names
 
@@ -606,9 +657,7 @@ class Client:
 
     def metrics(self) -> str:
         """The cluster's Prometheus metrics (text exposition), as the head's /metrics serves them."""
-        from atomr.actors.metrics_collector import MetricsCollector
-
-        collector = self._asys.createActor(MetricsCollector, globalName=METRICS_NAME)
+        collector = self._find(METRICS_NAME)[METRICS_NAME]
         text: bytes = self._admin(GetMetrics(), 30, to=collector)
         return text.decode()
 
@@ -623,9 +672,7 @@ class Client:
         return result
 
     def _key_keeper(self) -> Any:
-        from atomr.actors.key_keeper import KeyKeeper
-
-        return self._asys.createActor(KeyKeeper, globalName=KEYS_NAME)
+        return self._find(KEYS_NAME)[KEYS_NAME]
 
     def _admin(self, msg: Any, timeout: float, to: Any = None) -> Any:
         if to is None and len(self._heads) > 1:
@@ -635,9 +682,7 @@ class Client:
             reply = endpoint.ask(to if to is not None else self._manager, msg, timeout)
             if reply is None and to is None:  # the manager's process died (or the whole head was
                 # started again): its global name finds or starts its successor
-                from atomr.actors.deployment_manager import DeploymentManager
-
-                self._manager = self._asys.createActor(DeploymentManager, globalName=MANAGER_NAME)
+                self._manager = self._find(MANAGER_NAME)[MANAGER_NAME]
                 reply = endpoint.ask(self._manager, msg, timeout)
         return reply_value(reply, type(msg).__name__, timeout)
 

@@ -633,3 +633,24 @@ class KeysAdmin:
 @dataclass(slots=True)
 class SpendTotals:
     """Spend summed by tenant and by deployment (what atomr-status shows); answered with a Reply."""
+
+
+@dataclass(slots=True)
+class Locate:
+    """Client -> portal on the head: the addresses of these global actors (a Reply: name -> address)."""
+
+    names: list[str]
+
+
+@dataclass(slots=True)
+class Identify:
+    """Portal -> an actor it found by global name: tell me your own address (the one found is
+    only this host's handle until the admin has answered)."""
+
+    name: str
+
+
+@dataclass(slots=True)
+class Identity:
+    name: str
+    address: Address

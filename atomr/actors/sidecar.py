@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ThespianWatch, WatchMessage
 
-from atomr.actors.messages import Address, Events
+from atomr.actors.messages import Address, Events, Identify, Identity
 from atomr.core.types import StreamEvent
 from atomr.observability import tracing
 
@@ -123,6 +123,10 @@ class SidecarActor(ActorTypeDispatcher):
         self._sidecar: Sidecar | None = None
         self._outbox: dict[str, tuple[Address, list[StreamEvent]]] = {}  # keyed by str(address)
         self._flush_scheduled = False
+
+    def receiveMsg_Identify(self, msg: Identify, sender: Address) -> None:
+        """Answer this actor's own address (what a portal passes to another host)."""
+        self.send(sender, Identity(msg.name, self.myAddress))
 
     @property
     def sidecar(self) -> Sidecar:

@@ -74,11 +74,11 @@ def start_system(
     if join is not None:
         caps["Convention Address.IPv4"] = join
     asys = ActorSystem(SYSTEM_BASE, caps, logDefs=thespian_log_defs(), transientUnique=True)
-    _reap_exited_children()
+    reap_exited_children()
     return asys
 
 
-def _reap_exited_children() -> None:
+def reap_exited_children() -> None:
     """Collect children that have exited: Thespian starts its admin through a child that exits
     at once and that nothing waits for (it would stay a zombie for the process's lifetime)."""
     for child in psutil.Process().children():
@@ -89,12 +89,10 @@ def _reap_exited_children() -> None:
             pass
 
 
-def connect_system(port: int, host: str = DEFAULT_BIND, cluster_key: ClusterKey | None = None) -> Any:
-    """Connect to a running node's actor system as an external client.
-
-    The node is first asked whether it accepts the cluster key (`cluster_key`, default
-    ``atomr.cluster.auth.resolve_key(host)``): a wrong key raises AuthError at once.
-    """
+def check_node(host: str, port: int, cluster_key: ClusterKey | None = None) -> ClusterKey:
+    """Ask the node at `host`:`port` whether it accepts the cluster key (`cluster_key`, default
+    ``atomr.cluster.auth.resolve_key(host)``); returns the key. UnavailableError naming the
+    address when nothing answers there, AuthError at once when the key is refused."""
     from atomr.cluster.auth import probe, resolve_key
     from atomr.core.errors import AuthError, UnavailableError
 
@@ -107,6 +105,15 @@ def connect_system(port: int, host: str = DEFAULT_BIND, cluster_key: ClusterKey 
             f"the node at {host}:{port} refused this client's cluster key: {check.detail}; use the node's key"
             " (Client(cluster_key_file=PATH) or $ATOMR_CLUSTER_KEY_FILE)"
         )
+    return key
+
+
+def connect_system(port: int, host: str = DEFAULT_BIND, cluster_key: ClusterKey | None = None) -> Any:
+    """Connect to a running node's actor system as an external client.
+
+    The node is first asked whether it accepts the cluster key (`check_node`).
+    """
+    key = check_node(host, port, cluster_key)
     configure_thespian(host, key)
     from thespian.actors import ActorSystem
 

@@ -1,0 +1,59 @@
+"""The Python client and the CLI from a host that runs no node, across real addresses.
+
+Three hosts, each a network namespace with its own address (`tests/multihost.py`): A runs the
+head, B a gpu-role node joined to it, C only clients. From C, `atomr.Client` (a light member of
+the convention: `atomr.cluster.light_member`) deploys a deployment placed on B, streams from it
+and undeploys it; `atomr-status` shows both nodes; a client with another cluster key is refused
+at once; and nothing of C's is left once its clients closed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from atomr.runners.local.ort.runner import ort_greedy_reference
+
+from atomr.cluster.keys import new_key_file
+from atomr.models import builtin_model_dir
+from tests.multihost import Hosts
+
+PROMPT = "Once upon a time"
+
+
+def lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_a_client_on_a_host_without_a_node(tmp_path: Path) -> None:
+    hosts = Hosts(["head", "gpu", "client"], tmp_path)
+    try:
+        head = hosts.node("head", "--role", "head")
+        hosts.node("gpu", "--role", "gpu", "--gpus", "0", "--join", f"{hosts.addr('head')}:19500")
+        address = f"{hosts.addr('head')}:19500"
+        run = hosts.run("client", ["-m", "tests.remote_client", address, "deploy-stream-undeploy"], timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        seen, children = lines(run.stdout)
+        want = ort_greedy_reference(builtin_model_dir("tiny-llama"), PROMPT, 16)
+        assert seen["nodes"] == ["gpu", "head"] and seen["placed"] == ["gpu"], seen
+        assert seen["text"] == want and seen["whole"] == want, seen
+        assert seen["undeployed"] == "far" and "far" not in seen["left"], seen
+        assert children["children"] == [], children  # the light member stopped with the last client
+        assert hosts.processes("client") == []  # and nothing of C's is left
+        status = hosts.run("client", ["scripts/atomr-status", "--address", address])
+        assert status.returncode == 0, status.stderr
+        nodes = status.stdout.split("deployments:")[0]
+        assert " gpu " in nodes and " head " in nodes, status.stdout
+        assert hosts.processes("client") == []
+        # another cluster key: refused at once, naming the address; nothing started
+        other = tmp_path / "other.key"
+        new_key_file(other)
+        refused = hosts.run("client", ["-m", "tests.remote_client", address, "wrong-key", str(other)])
+        assert refused.returncode == 0, refused.stderr
+        said, children = lines(refused.stdout)
+        assert said["kind"] == "auth" and address in said["message"] and said["seconds"] < 5, said
+        assert children["children"] == [] and hosts.processes("client") == []
+        assert head.proc.poll() is None
+    finally:
+        assert hosts.close() == []
