@@ -2,7 +2,7 @@
 
     python -m tests.remote_client ADDRESS deploy-stream-undeploy   # deploy on the gpu node, stream, undeploy
     python -m tests.remote_client ADDRESS wrong-key KEYFILE        # a client with another key
-    python -m tests.remote_client ADDRESS load SECONDS             # stream and generate until told to stop
+    python -m tests.remote_client ADDRESS node-fault FLAG          # load while the test kills the gpu node
 
 Each prints JSON lines: what it saw (node ids, where the deployment ran, its text, the error kinds
 it met), for the test in the head's host to check.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from typing import Any
 
@@ -69,36 +68,47 @@ def wrong_key(address: str, key_file: str) -> None:
     say(children=[p.pid for p in psutil.Process(os.getpid()).children(recursive=True)])
 
 
-def load(address: str, model: str, seconds: float) -> None:
-    """Streams and whole answers from several threads for `seconds`; one JSON line per request's end."""
-    stop = time.monotonic() + seconds
-    lock = threading.Lock()
+def node_fault(address: str, flag: str) -> None:
+    """Deploy one replica (placed on the gpu node: the first by name), load it from this host,
+    say "loaded", wait for the test to kill the gpu node (it writes the time to `flag`), then
+    check the fault suite's invariants and how soon the head's host served again."""
+    from pathlib import Path
 
-    def worker(stream: bool) -> None:
-        while time.monotonic() < stop:
-            text, error = "", None
-            try:
-                if stream:
-                    for chunk in client.stream(model, prompt=PROMPT, max_tokens=24, timeout=30):
-                        text += chunk.text
-                else:
-                    text = client.generate(model, prompt=PROMPT, max_tokens=24, timeout=30).text
-            except InferenceError as exc:
-                error = exc.kind
-            except Exception as exc:  # noqa: BLE001 - anything unstructured is a failure the test reports
-                error = f"unstructured {type(exc).__name__}: {exc}"
-            with lock:
-                say(at=time.time(), stream=stream, text=text, error=error)
-            if error is not None:
-                time.sleep(0.2)
+    from atomr.runners.local.ort.runner import ort_greedy_reference
 
+    from tests.faults.harness import MODEL, RECOVERY_S, Load, deployment, serves_again, tiny, wait_until
+
+    want = ort_greedy_reference(MODEL, PROMPT, 120)
     with Client(address) as client:
-        threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    say(done=True, children=[p.pid for p in psutil.Process(os.getpid()).children(recursive=True)])
+        wait_until(lambda: len(client.status()["nodes"]) == 2, 60, "the gpu node joined")
+        client.deploy(tiny("n", limits={"max_inflight_per_replica": 8}))
+        say(placed=[r.node_id for r in deployment(client, "n").replicas])
+        load = Load(client, "n", PROMPT, want, 120, kinds=("stream", "unary"), workers=6)
+        try:
+            assert load.first_chunk.wait(60)
+            load.wait_for(12)
+            say(loaded=True)
+            wait_until(lambda: Path(flag).exists() and Path(flag).read_text(), 120, "the kill")
+            killed = float(Path(flag).read_text())
+            wait_until(
+                lambda: [(r.node_id, r.state) for r in deployment(client, "n").replicas] == [("head", "ready")],
+                RECOVERY_S + 30,
+                "the replica serving on the head's host",
+            )
+            back = time.time()
+            again = serves_again(lambda: client.generate("n", prompt=PROMPT, max_tokens=8, timeout=5), killed)
+            load.wait_for(12, started_after=back)
+        finally:
+            load.stop()
+        summary = load.check({"runner_crashed", "unavailable", "timeout"}, before=back)
+        say(
+            recovered_s=back - killed,
+            served_again_s=again,
+            requests=summary.sent,
+            ok=summary.ok,
+            errors=dict(summary.errors),
+        )
+    say(children=[p.pid for p in psutil.Process(os.getpid()).children(recursive=True)])
 
 
 def main() -> None:
@@ -107,8 +117,8 @@ def main() -> None:
         deploy_stream_undeploy(address)
     elif what == "wrong-key":
         wrong_key(address, sys.argv[3])
-    elif what == "load":
-        load(address, sys.argv[3], float(sys.argv[4]))
+    elif what == "node-fault":
+        node_fault(address, sys.argv[3])
     else:
         raise SystemExit(f"unknown scenario {what!r}")
 

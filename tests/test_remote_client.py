@@ -10,13 +10,19 @@ at once; and nothing of C's is left once its clients closed.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from atomr.runners.local.ort.runner import ort_greedy_reference
 
 from atomr.cluster.keys import new_key_file
 from atomr.models import builtin_model_dir
+from tests.conftest import REPO, node_env
+from tests.faults.harness import RECOVERY_S, process_gone
 from tests.multihost import Hosts
 
 PROMPT = "Once upon a time"
@@ -55,5 +61,48 @@ def test_a_client_on_a_host_without_a_node(tmp_path: Path) -> None:
         assert said["kind"] == "auth" and address in said["message"] and said["seconds"] < 5, said
         assert children["children"] == [] and hosts.processes("client") == []
         assert head.proc.poll() is None
+    finally:
+        assert hosts.close() == []
+
+
+def test_a_dead_gpu_host_under_load_from_a_client_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B's whole actor system killed (every process in its namespace, as a host that dies) while
+    C loads the deployment on it: the fault suite's invariants hold in C, whose client sees
+    structured errors only, and A serves the deployment again within 15 s."""
+    monkeypatch.setenv("ATOMR_NODE_TIMEOUT_S", "3")
+    hosts = Hosts(["head", "gpu", "client"], tmp_path)
+    try:
+        hosts.node("head", "--role", "head")
+        hosts.node("gpu", "--role", "gpu", "--join", f"{hosts.addr('head')}:19500")
+        flag = tmp_path / "killed"
+        address = f"{hosts.addr('head')}:19500"
+        scenario = subprocess.Popen(
+            [*hosts.prefix("client"), sys.executable, "-m", "tests.remote_client", address, "node-fault", str(flag)],
+            cwd=REPO,
+            env=node_env(ATOMR_CLUSTER_KEY_FILE=str(hosts.key_file)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert scenario.stdout is not None
+            said = [json.loads(scenario.stdout.readline()) for _ in range(2)]
+            assert said == [{"placed": ["gpu"]}, {"loaded": True}], said
+            doomed = hosts.processes("gpu")
+            for p in doomed:
+                p.kill()
+            flag.write_text(str(time.time()))
+            for p in doomed:
+                assert process_gone(p.pid)
+            out, err = scenario.communicate(timeout=240)
+        finally:
+            if scenario.poll() is None:
+                scenario.kill()
+        assert scenario.returncode == 0, out + err
+        result, children = lines(out)
+        print(result)
+        assert result["recovered_s"] < RECOVERY_S and result["served_again_s"] < RECOVERY_S, result
+        assert result["ok"] > 0 and children["children"] == [], (result, children)
+        assert hosts.processes("client") == []
     finally:
         assert hosts.close() == []
