@@ -106,15 +106,16 @@ class Hosts:
     def prefix(self, name: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(name)]
 
-    def node(self, name: str, *args: str, port: int = 19500, **kwargs: Any) -> Node:
-        """A node in host `name`'s namespace, bound to its address, with the cluster key; its node
-        id is the host's name (namespaces share the machine's hostname)."""
+    def node(self, name: str, *args: str, port: int = 19500, bind: str | None = None, **kwargs: Any) -> Node:
+        """A node in host `name`'s namespace, bound to its address (or to `bind`, e.g. 0.0.0.0,
+        advertising its address), with the cluster key; its node id is the host's name
+        (namespaces share the machine's hostname)."""
+        where = ["--bind", self.addr(name)] if bind is None else ["--bind", bind, "--advertise", self.addr(name)]
         node = Node(
             *args,
             "--node-id",
             name,
-            "--bind",
-            self.addr(name),
+            *where,
             "--cluster-key-file",
             str(self.key_file),
             port=port,

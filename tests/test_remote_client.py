@@ -36,7 +36,8 @@ def test_a_client_on_a_host_without_a_node(tmp_path: Path) -> None:
     hosts = Hosts(["head", "gpu", "client"], tmp_path)
     try:
         head = hosts.node("head", "--role", "head")
-        hosts.node("gpu", "--role", "gpu", "--gpus", "0", "--join", f"{hosts.addr('head')}:19500")
+        # the gpu node binds every address and advertises its own
+        hosts.node("gpu", "--role", "gpu", "--gpus", "0", "--join", f"{hosts.addr('head')}:19500", bind="0.0.0.0")
         address = f"{hosts.addr('head')}:19500"
         run = hosts.run("client", ["-m", "tests.remote_client", address, "deploy-stream-undeploy"], timeout=300)
         assert run.returncode == 0, run.stdout + run.stderr
@@ -51,6 +52,7 @@ def test_a_client_on_a_host_without_a_node(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stderr
         nodes = status.stdout.split("deployments:")[0]
         assert " gpu " in nodes and " head " in nodes, status.stdout
+        assert f"{hosts.addr('gpu')}:19500" in nodes, status.stdout  # the address it advertises
         assert hosts.processes("client") == []
         # another cluster key: refused at once, naming the address; nothing started
         other = tmp_path / "other.key"

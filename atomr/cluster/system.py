@@ -29,9 +29,15 @@ def free_port(host: str = DEFAULT_BIND) -> int:
         return int(s.getsockname()[1])
 
 
+ADVERTISE_ENV = "ATOMR_ADVERTISE"  # the address others use, for a node bound to a wildcard address
+
+
 def reachable_host(bind: str) -> str:
-    """The address to reach a system bound to `bind` at: itself, or loopback for a wildcard bind."""
-    return bind if bind not in ("", "0.0.0.0") else "127.0.0.1"
+    """The address to reach a system bound to `bind` at: itself, or for a wildcard bind the
+    address it advertises (``--advertise``), else loopback."""
+    if bind not in ("", "0.0.0.0"):
+        return bind
+    return os.environ.get(ADVERTISE_ENV) or "127.0.0.1"
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -42,8 +42,10 @@ def configure_thespian(bind_host: str = DEFAULT_BIND, cluster_key: ClusterKey | 
     global _applied_bind
     key = cluster_key or resolve_key(bind_host)  # before anything changes: a refused key changes nothing
     os.environ["ATOMR_BIND"] = bind_host
-    if bind_host not in ("", "0.0.0.0"):
-        os.environ["THESPIAN_BASE_IPADDR"] = bind_host
+    # the address actors are told to reach this system at: the bound one, or the advertised one
+    advertised = bind_host if bind_host not in ("", "0.0.0.0") else os.environ.get("ATOMR_ADVERTISE")
+    if advertised:
+        os.environ["THESPIAN_BASE_IPADDR"] = advertised
     if _applied_bind is not None:
         _applied_bind = bind_host
         install(key)

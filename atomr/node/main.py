@@ -35,7 +35,7 @@ from atomr.client import DEFAULT_PORT
 from atomr.cluster.admin_key import ADMIN_KEY_FILE_ENV, admin_key_path, read_admin_key
 from atomr.cluster.auth import KEY_ENV, KEY_FILE_ENV, ClusterKey, ClusterKeyError, is_loopback, probe, resolve_key
 from atomr.cluster.head_state import DesiredState, HeadState, default_state_dir
-from atomr.cluster.system import port_open, reachable_host
+from atomr.cluster.system import ADVERTISE_ENV, port_open, reachable_host
 from atomr.cluster.thespian_setup import DEFAULT_BIND
 from atomr.config import load_deployments, load_policies, load_yaml
 from atomr.core.errors import ConfigError, InferenceError
@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--role", choices=("head", "gpu", "cpu"), default="head")
     p.add_argument("--port", type=int, default=None, help=f"admin port (default {DEFAULT_PORT}, or the config's)")
     p.add_argument("--bind", default=None, help=f"address to listen on (default {DEFAULT_BIND})")
+    p.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST",
+        help="the address other hosts reach this node at, where the bound one is not (e.g. --bind 0.0.0.0)",
+    )
     p.add_argument(
         "--join",
         default=None,
@@ -294,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     tracing.install(config.traces)  # before the actor system starts: its processes inherit it
     port = args.port or config.settings.port or DEFAULT_PORT
     bind = args.bind or config.settings.bind or DEFAULT_BIND
+    advertise = args.advertise or config.settings.advertise
+    if advertise:  # read by every process of the node (they inherit it)
+        os.environ[ADVERTISE_ENV] = advertise
     try:
         key = node_key(args, config, bind)
     except ClusterKeyError as exc:

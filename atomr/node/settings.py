@@ -15,6 +15,8 @@ class NodeSettings(BaseModel):
 
     port: int | None = Field(default=None, ge=1, le=65535)  # the actor system's admin port
     bind: str | None = Field(default=None, min_length=1)
+    # the address other hosts reach this node at, where `bind` is not one (0.0.0.0)
+    advertise: str | None = Field(default=None, min_length=1)
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     cluster_key_file: str | None = Field(default=None, min_length=1)  # relative to the config file
     # where the head keeps its durable state (default: under the user's data directory)
