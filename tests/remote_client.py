@@ -2,7 +2,7 @@
 
     python -m tests.remote_client ADDRESS deploy-stream-undeploy   # deploy on the gpu node, stream, undeploy
     python -m tests.remote_client ADDRESS wrong-key KEYFILE        # a client with another key
-    python -m tests.remote_client ADDRESS node-fault FLAG          # load while the test kills the gpu node
+    python -m tests.remote_client ADDRESS node-fault FLAG HTTP     # load while the test kills the gpu node
 
 Each prints JSON lines: what it saw (node ids, where the deployment ran, its text, the error kinds
 it met), for the test in the head's host to check.
@@ -68,22 +68,24 @@ def wrong_key(address: str, key_file: str) -> None:
     say(children=[p.pid for p in psutil.Process(os.getpid()).children(recursive=True)])
 
 
-def node_fault(address: str, flag: str) -> None:
+def node_fault(address: str, flag: str, http: str) -> None:
     """Deploy one replica (placed on the gpu node: the first by name), load it from this host,
     say "loaded", wait for the test to kill the gpu node (it writes the time to `flag`), then
-    check the fault suite's invariants and how soon the head's host served again."""
+    check the fault suite's invariants and how soon the head's host served again. The load is the
+    fault suite's: streams and whole answers through this Client and through the head's HTTP
+    front at `http`."""
     from pathlib import Path
 
     from atomr.runners.local.ort.runner import ort_greedy_reference
 
-    from tests.faults.harness import MODEL, RECOVERY_S, Load, deployment, serves_again, tiny, wait_until
+    from tests.faults.harness import KINDS, MODEL, RECOVERY_S, Load, deployment, serves_again, tiny, wait_until
 
     want = ort_greedy_reference(MODEL, PROMPT, 120)
     with Client(address) as client:
         wait_until(lambda: len(client.status()["nodes"]) == 2, 60, "the gpu node joined")
         client.deploy(tiny("n", limits={"max_inflight_per_replica": 8}))
         say(placed=[r.node_id for r in deployment(client, "n").replicas])
-        load = Load(client, "n", PROMPT, want, 120, kinds=("stream", "unary"), workers=6)
+        load = Load(client, "n", PROMPT, want, 120, kinds=KINDS, workers=8, http=http)
         try:
             assert load.first_chunk.wait(60)
             load.wait_for(12)
@@ -118,7 +120,7 @@ def main() -> None:
     elif what == "wrong-key":
         wrong_key(address, sys.argv[3])
     elif what == "node-fault":
-        node_fault(address, sys.argv[3])
+        node_fault(address, sys.argv[3], sys.argv[4])
     else:
         raise SystemExit(f"unknown scenario {what!r}")
 

@@ -22,7 +22,7 @@ from atomr.runners.local.ort.runner import ort_greedy_reference
 from atomr.cluster.keys import new_key_file
 from atomr.models import builtin_model_dir
 from tests.conftest import REPO, node_env
-from tests.faults.harness import RECOVERY_S, process_gone
+from tests.faults.harness import RECOVERY_S, http_url, process_gone
 from tests.multihost import Hosts
 
 PROMPT = "Once upon a time"
@@ -74,12 +74,23 @@ def test_a_dead_gpu_host_under_load_from_a_client_host(tmp_path: Path, monkeypat
     monkeypatch.setenv("ATOMR_NODE_TIMEOUT_S", "3")
     hosts = Hosts(["head", "gpu", "client"], tmp_path)
     try:
-        hosts.node("head", "--role", "head")
+        front = tmp_path / "head.yaml"  # the HTTP front on the head's address, for the client host
+        front.write_text(f"http: {{bind: {hosts.addr('head')}, port: 0, allow_unauthenticated: true}}\n")
+        head = hosts.node("head", "--role", "head", config=front)
         hosts.node("gpu", "--role", "gpu", "--join", f"{hosts.addr('head')}:19500")
         flag = tmp_path / "killed"
-        address = f"{hosts.addr('head')}:19500"
+        address, http = f"{hosts.addr('head')}:19500", http_url(head)
         scenario = subprocess.Popen(
-            [*hosts.prefix("client"), sys.executable, "-m", "tests.remote_client", address, "node-fault", str(flag)],
+            [
+                *hosts.prefix("client"),
+                sys.executable,
+                "-m",
+                "tests.remote_client",
+                address,
+                "node-fault",
+                str(flag),
+                http,
+            ],
             cwd=REPO,
             env=node_env(ATOMR_CLUSTER_KEY_FILE=str(hosts.key_file)),
             stdout=subprocess.PIPE,
