@@ -3,6 +3,7 @@
     python -m tests.remote_client ADDRESS deploy-stream-undeploy   # deploy on the gpu node, stream, undeploy
     python -m tests.remote_client ADDRESS wrong-key KEYFILE        # a client with another key
     python -m tests.remote_client ADDRESS node-fault FLAG HTTP     # load while the test kills the gpu node
+    python -m tests.remote_client ADDRESS no-spare-gpu FLAGS       # degrade when the only gpu host dies, then restore
 
 Each prints JSON lines: what it saw (node ids, where the deployment ran, its text, the error kinds
 it met), for the test in the head's host to check.
@@ -113,12 +114,72 @@ def node_fault(address: str, flag: str, http: str) -> None:
     say(children=[p.pid for p in psutil.Process(os.getpid()).children(recursive=True)])
 
 
+def no_spare_gpu(address: str, flags: str) -> None:
+    """The supervision scenario across hosts: a one-GPU deployment on the only gpu host streams
+    80 requests; the test kills that host ("killed" appears in `flags`); the replica is isolated,
+    the deployment degraded, every request got one end (text, then runner_crashed; or
+    unavailable before any), and a new request is refused at once; the test starts another gpu
+    host ("joined"), where the replica is placed and serves."""
+    from pathlib import Path
+
+    from atomr.runners.local.ort.runner import ort_greedy_reference
+
+    from tests.faults.harness import MODEL, tiny, wait_until
+    from tests.test_supervision import Tracker, replicas
+
+    folder = Path(flags)
+    with Client(address) as client:
+        wait_until(lambda: len(client.status()["nodes"]) == 2, 60, "the gpu host joined")
+        # one request at a time, unbatched: the 80 take far longer than the test needs to kill the host
+        spec = tiny(
+            "alone",
+            gpus_per_replica=1,
+            placement={"role": "gpu"},
+            supervision={"backoff_initial_s": 0.05},
+            limits={"max_inflight_per_replica": 1},
+            engine={"intra_op_threads": 1, "scheduler": "generators"},
+        )
+        client.deploy(spec)
+        track = Tracker(client, "alone", 80, 200)
+        assert track.streaming.acquire(timeout=60)
+        say(streaming=True)
+        wait_until(lambda: (folder / "killed").exists(), 120, "the kill")
+        wait_until(lambda: "gpu-a" not in {n.node_id for n in client.status()["nodes"]}, 15, "gpu-a declared lost")
+        wait_until(lambda: replicas(client, "alone")[0].state == "isolated", 10, "the replica isolated")
+        (r,) = replicas(client, "alone")
+        state = next(d for d in client.list_deployments() if d.name == "alone").state
+        track.wait(60)
+        want = ort_greedy_reference(MODEL, PROMPT, 200)
+        ends = []
+        for chunks, outcome in zip(track.chunks, track.outcome, strict=True):
+            if isinstance(outcome, InferenceError):
+                ends.append([outcome.kind, chunks > 0])
+            else:
+                ends.append(["ok" if outcome == want else "other text", chunks > 0])
+        t0 = time.monotonic()
+        try:
+            client.generate("alone", prompt=PROMPT, max_tokens=4)
+            refused = None
+        except InferenceError as exc:
+            refused = [exc.kind, round(time.monotonic() - t0, 3)]
+        say(error=r.error, restarts=r.restarts, state=state, finals=track.finals, ends=ends, refused=refused)
+        wait_until(lambda: (folder / "joined").exists(), 120, "the new gpu host")
+        wait_until(lambda: replicas(client, "alone")[0].state == "ready", 60, "the replica on the new host")
+        (r,) = replicas(client, "alone")
+        state = next(d for d in client.list_deployments() if d.name == "alone").state
+        text = client.generate("alone", prompt=PROMPT, max_tokens=8).text
+        say(node=r.node_id, gpus=r.gpu_ids, error=r.error, state=state, text=text)
+    say(children=[p.pid for p in psutil.Process(os.getpid()).children(recursive=True)])
+
+
 def main() -> None:
     address, what = sys.argv[1], sys.argv[2]
     if what == "deploy-stream-undeploy":
         deploy_stream_undeploy(address)
     elif what == "wrong-key":
         wrong_key(address, sys.argv[3])
+    elif what == "no-spare-gpu":
+        no_spare_gpu(address, sys.argv[3])
     elif what == "node-fault":
         node_fault(address, sys.argv[3], sys.argv[4])
     else:

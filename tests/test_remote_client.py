@@ -119,3 +119,55 @@ def test_a_dead_gpu_host_under_load_from_a_client_host(tmp_path: Path, monkeypat
         assert hosts.processes("client") == []
     finally:
         assert hosts.close() == []
+
+
+def test_the_only_gpu_host_dies_and_a_new_one_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervision test of a dead node with no spare GPU, across hosts: the deployment is
+    degraded with its replica isolated, every request had one end, and a gpu host that joins later
+    takes the replica."""
+    monkeypatch.setenv("ATOMR_NODE_TIMEOUT_S", "3")
+    hosts = Hosts(["head", "gpu-a", "gpu-c", "client"], tmp_path)
+    try:
+        hosts.node("head", "--role", "head")
+        join = f"{hosts.addr('head')}:19500"
+        hosts.node("gpu-a", "--role", "gpu", "--gpus", "0", "--join", join)
+        scenario = subprocess.Popen(
+            [*hosts.prefix("client"), sys.executable, "-m", "tests.remote_client", join, "no-spare-gpu", str(tmp_path)],
+            cwd=REPO,
+            env=node_env(ATOMR_CLUSTER_KEY_FILE=str(hosts.key_file)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert scenario.stdout is not None
+            assert json.loads(scenario.stdout.readline()) == {"streaming": True}
+            doomed = hosts.processes("gpu-a")
+            for p in doomed:
+                p.kill()
+            for p in doomed:
+                assert process_gone(p.pid)
+            (tmp_path / "killed").write_text("1")
+            degraded = json.loads(scenario.stdout.readline())
+            hosts.node("gpu-c", "--role", "gpu", "--gpus", "7", "--join", join)
+            (tmp_path / "joined").write_text("1")
+            out, err = scenario.communicate(timeout=240)
+        finally:
+            if scenario.poll() is None:
+                scenario.kill()
+        assert scenario.returncode == 0, out + err
+        assert "no node can host it" in (degraded["error"] or "") and degraded["restarts"] == 1, degraded
+        assert degraded["state"] == "degraded" and degraded["finals"] == [1] * 80, degraded
+        assert all(end in (["runner_crashed", True], ["unavailable", False], ["ok", True]) for end in degraded["ends"])
+        assert any(end[0] != "ok" for end in degraded["ends"]) and degraded["refused"][0] == "unavailable"
+        assert degraded["refused"][1] < 5, degraded
+        restored, children = lines(out)
+        assert (restored["node"], restored["gpus"], restored["error"], restored["state"]) == (
+            "gpu-c",
+            ["7"],
+            None,
+            "ready",
+        ), restored
+        assert restored["text"] and children["children"] == []
+    finally:
+        assert hosts.close() == []
