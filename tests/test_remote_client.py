@@ -32,6 +32,18 @@ def lines(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+def start(hosts: Hosts, *args: str) -> subprocess.Popen[str]:
+    """A scenario of `tests.remote_client` running on the client host; its output read as it comes."""
+    return subprocess.Popen(
+        [*hosts.prefix("client"), sys.executable, "-m", "tests.remote_client", *args],
+        cwd=REPO,
+        env=node_env(ATOMR_CLUSTER_KEY_FILE=str(hosts.key_file)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_client_on_a_host_without_a_node(tmp_path: Path) -> None:
     hosts = Hosts(["head", "gpu", "client"], tmp_path)
     try:
@@ -80,23 +92,7 @@ def test_a_dead_gpu_host_under_load_from_a_client_host(tmp_path: Path, monkeypat
         hosts.node("gpu", "--role", "gpu", "--join", f"{hosts.addr('head')}:19500")
         flag = tmp_path / "killed"
         address, http = f"{hosts.addr('head')}:19500", http_url(head)
-        scenario = subprocess.Popen(
-            [
-                *hosts.prefix("client"),
-                sys.executable,
-                "-m",
-                "tests.remote_client",
-                address,
-                "node-fault",
-                str(flag),
-                http,
-            ],
-            cwd=REPO,
-            env=node_env(ATOMR_CLUSTER_KEY_FILE=str(hosts.key_file)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        scenario = start(hosts, address, "node-fault", str(flag), http)
         try:
             assert scenario.stdout is not None
             said = [json.loads(scenario.stdout.readline()) for _ in range(2)]
@@ -131,14 +127,7 @@ def test_the_only_gpu_host_dies_and_a_new_one_restores(tmp_path: Path, monkeypat
         hosts.node("head", "--role", "head")
         join = f"{hosts.addr('head')}:19500"
         hosts.node("gpu-a", "--role", "gpu", "--gpus", "0", "--join", join)
-        scenario = subprocess.Popen(
-            [*hosts.prefix("client"), sys.executable, "-m", "tests.remote_client", join, "no-spare-gpu", str(tmp_path)],
-            cwd=REPO,
-            env=node_env(ATOMR_CLUSTER_KEY_FILE=str(hosts.key_file)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        scenario = start(hosts, join, "no-spare-gpu", str(tmp_path))
         try:
             assert scenario.stdout is not None
             assert json.loads(scenario.stdout.readline()) == {"streaming": True}
