@@ -48,8 +48,8 @@ ROWS = [
     ("tracing", "p50 at c=1, ms, tracing on", False),
     ("tracing", "requests/s at c=64, tracing on vs off", False),
     ("tracing", "tracing off: its per-request checks", False),
-    ("connection limits", "one keep-alive connection", False),
-    ("connection limits", "on a new connection", False),
+    ("connection limits", "p50 per request, one keep-alive connection", False),
+    ("connection limits", "p50 per request on a new connection", False),
 ]
 NUMBER = re.compile(r"[+-]?\d+(\.\d+)?%?")
 

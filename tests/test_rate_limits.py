@@ -84,11 +84,13 @@ def _run_across_gateways(node: Node, n: int, **params: Any) -> list[Any]:
     ("limits", "params", "max_calls"),
     [
         ({"rpm": 20}, {"max_tokens": 8}, 20),
-        # each request is estimated at 11 chars // 4 + 1 + 40 = 43 tokens: 300 TPM admits 6
-        ({"tpm": 300}, {"max_tokens": 40}, 6),
+        # each request is estimated at 11 chars // 4 + 1 + 40 = 43 tokens: 300 TPM admits 6 at
+        # once; each uses 17 (2 + the fake's 15), and what a request settles back admits more
+        # when it ends before the last are admitted (a busy machine): the tokens used stay <= 300
+        ({"tpm": 300}, {"max_tokens": 40}, None),
     ],
 )
-def test_three_gateways_share_one_limit(tmp_path: Path, limits: dict, params: dict, max_calls: int) -> None:
+def test_three_gateways_share_one_limit(tmp_path: Path, limits: dict, params: dict, max_calls: int | None) -> None:
     with limited_node(tmp_path, {"limited": limits}) as (fake, node):
         results = _run_across_gateways(node, 100, **params)
         assert len(results) == 100
@@ -97,8 +99,13 @@ def test_three_gateways_share_one_limit(tmp_path: Path, limits: dict, params: di
         others = [r for r in results if isinstance(r, InferenceError) and not isinstance(r, RateLimitedError)]
         assert len(served) + len(limited) == 100, others[:3]
         calls = fake.count("/completions")
-        assert calls == len(served) <= max_calls
-        assert len(served) >= max_calls // 2  # leases given back are used, not lost
+        if max_calls is not None:
+            assert calls == len(served) <= max_calls
+            assert len(served) >= max_calls // 2  # leases given back are used, not lost
+        else:
+            used = sum(r.usage.total_tokens for r in served)
+            assert calls == len(served) and used <= limits["tpm"], (len(served), used)
+            assert len(served) >= 3  # leases given back are used, not lost
         assert all(e.retry_after and e.retry_after > 0 and e.http_status == 429 for e in limited)
 
 
