@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -233,6 +234,8 @@ def test_slowloris_connections_are_closed_within_their_timeouts(front: tuple[Nod
 
 
 def test_idle_connections_past_the_cap_do_not_take_the_front_down(tmp_path: Path) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed: the node cannot be started under ulimit -n 1024")
     node = Node(config=config(tmp_path), prefix=("prlimit", "--nofile=1024:1024", "--"))
     try:
         url = http_url(node)
