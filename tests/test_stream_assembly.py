@@ -94,3 +94,18 @@ def test_no_event_before_the_deadline_is_a_timeout() -> None:
     a = StreamAssembler("q")
     assert a.wait_time(3.0) == 3.5 and a.wait_time(-1.0) == 0.5
     assert isinstance(a.on_timeout().error, InferenceTimeoutError)
+
+
+def test_no_replica_left_after_text_was_shown_is_runner_crashed() -> None:
+    """The replica died after its first chunk reached the caller but before its report of it
+    reached the coordinator, which answered "no live replica": the caller has text, so to it the
+    replica died while streaming."""
+    a = StreamAssembler("q")
+    a.on_event(chunk(0, "a"))
+    gone = StreamEvent("q", final=True, error=UnavailableError("deployment d has no live replica").info())
+    (step,) = a.on_event(gone)
+    assert isinstance(step.error, RunnerCrashedError) and "r0.0" in step.error.message and a.finished
+    # before any text, it stays what it is
+    b = StreamAssembler("q")
+    (step,) = b.on_event(gone)
+    assert isinstance(step.error, UnavailableError)

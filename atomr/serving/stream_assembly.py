@@ -59,6 +59,13 @@ class StreamAssembler:
             return [
                 self._end(RunnerCrashedError(f"replica {self._streamed_from} died while streaming {ev.request_id}"))
             ]
+        if ev.final and ev.error is not None and ev.error.kind == "unavailable" and self._received and not ev.replica:
+            # The coordinator's answer for a request it took for unstarted (its replica died
+            # before its report of the first chunk reached it) and found no replica for: to the
+            # caller, who has text, that replica died while streaming.
+            return [
+                self._end(RunnerCrashedError(f"replica {self._streamed_from} died while streaming {ev.request_id}"))
+            ]
         steps: list[Step] = []
         if ev.chunk is not None:
             self._streamed_from = self._streamed_from or ev.replica
