@@ -16,6 +16,7 @@ before and after:
 from __future__ import annotations
 
 import json
+import resource
 import selectors
 import shutil
 import socket
@@ -48,6 +49,18 @@ def config(folder: Path, **http: object) -> Path:
     tiny = {"name": "tiny", "model": "builtin:tiny-llama", "engine": {"intra_op_threads": 1}}
     cfg.write_text(yaml.safe_dump({"http": settings, "deployments": [tiny]}))
     return cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def enough_files() -> Iterator[None]:
+    """This process opens up to 2,000 connections at once: its open-files limit raised to allow it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4096
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the open-files hard limit ({hard}) is below the {wanted} these tests open")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.fixture(scope="module")
