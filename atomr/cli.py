@@ -17,6 +17,7 @@ from typing import Any
 
 from atomr.client import ADDRESS_ENV, DEFAULT_PORT, Client
 from atomr.cluster.admin_key import ADMIN_KEY_FILE_ENV, admin_key_path, read_admin_key
+from atomr.cluster.key_store import GROUPS
 from atomr.core.errors import ConfigError, InferenceError, InvalidRequestError
 
 EXIT_ERROR = 1
@@ -175,19 +176,12 @@ def chat_main(argv: Sequence[str] | None = None) -> int:
 
 
 def keys_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="atomr-keys",
-        description="Make, list, show, revoke and rotate the API keys of a running cluster, and sum its spend.",
-    )
-    p.add_argument(
-        "--address",
-        default=None,
-        help=f"node address HOST:PORT (default ${ADDRESS_ENV} or 127.0.0.1:{DEFAULT_PORT})",
+    p = _parser(
+        "atomr-keys", "Make, list, show, revoke and rotate the API keys of a running cluster, and sum its spend."
     )
     p.add_argument(
         "--admin-key-file", default=None, metavar="PATH", help=f"the admin key (default ${ADMIN_KEY_FILE_ENV})"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
     sub = p.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="make a key and print its secret (shown this once)")
     create.add_argument("--tenant", required=True)
@@ -203,26 +197,22 @@ def keys_main(argv: Sequence[str] | None = None) -> int:
     for name, text in (("show", "a key and what it spent"), ("revoke", "revoke a key"), ("rotate", "new secret")):
         sub.add_parser(name, help=text).add_argument("id")
     spend = sub.add_parser("spend", help="spend summed by key, tenant, deployment, day or outcome")
-    spend.add_argument("--by", default="key", choices=("key", "tenant", "deployment", "day", "outcome"))
+    spend.add_argument("--by", default="key", choices=GROUPS)
     spend.add_argument("--since", type=float, default=None, metavar="UNIX_TIME")
     spend.add_argument("--until", type=float, default=None, metavar="UNIX_TIME")
     spend.add_argument("--key", default=None, metavar="ID", help="only this key's requests")
     args = p.parse_args(argv)
-    try:
+
+    def ask(client: Client) -> Any:
         path = admin_key_path(args.admin_key_file)
         if path is None:
-            raise ConfigError(
-                f"no admin key: give --admin-key-file or set ${ADMIN_KEY_FILE_ENV}", field="admin_key_file"
-            )
+            no_key = f"no admin key: give --admin-key-file or set ${ADMIN_KEY_FILE_ENV}"
+            raise ConfigError(no_key, field="admin_key_file")
         admin_key = read_admin_key(path, "--admin-key-file" if args.admin_key_file else ADMIN_KEY_FILE_ENV)
         op, op_args = _keys_op(args)
-        with Client(args.address) as client:
-            result = client.keys_admin(op, admin_key, **op_args)
-    except InferenceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    print(json.dumps(result, indent=2) if args.json else _render_keys(args.command, result, args))
-    return 0
+        return client.keys_admin(op, admin_key, **op_args)
+
+    return _run(args, ask, lambda result: _render_keys(args.command, result, args))
 
 
 def _keys_op(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:

@@ -77,7 +77,7 @@ from atomr.core.errors import (
 )
 from atomr.core.keys import ApiKey
 from atomr.core.policies import Cascade, RoutePolicy
-from atomr.core.ratelimit import estimate_tokens
+from atomr.core.ratelimit import estimate_prompt_tokens, estimate_tokens
 from atomr.core.routes import DeploymentStats, Route
 from atomr.core.routing import Router
 from atomr.core.spend import SpendRecord
@@ -242,7 +242,9 @@ class Gateway(SidecarActor):
         """Ask the key keeper for a place in `key`'s budget (or requests in flight) for this run."""
         req = item.request
         spec = route.spec
-        est = spec.cost.nanos(req.prompt_chars // 4 + 1, req.completion_budget) if spec is not None else 0
+        est = 0
+        if spec is not None:
+            est = spec.cost.nanos(estimate_prompt_tokens(req.prompt_chars), req.completion_budget)
         deadline = req.deadline if req.deadline is not None else time.time() + 600.0
         hold = Hold(req.request_id, route.deployment, key.id, est, deadline)
         self._reserving[(req.request_id, route.deployment)] = (item, route, hold)

@@ -53,6 +53,7 @@ from atomr.core.errors import (
     NotFoundError,
     PermissionDeniedError,
     UnavailableError,
+    quote,
 )
 from atomr.core.keys import ApiKey, nanos_to_usd, parse_key_request
 from atomr.core.tenants import new_key
@@ -259,7 +260,7 @@ class KeyKeeper(SidecarActor):
         key_id = args.get("id")
         key = self.keys.get(key_id) if isinstance(key_id, str) else None
         if key is None:
-            raise NotFoundError(f"no key {str(key_id)[:64]!r}", field="id")
+            raise NotFoundError(f"no key {quote(key_id)}", field="id")
         return key
 
     def _describe(self, key: ApiKey, now: float) -> dict[str, Any]:
@@ -299,7 +300,7 @@ class KeyKeeper(SidecarActor):
         key = self._key(args)
         now = time.time()
         if key.revoked_at is None:
-            key = _replace(key, revoked_at=now)
+            key = dataclasses.replace(key, revoked_at=now)
             self._save(key)
             log.info("key revoked", key_id=key.id, tenant=key.tenant)
         return self._describe(key, now)
@@ -309,7 +310,7 @@ class KeyKeeper(SidecarActor):
         if key.revoked_at is not None:
             raise InvalidRequestError(f"key {key.id} is revoked", field="id")
         secret, digest = new_key()
-        key = _replace(key, key_sha256=digest)
+        key = dataclasses.replace(key, key_sha256=digest)
         self._save(key)
         log.info("key rotated", key_id=key.id, tenant=key.tenant)
         return {"key": self._describe(key, time.time()), "secret": secret}
@@ -330,7 +331,3 @@ class KeyKeeper(SidecarActor):
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
         super().on_exit()
-
-
-def _replace(key: ApiKey, **changes: Any) -> ApiKey:
-    return dataclasses.replace(key, **changes)

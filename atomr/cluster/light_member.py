@@ -13,22 +13,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from atomr.cluster.auth import ClusterKey
-from atomr.cluster.system import (
-    SYSTEM_BASE,
-    end_processes,
-    free_port,
-    reap_exited_children,
-    system_processes,
-    thespian_log_defs,
-)
-from atomr.cluster.thespian_setup import configure_thespian
+from atomr.cluster.system import free_port, start_system, stop_system
 from atomr.core.errors import UnavailableError
 
 CLIENT_ROLE = "client"
@@ -92,37 +83,11 @@ def _start(head: str, head_port: int, key: ClusterKey) -> _Member:
         local = local_address_towards(head, head_port)
     except OSError as exc:
         raise UnavailableError(f"no route to the head at {head}:{head_port}: {exc}") from None
-    configure_thespian(local, key)
-    from thespian.actors import ActorSystem
-
     port = free_port(local)
-    caps = {
-        "Admin Port": port,
-        "Convention Address.IPv4": (head, head_port),
-        "atomr.role": CLIENT_ROLE,
-        "atomr.host": local,
-    }
-    asys = ActorSystem(SYSTEM_BASE, caps, logDefs=thespian_log_defs(), transientUnique=True)
-    reap_exited_children()
+    caps = {"atomr.role": CLIENT_ROLE, "atomr.host": local}
+    asys = start_system(port, bind=local, capabilities=caps, join=(head, head_port), cluster_key=key)
     return _Member(asys, port, 0)
 
 
 def _stop(member: _Member) -> list[int]:
-    left = system_processes(member.port)
-    try:
-        member.asys.shutdown()
-    except Exception:  # noqa: BLE001 - what is left is ended below
-        pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(p.is_running() for p in left):
-        time.sleep(0.05)
-    ended = end_processes([p for p in left if _running(p)])
-    reap_exited_children()  # the admin was this process's child
-    return ended
-
-
-def _running(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    return stop_system(member.asys, member.port, own_children=False)

@@ -188,17 +188,22 @@ def system_processes(port: int) -> list[psutil.Process]:
     return list(found.values())
 
 
-def stop_system(asys: Any, port: int, grace: float = 5.0) -> list[int]:
+def stop_system(asys: Any, port: int, grace: float = 5.0, *, own_children: bool = True) -> list[int]:
     """Shut the system down; end by PID whatever is still running after `grace` seconds.
 
     Thespian's admin detaches from its starter, so its processes are found through the admin
     port (which every actor process inherits) rather than as children of this process.
+    `own_children`: also end this process's own children still running (a node's; not those of
+    a program that only uses a client's light member).
     """
     tree = system_processes(port)
     with contextlib.suppress(Exception):
         asys.shutdown()
     _, alive = psutil.wait_procs(tree, timeout=grace)
     left = {p.pid: p for p in alive}
-    for p in system_processes(port) + [c for c in descendants() if c.is_running()]:
+    mine = [c for c in descendants() if c.is_running()] if own_children else []
+    for p in system_processes(port) + mine:
         left[p.pid] = p
-    return end_processes(list(left.values()))
+    ended = end_processes(list(left.values()))
+    reap_exited_children()
+    return ended

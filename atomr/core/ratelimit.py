@@ -91,6 +91,11 @@ class Budget:
         return max(0.0, self.window_s - (now - self._grants[0].at))
 
 
+def estimate_prompt_tokens(prompt_chars: int) -> int:
+    """Up-front estimate of a prompt's tokens: ~4 characters per token."""
+    return prompt_chars // 4 + 1
+
+
 def estimate_tokens(prompt_chars: int, max_tokens: int) -> int:
-    """Up-front token estimate for TPM: ~4 characters per prompt token, plus the whole answer."""
-    return prompt_chars // 4 + 1 + max_tokens
+    """Up-front token estimate for TPM: the prompt's estimate, plus the whole answer."""
+    return estimate_prompt_tokens(prompt_chars) + max_tokens

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from atomr.core.policies import RoutePolicy
-from atomr.core.ratelimit import estimate_tokens
+from atomr.core.ratelimit import estimate_prompt_tokens
 from atomr.core.routes import DeploymentStats, Route
 from atomr.core.types import InferenceRequest
 
@@ -110,7 +110,7 @@ def _quality(route: Route) -> int:
 
 def _price(routes: Mapping[str, Route], request: InferenceRequest) -> Callable[[str], float]:
     completion = request.completion_budget
-    prompt = max(0, estimate_tokens(request.prompt_chars, completion) - completion)
+    prompt = estimate_prompt_tokens(request.prompt_chars)
 
     def key(name: str) -> float:
         spec = routes[name].spec

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from atomr.core.errors import ConfigError
+from atomr.core.sections import validated_section
 
 
 class NodeSettings(BaseModel):
@@ -32,19 +32,4 @@ class NodeSettings(BaseModel):
 
 def node_settings_from_config(raw: Any, where: str = "config") -> NodeSettings:
     """The ``node:`` section (defaults when there is none)."""
-    if raw is None:
-        return NodeSettings()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: node: must be a mapping", field="node")
-    try:
-        return NodeSettings.model_validate(raw)
-    except ValidationError as exc:
-        problems = [
-            (
-                "node." + ".".join(str(x) for x in err["loc"]),
-                "unknown setting" if err["type"] == "extra_forbidden" else err["msg"],
-            )
-            for err in exc.errors()
-        ]
-        said = "; ".join(f"{field}: {msg}" for field, msg in problems)
-        raise ConfigError(f"{where}: {said}", field=problems[0][0]) from None
+    return NodeSettings() if raw is None else validated_section(NodeSettings, raw, "node", where)

@@ -71,6 +71,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from atomr.core.errors import ConfigError
+from atomr.core.sections import validated_section
 from atomr.core.types import Chunk, InferenceRequest, StreamEvent, Usage
 
 if TYPE_CHECKING:
@@ -142,20 +143,7 @@ def tracing_settings_from_config(raw: Any, where: str = "config") -> TracingSett
     setting when invalid, or when the OpenTelemetry packages it needs are not installed."""
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: tracing: must be a mapping", field="tracing")
-    try:
-        settings = TracingSettings.model_validate(raw)
-    except ValidationError as exc:
-        problems = [
-            (
-                "tracing." + ".".join(str(x) for x in err["loc"]),
-                "unknown setting" if err["type"] == "extra_forbidden" else err["msg"],
-            )
-            for err in exc.errors()
-        ]
-        said = "; ".join(f"{name}: {msg}" for name, msg in problems)
-        raise ConfigError(f"{where}: {said}", field=problems[0][0]) from None
+    settings = validated_section(TracingSettings, raw, "tracing", where)
     if not settings.enabled:
         return None
     missing = [name for name in _PACKAGES if not _installed(name)]
