@@ -78,7 +78,7 @@ from atomr.actors.messages import (
 from atomr.actors.replica_set import ReplicaSet, is_permanent
 from atomr.actors.sidecar import SidecarActor
 from atomr.core.deployment import Deployment
-from atomr.core.spend import SpendRecord
+from atomr.core.spend import SpendBatch
 from atomr.observability import tracing
 from atomr.observability.metrics import DeploymentMetrics
 from atomr.serving.session import record_end
@@ -101,7 +101,7 @@ class Coordinator(SidecarActor):
         self._limiter: Address = None
         self._collector: Address = None
         self._keeper: Address = None
-        self._spent: list[SpendRecord] = []  # runs that ended since the last drain, for the key keeper
+        self._spent = SpendBatch()  # runs that ended, for the key keeper
         self.metrics: DeploymentMetrics | None = None  # the serving version's
         self.metrics_by_version: dict[str, DeploymentMetrics] = {}
         # Requests that came before StartCoordinator. A replacement coordinator's route is
@@ -176,6 +176,7 @@ class Coordinator(SidecarActor):
             self._ship_metrics()
             self._carry_out(rs.refresh())  # queue depth and in-flight counts in status stay fresh
             self._keeper = None  # looked up again by its name: a key keeper started again is found
+            self._send_spent(due=True)
             self.wakeupAfter(timedelta(seconds=METRICS_PERIOD_S), payload=("metrics", ""))
         elif kind in ("switch-timeout", "switch-canary"):
             self._carry_out(rs.switch_timer(kind, arg))
@@ -225,17 +226,20 @@ class Coordinator(SidecarActor):
         if self.rs is not None:
             for address, items in self.rs.take_dispatches():
                 self.send(address, Dispatch(items))
-        if self._spent:
-            spent, self._spent = self._spent, []
-            self.send(self._key_keeper(), SpendRecords(spent))
+        self._send_spent()
         super().after_drain()
+
+    def _send_spent(self, due: bool = False) -> None:
+        spent = self._spent.take(due)
+        if spent:
+            self.send(self._key_keeper(), SpendRecords(spent))
 
     def _finish(self, a: Finish) -> None:
         """A request's end here: record it, log its one line, and send its final event (if any)."""
         usage = a.event.usage if a.event is not None else None
         cost = self.rs.dep.cost if self.rs is not None else None
         m = self._metrics(a.version)
-        self._spent.append(record_end(m, a.item.request, self._name, a.replica, a.outcome, a.latency_s, usage, cost))
+        self._spent.add(record_end(m, a.item.request, self._name, a.replica, a.outcome, a.latency_s, usage, cost))
         if self._spans is not None:
             self._spans.end(a.item.request, a.outcome, a.replica, usage)
         if a.event is not None:

@@ -80,7 +80,7 @@ from atomr.core.policies import Cascade, RoutePolicy
 from atomr.core.ratelimit import estimate_prompt_tokens, estimate_tokens
 from atomr.core.routes import DeploymentStats, Route
 from atomr.core.routing import Router
-from atomr.core.spend import SpendRecord
+from atomr.core.spend import SpendBatch, SpendRecord
 from atomr.core.types import StreamEvent, Usage
 from atomr.http.port import RoutingSnapshot
 from atomr.observability.metrics import OrchestrationMetrics, Recorder
@@ -142,7 +142,7 @@ class Gateway(SidecarActor):
         self._keeper: Address = None
         self._reserving: dict[tuple[str, str], tuple[WorkItem, Route, Hold]] = {}
         self._holds: list[Hold] = []
-        self._spent: list[SpendRecord] = []
+        self._spent = SpendBatch()
         self._ticks = 0
         self._watching_keys = False
 
@@ -280,9 +280,10 @@ class Gateway(SidecarActor):
         for earlier, tokens in item.debits:
             self._serve(earlier, self._add_to_lease(earlier, 1, tokens))
 
-    def spent(self, record: SpendRecord) -> None:
-        """A run the HTTP front served in this process ended: for the spend log and budgets."""
-        self._spent.append(record)
+    def spent(self, records: list[SpendRecord]) -> None:
+        """Runs the HTTP front served in this process ended: for the spend log and budgets."""
+        for record in records:
+            self._spent.add(record)
 
     def _key_keeper(self) -> Address:
         if self._keeper is None:
@@ -359,6 +360,7 @@ class Gateway(SidecarActor):
         kind, key = msg.payload
         if kind == "metrics":
             self.ship_metrics()
+            self._send_spent(due=True)
             self._ticks += 1
             if self._watching_keys and self._ticks % 5 == 0:  # a key keeper started again: watch it too
                 self._keeper = None  # (looked up again by its name)
@@ -419,10 +421,13 @@ class Gateway(SidecarActor):
         if self._holds:
             holds, self._holds = self._holds, []
             self.send(self._key_keeper(), Reserve(holds))
-        if self._spent:
-            spent, self._spent = self._spent, []
-            self.send(self._key_keeper(), SpendRecords(spent))
+        self._send_spent()
         super().after_drain()
+
+    def _send_spent(self, due: bool = False) -> None:
+        spent = self._spent.take(due)
+        if spent:
+            self.send(self._key_keeper(), SpendRecords(spent))
 
     def receiveMsg_PolicyTable(self, msg: PolicyTable, sender: Address) -> None:
         self.route_policies, self.cascades = dict(msg.routes), dict(msg.cascades)

@@ -73,8 +73,8 @@ class HttpLane:
     def settle(self, debits: Debits, usage: Usage | None) -> None:
         self.gw.sidecar.post(lambda: self.gw.settle(debits, usage))
 
-    def spent(self, record: SpendRecord) -> None:
-        self.gw.sidecar.post(lambda: self.gw.spent(record))
+    def spent(self, records: list[SpendRecord]) -> None:
+        self.gw.sidecar.post(lambda: self.gw.spent(records))
 
     async def keys_admin(self, op: str, args: dict[str, Any], admin_key: str | None) -> Any:
         return await self._ask("keys", KeysAdmin(op, args, admin_key))

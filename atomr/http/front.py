@@ -28,7 +28,7 @@ import uvicorn
 
 from atomr.core.errors import OverloadedError, UnavailableError
 from atomr.core.keys import ApiKey
-from atomr.core.spend import spend_record
+from atomr.core.spend import SpendBatch, SpendRecord, spend_record
 from atomr.core.tenants import TenantTable
 from atomr.core.types import InferenceRequest, StreamEvent, Usage
 from atomr.http.app import make_app
@@ -45,6 +45,7 @@ from atomr.serving.stream_assembly import StreamAssembler
 # the caller has taken the queue down to LOW; past MAX (events from other processes, which cannot
 # wait) the request is cancelled and answered with an error.
 QUEUE_HIGH, QUEUE_LOW, QUEUE_MAX = 64, 16, 4096
+SPEND_FLUSH_S = 1.0  # the runs of this process's runners leave for the key keeper at least this often
 
 
 @dataclass(slots=True)
@@ -91,7 +92,9 @@ class HttpFront:
         self.place = place or WorkerPlace()
         # every worker its own source: the collector adds them up
         self.http_metrics = HttpMetrics(f"{settings.bind}:{settings.port}/{self.place.worker}")
-        self.inline = InlineRunners(where, port.spent)
+        self.inline = InlineRunners(where, self._spent)
+        self._spend = SpendBatch()  # runs of this process's runners, for the gateway to send on
+        self._spend_flush: asyncio.TimerHandle | None = None
         self.tenants = tenants
         self._routing = RoutingSnapshot()
         self._forwarded: frozenset[str] = frozenset()
@@ -217,7 +220,7 @@ class HttpFront:
             settle(None)
         if call.request.key_id is not None:  # whatever it held of its key's budget goes back
             spec = slot.served.deployment
-            self.port.spent(spend_record(call.request, spec.name, spec.cost, None, "cancelled", 0.0, time.time()))
+            self._spent(spend_record(call.request, spec.name, spec.cost, None, "cancelled", 0.0, time.time()))
 
     def _fallback_of(self, call: _Call) -> Fallback:
         def fallback(request: InferenceRequest, fallbacks: tuple[str, ...]) -> str | None:
@@ -278,6 +281,21 @@ class HttpFront:
         self._forwarded = snapshot.forwarded_headers()
         if snapshot.routes is not routes_before:
             self.inline.refresh(snapshot.routes)
+
+    def _spent(self, record: SpendRecord) -> None:
+        """A run here ended: its record goes to the gateway with others (see `SpendBatch`)."""
+        self._spend.add(record)
+        if self._spend.urgent:
+            self._flush_spend()
+        elif self._spend_flush is None:
+            self._spend_flush = asyncio.get_running_loop().call_later(SPEND_FLUSH_S, self._flush_spend, True)
+
+    def _flush_spend(self, due: bool = False) -> None:
+        if due:
+            self._spend_flush = None
+        records = self._spend.take(due)
+        if records:
+            self.port.spent(records)
 
     def _overflow(self, call: _Call) -> None:
         """The caller stopped reading a stream that other processes fill: drop what is queued,

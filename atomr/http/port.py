@@ -121,8 +121,8 @@ class GatewayPort(Protocol):
         """Tell the rate limiter what a token-limited request served by the front really used."""
         ...
 
-    def spent(self, record: SpendRecord) -> None:
-        """A run the front served itself ended: what it cost, for the spend log and budgets."""
+    def spent(self, records: list[SpendRecord]) -> None:
+        """Runs the front served itself ended: what they cost, for the spend log and budgets."""
         ...
 
     async def keys_admin(self, op: str, args: dict[str, Any], admin_key: str | None) -> Any:

@@ -74,6 +74,8 @@ def run(requests: int = 2000, delay_s: float = 1.0, replicas: int = 2, workers: 
             replicas,
             {"timeout_s": 60.0},
             workers=workers,
+            # every request on its own connection, all open at once: room for them past the cap
+            config={"http": {"port": 0, "workers": workers, "max_connections": requests + 1024}},
         )
         body = json.dumps(CHAT).encode()
         direct = asyncio.run(run_load("127.0.0.1", backend_port, "/v1/chat/completions", body, requests, requests))
